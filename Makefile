@@ -1,0 +1,63 @@
+# graspfleet's front door. `make run` and `make test` set everything up from
+# this repository's own files: the virtualenv, the generated gRPC stubs and the
+# system packages the tests need.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROTO_SRC   := $(wildcard protos/graspfleet/v1/*.proto)
+PROTO_STAMP := protos/graspfleet/v1/.generated
+PYTEST_ARGS ?=
+ARGS ?=
+
+.PHONY: all venv protos run quick test lint format bench sysdeps clean
+
+all: test
+
+# The virtualenv is rebuilt when pyproject.toml or constraints.txt change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+$(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=protos --grpc_python_out=protos \
+		--pyi_out=protos $(PROTO_SRC)
+	touch $@
+
+protos: $(PROTO_STAMP)
+
+# System packages the tests use: PostgreSQL (the store's second backend).
+sysdeps:
+	@PATH="$$PATH:$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1)"; \
+	if ! command -v initdb >/dev/null 2>&1; then \
+		echo "installing PostgreSQL (needed by the store tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	fi
+
+run: protos
+	$(PY) -m services.cli run $(ARGS)
+
+quick: protos
+	$(PY) -m services.cli run --quick $(ARGS)
+
+test: protos sysdeps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: protos
+	$(PY) -m ruff check services robots tests bench
+	$(PY) -m ruff format --check services robots tests bench
+
+format: $(STAMP)
+	$(PY) -m ruff format services robots tests bench
+	$(PY) -m ruff check --fix services robots tests bench
+
+bench: protos
+	$(PY) -m bench.ingest $(ARGS)
+
+clean:
+	rm -rf $(VENV) $(PROTO_STAMP) protos/graspfleet/v1/*_pb2*.py* var reports

@@ -1,0 +1,1 @@
+"""graspfleet services: one package per service plus the shared runtime."""

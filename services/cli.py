@@ -1,0 +1,191 @@
+"""The `graspfleet` command: serve a service, inspect the store, run the local fleet."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import grpc
+
+from services.common import logs
+
+DEFAULT_STORE = "127.0.0.1:50051"
+
+
+def _store_stub(address: str):
+    from services.episode_store import client
+
+    return client.connect(address)
+
+
+def _filter(args: argparse.Namespace):
+    from graspfleet.v1 import common_pb2, episode_store_pb2
+
+    flt = episode_store_pb2.EpisodeFilter(robot_ids=args.robot or [])
+    if args.domain:
+        flt.domain = common_pb2.Domain.Value(f"DOMAIN_{args.domain.upper()}")
+    if args.label_state:
+        flt.label_state = common_pb2.LabelState.Value(f"LABEL_STATE_{args.label_state.upper()}")
+    if args.collection:
+        flt.collection_id = args.collection
+    if args.model:
+        name, _, version = args.model.partition(":")
+        flt.model.name = name
+        flt.model.version = int(version or 0)
+    return flt
+
+
+def _episodes_ls(args: argparse.Namespace) -> int:
+    from graspfleet.v1 import common_pb2
+    from services.episode_store import client
+
+    channel, stub = _store_stub(args.store)
+    with channel:
+        print(f"{'episode':<28} {'robot':<14} {'domain':<6} {'steps':>5} {'label':<10} {'model':<20} started")
+        shown = 0
+        for e in client.list_all(stub, _filter(args), page_size=min(args.limit, 500)):
+            if shown >= args.limit:
+                break
+            state = common_pb2.LabelState.Name(e.label.state).removeprefix("LABEL_STATE_").lower()
+            label = ("success" if e.label.success else "failure") if state != "unlabeled" else "-"
+            model = f"{e.model.name}:{e.model.version}" if e.model.name else "-"
+            domain = common_pb2.Domain.Name(e.domain).removeprefix("DOMAIN_").lower()
+            started = e.started_at.ToDatetime().isoformat(timespec="seconds")
+            print(f"{e.episode_id:<28} {e.robot_id:<14} {domain:<6} {e.num_steps:>5} {label:<10} {model:<20} {started}")
+            shown += 1
+    return 0
+
+
+def _episodes_show(args: argparse.Namespace) -> int:
+    from google.protobuf import text_format
+
+    from graspfleet.v1 import episode_store_pb2
+
+    channel, stub = _store_stub(args.store)
+    with channel:
+        response = stub.GetEpisode(
+            episode_store_pb2.GetEpisodeRequest(episode_id=args.episode_id, include_steps=args.steps),
+            timeout=30,
+        )
+    if args.steps:
+        # Pixels are bytes; show their size rather than dumping them.
+        for image in [response.header.x0, response.header.x0_mask] + [s.image for s in response.steps] + [
+            s.mask for s in response.steps
+        ]:
+            image.data = f"<{len(image.data)} bytes>".encode()
+    print(text_format.MessageToString(response), end="")
+    return 0
+
+
+def _episodes_stats(args: argparse.Namespace) -> int:
+    from graspfleet.v1 import common_pb2, episode_store_pb2
+
+    channel, stub = _store_stub(args.store)
+    with channel:
+        stats = stub.Stats(episode_store_pb2.StatsRequest(filter=_filter(args)), timeout=30)
+    print(
+        f"episodes {stats.episodes}  steps {stats.steps}  labeled {stats.labeled}  "
+        f"successes {stats.successes}  success rate {stats.success_rate:.1%}  "
+        f"stored {stats.stored_bytes / 1e6:.1f} MB"
+    )
+    if stats.groups:
+        print(f"{'robot':<16} {'domain':<6} {'model':<22} {'episodes':>8} {'labeled':>8} {'success':>8}")
+        for g in stats.groups:
+            model = f"{g.model.name}:{g.model.version}" if g.model.name else "-"
+            domain = common_pb2.Domain.Name(g.domain).removeprefix("DOMAIN_").lower()
+            print(f"{g.robot_id:<16} {domain:<6} {model:<22} {g.episodes:>8} {g.labeled:>8} {g.success_rate:>8.1%}")
+    return 0
+
+
+def _episodes_relabel(args: argparse.Namespace) -> int:
+    from graspfleet.v1 import episode_store_pb2
+
+    channel, stub = _store_stub(args.store)
+    with channel:
+        response = stub.Relabel(
+            episode_store_pb2.RelabelRequest(
+                episode_id=args.episode_id, success=args.success, reason=args.reason, source=args.source
+            ),
+            timeout=30,
+        )
+    print(f"{args.episode_id}: {'success' if response.summary.label.success else 'failure'} "
+          f"({len(response.label_history)} labels in its history)")
+    return 0
+
+
+def _store_serve(argv: Sequence[str]) -> int:
+    from services.episode_store.server import main
+
+    main(list(argv))
+    return 0
+
+
+def _run(argv: Sequence[str]) -> int:
+    from services.fleet.run import main
+
+    return main(list(argv))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graspfleet", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("run", help="run the whole local fleet (make run)", add_help=False)
+    store = commands.add_parser("store", help="the episode store")
+    store_commands = store.add_subparsers(dest="store_command", required=True)
+    store_commands.add_parser("serve", help="serve the episode store (flags: serve --help)", add_help=False)
+
+    episodes = commands.add_parser("episodes", help="inspect and label stored episodes")
+    episode_commands = episodes.add_subparsers(dest="episodes_command", required=True)
+    for name, handler, help_text in (
+        ("ls", _episodes_ls, "list episodes"),
+        ("stats", _episodes_stats, "counts and success rates"),
+    ):
+        sub = episode_commands.add_parser(name, help=help_text)
+        sub.add_argument("--domain", choices=["sim", "real"])
+        sub.add_argument("--robot", action="append", help="robot id (repeatable)")
+        sub.add_argument("--label-state", choices=["unlabeled", "auto", "relabeled"])
+        sub.add_argument("--collection", help="collection id")
+        sub.add_argument("--model", help="model name[:version]")
+        sub.set_defaults(handler=handler)
+    episode_commands.choices["ls"].add_argument("--limit", type=int, default=50)
+    show = episode_commands.add_parser("show", help="one episode's metadata and label history")
+    show.add_argument("episode_id")
+    show.add_argument("--steps", action="store_true", help="include steps (pixels shown as sizes)")
+    show.set_defaults(handler=_episodes_show)
+    relabel = episode_commands.add_parser("relabel", help="correct an episode's label")
+    relabel.add_argument("episode_id")
+    outcome = relabel.add_mutually_exclusive_group(required=True)
+    outcome.add_argument("--success", dest="success", action="store_true")
+    outcome.add_argument("--failure", dest="success", action="store_false")
+    relabel.add_argument("--reason", required=True)
+    relabel.add_argument("--source", required=True, help="who corrects it, e.g. user:alice")
+    relabel.set_defaults(handler=_episodes_relabel)
+    for sub in list(episode_commands.choices.values()):
+        sub.add_argument("--store", default=DEFAULT_STORE, help=f"episode store host:port (default {DEFAULT_STORE})")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `graspfleet` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # TensorFlow's C++ start-up chatter is noise in a service log.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Service commands take their own flags (generated from their config dataclass).
+    if argv[:1] == ["run"]:
+        return _run(argv[1:])
+    if argv[:2] == ["store", "serve"]:
+        return _store_serve(argv[2:])
+    args = build_parser().parse_args(argv)
+    logs.configure_logging("graspfleet-cli", "WARNING", "text")
+    try:
+        return args.handler(args)
+    except grpc.RpcError as err:
+        print(f"graspfleet: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

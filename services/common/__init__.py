@@ -1,0 +1,1 @@
+"""The runtime every graspfleet service shares: config, logging, errors, metrics, the gRPC server."""

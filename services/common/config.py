@@ -1,0 +1,181 @@
+"""Frozen config dataclasses filled from flags, then environment, then defaults.
+
+Every service declares one config dataclass built from `setting(...)` fields. A
+field `data_dir` is set by the flag `--data-dir` or the environment variable
+`GRASPFLEET_DATA_DIR`; flags win over the environment. Validation runs in the
+dataclass's `__post_init__` and raises `ConfigError`, which `load_config` turns
+into a clean exit that names the setting to fix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
+
+ENV_PREFIX = "GRASPFLEET_"
+
+C = TypeVar("C")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names it and says what to do."""
+
+
+def setting(default: Any, help: str, *, required: bool = False) -> Any:
+    """Declares one config field.
+
+    Args:
+        default: Value when neither flag nor environment sets it.
+        help: What the setting means, with its unit.
+        required: When true, an empty value stops the service at start.
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "required": required})
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets a config field."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    """The command-line flag that sets a config field."""
+    return "--" + field_name.replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Settings every gRPC service has."""
+
+    host: str = setting("127.0.0.1", "Address the gRPC server binds (0.0.0.0 in a pod).")
+    port: int = setting(0, "gRPC port; 0 picks a free one (see port_file).")
+    port_file: str = setting("", "Write the bound gRPC port to this file once serving.")
+    metrics_port: int = setting(-1, "Prometheus /metrics port; 0 picks a free one, -1 disables.")
+    max_message_bytes: int = setting(16 * 1024 * 1024, "Largest gRPC message accepted or sent, bytes.")
+    max_workers: int = setting(16, "Threads serving RPCs.")
+    max_concurrent_rpcs: int = setting(64, "RPCs in flight before new ones get RESOURCE_EXHAUSTED.")
+    grace_s: float = setting(10.0, "On SIGTERM, seconds in-flight RPCs get to finish.")
+    drain_delay_s: float = setting(0.0, "On SIGTERM, seconds NOT_SERVING is reported before the server stops accepting calls.")
+    log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR.")
+    log_format: str = setting("json", "json (one object a line) or text.")
+
+    def __post_init__(self) -> None:
+        check_port("port", self.port)
+        if self.metrics_port != -1:
+            check_port("metrics_port", self.metrics_port)
+        if self.max_message_bytes < 1024:
+            raise ConfigError(f"max_message_bytes={self.max_message_bytes} is below 1024 bytes")
+        if self.max_workers < 1 or self.max_concurrent_rpcs < 1:
+            raise ConfigError("max_workers and max_concurrent_rpcs must be at least 1")
+        if self.grace_s < 0 or self.drain_delay_s < 0:
+            raise ConfigError("grace_s and drain_delay_s must not be negative")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"log_level={self.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+        if self.log_format not in ("json", "text"):
+            raise ConfigError(f"log_format={self.log_format!r}: use json or text")
+
+
+def check_port(name: str, port: int) -> None:
+    """Raises ConfigError unless `port` is a TCP port number or 0."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{name}={port} is not a TCP port (0-65535)")
+
+
+def check_address(name: str, address: str) -> None:
+    """Raises ConfigError unless `address` looks like host:port."""
+    if not address:
+        raise ConfigError(
+            f"{name} is required: set {flag_name(name)} or {env_name(name)} to host:port"
+        )
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{name}={address!r} is not host:port")
+
+
+def _parse(field: dataclasses.Field, raw: str) -> Any:
+    kind = _field_type(field)
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{field.name}={raw!r} is not a boolean (true/false)")
+    if kind is tuple:
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{field.name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def _field_type(field: dataclasses.Field) -> type:
+    hint = field.type
+    if isinstance(hint, str):
+        hint = {"str": str, "int": int, "float": float, "bool": bool}.get(hint, hint)
+    if isinstance(hint, str):
+        return tuple if hint.startswith("tuple") else str
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return tuple
+    if origin in (typing.Union, types.UnionType):
+        return str
+    return hint
+
+
+def build_parser(cls: type, prog: str, description: str = "") -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field of the config dataclass `cls`."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    for field in dataclasses.fields(cls):
+        help_text = field.metadata.get("help", "")
+        parser.add_argument(
+            flag_name(field.name),
+            dest=field.name,
+            default=None,
+            help=f"{help_text} [env {env_name(field.name)}; default {field.default!r}]",
+        )
+    return parser
+
+
+def config_from(
+    cls: type[C],
+    flags: Mapping[str, str | None] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> C:
+    """Builds a config: each field from `flags`, else `env`, else its default.
+
+    Raises:
+        ConfigError: a value does not parse, a required setting is empty, or the
+            dataclass's own validation refuses the combination.
+    """
+    env = os.environ if env is None else env
+    flags = flags or {}
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):
+        raw = flags.get(field.name)
+        if raw is None:
+            raw = env.get(env_name(field.name))
+        if raw is not None:
+            values[field.name] = _parse(field, raw)
+        if field.metadata.get("required") and not values.get(field.name, field.default):
+            raise ConfigError(
+                f"{field.name} is required: set {flag_name(field.name)} or "
+                f"{env_name(field.name)} ({field.metadata.get('help', '')})"
+            )
+    return cls(**values)
+
+
+def load_config(cls: type[C], prog: str, argv: Sequence[str] | None = None) -> C:
+    """Parses flags and environment into `cls`; exits with a clear message when invalid."""
+    parser = build_parser(cls, prog, cls.__doc__ or "")
+    args = parser.parse_args(argv)
+    try:
+        return config_from(cls, vars(args))
+    except ConfigError as err:
+        print(f"{prog}: configuration error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,1 @@
+"""The episode store: ingest, labels and queries over recorded grasp episodes."""

@@ -1,0 +1,191 @@
+"""The episode store's gRPC service: `create_server(config)` and `main()`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from prometheus_client import Counter
+
+from graspfleet.v1 import common_pb2, episode_store_pb2, episode_store_pb2_grpc
+from services.common import logs
+from services.common.config import load_config
+from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+from services.common.server import ServiceServer
+from services.episode_store import shards, validation
+from services.episode_store.config import EpisodeStoreConfig
+from services.episode_store.metadata import open_metadata_store
+from services.episode_store.shards import EpisodeRecord
+from services.episode_store.store import EpisodeStore
+
+log = logs.get_logger(__name__)
+
+SERVICE_NAME = episode_store_pb2.DESCRIPTOR.services_by_name["EpisodeStore"].full_name
+
+EPISODES_WRITTEN = Counter(
+    "graspfleet_store_episodes_written_total",
+    "WriteEpisode streams that completed, by domain and whether they were resends.",
+    ["domain", "duplicate"],
+)
+BYTES_WRITTEN = Counter(
+    "graspfleet_store_written_bytes_total", "Shard bytes written for new episodes."
+)
+WRITES_REFUSED = Counter(
+    "graspfleet_store_writes_refused_total",
+    "WriteEpisode streams refused, by gRPC status code.",
+    ["code"],
+)
+
+
+class _Cancelled(ServiceError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
+    """Adapts gRPC calls to `EpisodeStore`, validating everything first."""
+
+    def __init__(self, config: EpisodeStoreConfig) -> None:
+        self._store: EpisodeStore | None = None
+        self.config = config
+        self.limits = validation.Limits(
+            max_steps=config.max_steps,
+            max_image_side=config.max_image_side,
+            max_episode_bytes=config.max_episode_bytes,
+        )
+        self._write_slots = threading.BoundedSemaphore(config.max_concurrent_writes)
+
+    def open(self, store: EpisodeStore) -> None:
+        """Starts answering calls with `store`."""
+        self._store = store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+    @property
+    def store(self) -> EpisodeStore:
+        if self._store is None:
+            raise Unavailable("the episode store is still starting; retry shortly")
+        return self._store
+
+    def WriteEpisode(self, request_iterator, context):
+        if not self._write_slots.acquire(timeout=self.config.write_queue_timeout_s):
+            WRITES_REFUSED.labels("RESOURCE_EXHAUSTED").inc()
+            raise ResourceExhausted(
+                f"the store is writing {self.config.max_concurrent_writes} episodes already; "
+                "retry with backoff"
+            )
+        try:
+            record = self._receive(request_iterator, context)
+            response = self.store.ingest(record)
+        except ServiceError as err:
+            WRITES_REFUSED.labels(err.code.name).inc()
+            raise
+        finally:
+            self._write_slots.release()
+        EPISODES_WRITTEN.labels(
+            common_pb2.Domain.Name(record.header.domain), str(response.duplicate).lower()
+        ).inc()
+        if not response.duplicate:
+            BYTES_WRITTEN.inc(response.stored_bytes)
+        return response
+
+    def _receive(self, requests: Iterator, context: grpc.ServicerContext) -> EpisodeRecord:
+        """Reads header, steps and outcome in order, validating each part as it arrives."""
+        header = None
+        steps: list[common_pb2.Step] = []
+        outcome = None
+        received = 0
+        try:
+            for request in requests:
+                received += request.ByteSize()
+                if received > self.limits.max_episode_bytes:
+                    raise ResourceExhausted(
+                        f"episode exceeds {self.limits.max_episode_bytes} bytes, the store's limit"
+                    )
+                part = request.WhichOneof("part")
+                if part is None:
+                    raise InvalidArgument("a WriteEpisodeRequest carries none of header, step, outcome")
+                if outcome is not None:
+                    raise InvalidArgument(f"a {part} arrived after the outcome; the outcome must come last")
+                if part == "header":
+                    if header is not None:
+                        raise InvalidArgument("a second header arrived; send one episode per stream")
+                    validation.check_header(request.header, self.limits)
+                    header = request.header
+                elif header is None:
+                    raise InvalidArgument(f"the stream starts with a {part}; send the header first")
+                elif part == "step":
+                    validation.check_step(request.step, len(steps), header, self.limits)
+                    steps.append(request.step)
+                else:
+                    validation.check_outcome(request.outcome, len(steps))
+                    outcome = request.outcome
+        except grpc.RpcError:
+            raise _Cancelled("the client went away mid-stream; nothing was stored") from None
+        if not context.is_active():
+            raise _Cancelled("the client went away mid-stream; nothing was stored")
+        if header is None:
+            raise InvalidArgument("the stream was empty: send a header, steps, then an outcome")
+        if outcome is None:
+            raise InvalidArgument(
+                f"the stream ended after {len(steps)} steps without an outcome; nothing was stored"
+            )
+        return EpisodeRecord(header=header, steps=tuple(steps), outcome=outcome)
+
+    def GetEpisode(self, request, context):
+        return self.store.get(request.episode_id, request.include_steps)
+
+    def ListEpisodes(self, request, context):
+        return self.store.list(request)
+
+    def Relabel(self, request, context):
+        return self.store.relabel(request)
+
+    def Stats(self, request, context):
+        return self.store.stats(request)
+
+
+def open_store(config: EpisodeStoreConfig) -> EpisodeStore:
+    """Opens the metadata backend the config names and the shard folder, and sweeps orphans."""
+    root = Path(config.data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    if config.postgres_dsn:
+        metadata = open_metadata_store(postgres_dsn=config.postgres_dsn)
+    else:
+        metadata = open_metadata_store(sqlite_path=str(root / "episodes.sqlite"))
+    shards.warm_up()
+    store = EpisodeStore(root, metadata, orphan_age_s=config.orphan_age_s)
+    store.sweep()
+    return store
+
+
+def create_server(config: EpisodeStoreConfig) -> ServiceServer:
+    """Starts the store's gRPC server; SERVING once the metadata backend and shards are open."""
+    servicer = EpisodeStoreServicer(config)
+    server = ServiceServer(
+        "episode-store",
+        config,
+        register=lambda grpc_server: episode_store_pb2_grpc.add_EpisodeStoreServicer_to_server(
+            servicer, grpc_server
+        ),
+        service_names=[SERVICE_NAME],
+        on_stop=servicer.close,
+    )
+    try:
+        servicer.open(open_store(config))
+    except Exception:
+        server.stop(grace_s=0)
+        raise
+    server.set_serving(True)
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`graspfleet store serve`: runs the store until SIGTERM."""
+    config = load_config(EpisodeStoreConfig, "graspfleet store serve", argv)
+    logs.configure_logging("episode-store", config.log_level, config.log_format)
+    server = create_server(config)
+    server.wait()

@@ -1,0 +1,1 @@
+"""The local fleet: graspfleet's services as processes on loopback (`make run`)."""

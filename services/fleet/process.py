@@ -1,0 +1,105 @@
+"""One graspfleet service as a child process: start, wait until SERVING, stop, kill."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+class ServiceProcess:
+    """A service started with `python -m services.cli <command> --port 0 --port-file ...`.
+
+    Args:
+        name: Used for the log file name.
+        command: CLI words after `graspfleet`, e.g. ["store", "serve"].
+        flags: Service flags ({"data_dir": "..."} becomes --data-dir ...).
+        workdir: Holds the port file and the log.
+    """
+
+    def __init__(self, name: str, command: list[str], flags: dict[str, str], workdir: Path) -> None:
+        self.name = name
+        self.command = command
+        self.flags = dict(flags)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port_file = self.workdir / f"{name}.port"
+        self.log_path = self.workdir / f"{name}.log"
+        self.process: subprocess.Popen | None = None
+        self.port: int | None = None
+
+    @property
+    def address(self) -> str:
+        if self.port is None:
+            raise RuntimeError(f"{self.name} is not serving")
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> ServiceProcess:
+        """Starts the process and waits until its health service reports SERVING."""
+        self.port_file.unlink(missing_ok=True)
+        flags = {"port": "0", "port_file": str(self.port_file), **self.flags}
+        argv = [sys.executable, "-m", "services.cli", *self.command]
+        for key, value in flags.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        self.port = None
+        self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with code {self.process.returncode}; see {self.log_path}:\n"
+                    + self.log_tail()
+                )
+            if self.port is None and self.port_file.exists():
+                self.port = int(self.port_file.read_text().strip() or 0) or None
+            if self.port is not None and self.serving():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} did not report SERVING within {timeout_s:.0f} s; see {self.log_path}")
+
+    def serving(self) -> bool:
+        """True when the health service answers SERVING."""
+        try:
+            with grpc.insecure_channel(self.address) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=1.0
+                )
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+        except grpc.RpcError:
+            return False
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        """SIGTERM, then wait for a graceful exit (SIGKILL after `timeout_s`); returns the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return self.kill()
+
+    def kill(self) -> int:
+        """SIGKILL: the crash a pod sees when its node dies."""
+        if self.process is None:
+            return 0
+        self.process.kill()
+        return self.process.wait()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
