@@ -9,6 +9,7 @@ STAMP  := $(VENV)/.installed
 PROTO_SRC   := $(wildcard protos/graspfleet/v1/*.proto)
 PROTO_STAMP := protos/graspfleet/v1/.generated
 PYTEST_ARGS ?=
+LINT_PATHS  := $(wildcard services robots tests bench)
 ARGS ?=
 
 .PHONY: all venv protos run quick test lint format bench sysdeps clean
@@ -45,16 +46,16 @@ run: protos
 quick: protos
 	$(PY) -m services.cli run --quick $(ARGS)
 
-test: protos sysdeps
+test: protos sysdeps lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: protos
-	$(PY) -m ruff check services robots tests bench
-	$(PY) -m ruff format --check services robots tests bench
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINT_PATHS)
+	$(PY) -m ruff format --check $(LINT_PATHS)
 
 format: $(STAMP)
-	$(PY) -m ruff format services robots tests bench
-	$(PY) -m ruff check --fix services robots tests bench
+	$(PY) -m ruff format $(LINT_PATHS)
+	$(PY) -m ruff check --fix $(LINT_PATHS)
 
 bench: protos
 	$(PY) -m bench.ingest $(ARGS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from collections.abc import Sequence
@@ -43,18 +44,19 @@ def _episodes_ls(args: argparse.Namespace) -> int:
 
     channel, stub = _store_stub(args.store)
     with channel:
-        print(f"{'episode':<28} {'robot':<14} {'domain':<6} {'steps':>5} {'label':<10} {'model':<20} started")
-        shown = 0
-        for e in client.list_all(stub, _filter(args), page_size=min(args.limit, 500)):
-            if shown >= args.limit:
-                break
+        print(
+            f"{'episode':<28} {'robot':<14} {'domain':<6} {'steps':>5} {'label':<10} {'model':<20} started"
+        )
+        episodes = client.list_all(stub, _filter(args), page_size=min(args.limit, 500))
+        for e in itertools.islice(episodes, args.limit):
             state = common_pb2.LabelState.Name(e.label.state).removeprefix("LABEL_STATE_").lower()
             label = ("success" if e.label.success else "failure") if state != "unlabeled" else "-"
             model = f"{e.model.name}:{e.model.version}" if e.model.name else "-"
             domain = common_pb2.Domain.Name(e.domain).removeprefix("DOMAIN_").lower()
             started = e.started_at.ToDatetime().isoformat(timespec="seconds")
-            print(f"{e.episode_id:<28} {e.robot_id:<14} {domain:<6} {e.num_steps:>5} {label:<10} {model:<20} {started}")
-            shown += 1
+            print(
+                f"{e.episode_id:<28} {e.robot_id:<14} {domain:<6} {e.num_steps:>5} {label:<10} {model:<20} {started}"
+            )
     return 0
 
 
@@ -66,14 +68,18 @@ def _episodes_show(args: argparse.Namespace) -> int:
     channel, stub = _store_stub(args.store)
     with channel:
         response = stub.GetEpisode(
-            episode_store_pb2.GetEpisodeRequest(episode_id=args.episode_id, include_steps=args.steps),
+            episode_store_pb2.GetEpisodeRequest(
+                episode_id=args.episode_id, include_steps=args.steps
+            ),
             timeout=30,
         )
     if args.steps:
         # Pixels are bytes; show their size rather than dumping them.
-        for image in [response.header.x0, response.header.x0_mask] + [s.image for s in response.steps] + [
-            s.mask for s in response.steps
-        ]:
+        for image in (
+            [response.header.x0, response.header.x0_mask]
+            + [s.image for s in response.steps]
+            + [s.mask for s in response.steps]
+        ):
             image.data = f"<{len(image.data)} bytes>".encode()
     print(text_format.MessageToString(response), end="")
     return 0
@@ -91,11 +97,15 @@ def _episodes_stats(args: argparse.Namespace) -> int:
         f"stored {stats.stored_bytes / 1e6:.1f} MB"
     )
     if stats.groups:
-        print(f"{'robot':<16} {'domain':<6} {'model':<22} {'episodes':>8} {'labeled':>8} {'success':>8}")
+        print(
+            f"{'robot':<16} {'domain':<6} {'model':<22} {'episodes':>8} {'labeled':>8} {'success':>8}"
+        )
         for g in stats.groups:
             model = f"{g.model.name}:{g.model.version}" if g.model.name else "-"
             domain = common_pb2.Domain.Name(g.domain).removeprefix("DOMAIN_").lower()
-            print(f"{g.robot_id:<16} {domain:<6} {model:<22} {g.episodes:>8} {g.labeled:>8} {g.success_rate:>8.1%}")
+            print(
+                f"{g.robot_id:<16} {domain:<6} {model:<22} {g.episodes:>8} {g.labeled:>8} {g.success_rate:>8.1%}"
+            )
     return 0
 
 
@@ -106,12 +116,17 @@ def _episodes_relabel(args: argparse.Namespace) -> int:
     with channel:
         response = stub.Relabel(
             episode_store_pb2.RelabelRequest(
-                episode_id=args.episode_id, success=args.success, reason=args.reason, source=args.source
+                episode_id=args.episode_id,
+                success=args.success,
+                reason=args.reason,
+                source=args.source,
             ),
             timeout=30,
         )
-    print(f"{args.episode_id}: {'success' if response.summary.label.success else 'failure'} "
-          f"({len(response.label_history)} labels in its history)")
+    print(
+        f"{args.episode_id}: {'success' if response.summary.label.success else 'failure'} "
+        f"({len(response.label_history)} labels in its history)"
+    )
     return 0
 
 
@@ -135,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run the whole local fleet (make run)", add_help=False)
     store = commands.add_parser("store", help="the episode store")
     store_commands = store.add_subparsers(dest="store_command", required=True)
-    store_commands.add_parser("serve", help="serve the episode store (flags: serve --help)", add_help=False)
+    store_commands.add_parser(
+        "serve", help="serve the episode store (flags: serve --help)", add_help=False
+    )
 
     episodes = commands.add_parser("episodes", help="inspect and label stored episodes")
     episode_commands = episodes.add_subparsers(dest="episodes_command", required=True)
@@ -164,7 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     relabel.add_argument("--source", required=True, help="who corrects it, e.g. user:alice")
     relabel.set_defaults(handler=_episodes_relabel)
     for sub in list(episode_commands.choices.values()):
-        sub.add_argument("--store", default=DEFAULT_STORE, help=f"episode store host:port (default {DEFAULT_STORE})")
+        sub.add_argument(
+            "--store",
+            default=DEFAULT_STORE,
+            help=f"episode store host:port (default {DEFAULT_STORE})",
+        )
     return parser
 
 

@@ -56,11 +56,15 @@ class ServerConfig:
     port: int = setting(0, "gRPC port; 0 picks a free one (see port_file).")
     port_file: str = setting("", "Write the bound gRPC port to this file once serving.")
     metrics_port: int = setting(-1, "Prometheus /metrics port; 0 picks a free one, -1 disables.")
-    max_message_bytes: int = setting(16 * 1024 * 1024, "Largest gRPC message accepted or sent, bytes.")
+    max_message_bytes: int = setting(
+        16 * 1024 * 1024, "Largest gRPC message accepted or sent, bytes."
+    )
     max_workers: int = setting(16, "Threads serving RPCs.")
     max_concurrent_rpcs: int = setting(64, "RPCs in flight before new ones get RESOURCE_EXHAUSTED.")
     grace_s: float = setting(10.0, "On SIGTERM, seconds in-flight RPCs get to finish.")
-    drain_delay_s: float = setting(0.0, "On SIGTERM, seconds NOT_SERVING is reported before the server stops accepting calls.")
+    drain_delay_s: float = setting(
+        0.0, "On SIGTERM, seconds NOT_SERVING is reported before the server stops accepting calls."
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR.")
     log_format: str = setting("json", "json (one object a line) or text.")
 

@@ -71,7 +71,11 @@ class ServiceServer:
         self.metrics_port = metrics.start_metrics_server(config.metrics_port, config.host)
         log.info(
             "server started",
-            extra={"port": self.port, "metrics_port": self.metrics_port, "services": self.service_names},
+            extra={
+                "port": self.port,
+                "metrics_port": self.metrics_port,
+                "services": self.service_names,
+            },
         )
 
     @property

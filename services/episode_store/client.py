@@ -35,7 +35,9 @@ def list_all(
     token = ""
     while True:
         page = stub.ListEpisodes(
-            episode_store_pb2.ListEpisodesRequest(filter=flt, page_size=page_size, page_token=token),
+            episode_store_pb2.ListEpisodesRequest(
+                filter=flt, page_size=page_size, page_token=token
+            ),
             timeout=timeout_s,
         )
         yield from page.episodes
@@ -44,7 +46,9 @@ def list_all(
             return
 
 
-def connect(address: str, max_message_bytes: int = 16 * 1024 * 1024) -> tuple[grpc.Channel, episode_store_pb2_grpc.EpisodeStoreStub]:
+def connect(
+    address: str, max_message_bytes: int = 16 * 1024 * 1024
+) -> tuple[grpc.Channel, episode_store_pb2_grpc.EpisodeStoreStub]:
     """A channel and stub for the store at host:port."""
     channel = grpc.insecure_channel(
         address,

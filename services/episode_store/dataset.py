@@ -52,7 +52,9 @@ _SEQUENCE = {
 }
 
 
-def decode_image(data: tf.Tensor, encoding: tf.Tensor, height: int, width: int, channels: int) -> tf.Tensor:
+def decode_image(
+    data: tf.Tensor, encoding: tf.Tensor, height: int, width: int, channels: int
+) -> tf.Tensor:
     """Decodes RAW, PNG or JPEG bytes to uint8 [height, width, channels]."""
     branches = {
         common_pb2.Image.ENCODING_RAW: lambda: tf.reshape(
@@ -61,9 +63,7 @@ def decode_image(data: tf.Tensor, encoding: tf.Tensor, height: int, width: int, 
         common_pb2.Image.ENCODING_PNG: lambda: tf.io.decode_png(data, channels=channels),
         common_pb2.Image.ENCODING_JPEG: lambda: tf.io.decode_jpeg(data, channels=channels),
     }
-    image = tf.switch_case(
-        tf.cast(encoding, tf.int32) - 1, [branches[k] for k in sorted(branches)]
-    )
+    image = tf.switch_case(tf.cast(encoding, tf.int32) - 1, [branches[k] for k in sorted(branches)])
     return tf.ensure_shape(image, [height, width, channels])
 
 
@@ -91,7 +91,7 @@ def step_dataset(
     sizes = {(e.image_size.width, e.image_size.height) for e in episodes}
     if len(sizes) != 1:
         raise ValueError(f"episodes have several image sizes {sorted(sizes)}; select one size")
-    (width, height), = sizes
+    ((width, height),) = sizes
     root = Path(data_root)
     index = tf.data.Dataset.from_tensor_slices(
         {
@@ -141,13 +141,19 @@ def step_dataset(
 
     def decode(step: dict) -> dict:
         sample = dict(step)
-        sample[X0] = decode_image(sample.pop("x0_data"), sample.pop("x0_encoding"), height, width, 3)
-        sample[XT] = decode_image(sample.pop("image_data"), sample.pop("image_encoding"), height, width, 3)
+        sample[X0] = decode_image(
+            sample.pop("x0_data"), sample.pop("x0_encoding"), height, width, 3
+        )
+        sample[XT] = decode_image(
+            sample.pop("image_data"), sample.pop("image_encoding"), height, width, 3
+        )
         if include_masks:
             sample[X0_MASK] = decode_image(
                 sample.pop("x0_mask_data"), sample.pop("x0_mask_encoding"), height, width, 1
             )
-            sample[MASK] = decode_image(sample.pop("mask_data"), sample.pop("mask_encoding"), height, width, 1)
+            sample[MASK] = decode_image(
+                sample.pop("mask_data"), sample.pop("mask_encoding"), height, width, 1
+            )
         return sample
 
     steps = index.interleave(
@@ -156,6 +162,8 @@ def step_dataset(
     return steps.map(decode, num_parallel_calls=num_parallel_calls, deterministic=True)
 
 
-def labeled(episodes: Iterable[episode_store_pb2.EpisodeSummary]) -> list[episode_store_pb2.EpisodeSummary]:
+def labeled(
+    episodes: Iterable[episode_store_pb2.EpisodeSummary],
+) -> list[episode_store_pb2.EpisodeSummary]:
     """Only the episodes that carry a success/failure label."""
     return [e for e in episodes if e.label.state != common_pb2.LABEL_STATE_UNLABELED]

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import psycopg
 from google.protobuf import timestamp_pb2
+
 from graspfleet.v1 import common_pb2, episode_store_pb2
 
 SCHEMA_VERSION = 1

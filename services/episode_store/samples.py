@@ -18,7 +18,9 @@ from services.episode_store.shards import EpisodeRecord
 _TRAY = (0.25, 0.75)  # tray extent as a fraction of the image
 
 
-def encode_image(pixels: np.ndarray, encoding: int = common_pb2.Image.ENCODING_PNG) -> common_pb2.Image:
+def encode_image(
+    pixels: np.ndarray, encoding: int = common_pb2.Image.ENCODING_PNG
+) -> common_pb2.Image:
     """Wraps a uint8 HxW (mask) or HxWx3 (RGB) array as an Image message."""
     height, width = pixels.shape[:2]
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
@@ -26,9 +28,13 @@ def encode_image(pixels: np.ndarray, encoding: int = common_pb2.Image.ENCODING_P
         data = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
     else:
         buffer = io.BytesIO()
-        PilImage.fromarray(pixels).save(buffer, format="PNG" if encoding == common_pb2.Image.ENCODING_PNG else "JPEG")
+        PilImage.fromarray(pixels).save(
+            buffer, format="PNG" if encoding == common_pb2.Image.ENCODING_PNG else "JPEG"
+        )
         data = buffer.getvalue()
-    return common_pb2.Image(encoding=encoding, width=width, height=height, channels=channels, data=data)
+    return common_pb2.Image(
+        encoding=encoding, width=width, height=height, channels=channels, data=data
+    )
 
 
 def decode_image(image: common_pb2.Image) -> np.ndarray:
@@ -39,7 +45,9 @@ def decode_image(image: common_pb2.Image) -> np.ndarray:
     return np.asarray(PilImage.open(io.BytesIO(image.data)))
 
 
-def _render(rng_colors, objects, arm_xy, size: int, arm_visible: bool) -> tuple[np.ndarray, np.ndarray]:
+def _render(
+    rng_colors, objects, arm_xy, size: int, arm_visible: bool
+) -> tuple[np.ndarray, np.ndarray]:
     rgb = np.empty((size, size, 3), np.uint8)
     rgb[:] = rng_colors["background"]
     mask = np.zeros((size, size), np.uint8)
@@ -78,7 +86,10 @@ def sample_episode(
         "arm": rng.integers(150, 255, 3),
         "objects": [rng.integers(0, 255, 3) for _ in range(3)],
     }
-    objects = [(rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65), rng.uniform(0.03, 0.06)) for _ in range(3)]
+    objects = [
+        (rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65), rng.uniform(0.03, 0.06))
+        for _ in range(3)
+    ]
     target = objects[int(rng.integers(0, 3))]
     start = np.array([rng.uniform(0.3, 0.7), 0.2, 0.3])
     goal = np.array([target[0] + rng.normal(0, 0.05), target[1] + rng.normal(0, 0.05), 0.02])
@@ -115,8 +126,11 @@ def sample_episode(
             command=common_pb2.Command(
                 kind=kind,
                 motion=common_pb2.MotionCommand(
-                    dx_cm=delta[0] * 100, dy_cm=delta[1] * 100, dz_cm=delta[2] * 100,
-                    sin_dyaw=float(np.sin(dyaw)), cos_dyaw=float(np.cos(dyaw)),
+                    dx_cm=delta[0] * 100,
+                    dy_cm=delta[1] * 100,
+                    dz_cm=delta[2] * 100,
+                    sin_dyaw=float(np.sin(dyaw)),
+                    cos_dyaw=float(np.cos(dyaw)),
                 ),
             ),
         )

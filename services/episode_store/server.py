@@ -107,12 +107,18 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
                     )
                 part = request.WhichOneof("part")
                 if part is None:
-                    raise InvalidArgument("a WriteEpisodeRequest carries none of header, step, outcome")
+                    raise InvalidArgument(
+                        "a WriteEpisodeRequest carries none of header, step, outcome"
+                    )
                 if outcome is not None:
-                    raise InvalidArgument(f"a {part} arrived after the outcome; the outcome must come last")
+                    raise InvalidArgument(
+                        f"a {part} arrived after the outcome; the outcome must come last"
+                    )
                 if part == "header":
                     if header is not None:
-                        raise InvalidArgument("a second header arrived; send one episode per stream")
+                        raise InvalidArgument(
+                            "a second header arrived; send one episode per stream"
+                        )
                     validation.check_header(request.header, self.limits)
                     header = request.header
                 elif header is None:

@@ -20,12 +20,12 @@ from graspfleet.v1 import common_pb2, episode_store_pb2
 from services.common import logs
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.episode_store import shards
-from services.episode_store.validation import check_enum
 from services.episode_store.metadata import (
     EpisodeConflict,
     EpisodeNotFound,
     MetadataStore,
 )
+from services.episode_store.validation import check_enum
 
 log = logs.get_logger(__name__)
 
@@ -44,7 +44,9 @@ def episode_digest(record: shards.EpisodeRecord) -> str:
     return h.hexdigest()
 
 
-def label_from_outcome(record: shards.EpisodeRecord, now: timestamp_pb2.Timestamp) -> common_pb2.Label:
+def label_from_outcome(
+    record: shards.EpisodeRecord, now: timestamp_pb2.Timestamp
+) -> common_pb2.Label:
     """The automatic label: success or failure as the robot reported, else unlabeled."""
     result = record.outcome.result
     source = f"robot:{record.header.robot_id}"
@@ -64,7 +66,9 @@ def label_from_outcome(record: shards.EpisodeRecord, now: timestamp_pb2.Timestam
     )
 
 
-def _summary(record: shards.EpisodeRecord, shard: str, stored_bytes: int, now) -> episode_store_pb2.EpisodeSummary:
+def _summary(
+    record: shards.EpisodeRecord, shard: str, stored_bytes: int, now
+) -> episode_store_pb2.EpisodeSummary:
     header, outcome = record.header, record.outcome
     step_models: dict[tuple[str, int], common_pb2.ModelRef] = {}
     for step in record.steps:
@@ -110,7 +114,9 @@ def decode_page_token(token: str) -> int:
             return int(value)
     except (ValueError, UnicodeDecodeError):
         pass
-    raise InvalidArgument(f"page_token {token!r} is not one this store issued; start again without it")
+    raise InvalidArgument(
+        f"page_token {token!r} is not one this store issued; start again without it"
+    )
 
 
 class EpisodeStore:
@@ -124,7 +130,9 @@ class EpisodeStore:
             progress (in this or another replica).
     """
 
-    def __init__(self, data_root: Path, metadata: MetadataStore, orphan_age_s: float = 600.0) -> None:
+    def __init__(
+        self, data_root: Path, metadata: MetadataStore, orphan_age_s: float = 600.0
+    ) -> None:
         self.files = shards.ShardDirectory(Path(data_root))
         self.metadata = metadata
         self.orphan_age_s = orphan_age_s
@@ -171,7 +179,9 @@ class EpisodeStore:
             stored_bytes=summary.stored_bytes,
         )
 
-    def _existing(self, episode_id: str, digest: str, stored: str) -> episode_store_pb2.WriteEpisodeResponse:
+    def _existing(
+        self, episode_id: str, digest: str, stored: str
+    ) -> episode_store_pb2.WriteEpisodeResponse:
         if stored != digest:
             raise AlreadyExists(self._conflict_message(episode_id))
         summary, _ = self.metadata.get(episode_id)
@@ -203,7 +213,9 @@ class EpisodeStore:
             response.outcome.CopyFrom(record.outcome)
         return response
 
-    def list(self, request: episode_store_pb2.ListEpisodesRequest) -> episode_store_pb2.ListEpisodesResponse:
+    def list(
+        self, request: episode_store_pb2.ListEpisodesRequest
+    ) -> episode_store_pb2.ListEpisodesResponse:
         if request.page_size > MAX_PAGE_SIZE:
             raise InvalidArgument(f"page_size={request.page_size}; at most {MAX_PAGE_SIZE}")
         check_filter(request.filter)
@@ -216,9 +228,13 @@ class EpisodeStore:
             response.next_page_token = encode_page_token(rows[page_size - 1].sequence)
         return response
 
-    def relabel(self, request: episode_store_pb2.RelabelRequest) -> episode_store_pb2.RelabelResponse:
+    def relabel(
+        self, request: episode_store_pb2.RelabelRequest
+    ) -> episode_store_pb2.RelabelResponse:
         if not request.source:
-            raise InvalidArgument("source is required: say who corrects the label (e.g. user:alice)")
+            raise InvalidArgument(
+                "source is required: say who corrects the label (e.g. user:alice)"
+            )
         if not request.reason:
             raise InvalidArgument("reason is required: say why the label changes")
         now = timestamp_pb2.Timestamp()
@@ -234,7 +250,10 @@ class EpisodeStore:
             summary, history = self.metadata.relabel(request.episode_id, label)
         except EpisodeNotFound:
             raise NotFound(f"no episode {request.episode_id!r} in the store") from None
-        log.info("episode relabeled", extra={"episode_id": request.episode_id, "success": request.success})
+        log.info(
+            "episode relabeled",
+            extra={"episode_id": request.episode_id, "success": request.success},
+        )
         return episode_store_pb2.RelabelResponse(summary=summary, label_history=history)
 
     def stats(self, request: episode_store_pb2.StatsRequest) -> episode_store_pb2.StatsResponse:
@@ -266,6 +285,12 @@ def check_filter(flt: episode_store_pb2.EpisodeFilter) -> None:
     """Refuses unknown enum values in a query filter."""
     check_enum("filter.domain", common_pb2.Domain, flt.domain, allow_unspecified=True)
     check_enum("filter.label_state", common_pb2.LabelState, flt.label_state, allow_unspecified=True)
-    check_enum("filter.randomization", common_pb2.Randomization, flt.randomization, allow_unspecified=True)
-    if flt.HasField("since") and flt.HasField("until") and flt.until.ToNanoseconds() <= flt.since.ToNanoseconds():
+    check_enum(
+        "filter.randomization", common_pb2.Randomization, flt.randomization, allow_unspecified=True
+    )
+    if (
+        flt.HasField("since")
+        and flt.HasField("until")
+        and flt.until.ToNanoseconds() <= flt.since.ToNanoseconds()
+    ):
         raise InvalidArgument("filter.until must be after filter.since")

@@ -41,7 +41,9 @@ def check_enum(field: str, enum, value: int, *, allow_unspecified: bool = False)
     """Refuses values outside `enum` (proto3 passes unknown numbers through)."""
     known = [name for name, number in enum.items() if number != 0 or allow_unspecified]
     if value not in enum.values():
-        raise InvalidArgument(f"{field}={value} is not a known value; use one of {', '.join(known)}")
+        raise InvalidArgument(
+            f"{field}={value} is not a known value; use one of {', '.join(known)}"
+        )
     if value == 0 and not allow_unspecified:
         raise InvalidArgument(f"{field} is not set; use one of {', '.join(known)}")
 
@@ -127,25 +129,35 @@ def check_header(header: common_pb2.EpisodeHeader, limits: Limits) -> None:
         raise InvalidArgument("header.robot_id must be 1-128 characters")
     check_enum("header.domain", common_pb2.Domain, header.domain)
     check_enum(
-        "header.randomization", common_pb2.Randomization, header.randomization,
+        "header.randomization",
+        common_pb2.Randomization,
+        header.randomization,
         allow_unspecified=True,
     )
     check_model("header.model", header.model)
     if not header.HasField("x0"):
-        raise InvalidArgument("header.x0 is missing: every episode needs the image before the arm enters the view")
+        raise InvalidArgument(
+            "header.x0 is missing: every episode needs the image before the arm enters the view"
+        )
     check_image("header.x0", header.x0, channels=3, limits=limits)
     size = (header.x0.width, header.x0.height)
     if header.HasField("x0_mask"):
         check_image("header.x0_mask", header.x0_mask, channels=1, limits=limits, size=size)
     if header.HasField("x0_canonical"):
-        check_image("header.x0_canonical", header.x0_canonical, channels=3, limits=limits, size=size)
+        check_image(
+            "header.x0_canonical", header.x0_canonical, channels=3, limits=limits, size=size
+        )
 
 
-def check_step(step: common_pb2.Step, expected_index: int, header: common_pb2.EpisodeHeader, limits: Limits) -> None:
+def check_step(
+    step: common_pb2.Step, expected_index: int, header: common_pb2.EpisodeHeader, limits: Limits
+) -> None:
     """Checks one step against the episode's header and the steps before it."""
     field = f"steps[{expected_index}]"
     if expected_index >= limits.max_steps:
-        raise ResourceExhausted(f"episode has more than {limits.max_steps} steps, the store's limit")
+        raise ResourceExhausted(
+            f"episode has more than {limits.max_steps} steps, the store's limit"
+        )
     if step.index != expected_index:
         raise InvalidArgument(
             f"{field}.index={step.index}; steps must be sent in order starting at 0 (expected {expected_index})"
@@ -162,7 +174,10 @@ def check_step(step: common_pb2.Step, expected_index: int, header: common_pb2.Ep
     check_enum(f"{field}.command.kind", common_pb2.Command.Kind, step.command.kind)
     m = step.command.motion
     _check_finite(f"{field}.command.motion", m.dx_cm, m.dy_cm, m.dz_cm, m.sin_dyaw, m.cos_dyaw)
-    if step.command.kind == common_pb2.Command.KIND_MOVE and abs(m.sin_dyaw**2 + m.cos_dyaw**2 - 1.0) > 0.01:
+    if (
+        step.command.kind == common_pb2.Command.KIND_MOVE
+        and abs(m.sin_dyaw**2 + m.cos_dyaw**2 - 1.0) > 0.01
+    ):
         raise InvalidArgument(
             f"{field}.command.motion: sin_dyaw^2 + cos_dyaw^2 = {m.sin_dyaw**2 + m.cos_dyaw**2:.3f}; "
             "it must be 1 (send the sine and cosine of the rotation)"

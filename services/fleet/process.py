@@ -68,7 +68,9 @@ class ServiceProcess:
             if self.port is not None and self.serving():
                 return
             time.sleep(0.1)
-        raise TimeoutError(f"{self.name} did not report SERVING within {timeout_s:.0f} s; see {self.log_path}")
+        raise TimeoutError(
+            f"{self.name} did not report SERVING within {timeout_s:.0f} s; see {self.log_path}"
+        )
 
     def serving(self) -> bool:
         """True when the health service answers SERVING."""

@@ -24,7 +24,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds of work")
     parser.add_argument("--workdir", default="var/fleet", help="state of this run (wiped at start)")
     parser.add_argument("--episodes", type=int, default=None, help="sample episodes to ingest")
-    parser.add_argument("--writers", type=int, default=4, help="concurrent writers (one robot id each)")
+    parser.add_argument(
+        "--writers", type=int, default=4, help="concurrent writers (one robot id each)"
+    )
     return parser.parse_args(argv)
 
 
@@ -68,7 +70,9 @@ def _ingest_samples(address: str, num_episodes: int, writers: int) -> None:
         with ThreadPoolExecutor(writers) as pool:
             list(pool.map(write, range(num_episodes)))
     elapsed = time.monotonic() - start
-    print(f"ingested {num_episodes} episodes in {elapsed:.1f} s ({num_episodes / elapsed:.1f} episodes/s)")
+    print(
+        f"ingested {num_episodes} episodes in {elapsed:.1f} s ({num_episodes / elapsed:.1f} episodes/s)"
+    )
 
 
 def _report(address: str, data_root: Path) -> None:
@@ -82,4 +86,6 @@ def _report(address: str, data_root: Path) -> None:
         episodes = list(client.list_all(stub))
     samples = dataset.step_dataset(data_root, dataset.labeled(episodes))
     steps = sum(1 for _ in samples)
-    print(f"\ntraining pipeline: {len(episodes)} episodes -> {steps} (x0, xt, pose, command, label) samples via tf.data")
+    print(
+        f"\ntraining pipeline: {len(episodes)} episodes -> {steps} (x0, xt, pose, command, label) samples via tf.data"
+    )

@@ -18,7 +18,11 @@ from services.episode_store.metadata import open_metadata_store
 NUM_EPISODES = 200
 WRITERS = 8
 RESENDS = 20
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+}
 
 
 class Fleet:
@@ -61,7 +65,9 @@ def _pixels(image) -> np.ndarray:
 
 @pytest.mark.slow
 def test_200_episodes_8_writers_resends_and_a_kill_mid_stream(store_process, store_flags, tmp_path):
-    records = [samples.sample_episode(i, robot_id=f"arm-{i % WRITERS}") for i in range(NUM_EPISODES)]
+    records = [
+        samples.sample_episode(i, robot_id=f"arm-{i % WRITERS}") for i in range(NUM_EPISODES)
+    ]
     interrupted = records[-1]
     store_process.start()
     fleet = Fleet(store_process.address)
@@ -75,7 +81,9 @@ def test_200_episodes_8_writers_resends_and_a_kill_mid_stream(store_process, sto
     # One stream is half sent when the store is SIGKILLed; writers are mid-flight too.
     reached, release = threading.Event(), threading.Event()
     channel, stub = client.connect(store_process.address)
-    broken = pool.submit(stub.WriteEpisode, _interrupted_stream(interrupted, reached, release), timeout=60)
+    broken = pool.submit(
+        stub.WriteEpisode, _interrupted_stream(interrupted, reached, release), timeout=60
+    )
     assert reached.wait(30)
     time.sleep(0.2)
     store_process.kill()
@@ -115,7 +123,9 @@ def test_200_episodes_8_writers_resends_and_a_kill_mid_stream(store_process, sto
         by_id = {r.header.episode_id: r for r in records}
         for summary in stored:
             got = stub.GetEpisode(
-                episode_store_pb2.GetEpisodeRequest(episode_id=summary.episode_id, include_steps=True)
+                episode_store_pb2.GetEpisodeRequest(
+                    episode_id=summary.episode_id, include_steps=True
+                )
             )
             original = by_id[summary.episode_id]
             assert got.header == original.header

@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from google.protobuf import timestamp_pb2
-from graspfleet.v1 import common_pb2, episode_store_pb2
 
+from graspfleet.v1 import common_pb2, episode_store_pb2
 from services.episode_store.metadata import (
     EpisodeConflict,
     EpisodeNotFound,

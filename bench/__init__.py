@@ -1,0 +1,1 @@
+"""Benchmarks: each script prints its numbers and the command that reproduces them."""
