@@ -137,6 +137,13 @@ def _store_serve(argv: Sequence[str]) -> int:
     return 0
 
 
+def _predictor_serve(argv: Sequence[str]) -> int:
+    from services.grasp_predictor.server import main
+
+    main(list(argv))
+    return 0
+
+
 def _run(argv: Sequence[str]) -> int:
     from services.fleet.run import main
 
@@ -152,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     store_commands = store.add_subparsers(dest="store_command", required=True)
     store_commands.add_parser(
         "serve", help="serve the episode store (flags: serve --help)", add_help=False
+    )
+
+    predictor = commands.add_parser("predictor", help="the grasp predictor (TF Serving API)")
+    predictor_commands = predictor.add_subparsers(dest="predictor_command", required=True)
+    predictor_commands.add_parser(
+        "serve", help="serve grasp models (flags: serve --help)", add_help=False
     )
 
     episodes = commands.add_parser("episodes", help="inspect and label stored episodes")
@@ -199,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(argv[1:])
     if argv[:2] == ["store", "serve"]:
         return _store_serve(argv[2:])
+    if argv[:2] == ["predictor", "serve"]:
+        return _predictor_serve(argv[2:])
     args = build_parser().parse_args(argv)
     logs.configure_logging("graspfleet-cli", "WARNING", "text")
     try:

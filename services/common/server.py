@@ -45,6 +45,7 @@ class ServiceServer:
         self.service_names = tuple(service_names)
         self._on_stop = on_stop
         self._stopped = threading.Event()
+        self._serving: bool | None = None
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
@@ -86,6 +87,9 @@ class ServiceServer:
 
     def set_serving(self, serving: bool) -> None:
         """Reports SERVING or NOT_SERVING for the server and each of its services."""
+        if serving == self._serving:
+            return
+        self._serving = serving
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving

@@ -1,0 +1,277 @@
+"""The grasp predictor: TensorFlow Serving's PredictionService and ModelService over our repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import Gauge
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from services.common import logs
+from services.common.config import load_config
+from services.common.errors import InvalidArgument, NotFound
+from services.common.server import ServiceServer
+from services.grasp_predictor import tensors
+from services.grasp_predictor.batching import DynamicBatcher, run_timed
+from services.grasp_predictor.config import PredictorConfig
+from services.grasp_predictor.repository import LoadedModel, ModelRepository, RepositoryPoller
+from services.grasp_predictor.warmup import grasp_warm_up
+
+log = logs.get_logger(__name__)
+
+PREDICTION_SERVICE = "tensorflow.serving.PredictionService"
+MODEL_SERVICE = "tensorflow.serving.ModelService"
+
+SERVED_VERSION = Gauge(
+    "graspfleet_predictor_served_version",
+    "1 for each model version being served.",
+    ["model", "version"],
+)
+LABEL_VERSION = Gauge(
+    "graspfleet_predictor_label_version", "The version a label points to.", ["model", "label"]
+)
+
+_STATE = {
+    "LOADING": get_model_status_pb2.ModelVersionStatus.LOADING,
+    "AVAILABLE": get_model_status_pb2.ModelVersionStatus.AVAILABLE,
+    "UNLOADING": get_model_status_pb2.ModelVersionStatus.UNLOADING,
+    "END": get_model_status_pb2.ModelVersionStatus.END,
+}
+
+
+def _run_signature(loaded: LoadedModel, signature_name: str):
+    import tensorflow as tf
+
+    signature = loaded.signatures[signature_name]
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outputs = signature(**{k: tf.constant(v) for k, v in inputs.items()})
+        return {k: v.numpy() for k, v in outputs.items()}
+
+    return run
+
+
+class Predictor:
+    """Resolves requests to loaded versions and runs them, batched or not."""
+
+    def __init__(self, config: PredictorConfig) -> None:
+        self.config = config
+        self.repositories = {
+            name: ModelRepository(
+                Path(config.model_base_path),
+                name,
+                warm_up=lambda loaded: grasp_warm_up(loaded, config.warmup_image_size),
+                specific_versions=tuple(int(v) for v in config.specific_versions),
+                settle_s=config.settle_s,
+                on_change=self._changed,
+                on_unload=self._unloaded,
+            )
+            for name in config.model_names
+        }
+        self.on_ready_change = lambda ready: None
+
+    def ready(self) -> bool:
+        """True when every configured model has a version serving."""
+        return all(repo.loaded() for repo in self.repositories.values())
+
+    def repository(self, name: str) -> ModelRepository:
+        if name not in self.repositories:
+            raise NotFound(
+                f"model {name!r} is not served here (models: {sorted(self.repositories)})"
+            )
+        return self.repositories[name]
+
+    def resolve(self, spec) -> LoadedModel:
+        repo = self.repository(spec.name)
+        # version and version_label are a oneof in ModelSpec: at most one is set.
+        version = spec.version.value if spec.HasField("version") else None
+        return repo.resolve(version=version, label=spec.version_label or None)
+
+    def _changed(self, repo: ModelRepository) -> None:
+        for loaded in repo.loaded():
+            if "batcher" not in loaded.resources and self.config.enable_batching:
+                loaded.resources["batcher"] = DynamicBatcher(
+                    _run_signature(loaded, tensors.DEFAULT_SIGNATURE),
+                    repo.name,
+                    self.config.max_batch_size,
+                    self.config.batch_timeout_ms / 1000.0,
+                    self.config.max_queue,
+                )
+        SERVED_VERSION.clear()
+        LABEL_VERSION.clear()
+        for name, each in self.repositories.items():
+            for loaded in each.loaded():
+                SERVED_VERSION.labels(name, str(loaded.version)).set(1)
+            for label, version in each.labels().items():
+                LABEL_VERSION.labels(name, label).set(version)
+        self.on_ready_change(self.ready())
+
+    @staticmethod
+    def _unloaded(loaded: LoadedModel) -> None:
+        batcher = loaded.resources.pop("batcher", None)
+        if batcher is not None:
+            batcher.close()
+
+    def predict(
+        self,
+        loaded: LoadedModel,
+        signature_name: str,
+        inputs: dict[str, np.ndarray],
+        timeout_s: float | None,
+    ):
+        batcher = loaded.resources.get("batcher")
+        if batcher is None or signature_name != tensors.DEFAULT_SIGNATURE:
+            return run_timed(_run_signature(loaded, signature_name), inputs, loaded.name)
+        return batcher.submit(inputs).result(timeout=timeout_s)
+
+
+def check_grasp_request(inputs: dict[str, np.ndarray], config: PredictorConfig) -> None:
+    """The grasp signature's own rules: one pair per row, K candidates, bounded sizes."""
+    x0, xt, motions = inputs["x0"], inputs["xt"], inputs["motions"]
+    if x0.shape != xt.shape:
+        raise InvalidArgument(
+            f"x0 {list(x0.shape)} and xt {list(xt.shape)} must have the same shape"
+        )
+    rows = x0.shape[0]
+    if motions.shape[0] != rows:
+        raise InvalidArgument(
+            f"motions has {motions.shape[0]} rows but x0 has {rows}; send one row of motions per image pair"
+        )
+    if rows == 0 or motions.shape[1] == 0:
+        raise InvalidArgument("the request is empty: send at least one image pair and one motion")
+    if rows > config.max_batch_size:
+        raise InvalidArgument(
+            f"{rows} image pairs in one request; this predictor takes at most {config.max_batch_size}"
+        )
+    if motions.shape[1] > config.max_candidates:
+        raise InvalidArgument(
+            f"{motions.shape[1]} motions per pair; this predictor takes at most {config.max_candidates}"
+        )
+    if not np.isfinite(motions).all():
+        raise InvalidArgument("motions contain NaN or infinite values")
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    def Predict(self, request, context):
+        loaded = self.predictor.resolve(request.model_spec)
+        signature_name = request.model_spec.signature_name or tensors.DEFAULT_SIGNATURE
+        if signature_name not in loaded.signatures:
+            raise InvalidArgument(
+                f"model {loaded.name!r} version {loaded.version} has no signature {signature_name!r} "
+                f"(signatures: {sorted(loaded.signatures)})"
+            )
+        signature = loaded.signatures[signature_name]
+        inputs = {name: tensors.to_array(name, proto) for name, proto in request.inputs.items()}
+        tensors.check_inputs(signature, inputs, signature_name)
+        if {"x0", "xt", "motions"} == set(inputs):
+            check_grasp_request(inputs, self.predictor.config)
+        outputs = self.predictor.predict(loaded, signature_name, inputs, context.time_remaining())
+        wanted = list(request.output_filter) or list(outputs)
+        unknown = set(wanted) - set(outputs)
+        if unknown:
+            raise InvalidArgument(
+                f"output_filter names {sorted(unknown)}; outputs are {sorted(outputs)}"
+            )
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = loaded.name
+        response.model_spec.version.value = loaded.version
+        response.model_spec.signature_name = signature_name
+        for name in wanted:
+            response.outputs[name].CopyFrom(tensors.to_proto(outputs[name]))
+        return response
+
+    def GetModelMetadata(self, request, context):
+        fields = list(request.metadata_field)
+        if fields != ["signature_def"]:
+            raise InvalidArgument(f"metadata_field {fields}: only ['signature_def'] is supported")
+        loaded = self.predictor.resolve(request.model_spec)
+        graph = tensors.signature_def_map(str(loaded.path))
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = loaded.name
+        response.model_spec.version.value = loaded.version
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature_def in graph.signature_def.items():
+            signatures.signature_def[name].CopyFrom(signature_def)
+        response.metadata["signature_def"].Pack(signatures)
+        return response
+
+
+class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    def GetModelStatus(self, request, context):
+        repo = self.predictor.repository(request.model_spec.name)
+        statuses = repo.statuses()
+        if request.model_spec.HasField("version"):
+            statuses = [s for s in statuses if s.version == request.model_spec.version.value]
+            if not statuses:
+                raise NotFound(
+                    f"model {repo.name!r} has no version {request.model_spec.version.value}"
+                )
+        elif request.model_spec.version_label:
+            statuses = [
+                s
+                for s in statuses
+                if s.version == repo.labels().get(request.model_spec.version_label)
+            ]
+            if not statuses:
+                raise NotFound(
+                    f"model {repo.name!r} has no version labelled {request.model_spec.version_label!r}"
+                )
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for status in statuses:
+            entry = response.model_version_status.add(
+                version=status.version, state=_STATE[status.state]
+            )
+            if status.error:
+                entry.status.error_code = 3  # INVALID_ARGUMENT, as TF Serving reports a bad version
+                entry.status.error_message = status.error
+        return response
+
+
+def create_server(config: PredictorConfig) -> ServiceServer:
+    """Starts the predictor; SERVING once every model has a version that passed its warm-up."""
+    predictor = Predictor(config)
+    poller = RepositoryPoller(list(predictor.repositories.values()), config.poll_interval_s)
+
+    def stop() -> None:
+        poller.stop()
+        for repo in predictor.repositories.values():
+            for loaded in repo.loaded():
+                predictor._unloaded(loaded)
+
+    def register(grpc_server) -> None:
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(predictor), grpc_server
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelStatusServicer(predictor), grpc_server
+        )
+
+    server = ServiceServer(
+        "grasp-predictor", config, register, [PREDICTION_SERVICE, MODEL_SERVICE], on_stop=stop
+    )
+    predictor.on_ready_change = server.set_serving
+    for repo in predictor.repositories.values():
+        repo.poll()
+    server.set_serving(predictor.ready())
+    poller.start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`graspfleet predictor serve`: serves grasp models until SIGTERM."""
+    config = load_config(PredictorConfig, "graspfleet predictor serve", argv)
+    logs.configure_logging("grasp-predictor", config.log_level, config.log_format)
+    create_server(config).wait()

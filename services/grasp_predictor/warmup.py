@@ -1,0 +1,71 @@
+"""The grasp model's warm-up check: a version serves only if its outputs make sense."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from services.grasp_predictor import tensors
+from services.grasp_predictor.repository import LoadedModel
+
+WARMUP_PAIRS = 2
+WARMUP_MOTIONS = 8
+
+
+def image_size(loaded: LoadedModel, default: int) -> tuple[int, int]:
+    """(height, width) of the images the model was trained on, from its metadata."""
+    size = loaded.metadata.get("image_size")
+    if isinstance(size, dict):
+        return int(size["height"]), int(size["width"])
+    if isinstance(size, list | tuple) and len(size) == 2:
+        return int(size[0]), int(size[1])
+    return default, default
+
+
+def grasp_warm_up(loaded: LoadedModel, default_size: int) -> None:
+    """Runs the serving signature on random scenes and motions.
+
+    Raises:
+        ValueError: the signature is missing, takes other inputs, or returns
+            anything but finite probabilities of shape [pairs, motions].
+    """
+    import tensorflow as tf
+
+    if tensors.DEFAULT_SIGNATURE not in loaded.signatures:
+        raise ValueError(
+            f"no {tensors.DEFAULT_SIGNATURE!r} signature (has {sorted(loaded.signatures)})"
+        )
+    signature = loaded.signatures[tensors.DEFAULT_SIGNATURE]
+    specs = tensors.input_specs(signature)
+    if set(specs) != {"x0", "xt", "motions"}:
+        raise ValueError(
+            f"serving signature takes {sorted(specs)}; a grasp model takes x0, xt, motions"
+        )
+    height, width = image_size(loaded, default_size)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (WARMUP_PAIRS, height, width, 3), dtype=np.uint8)
+    angle = rng.uniform(-np.pi, np.pi, (WARMUP_PAIRS, WARMUP_MOTIONS))
+    motions = np.concatenate(
+        [
+            rng.normal(0, 5, (WARMUP_PAIRS, WARMUP_MOTIONS, 3)),
+            np.sin(angle)[..., None],
+            np.cos(angle)[..., None],
+        ],
+        axis=-1,
+    ).astype(np.float32)
+    outputs = signature(
+        x0=tf.constant(images), xt=tf.constant(images[::-1]), motions=tf.constant(motions)
+    )
+    if len(outputs) != 1:
+        raise ValueError(
+            f"serving signature returns {sorted(outputs)}; expected one probability output"
+        )
+    ((name, value),) = outputs.items()
+    value = value.numpy()
+    if value.shape != (WARMUP_PAIRS, WARMUP_MOTIONS):
+        raise ValueError(
+            f"output {name!r} has shape {list(value.shape)}; expected [{WARMUP_PAIRS}, {WARMUP_MOTIONS}]"
+        )
+    if not np.isfinite(value).all() or value.min() < 0 or value.max() > 1:
+        raise ValueError(
+            f"output {name!r} is not a probability: range [{value.min()}, {value.max()}]"
+        )
