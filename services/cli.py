@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 import os
 import sys
@@ -13,6 +14,13 @@ import grpc
 from services.common import logs
 
 DEFAULT_STORE = "127.0.0.1:50051"
+
+# `graspfleet <name> serve [flags]` runs the module's main(); flags come from its config dataclass.
+SERVICES = {
+    "store": ("services.episode_store.server", "the episode store"),
+    "predictor": ("services.grasp_predictor.server", "the grasp predictor (TF Serving API)"),
+    "planner": ("services.servo_planner.server", "the servo-planner (CEM over the predictor)"),
+}
 
 
 def _store_stub(address: str):
@@ -130,20 +138,6 @@ def _episodes_relabel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_serve(argv: Sequence[str]) -> int:
-    from services.episode_store.server import main
-
-    main(list(argv))
-    return 0
-
-
-def _predictor_serve(argv: Sequence[str]) -> int:
-    from services.grasp_predictor.server import main
-
-    main(list(argv))
-    return 0
-
-
 def _run(argv: Sequence[str]) -> int:
     from services.fleet.run import main
 
@@ -155,17 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("run", help="run the whole local fleet (make run)", add_help=False)
-    store = commands.add_parser("store", help="the episode store")
-    store_commands = store.add_subparsers(dest="store_command", required=True)
-    store_commands.add_parser(
-        "serve", help="serve the episode store (flags: serve --help)", add_help=False
-    )
-
-    predictor = commands.add_parser("predictor", help="the grasp predictor (TF Serving API)")
-    predictor_commands = predictor.add_subparsers(dest="predictor_command", required=True)
-    predictor_commands.add_parser(
-        "serve", help="serve grasp models (flags: serve --help)", add_help=False
-    )
+    for name, (_, help_text) in SERVICES.items():
+        service = commands.add_parser(name, help=help_text)
+        service_commands = service.add_subparsers(dest=f"{name}_command", required=True)
+        service_commands.add_parser(
+            "serve", help=f"serve {help_text} (flags: serve --help)", add_help=False
+        )
 
     episodes = commands.add_parser("episodes", help="inspect and label stored episodes")
     episode_commands = episodes.add_subparsers(dest="episodes_command", required=True)
@@ -210,10 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Service commands take their own flags (generated from their config dataclass).
     if argv[:1] == ["run"]:
         return _run(argv[1:])
-    if argv[:2] == ["store", "serve"]:
-        return _store_serve(argv[2:])
-    if argv[:2] == ["predictor", "serve"]:
-        return _predictor_serve(argv[2:])
+    if len(argv) >= 2 and argv[0] in SERVICES and argv[1] == "serve":
+        importlib.import_module(SERVICES[argv[0]][0]).main(argv[2:])
+        return 0
     args = build_parser().parse_args(argv)
     logs.configure_logging("graspfleet-cli", "WARNING", "text")
     try:

@@ -45,3 +45,7 @@ class Unauthenticated(ServiceError):
 
 class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

@@ -7,42 +7,13 @@ poses, commands, and an outcome that follows from where the gripper closed.
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
-from PIL import Image as PilImage
 
 from graspfleet.v1 import common_pb2
+from services.common.images import encode_image
 from services.episode_store.shards import EpisodeRecord
 
 _TRAY = (0.25, 0.75)  # tray extent as a fraction of the image
-
-
-def encode_image(
-    pixels: np.ndarray, encoding: int = common_pb2.Image.ENCODING_PNG
-) -> common_pb2.Image:
-    """Wraps a uint8 HxW (mask) or HxWx3 (RGB) array as an Image message."""
-    height, width = pixels.shape[:2]
-    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
-    if encoding == common_pb2.Image.ENCODING_RAW:
-        data = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
-    else:
-        buffer = io.BytesIO()
-        PilImage.fromarray(pixels).save(
-            buffer, format="PNG" if encoding == common_pb2.Image.ENCODING_PNG else "JPEG"
-        )
-        data = buffer.getvalue()
-    return common_pb2.Image(
-        encoding=encoding, width=width, height=height, channels=channels, data=data
-    )
-
-
-def decode_image(image: common_pb2.Image) -> np.ndarray:
-    """The pixels of an Image message as uint8 HxWxC (HxW for one channel)."""
-    if image.encoding == common_pb2.Image.ENCODING_RAW:
-        shape = (image.height, image.width) + ((image.channels,) if image.channels > 1 else ())
-        return np.frombuffer(image.data, dtype=np.uint8).reshape(shape)
-    return np.asarray(PilImage.open(io.BytesIO(image.data)))
 
 
 def _render(

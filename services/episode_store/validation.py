@@ -6,19 +6,15 @@ message that names the field, what was sent, and what is expected.
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from dataclasses import dataclass
 
-from PIL import Image as PilImage
-
 from graspfleet.v1 import common_pb2
 from services.common.errors import InvalidArgument, ResourceExhausted
+from services.common.images import check_image
 
 EPISODE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_PIL_FORMAT = {common_pb2.Image.ENCODING_PNG: "PNG", common_pb2.Image.ENCODING_JPEG: "JPEG"}
-_PIL_CHANNELS = {"L": 1, "P": 1, "RGB": 3}
 
 
 @dataclass(frozen=True)
@@ -46,60 +42,6 @@ def check_enum(field: str, enum, value: int, *, allow_unspecified: bool = False)
         )
     if value == 0 and not allow_unspecified:
         raise InvalidArgument(f"{field} is not set; use one of {', '.join(known)}")
-
-
-def check_image(
-    field: str,
-    image: common_pb2.Image,
-    *,
-    channels: int,
-    limits: Limits,
-    size: tuple[int, int] | None = None,
-) -> None:
-    """Checks encoding, declared size and that the bytes really are such an image.
-
-    Args:
-        field: Name used in messages ("steps[3].image").
-        image: The image to check.
-        channels: 3 for RGB, 1 for a mask.
-        limits: Largest side allowed.
-        size: (width, height) the image must have, e.g. that of x0.
-    """
-    check_enum(f"{field}.encoding", common_pb2.Image.Encoding, image.encoding)
-    w, h = image.width, image.height
-    if not (1 <= w <= limits.max_image_side and 1 <= h <= limits.max_image_side):
-        raise InvalidArgument(
-            f"{field} is {w}x{h}; width and height must be between 1 and {limits.max_image_side}"
-        )
-    if image.channels != channels:
-        raise InvalidArgument(f"{field}.channels={image.channels}; expected {channels}")
-    if size is not None and (w, h) != size:
-        raise InvalidArgument(
-            f"{field} is {w}x{h} but the episode's x0 is {size[0]}x{size[1]}; "
-            "all images of an episode must have one size"
-        )
-    if image.encoding == common_pb2.Image.ENCODING_RAW:
-        expected = w * h * channels
-        if len(image.data) != expected:
-            raise InvalidArgument(
-                f"{field}: RAW {w}x{h}x{channels} needs {expected} bytes, got {len(image.data)}"
-            )
-        return
-    fmt = _PIL_FORMAT[image.encoding]
-    try:
-        decoded = PilImage.open(io.BytesIO(image.data))  # reads the header only
-    except Exception:  # noqa: BLE001 - PIL raises many types for bad data
-        raise InvalidArgument(
-            f"{field}: data is not a readable {fmt} image ({len(image.data)} bytes)"
-        ) from None
-    if decoded.format != fmt:
-        raise InvalidArgument(f"{field}: encoding says {fmt} but the data is {decoded.format}")
-    if decoded.size != (w, h):
-        raise InvalidArgument(
-            f"{field}: declared {w}x{h} but the {fmt} data is {decoded.size[0]}x{decoded.size[1]}"
-        )
-    if _PIL_CHANNELS.get(decoded.mode) != channels:
-        raise InvalidArgument(f"{field}: {fmt} mode {decoded.mode}; expected {channels} channel(s)")
 
 
 def _check_finite(field: str, *values: float) -> None:
@@ -139,13 +81,19 @@ def check_header(header: common_pb2.EpisodeHeader, limits: Limits) -> None:
         raise InvalidArgument(
             "header.x0 is missing: every episode needs the image before the arm enters the view"
         )
-    check_image("header.x0", header.x0, channels=3, limits=limits)
+    check_image("header.x0", header.x0, channels=3, max_side=limits.max_image_side)
     size = (header.x0.width, header.x0.height)
     if header.HasField("x0_mask"):
-        check_image("header.x0_mask", header.x0_mask, channels=1, limits=limits, size=size)
+        check_image(
+            "header.x0_mask", header.x0_mask, channels=1, max_side=limits.max_image_side, size=size
+        )
     if header.HasField("x0_canonical"):
         check_image(
-            "header.x0_canonical", header.x0_canonical, channels=3, limits=limits, size=size
+            "header.x0_canonical",
+            header.x0_canonical,
+            channels=3,
+            max_side=limits.max_image_side,
+            size=size,
         )
 
 
@@ -165,11 +113,19 @@ def check_step(
     size = (header.x0.width, header.x0.height)
     if not step.HasField("image"):
         raise InvalidArgument(f"{field}.image is missing")
-    check_image(f"{field}.image", step.image, channels=3, limits=limits, size=size)
+    check_image(f"{field}.image", step.image, channels=3, max_side=limits.max_image_side, size=size)
     if step.HasField("mask"):
-        check_image(f"{field}.mask", step.mask, channels=1, limits=limits, size=size)
+        check_image(
+            f"{field}.mask", step.mask, channels=1, max_side=limits.max_image_side, size=size
+        )
     if step.HasField("canonical"):
-        check_image(f"{field}.canonical", step.canonical, channels=3, limits=limits, size=size)
+        check_image(
+            f"{field}.canonical",
+            step.canonical,
+            channels=3,
+            max_side=limits.max_image_side,
+            size=size,
+        )
     check_pose(f"{field}.pose", step.pose)
     check_enum(f"{field}.command.kind", common_pb2.Command.Kind, step.command.kind)
     m = step.command.motion

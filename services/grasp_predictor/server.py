@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from tensorflow_serving.apis import (
 
 from services.common import logs
 from services.common.config import load_config
-from services.common.errors import InvalidArgument, NotFound
+from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound
 from services.common.server import ServiceServer
 from services.grasp_predictor import tensors
 from services.grasp_predictor.batching import DynamicBatcher, run_timed
@@ -129,7 +130,14 @@ class Predictor:
         batcher = loaded.resources.get("batcher")
         if batcher is None or signature_name != tensors.DEFAULT_SIGNATURE:
             return run_timed(_run_signature(loaded, signature_name), inputs, loaded.name)
-        return batcher.submit(inputs).result(timeout=timeout_s)
+        future = batcher.submit(inputs)
+        try:
+            return future.result(timeout=timeout_s)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # the batcher skips it if it has not started
+            raise DeadlineExceeded(
+                "the request's deadline passed while it waited for its batch"
+            ) from None
 
 
 def check_grasp_request(inputs: dict[str, np.ndarray], config: PredictorConfig) -> None:

@@ -6,6 +6,7 @@ import grpc
 import pytest
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
+from services.common import images
 from services.episode_store import client, samples
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server
@@ -44,7 +45,7 @@ def _with_step(record, index, step):
 
 
 R = samples.sample_episode(7)
-SMALL_PNG = samples.encode_image(samples.decode_image(R.header.x0)[:32, :32])
+SMALL_PNG = images.encode_image(images.decode_image(R.header.x0)[:32, :32])
 
 CASES = {
     "step before header": (

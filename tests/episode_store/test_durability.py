@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from graspfleet.v1 import episode_store_pb2
+from services.common import images
 from services.episode_store import client, dataset, samples
 from services.episode_store.metadata import open_metadata_store
 
@@ -59,7 +60,7 @@ def _interrupted_stream(record, reached: threading.Event, release: threading.Eve
 
 
 def _pixels(image) -> np.ndarray:
-    array = samples.decode_image(image)
+    array = images.decode_image(image)
     return array if array.ndim == 3 else array[..., None]
 
 

@@ -1,0 +1,42 @@
+"""The servo-planner's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import ConfigError, ServerConfig, check_address, setting
+
+
+@dataclass(frozen=True)
+class PlannerConfig(ServerConfig):
+    """Servo-planner: chooses each arm's next command with CEM over the grasp predictor."""
+
+    port: int = setting(50053, "gRPC port; 0 picks a free one (see port_file).")
+    predictor_address: str = setting("", "grasp-predictor host:port.", required=True)
+    model_name: str = setting("grasp_success", "Model the predictor scores with.")
+    default_label: str = setting("stable", "Model label used when a request names no model.")
+    population: int = setting(64, "CEM samples per iteration (Levine et al.: 64).")
+    elites: int = setting(6, "CEM samples refitted each iteration (Levine et al.: 6).")
+    iterations: int = setting(3, "CEM iterations (Levine et al.: 3).")
+    close_ratio: float = setting(0.9, "Close when C(no motion) >= close_ratio * C(best motion).")
+    raise_ratio: float = setting(
+        0.5, "Move with the gripper raised when C(no motion) < raise_ratio * C(best motion)."
+    )
+    max_yaw_rad: float = setting(
+        1.5708,
+        "Largest rotation a candidate may ask for, radians (a pinch grasp is symmetric at pi).",
+    )
+    budget_ms: int = setting(500, "Planning time per step when a request sets none, milliseconds.")
+    max_image_side: int = setting(1024, "Largest image side accepted, pixels.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_address("predictor_address", self.predictor_address)
+        if not 1 <= self.elites <= self.population:
+            raise ConfigError(
+                f"elites={self.elites} must be between 1 and population={self.population}"
+            )
+        if self.iterations < 1 or self.budget_ms < 1:
+            raise ConfigError("iterations and budget_ms must be at least 1")
+        if not 0 < self.raise_ratio <= self.close_ratio <= 1:
+            raise ConfigError("need 0 < raise_ratio <= close_ratio <= 1")

@@ -1,0 +1,196 @@
+"""The servo-planner's gRPC service: PlanStep = CEM over the predictor, then the servoing decision."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from prometheus_client import Counter, Histogram
+from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+from graspfleet.v1 import common_pb2, servo_planner_pb2, servo_planner_pb2_grpc
+from services.common import logs, upstream
+from services.common.config import load_config
+from services.common.errors import DeadlineExceeded, InvalidArgument
+from services.common.images import check_image, decode_image
+from services.common.server import ServiceServer
+from services.servo_planner import cem
+from services.servo_planner.config import PlannerConfig
+
+log = logs.get_logger(__name__)
+
+SERVICE_NAME = servo_planner_pb2.DESCRIPTOR.services_by_name["ServoPlanner"].full_name
+
+DECISIONS = Counter("graspfleet_planner_decisions_total", "Commands chosen, by kind.", ["kind"])
+ITERATIONS = Histogram(
+    "graspfleet_planner_cem_iterations",
+    "CEM iterations completed per PlanStep.",
+    buckets=(0, 1, 2, 3, 4, 5, 8),
+)
+DEADLINES = Counter(
+    "graspfleet_planner_deadline_reached_total",
+    "PlanSteps that returned early because time ran out.",
+)
+
+
+def _check_request(request: servo_planner_pb2.PlanStepRequest, config: PlannerConfig) -> None:
+    for name in ("x0", "xt"):
+        if not request.HasField(name):
+            raise InvalidArgument(f"{name} is missing")
+        check_image(name, getattr(request, name), channels=3, max_side=config.max_image_side)
+    if (request.x0.width, request.x0.height) != (request.xt.width, request.xt.height):
+        raise InvalidArgument("x0 and xt must have the same size")
+    if not request.HasField("workspace"):
+        raise InvalidArgument("workspace is missing: send the box the gripper must stay in")
+    low, high = _vec(request.workspace.min_m), _vec(request.workspace.max_m)
+    if not (np.isfinite(low).all() and np.isfinite(high).all() and (low < high).all()):
+        raise InvalidArgument(
+            f"workspace min {low.tolist()} must be below max {high.tolist()} on every axis"
+        )
+    pose = request.current_pose
+    if not np.isfinite([*_vec(pose.position_m), pose.yaw_rad]).all():
+        raise InvalidArgument("current_pose has a NaN or infinite value")
+    if not 0.0 <= request.epsilon <= 1.0:
+        raise InvalidArgument(f"epsilon={request.epsilon}; expected 0..1")
+    c = request.cem
+    if c.population and not 1 <= (c.elites or 1) <= c.population:
+        raise InvalidArgument(
+            f"cem.elites={c.elites} must be between 1 and cem.population={c.population}"
+        )
+    if c.population > 4096 or c.iterations > 20:
+        raise InvalidArgument("cem.population is at most 4096 and cem.iterations at most 20")
+
+
+def _vec(v: common_pb2.Vec3) -> np.ndarray:
+    return np.array([v.x, v.y, v.z], dtype=np.float64)
+
+
+def _motion(v: np.ndarray) -> common_pb2.MotionCommand:
+    return common_pb2.MotionCommand(
+        dx_cm=float(v[0]),
+        dy_cm=float(v[1]),
+        dz_cm=float(v[2]),
+        sin_dyaw=float(v[3]),
+        cos_dyaw=float(v[4]),
+    )
+
+
+class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
+    def __init__(self, config: PlannerConfig) -> None:
+        self.config = config
+        self.channel = upstream.channel(config.predictor_address)
+        self.predictor = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def PlanStep(self, request, context):
+        _check_request(request, self.config)
+        started = time.monotonic()
+        budget_s = (request.budget_ms or self.config.budget_ms) / 1000.0
+        deadline = started + budget_s
+        grpc_left = context.time_remaining()
+        if grpc_left is not None:
+            # Leave a little of the caller's deadline for the answer to travel back.
+            deadline = min(deadline, started + grpc_left * 0.9)
+        rng = np.random.default_rng(request.seed or None)
+        position = _vec(request.current_pose.position_m)
+        workspace = cem.Workspace(_vec(request.workspace.min_m), _vec(request.workspace.max_m))
+        params = cem.CemParams(
+            population=request.cem.population or self.config.population,
+            elites=request.cem.elites or self.config.elites,
+            iterations=request.cem.iterations or self.config.iterations,
+            max_yaw_rad=self.config.max_yaw_rad,
+        )
+        if request.epsilon and rng.random() < request.epsilon:
+            target = cem.random_target(rng, workspace, params.max_yaw_rad)
+            motion = cem.motions_to(target[None], position)[0]
+            DECISIONS.labels("random").inc()
+            return servo_planner_pb2.PlanStepResponse(
+                command=common_pb2.Command(
+                    kind=common_pb2.Command.KIND_MOVE, motion=_motion(motion)
+                ),
+                random=True,
+            )
+
+        model = (
+            request.model
+            if request.model.name
+            else common_pb2.ModelRef(name=self.config.model_name)
+        )
+        predict = predict_pb2.PredictRequest()
+        predict.model_spec.name = model.name
+        if model.version:
+            predict.model_spec.version.value = model.version
+        else:
+            predict.model_spec.version_label = model.label or self.config.default_label
+        predict.inputs["x0"].CopyFrom(tf.make_tensor_proto(decode_image(request.x0)[None]))
+        predict.inputs["xt"].CopyFrom(tf.make_tensor_proto(decode_image(request.xt)[None]))
+        served = common_pb2.ModelRef(name=model.name, label=predict.model_spec.version_label)
+
+        def score(motions: np.ndarray, timeout_s: float) -> np.ndarray:
+            predict.inputs["motions"].CopyFrom(tf.make_tensor_proto(motions[None]))
+            try:
+                response = self.predictor.Predict(predict, timeout=timeout_s)
+            except grpc.RpcError as err:
+                if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise TimeoutError(
+                        "the grasp-predictor did not answer within the planning budget"
+                    ) from None
+                raise upstream.as_service_error(err, "grasp-predictor") from None
+            served.version = response.model_spec.version.value
+            (output,) = response.outputs.values()
+            return tf.make_ndarray(output)[0]
+
+        try:
+            result = cem.optimize(
+                score, position, workspace, params, rng, lambda: deadline - time.monotonic()
+            )
+        except TimeoutError as err:
+            raise DeadlineExceeded(str(err)) from None
+        ITERATIONS.observe(result.iterations)
+        if result.deadline_reached:
+            DEADLINES.inc()
+        kind, motion, success = self._decide(result)
+        DECISIONS.labels(common_pb2.Command.Kind.Name(kind).removeprefix("KIND_").lower()).inc()
+        return servo_planner_pb2.PlanStepResponse(
+            command=common_pb2.Command(kind=kind, motion=_motion(motion)),
+            predicted_success=success,
+            close_success=result.no_motion_success,
+            model=served,
+            iterations_done=result.iterations,
+            deadline_reached=result.deadline_reached,
+        )
+
+    def _decide(self, result: cem.CemResult) -> tuple[int, np.ndarray, float]:
+        """Levine et al.'s servoing heuristics on C(no motion) against C(best motion)."""
+        if result.no_motion_success >= self.config.close_ratio * result.success:
+            return common_pb2.Command.KIND_CLOSE, cem.NO_MOTION, result.no_motion_success
+        if result.no_motion_success < self.config.raise_ratio * result.success:
+            return common_pb2.Command.KIND_RAISE, result.motion, result.success
+        return common_pb2.Command.KIND_MOVE, result.motion, result.success
+
+
+def create_server(config: PlannerConfig) -> ServiceServer:
+    """Starts the planner; it is ready at once (the predictor's availability is per call)."""
+    servicer = ServoPlannerServicer(config)
+    server = ServiceServer(
+        "servo-planner",
+        config,
+        lambda grpc_server: servo_planner_pb2_grpc.add_ServoPlannerServicer_to_server(
+            servicer, grpc_server
+        ),
+        [SERVICE_NAME],
+        on_stop=servicer.close,
+    )
+    server.set_serving(True)
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`graspfleet planner serve`: plans until SIGTERM."""
+    config = load_config(PlannerConfig, "graspfleet planner serve", argv)
+    logs.configure_logging("servo-planner", config.log_level, config.log_format)
+    create_server(config).wait()
