@@ -1,0 +1,212 @@
+"""Publishing a trained grasp-success model as a SavedModel version that TF Serving can serve.
+
+A version is written in full under `<model_base>/<name>/.tmp-<uuid>/` (a name
+TF Serving and our predictor ignore, since it is not an integer), fsynced, and
+renamed to `<model_base>/<name>/<version>/` in one step, so no reader ever sees
+half a version. Beside the SavedModel: `graspfleet_model.json` (recipe, data,
+validation metrics, sizes) and `assets.extra/tf_serving_warmup_requests`, one
+CEM-sized request TF Serving replays before it reports the version available.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import tensorflow as tf
+
+from services.grasp_predictor.model import MOTION_DIM, GraspSuccessModel
+from services.grasp_predictor.samples import center_crop
+
+FORMAT_VERSION = 1
+METADATA_FILE = "graspfleet_model.json"
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+STAGING_PREFIX = ".tmp-"
+DEFAULT_NAME = "grasp_success"
+
+# The serving signature, declared once: clients and the predictor import these.
+SIGNATURE_KEY = "serving_default"
+INPUT_X0 = "x0"
+INPUT_XT = "xt"
+INPUT_MOTIONS = "motions"
+OUTPUT_SUCCESS = "success_probability"
+WARMUP_MOTIONS = 64  # the CEM population of Levine et al.
+
+
+class ServingModule(tf.Module):
+    """The serving signature around a trained model: raw images in, P(success) per motion out."""
+
+    def __init__(self, model: GraspSuccessModel) -> None:
+        super().__init__()
+        self.model = model
+        self.crop_size = model.profile.crop_size
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_X0),
+            tf.TensorSpec([None, None, None, 3], tf.uint8, name=INPUT_XT),
+            tf.TensorSpec([None, None, MOTION_DIM], tf.float32, name=INPUT_MOTIONS),
+        ]
+    )
+    def serve(self, x0: tf.Tensor, xt: tf.Tensor, motions: tf.Tensor) -> dict[str, tf.Tensor]:
+        """P(success) [B, K] for K motions per (x0, xt) pair of episode-size uint8 images."""
+        checks = [
+            tf.debugging.assert_equal(
+                tf.shape(x0), tf.shape(xt), message="x0 and xt must have the same shape"
+            ),
+            tf.debugging.assert_equal(
+                tf.shape(motions)[0],
+                tf.shape(x0)[0],
+                message="motions must have one row of K motions per image pair",
+            ),
+        ]
+        with tf.control_dependencies([c for c in checks if c is not None]):
+            probability = self.model.success_probability(
+                center_crop(x0, self.crop_size), center_crop(xt, self.crop_size), motions
+            )
+        return {OUTPUT_SUCCESS: probability}
+
+
+def versions(model_dir: str | Path) -> list[int]:
+    """The published versions under `<model_base>/<name>/`, ascending; [] if none."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        return []
+    return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def _warmup_records(name: str, height: int, width: int) -> list[bytes]:
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    image = tf.make_tensor_proto(tf.zeros([1, height, width, 3], tf.uint8))
+    request = predict_pb2.PredictRequest(
+        model_spec=model_pb2.ModelSpec(name=name, signature_name=SIGNATURE_KEY),
+        inputs={
+            INPUT_X0: image,
+            INPUT_XT: image,
+            INPUT_MOTIONS: tf.make_tensor_proto(tf.zeros([1, WARMUP_MOTIONS, MOTION_DIM])),
+        },
+    )
+    log = prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+    return [log.SerializeToString()]
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root, topdown=False):
+        for file in files:
+            with open(os.path.join(folder, file), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(Path(folder))
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def export_model(
+    model: GraspSuccessModel,
+    model_base: str | Path,
+    name: str = DEFAULT_NAME,
+    metadata: dict | None = None,
+    *,
+    image_size: tuple[int, int] | None = None,
+) -> tuple[int, Path]:
+    """Publishes `model` as the next integer version of `<model_base>/<name>/`.
+
+    Args:
+        model: A trained (built) grasp-success model.
+        model_base: The model repository (TF Serving's --model_base_path is `<model_base>/<name>`).
+        name: Model name (a folder under model_base).
+        metadata: JSON-serializable facts for `graspfleet_model.json` (recipe, data,
+            validation metrics, ...); must not reuse the keys this function writes.
+        image_size: (height, width) of the episode images clients send; the
+            profile's by default. Used for the warmup request and recorded.
+
+    Returns:
+        (version, path of the version folder).
+
+    Raises:
+        ValueError: metadata reuses a reserved key.
+        TypeError: metadata is not JSON-serializable.
+    """
+    height, width = image_size or (model.profile.image_height, model.profile.image_width)
+    record = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "created_at": datetime.datetime.now(datetime.UTC).isoformat(),
+        "profile": model.profile.name,
+        "model": asdict(model.model_config),
+        "image_size": {"height": height, "width": width},
+        "crop_size": model.profile.crop_size,
+        "signature": {
+            "key": SIGNATURE_KEY,
+            "inputs": {
+                INPUT_X0: "uint8 [B, H, W, 3]",
+                INPUT_XT: "uint8 [B, H, W, 3]",
+                INPUT_MOTIONS: f"float32 [B, K, {MOTION_DIM}]",
+            },
+            "outputs": {OUTPUT_SUCCESS: "float32 [B, K]"},
+        },
+    }
+    clashes = sorted(set(record) & set(metadata or {}))
+    if clashes:
+        raise ValueError(f"metadata keys {clashes} are reserved by export_model")
+    text = json.dumps({**record, **(metadata or {})}, indent=2, sort_keys=True)
+
+    model_dir = Path(model_base) / name
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+    try:
+        module = ServingModule(model)
+        tf.saved_model.save(module, str(staging), signatures={SIGNATURE_KEY: module.serve})
+        (staging / METADATA_FILE).write_text(text + "\n")
+        (staging / WARMUP_FILE).parent.mkdir(parents=True, exist_ok=True)
+        with tf.io.TFRecordWriter(str(staging / WARMUP_FILE)) as writer:
+            for serialized in _warmup_records(name, height, width):
+                writer.write(serialized)
+        _fsync_tree(staging)
+        while True:
+            version = max(versions(model_dir), default=0) + 1
+            try:
+                # A directory rename fails on a non-empty target: a concurrent
+                # exporter that took this number first makes us take the next one.
+                os.rename(staging, model_dir / str(version))
+                break
+            except OSError as error:
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        _fsync_dir(model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return version, model_dir / str(version)
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The `graspfleet_model.json` of a version folder.
+
+    Raises:
+        FileNotFoundError: the folder holds no metadata (not a graspfleet export).
+        ValueError: the metadata is of a newer format than this code reads.
+    """
+    file = Path(path) / METADATA_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} is missing: {path} is not a graspfleet model version")
+    metadata = json.loads(file.read_text())
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{file} has format_version {metadata['format_version']}; "
+            f"this code reads up to {FORMAT_VERSION}"
+        )
+    return metadata

@@ -1,0 +1,266 @@
+"""The grasp-success network C(x0, xt, v), with domain-specific batch norm and a DANN head.
+
+Levine et al.'s architecture as the GraspGAN paper uses it: x0 and xt stacked
+as 6 channels go through conv layers (C1), the motion v is embedded by a dense
+layer, tiled over the feature map and added, more conv layers follow (C2), then
+dense layers and one sigmoid output. Batch norm follows every conv and dense
+layer. With DBN the batch norm keeps separate batch and moving statistics for
+SIM and REAL samples (gamma and beta shared); with DANN a gradient reversal
+layer on C2's last conv output feeds a domain classifier. The network is
+resolution-agnostic: a global average pool sits between C2 and the dense part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from services.grasp_predictor import profiles
+from services.grasp_predictor.samples import DOMAIN, MOTION, REAL, SIM, X0, XT
+
+MOTION_DIM = 5
+
+# Output keys of the training model, declared once.
+LOGITS = "logits"
+LAST_CONV = "last_conv"
+DOMAIN_LOGITS = "domain_logits"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a grasp-success network is made of.
+
+    Attributes:
+        profile: Name of the layer-size profile (`profiles.PROFILES`).
+        dbn: Domain-specific batch norm: SIM and REAL samples get their own statistics.
+        dann: Add the domain classifier behind a gradient reversal layer.
+        dann_weight: Factor of the reversed gradient reaching the shared layers.
+    """
+
+    profile: str = "default"
+    dbn: bool = False
+    dann: bool = False
+    dann_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        profiles.profile(self.profile)
+        if self.dann_weight < 0:
+            raise ValueError(f"dann_weight={self.dann_weight} must not be negative")
+
+
+class DomainBatchNorm(keras.layers.Layer):
+    """Batch norm with separate batch and moving statistics per domain and shared gamma/beta.
+
+    With `per_domain=False` it is plain batch norm (one set of statistics), so
+    naive mixing and DBN mixing differ in nothing else. Statistics are indexed
+    0 for SIM (and anything not REAL) and 1 for REAL. A domain absent from a
+    training batch keeps its moving statistics unchanged.
+    """
+
+    def __init__(
+        self, per_domain: bool, momentum: float = 0.9, epsilon: float = 1e-3, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        self.per_domain = per_domain
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.num_sets = 2 if per_domain else 1
+
+    def build(self, input_shape) -> None:
+        channels = int(input_shape[-1])
+        self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
+        stats_shape = (self.num_sets, channels)
+        self.moving_mean = self.add_weight(
+            shape=stats_shape, initializer="zeros", trainable=False, name="moving_mean"
+        )
+        self.moving_variance = self.add_weight(
+            shape=stats_shape, initializer="ones", trainable=False, name="moving_variance"
+        )
+
+    def call(self, inputs: tf.Tensor, domain: tf.Tensor, training: bool = False) -> tf.Tensor:
+        rank = inputs.shape.rank
+        spatial = list(range(1, rank - 1))
+        if self.per_domain:
+            index = tf.cast(tf.equal(tf.cast(domain, tf.int32), REAL), tf.int32)
+        else:
+            index = tf.zeros_like(domain, tf.int32)
+        sets = tf.one_hot(index, self.num_sets, dtype=inputs.dtype)  # [B, S]
+
+        def per_sample(stats: tf.Tensor) -> tf.Tensor:  # [S, C] -> broadcastable to inputs
+            return tf.reshape(tf.matmul(sets, stats), [-1] + [1] * len(spatial) + [stats.shape[-1]])
+
+        if training:
+            pixels = tf.cast(tf.reduce_prod(tf.shape(inputs)[1:-1]), inputs.dtype)
+            count = tf.reduce_sum(sets, axis=0) * pixels  # [S]
+            denominator = tf.maximum(count, 1.0)[:, None]
+            sums = tf.reduce_sum(inputs, axis=spatial) if spatial else inputs
+            mean = tf.matmul(sets, sums, transpose_a=True) / denominator
+            squares = tf.square(inputs - per_sample(mean))
+            squares = tf.reduce_sum(squares, axis=spatial) if spatial else squares
+            variance = tf.matmul(sets, squares, transpose_a=True) / denominator
+            present = (count > 0)[:, None]
+            for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+                blended = moving * self.momentum + tf.stop_gradient(batch) * (1 - self.momentum)
+                moving.assign(tf.where(present, blended, moving))
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        scale = self.gamma * tf.math.rsqrt(per_sample(variance) + self.epsilon)
+        return (inputs - per_sample(mean)) * scale + self.beta
+
+
+def reverse_gradient(x: tf.Tensor, weight: float) -> tf.Tensor:
+    """Identity forward; the gradient is multiplied by -weight on the way back."""
+
+    @tf.custom_gradient
+    def _reverse(value: tf.Tensor):
+        return tf.identity(value), lambda upstream: -weight * upstream
+
+    return _reverse(x)
+
+
+class GradientReversal(keras.layers.Layer):
+    """The gradient reversal layer of DANN (Ganin et al.)."""
+
+    def __init__(self, weight: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.weight = weight
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        return reverse_gradient(inputs, self.weight)
+
+
+class _ConvBlock(keras.layers.Layer):
+    """Conv (no bias: batch norm follows) -> batch norm -> ReLU -> optional max pool."""
+
+    def __init__(self, spec: profiles.ConvSpec, profile: profiles.Profile, dbn: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(
+            spec.filters, spec.kernel, strides=spec.stride, padding="same", use_bias=False
+        )
+        self.norm = DomainBatchNorm(dbn, profile.bn_momentum, profile.bn_epsilon)
+        self.pool = keras.layers.MaxPool2D(spec.pool, padding="same") if spec.pool > 1 else None
+
+    def call(self, inputs: tf.Tensor, domain: tf.Tensor, training: bool = False) -> tf.Tensor:
+        x = tf.nn.relu(self.norm(self.conv(inputs), domain, training=training))
+        return self.pool(x) if self.pool is not None else x
+
+
+class _DenseBlock(keras.layers.Layer):
+    """Dense (no bias) -> batch norm -> ReLU."""
+
+    def __init__(self, units: int, profile: profiles.Profile, dbn: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(units, use_bias=False)
+        self.norm = DomainBatchNorm(dbn, profile.bn_momentum, profile.bn_epsilon)
+
+    def call(self, inputs: tf.Tensor, domain: tf.Tensor, training: bool = False) -> tf.Tensor:
+        return tf.nn.relu(self.norm(self.dense(inputs), domain, training=training))
+
+
+def normalize_images(images: tf.Tensor) -> tf.Tensor:
+    """uint8 [0, 255] pixels to float32 [-1, 1]."""
+    return tf.cast(images, tf.float32) / 127.5 - 1.0
+
+
+class GraspSuccessModel(keras.Model):
+    """C(x0, xt, v): the probability that moving by v, then closing, grasps an object.
+
+    Called on a batch dict {x0, xt (uint8 crops), motion [B, 5], domain [B]} it
+    returns {logits [B], last_conv, domain_logits [B] (with DANN)}.
+    `success_probability` scores K motions per image pair, running the image
+    trunk once per pair.
+    """
+
+    def __init__(self, config: ModelConfig, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.model_config = config
+        self.profile = profiles.profile(config.profile)
+        p, dbn = self.profile, config.dbn
+        self.trunk = [_ConvBlock(s, p, dbn, name=f"c1_conv{i}") for i, s in enumerate(p.trunk)]
+        self.motion_embedding = _DenseBlock(p.motion_units, p, dbn, name="motion")
+        self.head = [_ConvBlock(s, p, dbn, name=f"c2_conv{i}") for i, s in enumerate(p.head)]
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.dense = [_DenseBlock(u, p, dbn, name=f"fc{i}") for i, u in enumerate(p.dense_units)]
+        self.output_layer = keras.layers.Dense(1, name="success_logit")
+        if config.dann:
+            self.reversal = GradientReversal(config.dann_weight)
+            self.domain_classifier = keras.Sequential(
+                [keras.layers.GlobalAveragePooling2D()]
+                + [keras.layers.Dense(u, activation="relu") for u in p.domain_units]
+                + [keras.layers.Dense(1)],
+                name="domain_classifier",
+            )
+
+    def image_features(
+        self, x0: tf.Tensor, xt: tf.Tensor, domain: tf.Tensor, training: bool = False
+    ) -> tf.Tensor:
+        """C1 over the 6-channel stack of the cropped uint8 images: [B, h, w, c]."""
+        x = tf.concat([normalize_images(x0), normalize_images(xt)], axis=-1)
+        for block in self.trunk:
+            x = block(x, domain, training=training)
+        return x
+
+    def score(
+        self, features: tf.Tensor, motion: tf.Tensor, domain: tf.Tensor, training: bool = False
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """The motion merge and C2: (success logits [N], last conv output [N, h', w', c'])."""
+        embedded = self.motion_embedding(tf.cast(motion, tf.float32), domain, training=training)
+        x = features + embedded[:, None, None, :]
+        for block in self.head:
+            x = block(x, domain, training=training)
+        last_conv = x
+        x = self.pool(x)
+        for block in self.dense:
+            x = block(x, domain, training=training)
+        return tf.squeeze(self.output_layer(x), axis=-1), last_conv
+
+    def call(self, inputs: dict, training: bool = False) -> dict:
+        domain = tf.cast(inputs[DOMAIN], tf.int32)
+        features = self.image_features(inputs[X0], inputs[XT], domain, training=training)
+        logits, last_conv = self.score(features, inputs[MOTION], domain, training=training)
+        outputs = {LOGITS: logits, LAST_CONV: last_conv}
+        if self.model_config.dann:
+            reversed_features = self.reversal(last_conv)
+            outputs[DOMAIN_LOGITS] = tf.squeeze(
+                self.domain_classifier(reversed_features, training=training), axis=-1
+            )
+        return outputs
+
+    def success_probability(
+        self, x0: tf.Tensor, xt: tf.Tensor, motions: tf.Tensor, domain: int = REAL
+    ) -> tf.Tensor:
+        """P(success) [B, K] of K candidate motions [B, K, 5] per cropped image pair.
+
+        Inference mode; statistics of `domain` (REAL, as in serving). C1 runs
+        once per pair and its features are repeated for the K motions.
+        """
+        batch, k = tf.shape(motions)[0], tf.shape(motions)[1]
+        features = self.image_features(x0, xt, tf.fill([batch], domain), training=False)
+        logits, _ = self.score(
+            tf.repeat(features, k, axis=0),
+            tf.reshape(motions, [-1, MOTION_DIM]),
+            tf.fill([batch * k], domain),
+            training=False,
+        )
+        return tf.reshape(tf.sigmoid(logits), [batch, k])
+
+
+def build_model(config: ModelConfig) -> GraspSuccessModel:
+    """A grasp-success network with its variables created (on a tiny dummy batch)."""
+    model = GraspSuccessModel(config)
+    size = model.profile.crop_size
+    # The layers are resolution-agnostic, so a small dummy batch creates every variable.
+    side = min(size, 64)
+    model(
+        {
+            X0: tf.zeros([2, side, side, 3], tf.uint8),
+            XT: tf.zeros([2, side, side, 3], tf.uint8),
+            MOTION: tf.zeros([2, MOTION_DIM]),
+            DOMAIN: tf.constant([SIM, REAL], tf.int32),
+        },
+        training=False,
+    )
+    return model

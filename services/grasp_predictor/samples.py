@@ -1,0 +1,259 @@
+"""Training samples for the grasp-success model: (x0, xt, v, label, domain) from the episode store.
+
+Every step of every labeled episode is one sample (the paper: "T time steps
+result in T distinct training samples"), labeled with the success of the whole
+episode. v is the motion from the current end-effector pose to the final grasp
+pose: translation in cm and the vertical rotation as sine and cosine. Training
+batches are drawn from (domain, label) buckets in fixed proportions, so a
+"half of each batch is simulated" regime holds whatever the data's mix.
+Validation episodes are split off by object, so validation measures grasping
+objects the model never saw.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import tensorflow as tf
+
+from graspfleet.v1 import common_pb2, episode_store_pb2
+from services.episode_store import dataset
+from services.episode_store.dataset import DOMAIN, LABEL, X0, XT
+
+SIM = common_pb2.DOMAIN_SIM
+REAL = common_pb2.DOMAIN_REAL
+DOMAIN_NAMES = {SIM: "sim", REAL: "real"}
+
+# Sample keys, declared once (the image, label and domain keys are the store's).
+MOTION = "motion"
+SAMPLE_KEYS = (X0, XT, MOTION, LABEL, DOMAIN)
+
+Bucket = tuple[int, bool]  # (domain, success)
+
+
+def grasp_motion(pose: tf.Tensor, final_pose: tf.Tensor) -> tf.Tensor:
+    """v = final grasp pose - current pose, as the network's 5-D motion.
+
+    Args:
+        pose: [..., 5] current (x, y, z in metres, yaw in radians, closure).
+        final_pose: [..., 5] the pose where the gripper closed, same layout.
+
+    Returns:
+        [..., 5] float32 (dx, dy, dz in cm, sin(dyaw), cos(dyaw)).
+    """
+    pose = tf.convert_to_tensor(pose, tf.float32)
+    final_pose = tf.convert_to_tensor(final_pose, tf.float32)
+    translation_cm = (final_pose[..., :3] - pose[..., :3]) * 100.0
+    dyaw = final_pose[..., 3:4] - pose[..., 3:4]
+    return tf.concat([translation_cm, tf.sin(dyaw), tf.cos(dyaw)], axis=-1)
+
+
+def center_crop(images: tf.Tensor, size: int) -> tf.Tensor:
+    """The centred size x size window of [..., H, W, C] images of any H, W >= size."""
+    shape = tf.shape(images)
+    height, width = shape[-3], shape[-2]
+    check = tf.debugging.assert_greater_equal(
+        tf.minimum(height, width), size, message=f"images are smaller than the {size}px crop"
+    )
+    # In a graph the check must run before the slice, or the shape error comes first.
+    with tf.control_dependencies([check] if check is not None else []):
+        top, left = (height - size) // 2, (width - size) // 2
+        cropped = images[..., top : top + size, left : left + size, :]
+    return tf.ensure_shape(
+        cropped, images.shape[:-3].concatenate([size, size]).concatenate(images.shape[-1:])
+    )
+
+
+def random_crop_pair(
+    x0: tf.Tensor, xt: tf.Tensor, size: int, seed: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """One random size x size window, the same for x0 and xt ([H, W, 3] each)."""
+    stacked = tf.concat([x0, xt], axis=-1)
+    cropped = tf.image.stateless_random_crop(stacked, [size, size, 6], seed=seed)
+    return cropped[..., :3], cropped[..., 3:]
+
+
+def step_samples(
+    data_root: str | Path, episodes: Sequence[episode_store_pb2.EpisodeSummary]
+) -> tf.data.Dataset:
+    """Uncropped samples {x0, xt, motion, label, domain} of every step of `episodes`.
+
+    Raises:
+        ValueError: an episode is unlabeled or of neither domain, or none is given.
+    """
+    for episode in episodes:
+        if episode.label.state == common_pb2.LABEL_STATE_UNLABELED:
+            raise ValueError(f"episode {episode.episode_id} is unlabeled; select labeled ones")
+        if episode.domain not in DOMAIN_NAMES:
+            raise ValueError(f"episode {episode.episode_id} has no domain (SIM or REAL)")
+
+    def to_sample(step: dict) -> dict:
+        return {
+            X0: step[X0],
+            XT: step[XT],
+            MOTION: grasp_motion(step[dataset.POSE], step[dataset.FINAL_POSE]),
+            LABEL: step[LABEL],
+            DOMAIN: step[DOMAIN],
+        }
+
+    return dataset.step_dataset(data_root, episodes).map(
+        to_sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+
+
+def bucket_name(bucket: Bucket) -> str:
+    """'sim/success', 'real/failure', ... as used in errors and model metadata."""
+    domain, success = bucket
+    return f"{DOMAIN_NAMES[domain]}/{'success' if success else 'failure'}"
+
+
+def split_buckets(
+    episodes: Sequence[episode_store_pb2.EpisodeSummary],
+) -> dict[Bucket, list[episode_store_pb2.EpisodeSummary]]:
+    """Labeled episodes by (domain, success); every bucket present, maybe empty."""
+    buckets: dict[Bucket, list] = {(d, s): [] for d in DOMAIN_NAMES for s in (False, True)}
+    for episode in dataset.labeled(episodes):
+        if episode.domain in DOMAIN_NAMES:
+            buckets[(episode.domain, episode.label.success)].append(episode)
+    return buckets
+
+
+def bucket_weights(sim_fraction: float, positive_fraction: float) -> dict[Bucket, float]:
+    """The share of each (domain, success) bucket in a batch."""
+    domain_share = {SIM: sim_fraction, REAL: 1.0 - sim_fraction}
+    label_share = {True: positive_fraction, False: 1.0 - positive_fraction}
+    return {(d, s): domain_share[d] * label_share[s] for d in DOMAIN_NAMES for s in (False, True)}
+
+
+def balanced_batches(
+    data_root: str | Path,
+    episodes: Sequence[episode_store_pb2.EpisodeSummary],
+    *,
+    batch_size: int,
+    crop_size: int,
+    sim_fraction: float,
+    positive_fraction: float = 0.5,
+    seed: int = 0,
+    shuffle_buffer: int = 1024,
+) -> tf.data.Dataset:
+    """Endless training batches, each sample drawn from a (domain, label) bucket by weight.
+
+    Buckets of weight 0 (e.g. SIM when sim_fraction is 0) are left out. x0 and
+    xt get the same random crop. Deterministic given `seed`.
+
+    Args:
+        data_root: The store's data folder.
+        episodes: Training episodes; unlabeled ones are skipped.
+        batch_size: Samples per batch.
+        crop_size: Side of the random square crop.
+        sim_fraction: Expected share of SIM samples in a batch.
+        positive_fraction: Expected share of successful samples within each domain.
+        seed: Seeds the episode order, shuffling, bucket draws and crops.
+        shuffle_buffer: Steps shuffled together within a bucket.
+
+    Raises:
+        ValueError: a bucket with a positive weight has no episodes.
+    """
+    weights = bucket_weights(sim_fraction, positive_fraction)
+    buckets = split_buckets(episodes)
+    order = random.Random(seed)
+    datasets, shares = [], []
+    for index, (bucket, weight) in enumerate(sorted(weights.items())):
+        if weight <= 0:
+            continue
+        members = list(buckets[bucket])
+        if not members:
+            raise ValueError(
+                f"no labeled {bucket_name(bucket)} episodes in the training data, but "
+                f"sim_fraction={sim_fraction} and positive_fraction={positive_fraction} give "
+                f"that bucket {weight:.0%} of every batch; add such episodes or change the recipe"
+            )
+        order.shuffle(members)
+        samples = step_samples(data_root, members)
+        datasets.append(samples.shuffle(shuffle_buffer, seed=seed + index).repeat())
+        shares.append(weight)
+    mixed = tf.data.Dataset.sample_from_datasets(datasets, weights=shares, seed=seed)
+
+    def crop(index: tf.Tensor, sample: dict) -> dict:
+        crop_seed = tf.stack([tf.constant(seed, tf.int64), index])
+        x0, xt = random_crop_pair(sample[X0], sample[XT], crop_size, crop_seed)
+        return {**sample, X0: x0, XT: xt}
+
+    return (
+        mixed.enumerate()
+        .map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .batch(batch_size, drop_remainder=True)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def validation_batches(
+    data_root: str | Path,
+    episodes: Sequence[episode_store_pb2.EpisodeSummary],
+    *,
+    batch_size: int,
+    crop_size: int,
+) -> tf.data.Dataset:
+    """Every step of the labeled `episodes` once, centre-cropped, in order."""
+    samples = step_samples(data_root, dataset.labeled(episodes))
+    return (
+        samples.map(
+            lambda s: {**s, X0: center_crop(s[X0], crop_size), XT: center_crop(s[XT], crop_size)},
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def data_counts(episodes: Sequence[episode_store_pb2.EpisodeSummary]) -> dict[str, dict]:
+    """Episodes and steps per bucket, for a model's metadata."""
+    return {
+        bucket_name(bucket): {
+            "episodes": len(members),
+            "steps": sum(e.num_steps for e in members),
+        }
+        for bucket, members in sorted(split_buckets(episodes).items())
+    }
+
+
+def split_episodes(
+    summaries: Sequence[episode_store_pb2.EpisodeSummary], validation_fraction: float, seed: int
+) -> tuple[list[episode_store_pb2.EpisodeSummary], list[episode_store_pb2.EpisodeSummary]]:
+    """Splits episodes into (train, validation) with no object on both sides.
+
+    Episodes sharing any object id are grouped (transitively); groups go whole
+    to one side, in seeded random order, each to the side that brings the
+    validation share closer to `validation_fraction`. Both sides keep ingest
+    order. Validation can come out empty when one group holds most episodes.
+    """
+    parent = list(range(len(summaries)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for i, episode in enumerate(summaries):
+        for object_id in episode.object_ids:
+            parent[root(i)] = root(owner.setdefault(object_id, i))
+    groups: dict[int, list[int]] = {}
+    for i in range(len(summaries)):
+        groups.setdefault(root(i), []).append(i)
+    order = sorted(groups.values())
+    random.Random(seed).shuffle(order)
+    target = validation_fraction * len(summaries)
+    held_out: list[int] = []
+    for group in order:
+        if abs(len(held_out) + len(group) - target) < abs(len(held_out) - target):
+            held_out.extend(group)
+    chosen = set(held_out)
+    return (
+        [e for i, e in enumerate(summaries) if i not in chosen],
+        [e for i, e in enumerate(summaries) if i in chosen],
+    )
