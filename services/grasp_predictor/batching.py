@@ -3,7 +3,9 @@
 Requests wait in a bounded queue. A worker takes the oldest request, then adds
 queued requests whose inputs have the same shape (past the batch dimension)
 until `max_batch_size` rows are collected or `timeout_s` has passed since it
-started the batch, runs the model once and hands each caller its rows. A full
+started the batch, runs the model once and hands each caller its rows. It only
+waits while requests arrive faster than the timeout (a moving average of the
+gaps between arrivals): a lone caller is not held back for nothing. A full
 queue refuses new requests at once (RESOURCE_EXHAUSTED) instead of letting
 latency grow without bound.
 """
@@ -82,6 +84,8 @@ class DynamicBatcher:
         self.timeout_s = timeout_s
         self.max_queue = max_queue
         self._queue: deque[_Pending] = deque()
+        self._mean_gap_s = float("inf")  # moving average of the time between arrivals
+        self._last_arrival = time.monotonic()
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._work, name=f"batcher-{model}", daemon=True)
@@ -99,6 +103,12 @@ class DynamicBatcher:
                     f"the predictor's queue for {self.model} is full ({self.max_queue} requests); retry with backoff"
                 )
             self._queue.append(pending)
+            now = time.monotonic()
+            gap = now - self._last_arrival
+            self._last_arrival = now
+            self._mean_gap_s = (
+                gap if self._mean_gap_s == float("inf") else 0.8 * self._mean_gap_s + 0.2 * gap
+            )
             QUEUE_DEPTH.labels(self.model).set(len(self._queue))
             self._cond.notify()
         return pending.future
@@ -127,7 +137,8 @@ class DynamicBatcher:
                     rows += match.rows
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
+                others_coming = self._mean_gap_s < self.timeout_s
+                if remaining <= 0 or self._closed or not others_coming:
                     break
                 self._cond.wait(remaining)
             QUEUE_DEPTH.labels(self.model).set(len(self._queue))
@@ -146,11 +157,11 @@ class DynamicBatcher:
             except Exception as err:  # noqa: BLE001 - every caller must hear about the failure
                 for p in live:
                     p.future.set_exception(err)
-                continue
-            start = 0
-            for p in live:
-                p.future.set_result({k: v[start : start + p.rows] for k, v in outputs.items()})
-                start += p.rows
+            else:
+                start = 0
+                for p in live:
+                    p.future.set_result({k: v[start : start + p.rows] for k, v in outputs.items()})
+                    start += p.rows
 
     def close(self) -> None:
         """Serves what is queued, then stops the worker."""
