@@ -57,8 +57,11 @@ format: $(STAMP)
 	$(PY) -m ruff format $(LINT_PATHS)
 	$(PY) -m ruff check --fix $(LINT_PATHS)
 
-bench: protos
-	$(PY) -m bench.ingest $(ARGS)
+BENCHES ?= ingest model_inference predictor
+
+# Each benchmark prints a markdown table; docs/benchmarks.md records them with their commands.
+bench: protos sysdeps
+	@for b in $(BENCHES); do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(PROTO_STAMP) protos/graspfleet/v1/*_pb2*.py* var reports
