@@ -1,0 +1,1 @@
+"""The Kuka arm: the simulated grasping world, robot drivers and the fleet inventory."""

@@ -1,0 +1,75 @@
+"""The proxy-real camera: what a real sensor adds to a clean render, seeded per episode.
+
+Backgrounds with photographic-like texture, a colour cast, other lighting,
+sensor noise, blur and JPEG compression artifacts: enough that a model trained
+on clean renders meets a measurable domain gap, as with a real arm.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+BACKGROUND = 0  # segmentation class of pixels that show no body
+
+
+@dataclass(frozen=True)
+class SensorModel:
+    """One episode's sensor: drawn once, applied to every frame so x0 and xt match."""
+
+    colour_gain: np.ndarray  # [3] per-channel gain: colour cast
+    brightness: float
+    gamma: float
+    noise_std: float  # in 0..255 units
+    blur_radius: float
+    jpeg_quality: int
+    background: np.ndarray  # [H, W, 3] uint8 texture behind the scene
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, height: int, width: int) -> SensorModel:
+        return cls(
+            colour_gain=rng.uniform([1.0, 0.85, 0.7], [1.2, 1.0, 0.9]),
+            brightness=float(rng.uniform(0.75, 1.05)),
+            gamma=float(rng.uniform(0.8, 1.2)),
+            noise_std=float(rng.uniform(3.0, 8.0)),
+            blur_radius=float(rng.uniform(0.4, 1.0)),
+            jpeg_quality=int(rng.integers(35, 70)),
+            background=textured_background(rng, height, width),
+        )
+
+    def apply(self, rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The frame as the proxy-real sensor would deliver it (mask: class ids of the render)."""
+        image = rgb.astype(np.float32)
+        image[mask == BACKGROUND] = self.background[mask == BACKGROUND]
+        image = (
+            255.0
+            * (np.clip(image * self.colour_gain * self.brightness, 0, 255) / 255.0) ** self.gamma
+        )
+        image += rng.normal(0.0, self.noise_std, image.shape)
+        pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+        pil = pil.filter(ImageFilter.GaussianBlur(self.blur_radius * max(rgb.shape[:2]) / 64))
+        buffer = io.BytesIO()
+        pil.save(buffer, format="JPEG", quality=self.jpeg_quality)
+        return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+def textured_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Smooth multi-scale noise in a random earthy palette, like a floor or workshop wall."""
+    texture = np.zeros((height, width), np.float32)
+    for cells, weight in ((4, 0.5), (12, 0.3), (40, 0.2)):
+        coarse = rng.uniform(0, 1, (cells, cells)).astype(np.float32)
+        texture += (
+            weight
+            * np.asarray(
+                Image.fromarray((coarse * 255).astype(np.uint8)).resize(
+                    (width, height), Image.BICUBIC
+                ),
+                np.float32,
+            )
+            / 255.0
+        )
+    low, high = rng.uniform(20, 110, 3), rng.uniform(120, 230, 3)
+    return (low + texture[..., None] * (high - low)).astype(np.uint8)

@@ -1,0 +1,101 @@
+"""Frozen, validated settings of the grasping world: camera, workspace, objects, randomization."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+RANDOMIZATIONS = ("none", "visual", "dynamics", "all")
+DOMAINS = ("sim", "proxy-real")
+PROFILES = {"default": (64, 64), "paper": (640, 512)}  # (width, height) of renders
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """The over-the-shoulder RGB camera; jitter is sampled anew every episode."""
+
+    width: int = 64
+    height: int = 64
+    target: tuple[float, float, float] = (0.23, 0.2, 0.54)
+    distance_m: float = 1.0
+    yaw_deg: float = 245.0
+    pitch_deg: float = -56.0
+    fov_deg: float = 20.0
+    jitter_deg: float = 3.0
+    fov_jitter_deg: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (8 <= self.width <= 2048 and 8 <= self.height <= 2048):
+            raise ValueError(
+                f"camera size {self.width}x{self.height}: each side must be 8..2048 pixels"
+            )
+        if self.jitter_deg < 0 or self.fov_jitter_deg < 0:
+            raise ValueError("camera jitter must not be negative")
+
+    @classmethod
+    def for_profile(cls, profile: str) -> CameraConfig:
+        """The camera of a named profile: "default" (64x64) or "paper" (640x512)."""
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+        width, height = PROFILES[profile]
+        return cls(width=width, height=height)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Box the end effector (the arm's flange, link 7) stays in, metres, robot base frame."""
+
+    low: tuple[float, float, float] = (0.45, -0.12, 0.08)
+    high: tuple[float, float, float] = (0.83, 0.27, 0.40)
+    max_step_cm: float = 10.0
+
+    def __post_init__(self) -> None:
+        if (
+            len(self.low) != 3
+            or len(self.high) != 3
+            or not all(a < b for a, b in zip(self.low, self.high, strict=True))
+        ):
+            raise ValueError(
+                f"workspace low {self.low} must be below high {self.high} on x, y and z"
+            )
+        if self.max_step_cm <= 0:
+            raise ValueError(f"max_step_cm={self.max_step_cm} must be positive")
+
+    def clamp(self, position: np.ndarray) -> np.ndarray:
+        return np.clip(position, self.low, self.high)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """One grasping world.
+
+    Attributes:
+        domain: "sim" or "proxy-real" (a different appearance and physics; domain REAL).
+        randomization: "none", "visual", "dynamics" or "all" (the paper's modes).
+        object_set: "train" or "test" (the random_urdfs split), "procedural"
+            (generated on the fly), or a folder of URDF/mesh objects.
+        objects_per_bin: Objects dropped into the tray each episode.
+        motion_noise_cm: Std of the noise on horizontal motion commands (the paper: 1 cm in sim).
+        seed: Seeds the world's own generator; episodes take seeds of their own.
+    """
+
+    domain: str = "sim"
+    randomization: str = "none"
+    object_set: str = "train"
+    objects_per_bin: int = 5
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    workspace: Workspace = field(default_factory=Workspace)
+    motion_noise_cm: float = 1.0
+    lift_height_m: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.domain not in DOMAINS:
+            raise ValueError(f"domain {self.domain!r}; use one of {DOMAINS}")
+        if self.randomization not in RANDOMIZATIONS:
+            raise ValueError(f"randomization {self.randomization!r}; use one of {RANDOMIZATIONS}")
+        if not 1 <= self.objects_per_bin <= 20:
+            raise ValueError(f"objects_per_bin={self.objects_per_bin}; use 1..20")
+        if self.motion_noise_cm < 0:
+            raise ValueError("motion_noise_cm must not be negative")

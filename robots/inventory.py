@@ -1,0 +1,136 @@
+"""The fleet inventory: one YAML file per arm in robots/fleet/, validated on load.
+
+Example (robots/fleet/kuka-01.yaml):
+
+    id: kuka-01
+    driver: proxy-real          # sim | proxy-real | a registered hardware driver
+    camera: {width: 64, height: 64, jitter_deg: 3}
+    workspace: {low: [0.45, -0.12, 0.08], high: [0.83, 0.27, 0.40], max_step_cm: 10}
+    object_set: test            # train | test | procedural | a folder of objects
+    randomization: none         # none | visual | dynamics | all (simulated arms)
+    seed: 1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from robots.config import CameraConfig, WorldConfig
+from robots.config import Workspace as WorkspaceConfig
+
+KNOWN_KEYS = {
+    "id",
+    "driver",
+    "camera",
+    "workspace",
+    "object_set",
+    "randomization",
+    "objects_per_bin",
+    "seed",
+}
+CAMERA_KEYS = {"width", "height", "jitter_deg", "fov_deg"}
+WORKSPACE_KEYS = {"low", "high", "max_step_cm"}
+FLEET_DIR = Path(__file__).parent / "fleet"
+
+
+class InventoryError(ValueError):
+    """A fleet file is wrong; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    id: str
+    driver: str
+    world: WorldConfig
+    source: str = ""
+
+    @property
+    def domain(self) -> str:
+        """Proxy-real and hardware arms produce REAL episodes; simulated ones SIM."""
+        return (
+            "sim"
+            if self.driver == "sim"
+            else "proxy-real"
+            if self.driver == "proxy-real"
+            else "real"
+        )
+
+
+def _section(path: Path, data: dict, key: str, allowed: set[str]) -> dict:
+    section = data.get(key, {}) or {}
+    if not isinstance(section, dict):
+        raise InventoryError(f"{path}: {key} must be a mapping")
+    unknown = set(section) - allowed
+    if unknown:
+        raise InventoryError(
+            f"{path}: unknown {key} field(s) {sorted(unknown)}; allowed: {sorted(allowed)}"
+        )
+    return section
+
+
+def load_arm(path: Path) -> ArmConfig:
+    """Reads and validates one arm's file."""
+    from robots.drivers import DRIVERS
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InventoryError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise InventoryError(f"{path}: expected a mapping of arm settings")
+    unknown = set(data) - KNOWN_KEYS
+    if unknown:
+        raise InventoryError(
+            f"{path}: unknown field(s) {sorted(unknown)}; allowed: {sorted(KNOWN_KEYS)}"
+        )
+    arm_id = data.get("id")
+    if not isinstance(arm_id, str) or not arm_id:
+        raise InventoryError(f"{path}: id is missing (a name such as kuka-01)")
+    driver = data.get("driver")
+    if driver not in DRIVERS:
+        raise InventoryError(
+            f"{path}: driver {driver!r} is unknown; registered drivers: {sorted(DRIVERS)}"
+        )
+    camera = _section(path, data, "camera", CAMERA_KEYS)
+    workspace = _section(path, data, "workspace", WORKSPACE_KEYS)
+    try:
+        camera_config = CameraConfig(
+            **{k: v if not isinstance(v, list) else tuple(v) for k, v in camera.items()}
+        )
+        workspace_config = WorkspaceConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in workspace.items()}
+        )
+        world = WorldConfig(
+            domain="proxy-real" if driver == "proxy-real" else "sim",
+            randomization=data.get("randomization", "none"),
+            object_set=str(data.get("object_set", "train")),
+            objects_per_bin=int(data.get("objects_per_bin", 5)),
+            camera=camera_config,
+            workspace=workspace_config,
+            seed=int(data.get("seed", 0)),
+        )
+    except (TypeError, ValueError) as err:
+        raise InventoryError(f"{path}: {err}") from None
+    return ArmConfig(id=arm_id, driver=driver, world=world, source=str(path))
+
+
+def load_inventory(folder: Path = FLEET_DIR) -> list[ArmConfig]:
+    """Every arm in a folder of YAML files, ids unique."""
+    arms = [load_arm(p) for p in sorted(Path(folder).glob("*.yaml"))]
+    seen: dict[str, str] = {}
+    for arm in arms:
+        if arm.id in seen:
+            raise InventoryError(f"{arm.source}: id {arm.id!r} is already used by {seen[arm.id]}")
+        seen[arm.id] = arm.source
+    return arms
+
+
+def find_arm(arm_id: str, folder: Path = FLEET_DIR) -> ArmConfig:
+    for arm in load_inventory(folder):
+        if arm.id == arm_id:
+            return arm
+    raise InventoryError(f"no arm {arm_id!r} in {folder}")

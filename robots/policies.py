@@ -1,0 +1,104 @@
+"""Collection policies that need no model: random exploration and the privileged oracle.
+
+A policy sees the world's observations and returns one command per step; the
+episode runner executes it. The oracle alone reads privileged object poses: it
+exists to prove that grasps are physically achievable and labels are right.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from robots.world import FINGERTIP_DROP_M, GraspWorld, Observation
+
+MOVE, CLOSE, RAISE = "move", "close", "raise"
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str  # MOVE, CLOSE or RAISE
+    motion: np.ndarray  # [5]: dx, dy, dz cm; sin, cos of the yaw change
+
+
+def motion_to(current: np.ndarray, target: np.ndarray, dyaw: float = 0.0) -> np.ndarray:
+    return np.array([*((target - current) * 100.0), math.sin(dyaw), math.cos(dyaw)])
+
+
+class RandomPolicy:
+    """Random exploration as in the first phase of Levine et al.'s data collection.
+
+    Picks a random grasp point low in the workspace and a random rotation, then
+    heads there in noisy steps and closes at the last step.
+    """
+
+    name = "random"
+
+    def __init__(self, world: GraspWorld) -> None:
+        self.world = world
+        self.goal = np.zeros(3)
+        self.yaw_step = 0.0
+
+    def begin(self, rng: np.random.Generator, steps: int) -> None:
+        ws = self.world.config.workspace
+        low, high = np.array(ws.low), np.array(ws.high)
+        self.goal = rng.uniform(low, high)
+        self.goal[2] = rng.uniform(low[2], low[2] + 0.03)
+        self.yaw_step = rng.uniform(-math.pi / 2, math.pi / 2) / max(1, steps - 1)
+        self.rng = rng
+
+    def act(self, observation: Observation, step: int, steps_left: int) -> Action:
+        if steps_left <= 1:
+            return Action(CLOSE, motion_to(observation.pose.position, observation.pose.position))
+        remaining = self.goal - observation.pose.position
+        move = remaining / steps_left + self.rng.normal(0.0, 0.01, 3)
+        return Action(
+            MOVE,
+            motion_to(observation.pose.position, observation.pose.position + move, self.yaw_step),
+        )
+
+
+class OraclePolicy:
+    """Scripted grasps from privileged object poses: above the object, rotate, descend, close."""
+
+    name = "oracle"
+
+    def __init__(self, world: GraspWorld) -> None:
+        self.world = world
+        self.above = self.grasp = np.zeros(3)
+        self.grip_yaw = 0.0
+
+    def begin(self, rng: np.random.Generator, steps: int) -> None:
+        world = self.world
+        poses, boxes = world.object_poses(), world.object_aabbs()
+        # The object nearest the tray's centre whose narrow side fits the gripper.
+        centre = np.mean([p for p, _ in poses], axis=0)
+        order = sorted(
+            range(len(poses)), key=lambda i: np.linalg.norm(poses[i][0][:2] - centre[:2])
+        )
+        index = next((i for i in order if min(world.object_footprint(i)) < 0.07), order[0])
+        (position, yaw), (low, high) = poses[index], boxes[index]
+        width_x, width_y = world.object_footprint(index)
+        # The fingers close along the gripper's x axis: align it with the object's narrow side.
+        self.grip_yaw = yaw if width_x <= width_y else yaw + math.pi / 2
+        depth = min(0.03, (high[2] - low[2]) / 2)
+        self.grasp = world.config.workspace.clamp(
+            np.array([position[0], position[1], low[2] + FINGERTIP_DROP_M + depth])
+        )
+        self.above = np.array([*self.grasp[:2], world.config.workspace.high[2] - 0.05])
+
+    def act(self, observation: Observation, step: int, steps_left: int) -> Action:
+        pose = observation.pose
+        dyaw = (self.grip_yaw - pose.yaw + math.pi / 2) % math.pi - math.pi / 2
+        xy_error = np.linalg.norm(pose.position[:2] - self.grasp[:2])
+        at_depth = pose.position[2] - self.grasp[2] < 0.005
+        if steps_left <= 1 or (at_depth and xy_error < 0.012 and abs(dyaw) < 0.05):
+            return Action(CLOSE, motion_to(pose.position, pose.position))
+        # Descend while re-aiming from where the arm really is (commands carry noise);
+        # stay high until roughly above the object so the fingers do not sweep it away.
+        step_m = self.world.config.workspace.max_step_cm / 100.0
+        z = self.grasp[2] if xy_error < 0.03 else max(self.grasp[2], pose.position[2] - step_m / 2)
+        target = np.array([*self.grasp[:2], max(z, pose.position[2] - step_m)])
+        return Action(MOVE, motion_to(pose.position, target, dyaw))

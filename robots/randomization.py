@@ -1,0 +1,158 @@
+"""One episode's look and physics: the paper's randomization modes and the proxy-real domain.
+
+Always varied (the paper's "none"): camera pose, bin location, background.
+"visual": tray texture, object colour and texture, arm colour, light direction
+and brightness. "dynamics": object mass and lateral, rolling and spinning
+friction. "all": both. The proxy-real domain has its own fixed camera offset,
+lighting and physics, and a sensor model (appearance.SensorModel).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from robots import appearance
+from robots.config import WorldConfig
+
+SIM_BACKGROUND = (0.75, 0.75, 0.72)
+TRAY_COLOUR = (0.55, 0.55, 0.55, 1.0)
+ARM_COLOUR = (1.0, 0.5, 0.1, 1.0)
+NUM_TEXTURES = 6
+_TEXTURE_CACHE: dict[int, list[int]] = {}
+
+
+@dataclass(frozen=True)
+class Camera:
+    view_matrix: tuple
+    projection_matrix: tuple
+
+
+@dataclass(frozen=True)
+class EpisodeLook:
+    camera: Camera
+    tray_offset: np.ndarray
+    background: tuple
+    tray_colour: tuple
+    tray_texture: int
+    arm_colour: tuple
+    light_direction: list
+    light_colour: list
+    ambient: float
+    diffuse: float
+    visual: bool
+    dynamics: bool
+    proxy_real: bool
+    grip_force: float
+    sensor: appearance.SensorModel | None
+
+    def apply_scene(self, sim, tray: int, arm: int, plane: int, table: int) -> None:
+        for body in (plane, table):
+            sim.changeVisualShape(body, -1, rgbaColor=self.background)
+        sim.changeVisualShape(
+            tray, -1, rgbaColor=self.tray_colour, textureUniqueId=self.tray_texture
+        )
+        for link in range(-1, sim.getNumJoints(arm)):
+            sim.changeVisualShape(arm, link, rgbaColor=self.arm_colour)
+
+    def apply_object(self, sim, body: int, rng: np.random.Generator) -> None:
+        if self.visual:
+            colour = (*rng.uniform(0.05, 1.0, 3), 1.0)
+            textures = _TEXTURE_CACHE.get(sim._client, [])
+            texture = int(rng.choice(textures)) if textures and rng.random() < 0.5 else -1
+            sim.changeVisualShape(body, -1, rgbaColor=colour, textureUniqueId=texture)
+        elif self.proxy_real:
+            sim.changeVisualShape(body, -1, rgbaColor=(*rng.uniform(0.2, 0.9, 3), 1.0))
+        if self.dynamics:
+            mass = sim.getDynamicsInfo(body, -1)[0]
+            sim.changeDynamics(
+                body,
+                -1,
+                mass=mass * rng.uniform(0.5, 2.0),
+                lateralFriction=rng.uniform(0.4, 1.2),
+                rollingFriction=rng.uniform(0.0, 0.01),
+                spinningFriction=rng.uniform(0.0, 0.01),
+            )
+        elif self.proxy_real:
+            # The proxy-real world's own physics: slipperier and heavier than the default sim.
+            mass = sim.getDynamicsInfo(body, -1)[0]
+            sim.changeDynamics(
+                body, -1, mass=mass * 1.3, lateralFriction=0.6, spinningFriction=0.003
+            )
+
+
+def _textures(sim) -> list[int]:
+    """A few procedural textures, made once per physics client."""
+    if sim._client not in _TEXTURE_CACHE:
+        rng = np.random.default_rng(12345)
+        folder = Path(tempfile.mkdtemp(prefix="graspfleet-textures-"))
+        ids = []
+        for i in range(NUM_TEXTURES):
+            path = folder / f"texture-{i}.png"
+            Image.fromarray(appearance.textured_background(rng, 64, 64)).save(path)
+            ids.append(sim.loadTexture(str(path)))
+        _TEXTURE_CACHE[sim._client] = ids
+    return _TEXTURE_CACHE[sim._client]
+
+
+def _camera(sim, config: WorldConfig, rng: np.random.Generator, proxy_real: bool) -> Camera:
+    c = config.camera
+    offset = (6.0, 4.0, 0.05) if proxy_real else (0.0, 0.0, 0.0)  # the real camera sits elsewhere
+    yaw = c.yaw_deg + offset[0] + rng.uniform(-c.jitter_deg, c.jitter_deg)
+    pitch = c.pitch_deg + offset[1] + rng.uniform(-c.jitter_deg, c.jitter_deg)
+    distance = c.distance_m + offset[2]
+    fov = c.fov_deg + rng.uniform(-c.fov_jitter_deg, c.fov_jitter_deg)
+    view = sim.computeViewMatrixFromYawPitchRoll(list(c.target), distance, yaw, pitch, 0.0, 2)
+    projection = sim.computeProjectionMatrixFOV(fov, c.width / c.height, 0.01, 10.0)
+    return Camera(view_matrix=view, projection_matrix=projection)
+
+
+def draw_look(rng: np.random.Generator, config: WorldConfig, sim) -> EpisodeLook:
+    """Draws everything random about one episode's appearance and physics."""
+    proxy_real = config.domain == "proxy-real"
+    visual = config.randomization in ("visual", "all")
+    dynamics = config.randomization in ("dynamics", "all")
+    camera = _camera(sim, config, rng, proxy_real)
+    tray_offset = np.array([rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), 0.0])
+    background = (*np.clip(np.array(SIM_BACKGROUND) + rng.uniform(-0.15, 0.15, 3), 0, 1), 1.0)
+    tray_colour, tray_texture, arm_colour = TRAY_COLOUR, -1, ARM_COLOUR
+    light_direction, light_colour, ambient, diffuse = [1.0, 1.0, 2.0], [1.0, 1.0, 1.0], 0.6, 0.4
+    if visual:
+        tray_colour = (*rng.uniform(0.2, 0.9, 3), 1.0)
+        tray_texture = int(rng.choice(_textures(sim))) if rng.random() < 0.7 else -1
+        arm_colour = (*rng.uniform(0.1, 1.0, 3), 1.0)
+        angle = rng.uniform(0, 2 * math.pi)
+        light_direction = [math.cos(angle), math.sin(angle), rng.uniform(0.5, 3.0)]
+        brightness = rng.uniform(0.6, 1.3)
+        light_colour = [brightness] * 3
+        ambient, diffuse = rng.uniform(0.3, 0.8), rng.uniform(0.2, 0.7)
+    if proxy_real:
+        # Low, warm side light with hard shadows; a worn grey tray and a white-and-grey arm.
+        light_direction, light_colour = [-1.5, 0.6, 1.0], [1.1, 0.95, 0.8]
+        ambient, diffuse = 0.35, 0.75
+        tray_colour, arm_colour = (0.35, 0.33, 0.3, 1.0), (0.85, 0.85, 0.88, 1.0)
+    sensor = None
+    if proxy_real:
+        sensor = appearance.SensorModel.sample(rng, config.camera.height, config.camera.width)
+    return EpisodeLook(
+        camera=camera,
+        tray_offset=tray_offset,
+        background=background,
+        tray_colour=tray_colour,
+        tray_texture=tray_texture,
+        arm_colour=arm_colour,
+        light_direction=light_direction,
+        light_colour=light_colour,
+        ambient=float(ambient),
+        diffuse=float(diffuse),
+        visual=visual,
+        dynamics=dynamics,
+        proxy_real=proxy_real,
+        grip_force=8.0 if proxy_real else 10.0,
+        sensor=sensor,
+    )

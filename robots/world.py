@@ -1,0 +1,354 @@
+"""The simulated grasping world: a Kuka IIWA with a two-finger gripper over a tray, in PyBullet.
+
+One physics client per world (DIRECT mode, so several worlds live in one
+process) and one seeded generator per world; every episode draws its own
+generator from its seed, so an episode replays exactly from its seed. The
+static scene (floor, table, tray, arm) is built once; a reset only swaps the
+objects and redraws the randomization.
+
+Between steps the arm moves kinematically (IK, joints set), which is fast and
+exact; physics runs where it decides the outcome: objects settling, the fingers
+closing, and the lift. A grasp succeeds when an object rises with the gripper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pybullet
+import pybullet_data
+from pybullet_utils import bullet_client
+
+from robots.config import WorldConfig
+from robots.objects import ObjectSet, ObjectSpec
+from robots.randomization import EpisodeLook, draw_look
+
+MASK_BACKGROUND, MASK_TRAY, MASK_ARM, MASK_OBJECT = 0, 1, 2, 3
+TIME_STEP_S = 1.0 / 240.0
+ARM_BASE = (-0.1, 0.0, 0.07)
+TRAY_CENTRE = (0.64, 0.075, -0.19)
+TRAY_FLOOR_Z = -0.18
+FINGERTIP_DROP_M = 0.252  # fingertips below the flange, gripper pointing down
+FLANGE, YAW_JOINT = 6, 7
+FINGERS = ((8, -1.0), (11, 1.0))  # joint, sign of "open"
+FINGER_TIPS = (10, 13)
+OPEN_ANGLE = 0.3
+DOWN = pybullet.getQuaternionFromEuler([0.0, -math.pi, 0.0])
+IK_LIMITS = dict(
+    lowerLimits=[-0.967, -2, -2.96, 0.19, -2.96, -2.09, -3.05],
+    upperLimits=[0.967, 2, 2.96, 2.29, 2.96, 2.09, 3.05],
+    jointRanges=[5.8, 4, 5.8, 4, 5.8, 4, 6],
+    restPoses=[0, 0, 0, 0.5 * math.pi, 0, -math.pi * 0.5 * 0.66, 0],
+)
+# Joint angles that swing the arm out of the camera's view for x0.
+PARKED = [-2.5, 0.5, 0.0, -1.0, 0.0, 0.9, 0.0]
+
+
+@dataclass(frozen=True)
+class Pose:
+    """End-effector (flange) pose in the robot base frame."""
+
+    position: np.ndarray  # [3] metres
+    yaw: float  # radians about the vertical axis
+    gripper_closure: float  # 0 open, 1 closed
+
+
+@dataclass(frozen=True)
+class Observation:
+    rgb: np.ndarray  # [H, W, 3] uint8
+    mask: np.ndarray  # [H, W] uint8 class ids (MASK_*)
+    pose: Pose
+
+
+@dataclass(frozen=True)
+class EpisodeStart:
+    """What reset() knows about the new episode."""
+
+    seed: int
+    x0: Observation
+    object_ids: tuple[str, ...]
+    look: EpisodeLook = field(repr=False)
+
+
+class GraspWorld:
+    """One simulated arm and tray. Use as a context manager or call close()."""
+
+    def __init__(self, config: WorldConfig) -> None:
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.objects = ObjectSet(config.object_set)
+        self.sim = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
+        self.sim.setAdditionalSearchPath(pybullet_data.getDataPath())
+        self.sim.setGravity(0, 0, -9.81)
+        self.sim.setTimeStep(TIME_STEP_S)
+        self.plane = self.sim.loadURDF("plane.urdf", [0, 0, -1])
+        self.table = self.sim.loadURDF("table/table.urdf", [0.5, 0.0, -0.82])
+        self.tray = self.sim.loadURDF("tray/traybox.urdf", TRAY_CENTRE, useFixedBase=True)
+        self.arm = self.sim.loadSDF("kuka_iiwa/kuka_with_gripper2.sdf")[0]
+        self.sim.resetBasePositionAndOrientation(self.arm, ARM_BASE, [0, 0, 0, 1])
+        self.body_ids: list[int] = []
+        self.look: EpisodeLook | None = None
+        self.episode_rng = np.random.default_rng(config.seed)
+        self.target = np.zeros(3)
+        self.yaw = 0.0
+        self.closure = 0.0
+        self.physics_steps = 0
+        self.renders = 0
+
+    # -- episode -----------------------------------------------------------------
+
+    def reset(self, seed: int | None = None) -> EpisodeStart:
+        """Starts an episode: new objects and randomization, x0 captured with the arm out of view."""
+        seed = int(self.rng.integers(1 << 63)) if seed is None else int(seed)
+        self.episode_rng = np.random.default_rng(seed)
+        rng = self.episode_rng
+        self.look = draw_look(rng, self.config, self.sim)
+        self.look.apply_scene(self.sim, self.tray, self.arm, self.plane, self.table)
+        self.sim.resetBasePositionAndOrientation(
+            self.tray, np.add(TRAY_CENTRE, self.look.tray_offset), [0, 0, 0, 1]
+        )
+        specs = self.objects.sample(rng, self.config.objects_per_bin)
+        # The arm leaves the view before the objects settle, and holds still there:
+        # nothing left over from the last episode may touch this one.
+        self._park_arm()
+        self._set_fingers(0.0)
+        self._hold_joints()
+        self._replace_objects(specs, rng)
+        x0 = self.observe()
+        start = np.array(
+            [
+                rng.uniform(0.55, 0.73),
+                rng.uniform(-0.02, 0.17),
+                self.config.workspace.high[2] - 0.02,
+            ]
+        )
+        self._set_fingers(0.0)
+        self._place_flange(start, 0.0)
+        return EpisodeStart(
+            seed=seed, x0=x0, object_ids=tuple(s.object_id for s in specs), look=self.look
+        )
+
+    def _replace_objects(self, specs: list[ObjectSpec], rng: np.random.Generator) -> None:
+        for body in self.body_ids:
+            self.sim.removeBody(body)
+        self.body_ids = []
+        centre = np.add(TRAY_CENTRE, self.look.tray_offset)
+        for i, spec in enumerate(specs):
+            position = [
+                centre[0] + rng.uniform(-0.12, 0.12),
+                centre[1] + rng.uniform(-0.12, 0.12),
+                -0.05 + 0.06 * i,
+            ]
+            orientation = self.sim.getQuaternionFromEuler([0, 0, rng.uniform(-math.pi, math.pi)])
+            body = self._load(spec, position, orientation)
+            self.look.apply_object(self.sim, body, rng)
+            self.body_ids.append(body)
+        self._simulate(150)  # let them fall and settle
+
+    def _load(self, spec: ObjectSpec, position, orientation) -> int:
+        if spec.prisms:
+            shapes = dict(
+                shapeTypes=[pybullet.GEOM_BOX] * len(spec.prisms),
+                halfExtents=[p.half_extents for p in spec.prisms],
+            )
+            frames = dict(
+                collisionFramePositions=[p.position for p in spec.prisms],
+                collisionFrameOrientations=[p.orientation for p in spec.prisms],
+            )
+            collision = self.sim.createCollisionShapeArray(**shapes, **frames)
+            visual = self.sim.createVisualShapeArray(
+                **shapes,
+                visualFramePositions=frames["collisionFramePositions"],
+                visualFrameOrientations=frames["collisionFrameOrientations"],
+            )
+            return self.sim.createMultiBody(spec.mass_kg, collision, visual, position, orientation)
+        if spec.path.endswith(".obj"):
+            collision = self.sim.createCollisionShape(
+                pybullet.GEOM_MESH, fileName=spec.path, meshScale=[spec.mesh_scale] * 3
+            )
+            visual = self.sim.createVisualShape(
+                pybullet.GEOM_MESH, fileName=spec.path, meshScale=[spec.mesh_scale] * 3
+            )
+            return self.sim.createMultiBody(spec.mass_kg, collision, visual, position, orientation)
+        return self.sim.loadURDF(spec.path, position, orientation)
+
+    # -- the arm -----------------------------------------------------------------
+
+    def _park_arm(self) -> None:
+        for joint, angle in enumerate(PARKED):
+            self.sim.resetJointState(self.arm, joint, angle)
+        self.sim.resetJointState(self.arm, YAW_JOINT, 0.0)
+
+    def _hold_joints(self) -> None:
+        """Position control on every joint at its current angle."""
+        for joint in range(self.sim.getNumJoints(self.arm)):
+            angle = self.sim.getJointState(self.arm, joint)[0]
+            self.sim.setJointMotorControl2(
+                self.arm, joint, pybullet.POSITION_CONTROL, targetPosition=angle, force=500
+            )
+
+    def _place_flange(self, position: np.ndarray, yaw: float) -> None:
+        for _ in range(3):  # IK from the last solution converges in a few rounds
+            joints = self.sim.calculateInverseKinematics(
+                self.arm, FLANGE, position.tolist(), DOWN, maxNumIterations=50, **IK_LIMITS
+            )
+            for joint in range(7):
+                self.sim.resetJointState(self.arm, joint, joints[joint])
+        self.sim.resetJointState(self.arm, YAW_JOINT, yaw)
+        self.target, self.yaw = position.copy(), yaw
+
+    def _set_fingers(self, closure: float) -> None:
+        angle = OPEN_ANGLE * (1.0 - closure)
+        for joint, sign in FINGERS:
+            self.sim.resetJointState(self.arm, joint, sign * angle)
+        for tip in FINGER_TIPS:
+            self.sim.resetJointState(self.arm, tip, 0.0)
+        self.closure = closure
+
+    def pose(self) -> Pose:
+        return Pose(position=self.target.copy(), yaw=self.yaw, gripper_closure=self.closure)
+
+    def move(self, motion: np.ndarray, raised: bool = False) -> np.ndarray:
+        """Moves by a 5-D command (dx, dy, dz cm; sin, cos of the yaw change), clamped to the workspace.
+
+        Args:
+            motion: The command.
+            raised: Move with the gripper lifted to the top of the workspace.
+
+        Returns:
+            The translation actually applied, in cm (after noise, step limit and clamp).
+        """
+        workspace = self.config.workspace
+        delta_cm = np.asarray(motion[:3], dtype=np.float64).copy()
+        if self.config.motion_noise_cm:
+            delta_cm[:2] += self.episode_rng.normal(0.0, self.config.motion_noise_cm, 2)
+        length = np.linalg.norm(delta_cm)
+        if length > workspace.max_step_cm:
+            delta_cm *= workspace.max_step_cm / length
+        target = workspace.clamp(self.target + delta_cm / 100.0)
+        if raised:
+            target[2] = workspace.high[2]
+        yaw = self.yaw + math.atan2(float(motion[3]), float(motion[4]))
+        yaw = (yaw + math.pi / 2) % math.pi - math.pi / 2  # a pinch grasp is symmetric under pi
+        applied = (target - self.target) * 100.0
+        self._place_flange(target, yaw)
+        return applied
+
+    def close_and_lift(self) -> bool:
+        """Closes the fingers where the gripper is, lifts, and tells whether an object came along."""
+        before = {
+            body: self.sim.getBasePositionAndOrientation(body)[0][2] for body in self.body_ids
+        }
+        joints = [self.sim.getJointState(self.arm, j)[0] for j in range(8)]
+        for joint in range(8):
+            self.sim.setJointMotorControl2(
+                self.arm, joint, pybullet.POSITION_CONTROL, targetPosition=joints[joint], force=500
+            )
+        grip_force = self.look.grip_force
+        for step in range(60):
+            angle = OPEN_ANGLE * max(0.0, 1.0 - step / 40.0)
+            for joint, sign in FINGERS:
+                self.sim.setJointMotorControl2(
+                    self.arm,
+                    joint,
+                    pybullet.POSITION_CONTROL,
+                    targetPosition=sign * angle,
+                    force=grip_force,
+                )
+            for tip in FINGER_TIPS:
+                self.sim.setJointMotorControl2(
+                    self.arm, tip, pybullet.POSITION_CONTROL, targetPosition=0, force=grip_force
+                )
+            self._simulate(1)
+        lift = np.array([0.0, 0.0, self.config.lift_height_m + 0.05])
+        start = self.target.copy()
+        for i in range(1, 31):
+            goal = start + lift * i / 30
+            arm_joints = self.sim.calculateInverseKinematics(
+                self.arm, FLANGE, goal.tolist(), DOWN, maxNumIterations=20, **IK_LIMITS
+            )
+            for joint in range(7):
+                self.sim.setJointMotorControl2(
+                    self.arm,
+                    joint,
+                    pybullet.POSITION_CONTROL,
+                    targetPosition=arm_joints[joint],
+                    force=500,
+                )
+            self._simulate(4)
+        self.target = np.asarray(self.sim.getLinkState(self.arm, FLANGE)[0])
+        self.closure = 1.0
+        risen = max(self.sim.getBasePositionAndOrientation(b)[0][2] - z for b, z in before.items())
+        return bool(risen > self.config.lift_height_m * 0.7)
+
+    def _simulate(self, steps: int) -> None:
+        for _ in range(steps):
+            self.sim.stepSimulation()
+        self.physics_steps += steps
+
+    # -- sensing -----------------------------------------------------------------
+
+    def observe(self) -> Observation:
+        """The camera image, its segmentation mask and the current pose."""
+        camera = self.look.camera
+        width, height = self.config.camera.width, self.config.camera.height
+        _, _, rgba, _, segmentation = self.sim.getCameraImage(
+            width,
+            height,
+            camera.view_matrix,
+            camera.projection_matrix,
+            renderer=pybullet.ER_TINY_RENDERER,
+            lightDirection=self.look.light_direction,
+            lightColor=self.look.light_colour,
+            lightAmbientCoeff=self.look.ambient,
+            lightDiffuseCoeff=self.look.diffuse,
+            shadow=1,
+        )
+        self.renders += 1
+        rgb = np.asarray(rgba, dtype=np.uint8).reshape(height, width, 4)[..., :3]
+        bodies = np.asarray(segmentation, dtype=np.int64).reshape(height, width)
+        mask = np.full((height, width), MASK_BACKGROUND, np.uint8)
+        mask[bodies == self.tray] = MASK_TRAY
+        mask[bodies == self.arm] = MASK_ARM
+        mask[np.isin(bodies, self.body_ids)] = MASK_OBJECT
+        if self.look.sensor is not None:
+            rgb = self.look.sensor.apply(rgb, mask, self.episode_rng)
+        return Observation(rgb=rgb, mask=mask, pose=self.pose())
+
+    # -- privileged state (for the oracle and tests) -------------------------------
+
+    def object_poses(self) -> list[tuple[np.ndarray, float]]:
+        """(position, yaw) of each object: privileged information no policy may use."""
+        poses = []
+        for body in self.body_ids:
+            position, orientation = self.sim.getBasePositionAndOrientation(body)
+            poses.append((np.asarray(position), self.sim.getEulerFromQuaternion(orientation)[2]))
+        return poses
+
+    def object_aabbs(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """World-frame bounding boxes (low, high) of the objects."""
+        return [tuple(np.asarray(v) for v in self.sim.getAABB(body)) for body in self.body_ids]
+
+    def object_footprint(self, index: int) -> tuple[float, float]:
+        """An object's extent along its own x and y axes (privileged; no physics step taken)."""
+        body = self.body_ids[index]
+        position, orientation = self.sim.getBasePositionAndOrientation(body)
+        self.sim.resetBasePositionAndOrientation(
+            body, position, self.sim.getQuaternionFromEuler([0, 0, 0])
+        )
+        low, high = self.sim.getAABB(body)
+        self.sim.resetBasePositionAndOrientation(body, position, orientation)
+        return high[0] - low[0], high[1] - low[1]
+
+    def close(self) -> None:
+        if self.sim is not None:
+            self.sim.disconnect()
+            self.sim = None
+
+    def __enter__(self) -> GraspWorld:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

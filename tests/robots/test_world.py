@@ -1,0 +1,151 @@
+"""The simulated world, run for real in DIRECT mode with tiny budgets."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pybullet_data
+import pytest
+
+from robots import objects
+from robots.config import Workspace, WorldConfig
+from robots.episode import run_episode
+from robots.policies import OraclePolicy, RandomPolicy
+from robots.world import MASK_ARM, MASK_OBJECT, MASK_TRAY, GraspWorld
+
+
+@pytest.fixture(scope="module")
+def world():
+    with GraspWorld(WorldConfig(seed=1)) as w:
+        yield w
+
+
+def test_reset_gives_x0_without_the_arm_and_masks_of_every_class(world):
+    start = world.reset(seed=11)
+    assert start.x0.rgb.shape == (64, 64, 3) and start.x0.rgb.dtype == np.uint8
+    assert MASK_ARM not in np.unique(start.x0.mask)
+    assert {MASK_TRAY, MASK_OBJECT} <= set(np.unique(start.x0.mask))
+    assert len(start.object_ids) == 5
+    world.move(np.array([0.0, 0.0, -10.0, 0.0, 1.0]))
+    assert MASK_ARM in np.unique(world.observe().mask)
+
+
+def test_an_episode_replays_exactly_from_its_seed(world):
+    first = run_episode(world, RandomPolicy(world), seed=77, max_steps=5)
+    with GraspWorld(WorldConfig(seed=999)) as other:
+        second = run_episode(other, RandomPolicy(other), seed=77, max_steps=5)
+    assert first.success == second.success and first.object_ids == second.object_ids
+    np.testing.assert_array_equal(first.x0.rgb, second.x0.rgb)
+    for a, b in zip(first.steps, second.steps, strict=True):
+        np.testing.assert_array_equal(a.observation.rgb, b.observation.rgb)
+        np.testing.assert_allclose(a.action.motion, b.action.motion)
+
+
+def test_several_worlds_in_one_process_are_independent():
+    with (
+        GraspWorld(WorldConfig(seed=1)) as a,
+        GraspWorld(WorldConfig(seed=2, object_set="procedural")) as b,
+    ):
+        a.reset(seed=5)
+        b.reset(seed=5)
+        a.move(np.array([0.0, 0.0, -10.0, 0.0, 1.0]))
+        assert a.pose().position[2] < b.pose().position[2]
+        assert a.sim._client != b.sim._client
+
+
+def test_moves_are_clamped_to_the_workspace_and_the_step_limit(world):
+    world.reset(seed=3)
+    before = world.pose().position
+    applied = world.move(np.array([300.0, 0.0, 0.0, 0.0, 1.0]))
+    assert np.linalg.norm(applied) <= world.config.workspace.max_step_cm + 1e-6
+    for _ in range(10):
+        world.move(np.array([0.0, 0.0, -50.0, 0.0, 1.0]))
+    position = world.pose().position
+    assert (position >= np.array(world.config.workspace.low) - 1e-9).all()
+    assert position[2] == pytest.approx(world.config.workspace.low[2])
+    assert before[2] > position[2]
+
+
+def test_oracle_grasps_and_random_exploration_sometimes_does():
+    """The labels are right and grasps are achievable: the privileged oracle mostly succeeds."""
+    with GraspWorld(WorldConfig(seed=4)) as w:
+        oracle = sum(
+            run_episode(w, OraclePolicy(w), seed=500 + i, max_steps=8).success for i in range(10)
+        )
+        random = sum(
+            run_episode(w, RandomPolicy(w), seed=600 + i, max_steps=8).success for i in range(10)
+        )
+    assert oracle >= 7, f"oracle succeeded {oracle}/10"
+    assert random <= 6, f"random exploration succeeded {random}/10, suspiciously often"
+
+
+def test_object_sets():
+    train, test = set(objects.split("train")), set(objects.split("test"))
+    assert len(train) == 900 and len(test) == 100 and not train & test
+    assert objects.split("test")[:3] == [9, 19, 29]
+    rng = np.random.default_rng(0)
+    for spec in objects.ObjectSet("procedural").sample(rng, 20):
+        assert (
+            objects.DEFAULT_SIZE_RANGE_M[0] - 1e-9
+            <= objects._extent(list(spec.prisms))
+            <= objects.DEFAULT_SIZE_RANGE_M[1] + 1e-9
+        )
+        volume = sum(8 * np.prod(p.half_extents) for p in spec.prisms)
+        assert spec.mass_kg == pytest.approx(volume * objects.DENSITY_KG_M3)
+
+
+def test_a_folder_of_meshes_loads(tmp_path):
+    for name in (
+        "duck_vhacd.urdf",
+        "duck_vhacd.obj",
+        "duck.mtl",
+        "duckCM.png",
+        "cube_small.urdf",
+        "cube.obj",
+    ):
+        shutil.copy(f"{pybullet_data.getDataPath()}/{name}", tmp_path / name)
+    with GraspWorld(WorldConfig(seed=1, object_set=str(tmp_path), objects_per_bin=3)) as w:
+        start = w.reset(seed=1)
+        assert all(o.startswith("mesh:") for o in start.object_ids)
+        assert MASK_OBJECT in np.unique(start.x0.mask)
+
+
+def _dynamics(w: GraspWorld) -> list[tuple]:
+    return [w.sim.getDynamicsInfo(b, -1)[:2] for b in w.body_ids]
+
+
+@pytest.mark.parametrize("mode", ["none", "visual", "dynamics", "all"])
+def test_randomization_changes_what_it_should(mode):
+    with GraspWorld(WorldConfig(seed=1, randomization=mode)) as w:
+        w.reset(seed=21)
+        look = w.look
+    assert look.visual == (mode in ("visual", "all"))
+    assert look.dynamics == (mode in ("dynamics", "all"))
+    with GraspWorld(WorldConfig(seed=1, randomization=mode)) as w:
+        w.reset(seed=21)
+        base = _dynamics(w)
+    with GraspWorld(WorldConfig(seed=1, randomization="none")) as plain:
+        plain.reset(seed=21)
+        plain_dynamics = _dynamics(plain)
+    assert (base != plain_dynamics) == (mode in ("dynamics", "all"))
+
+
+def test_proxy_real_looks_different_but_masks_still_align():
+    with (
+        GraspWorld(WorldConfig(seed=1)) as sim,
+        GraspWorld(WorldConfig(seed=1, domain="proxy-real")) as real,
+    ):
+        s, r = sim.reset(seed=8), real.reset(seed=8)
+    assert np.abs(s.x0.rgb.astype(int) - r.x0.rgb.astype(int)).mean() > 25
+    # Same scene, camera moved: the tray is still where most of the image is.
+    assert (r.x0.mask == MASK_TRAY).mean() > 0.2
+
+
+def test_bad_configs_are_refused():
+    with pytest.raises(ValueError, match="randomization"):
+        WorldConfig(randomization="weather")
+    with pytest.raises(ValueError, match="low"):
+        Workspace(low=(0.5, 0, 0), high=(0.4, 1, 1))
+    with pytest.raises(ValueError, match="neither train, test, procedural nor a folder"):
+        objects.ObjectSet("nonsense")
