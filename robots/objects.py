@@ -160,11 +160,8 @@ class ObjectSet:
 
 def mesh_box(path: str) -> np.ndarray:
     """Size of a Wavefront OBJ's bounding box along x, y and z, in its own units."""
-    vertices = [
-        [float(v) for v in line.split()[1:4]]
-        for line in open(path, encoding="utf-8", errors="replace")
-        if line.startswith("v ")
-    ]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        vertices = [[float(v) for v in line.split()[1:4]] for line in f if line.startswith("v ")]
     if not vertices:
         raise ValueError(f"{path} has no vertices")
     vertices = np.array(vertices)
