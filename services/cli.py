@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import grpc
 
 from services.common import logs
+from services.trainer import cli as trainer_cli
 
 DEFAULT_STORE = "127.0.0.1:50051"
 
@@ -20,6 +21,8 @@ SERVICES = {
     "store": ("services.episode_store.server", "the episode store"),
     "predictor": ("services.grasp_predictor.server", "the grasp predictor (TF Serving API)"),
     "planner": ("services.servo_planner.server", "the servo-planner (CEM over the predictor)"),
+    "sim-farm": ("services.sim_farm.server", "the sim-farm (simulated arms collecting episodes)"),
+    "trainer": ("services.trainer.server", "the trainer (runs, recipes, model registry)"),
 }
 
 
@@ -188,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=DEFAULT_STORE,
             help=f"episode store host:port (default {DEFAULT_STORE})",
         )
+    trainer_cli.add_commands(commands)
     return parser
 
 

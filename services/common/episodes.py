@@ -1,0 +1,115 @@
+"""Robot-side episodes (robots/ observations and actions) as the store's messages."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from google.protobuf import timestamp_pb2
+
+from graspfleet.v1 import common_pb2
+from robots.world import Pose
+from services.common.images import encode_image
+from services.episode_store.shards import EpisodeRecord
+
+DOMAINS = {
+    "sim": common_pb2.DOMAIN_SIM,
+    "proxy-real": common_pb2.DOMAIN_REAL,
+    "real": common_pb2.DOMAIN_REAL,
+}
+RANDOMIZATIONS = {
+    "none": common_pb2.RANDOMIZATION_NONE,
+    "visual": common_pb2.RANDOMIZATION_VISUAL,
+    "dynamics": common_pb2.RANDOMIZATION_DYNAMICS,
+    "all": common_pb2.RANDOMIZATION_ALL,
+}
+
+
+def pose_message(pose: Pose) -> common_pb2.Pose:
+    p = pose.position
+    return common_pb2.Pose(
+        position_m=common_pb2.Vec3(x=float(p[0]), y=float(p[1]), z=float(p[2])),
+        yaw_rad=float(pose.yaw),
+        gripper_closure=float(pose.gripper_closure),
+    )
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(time.time_ns())
+    return stamp
+
+
+def to_record(
+    run,
+    *,
+    episode_id: str,
+    robot_id: str,
+    domain: str,
+    randomization: str,
+    policy: str,
+    object_set: str,
+    collection_id: str = "",
+    model: common_pb2.ModelRef | None = None,
+    with_masks: bool = True,
+    encoding: int = common_pb2.Image.ENCODING_PNG,
+) -> EpisodeRecord:
+    """An EpisodeRun (services.robot_agent.control) as header, steps and outcome."""
+    from services.robot_agent.control import _KIND
+
+    header = common_pb2.EpisodeHeader(
+        episode_id=episode_id,
+        robot_id=robot_id,
+        domain=DOMAINS[domain],
+        randomization=RANDOMIZATIONS[randomization]
+        if domain == "sim"
+        else common_pb2.RANDOMIZATION_UNSPECIFIED,
+        policy=policy,
+        model=model,
+        x0=encode_image(run.x0.rgb, encoding),
+        object_ids=list(run.object_ids),
+        object_set=object_set,
+        seed=run.seed,
+        collection_id=collection_id,
+        started_at=_now(),
+    )
+    if with_masks:
+        header.x0_mask.CopyFrom(encode_image(run.x0.mask, encoding))
+    steps = []
+    for index, trace in enumerate(run.steps):
+        motion = trace.choice.action.motion
+        step = common_pb2.Step(
+            index=index,
+            image=encode_image(trace.observation.rgb, encoding),
+            pose=pose_message(trace.observation.pose),
+            command=common_pb2.Command(
+                kind=_KIND[trace.choice.action.kind],
+                motion=common_pb2.MotionCommand(
+                    dx_cm=float(motion[0]),
+                    dy_cm=float(motion[1]),
+                    dz_cm=float(motion[2]),
+                    sin_dyaw=float(motion[3]),
+                    cos_dyaw=float(motion[4]),
+                ),
+            ),
+            time=_now(),
+        )
+        if with_masks:
+            step.mask.CopyFrom(encode_image(trace.observation.mask, encoding))
+        if trace.choice.predicted_success is not None:
+            step.predicted_success = float(np.clip(trace.choice.predicted_success, 0.0, 1.0))
+        if trace.choice.model is not None:
+            step.model.CopyFrom(trace.choice.model)
+        steps.append(step)
+    if run.success is None:
+        result = common_pb2.GRASP_RESULT_ABORTED
+    else:
+        result = common_pb2.GRASP_RESULT_SUCCESS if run.success else common_pb2.GRASP_RESULT_FAILURE
+    outcome = common_pb2.EpisodeOutcome(
+        result=result,
+        final_pose=pose_message(run.final_pose),
+        ended_at=_now(),
+        num_steps=len(steps),
+        detail=run.abort_reason,
+    )
+    return EpisodeRecord(header=header, steps=tuple(steps), outcome=outcome)

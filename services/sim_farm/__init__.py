@@ -1,0 +1,1 @@
+"""The sim-farm: many simulated arms collecting labeled episodes into the store."""

@@ -1,0 +1,139 @@
+"""The sim-farm over gRPC: collections in worker processes, streamed into a real store."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
+from services.episode_store import client
+from services.episode_store.config import EpisodeStoreConfig
+from services.episode_store.server import create_server as create_store
+from services.sim_farm.config import SimFarmConfig
+from services.sim_farm.server import create_server as create_farm
+
+Policy = sim_farm_pb2.CollectionPolicy
+DONE = {
+    sim_farm_pb2.COLLECTION_STATE_SUCCEEDED,
+    sim_farm_pb2.COLLECTION_STATE_FAILED,
+    sim_farm_pb2.COLLECTION_STATE_STOPPED,
+}
+
+
+@pytest.fixture
+def farm(tmp_path):
+    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(tmp_path / "store")))
+    farm = create_farm(
+        SimFarmConfig(
+            port=0, store_address=store.address, workers=2, spool_dir=str(tmp_path / "spool")
+        )
+    )
+    with grpc.insecure_channel(farm.address) as channel:
+        yield sim_farm_pb2_grpc.SimFarmStub(channel), store
+    farm.stop(grace_s=0)
+    store.stop(grace_s=0)
+
+
+def _wait(stub, collection_id: str, timeout_s: float = 120.0) -> sim_farm_pb2.Collection:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        collection = stub.GetCollection(
+            sim_farm_pb2.GetCollectionRequest(collection_id=collection_id)
+        )
+        if collection.state in DONE:
+            return collection
+        time.sleep(0.2)
+    raise TimeoutError(f"collection {collection_id} did not finish")
+
+
+def test_a_collection_lands_in_the_store_with_everything_training_needs(farm):
+    stub, store = farm
+    spec = sim_farm_pb2.CollectionSpec(
+        num_episodes=6,
+        num_shards=2,
+        max_steps=4,
+        domain=common_pb2.DOMAIN_SIM,
+        randomization=common_pb2.RANDOMIZATION_VISUAL,
+        policy=Policy(kind=Policy.KIND_RANDOM),
+        seed=7,
+    )
+    started = stub.StartCollection(
+        sim_farm_pb2.StartCollectionRequest(spec=spec, collection_id="c1")
+    )
+    assert started.collection_id == "c1" and len(started.shards) == 2
+    # A retry with the same id is the same collection, not a second one.
+    assert (
+        stub.StartCollection(
+            sim_farm_pb2.StartCollectionRequest(spec=spec, collection_id="c1")
+        ).collection_id
+        == "c1"
+    )
+    done = _wait(stub, "c1")
+    assert done.state == sim_farm_pb2.COLLECTION_STATE_SUCCEEDED, done.error
+    assert done.episodes_done == 6
+    channel, store_stub = client.connect(store.address)
+    with channel:
+        stored = list(
+            client.list_all(store_stub, episode_store_pb2.EpisodeFilter(collection_id="c1"))
+        )
+        assert len(stored) == 6
+        full = store_stub.GetEpisode(
+            episode_store_pb2.GetEpisodeRequest(episode_id=stored[0].episode_id, include_steps=True)
+        )
+    assert full.header.domain == common_pb2.DOMAIN_SIM
+    assert full.header.randomization == common_pb2.RANDOMIZATION_VISUAL
+    assert full.header.x0_mask.data and all(s.mask.data for s in full.steps)
+    assert len(full.header.object_ids) == 5 and full.header.seed
+    assert full.outcome.result in (common_pb2.GRASP_RESULT_SUCCESS, common_pb2.GRASP_RESULT_FAILURE)
+    assert sum(e.label.success for e in stored) == done.successes
+
+
+@pytest.mark.parametrize(
+    ("spec", "code", "fragment"),
+    [
+        (
+            sim_farm_pb2.CollectionSpec(num_episodes=0),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "num_episodes=0",
+        ),
+        (
+            sim_farm_pb2.CollectionSpec(num_episodes=2, num_shards=5),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "num_shards=5",
+        ),
+        (
+            sim_farm_pb2.CollectionSpec(num_episodes=1, domain=9),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "domain",
+        ),
+        (
+            sim_farm_pb2.CollectionSpec(num_episodes=1, domain=1, object_set="/nope"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "object_set",
+        ),
+        (
+            sim_farm_pb2.CollectionSpec(
+                num_episodes=1, domain=1, policy=Policy(kind=Policy.KIND_CEM)
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "--planner-address",
+        ),
+        (
+            sim_farm_pb2.CollectionSpec(num_episodes=1, domain=1, max_steps=500),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "max_steps=500",
+        ),
+    ],
+)
+def test_bad_collection_requests(farm, spec, code, fragment):
+    stub, _ = farm
+    if not spec.policy.kind:
+        spec.policy.kind = Policy.KIND_RANDOM
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.StartCollection(sim_farm_pb2.StartCollectionRequest(spec=spec))
+    assert refused.value.code() == code and fragment in refused.value.details()
+    with pytest.raises(grpc.RpcError) as missing:
+        stub.GetCollection(sim_farm_pb2.GetCollectionRequest(collection_id="nope"))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
