@@ -27,6 +27,7 @@ log = logs.get_logger(__name__)
 
 SERVICE_NAME = sim_farm_pb2.DESCRIPTOR.services_by_name["SimFarm"].full_name
 State = sim_farm_pb2
+Policy = sim_farm_pb2.CollectionPolicy
 
 EPISODES = Counter("graspfleet_simfarm_episodes_total", "Episodes collected.", ["domain"])
 SUCCESSES = Counter(
@@ -98,14 +99,11 @@ def validate(spec: sim_farm_pb2.CollectionSpec, config: SimFarmConfig) -> None:
         raise InvalidArgument(
             "policy.kind must be KIND_RANDOM, KIND_ORACLE, KIND_CEM or KIND_EPSILON_MIX"
         )
-    if spec.policy.kind in (
-        sim_farm_pb2.CollectionPolicy.KIND_CEM,
-        sim_farm_pb2.CollectionPolicy.KIND_EPSILON_MIX,
-    ):
-        if not config.planner_address:
-            raise FailedPrecondition(
-                "CEM collection needs the servo-planner: start the farm with --planner-address"
-            )
+    needs_planner = spec.policy.kind in (Policy.KIND_CEM, Policy.KIND_EPSILON_MIX)
+    if needs_planner and not config.planner_address:
+        raise FailedPrecondition(
+            "CEM collection needs the servo-planner: start the farm with --planner-address"
+        )
     if not 0.0 <= spec.policy.epsilon <= 1.0:
         raise InvalidArgument(f"policy.epsilon={spec.policy.epsilon}; expected 0..1")
     if spec.profile and spec.profile not in PROFILES:
