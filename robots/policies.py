@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robots.world import FINGERTIP_DROP_M, GraspWorld, Observation
+from robots.world import FINGERTIP_DROP_M, TRAY_CENTRE, GraspWorld, Observation
 
 MOVE, CLOSE, RAISE = "move", "close", "raise"
 
@@ -30,7 +30,8 @@ def motion_to(current: np.ndarray, target: np.ndarray, dyaw: float = 0.0) -> np.
 class RandomPolicy:
     """Random exploration as in the first phase of Levine et al.'s data collection.
 
-    Picks a random grasp point low in the workspace and a random rotation, then
+    Picks a random grasp point low over the tray's floor (where objects fall;
+    the policy knows the tray, not the objects) and a random rotation, then
     heads there in noisy steps and closes at the last step.
     """
 
@@ -44,8 +45,11 @@ class RandomPolicy:
     def begin(self, rng: np.random.Generator, steps: int) -> None:
         ws = self.world.config.workspace
         low, high = np.array(ws.low), np.array(ws.high)
-        self.goal = rng.uniform(low, high)
-        self.goal[2] = rng.uniform(low[2], low[2] + 0.03)
+        centre = np.array(TRAY_CENTRE[:2])
+        self.goal = np.array(
+            [*rng.uniform(centre - 0.13, centre + 0.13), rng.uniform(low[2], low[2] + 0.03)]
+        )
+        self.goal = np.clip(self.goal, low, high)
         self.yaw_step = rng.uniform(-math.pi / 2, math.pi / 2) / max(1, steps - 1)
         self.rng = rng
 

@@ -153,6 +153,6 @@ def draw_look(rng: np.random.Generator, config: WorldConfig, sim) -> EpisodeLook
         visual=visual,
         dynamics=dynamics,
         proxy_real=proxy_real,
-        grip_force=8.0 if proxy_real else 10.0,
+        grip_force=25.0 if proxy_real else 30.0,
         sensor=sensor,
     )

@@ -141,6 +141,14 @@ def _episodes_relabel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sim_snapshot(args: argparse.Namespace) -> int:
+    from robots.snapshot import snapshot
+
+    path = snapshot(args.out, seed=args.seed, size=args.size)
+    print(f"wrote {path}")
+    return 0
+
+
 def _run(argv: Sequence[str]) -> int:
     from services.fleet.run import main
 
@@ -158,6 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
         service_commands.add_parser(
             "serve", help=f"serve {help_text} (flags: serve --help)", add_help=False
         )
+
+    sim = commands.add_parser("sim", help="the simulated world")
+    sim_commands = sim.add_subparsers(dest="sim_command", required=True)
+    shot = sim_commands.add_parser(
+        "snapshot", help="PNG grid of x0 / xt / mask for each randomization and proxy-real"
+    )
+    shot.add_argument("--out", default="reports/sim-snapshot.png")
+    shot.add_argument("--seed", type=int, default=0)
+    shot.add_argument("--size", type=int, default=128, help="image side, pixels")
+    shot.set_defaults(handler=_sim_snapshot)
 
     episodes = commands.add_parser("episodes", help="inspect and label stored episodes")
     episode_commands = episodes.add_subparsers(dest="episodes_command", required=True)
