@@ -22,6 +22,7 @@ SERVICES = {
     "predictor": ("services.grasp_predictor.server", "the grasp predictor (TF Serving API)"),
     "planner": ("services.servo_planner.server", "the servo-planner (CEM over the predictor)"),
     "sim-farm": ("services.sim_farm.server", "the sim-farm (simulated arms collecting episodes)"),
+    "agent": ("services.robot_agent.server", "a robot agent (one arm's control loop)"),
     "trainer": ("services.trainer.server", "the trainer (runs, recipes, model registry)"),
 }
 

@@ -118,12 +118,12 @@ class ServiceServer:
             self._on_stop()
         log.info("stopped")
 
-    def wait(self) -> None:
-        """Blocks until SIGTERM or SIGINT, then stops gracefully."""
+    def wait(self, done: Callable[[], bool] = lambda: False) -> None:
+        """Blocks until SIGTERM, SIGINT or `done()` is true, then stops gracefully."""
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: stop.set())
-        while not stop.wait(0.5) and not self._stopped.is_set():
+        while not stop.wait(0.5) and not self._stopped.is_set() and not done():
             pass
         self.stop()
 

@@ -1,0 +1,201 @@
+"""One arm's agent: the grasp loop in a thread, safe stops, the spool, metrics and status."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import timestamp_pb2
+from prometheus_client import Counter, Gauge
+
+from graspfleet.v1 import common_pb2, robot_agent_pb2, servo_planner_pb2_grpc
+from robots.drivers import make_driver
+from robots.inventory import find_arm
+from robots.policies import RandomPolicy
+from services.common import episodes, logs, upstream
+from services.common.images import encode_image
+from services.episode_store.spool import EpisodeSpool, Uploader
+from services.robot_agent.config import AgentConfig
+from services.robot_agent.control import LocalChooser, PlannerChooser, run_episode
+
+log = logs.get_logger(__name__)
+
+ATTEMPTS = Counter(
+    "graspfleet_agent_grasp_attempts_total",
+    "Grasp attempts with a known outcome, by the model version that drove them.",
+    ["robot_id", "model_version", "domain"],
+)
+SUCCESSES = Counter(
+    "graspfleet_agent_grasp_successes_total",
+    "Successful grasps, by the model version that drove them.",
+    ["robot_id", "model_version", "domain"],
+)
+ABORTED = Counter(
+    "graspfleet_agent_episodes_aborted_total",
+    "Episodes stopped before the grasp (safe stops).",
+    ["robot_id"],
+)
+STATE = Gauge(
+    "graspfleet_agent_state",
+    "AgentState enum value (2 running, 3 paused, 4 safe stop).",
+    ["robot_id"],
+)
+DOMAIN_NAMES = {"sim": "sim", "proxy-real": "real", "real": "real"}
+
+
+class Agent:
+    """Drives one arm until stopped. Thread-safe status; pause and resume between episodes."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.arm = find_arm(config.robot_id, Path(config.inventory_dir))
+        self.domain = self.arm.domain
+        self.spool = EpisodeSpool(Path(config.spool_dir) / config.robot_id, config.robot_id)
+        self.uploader = Uploader(self.spool, lambda: config.store_address)
+        self.channel = upstream.channel(config.planner_address)
+        self.planner = servo_planner_pb2_grpc.ServoPlannerStub(self.channel)
+        self.rng = np.random.default_rng(config.seed or self.arm.world.seed)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._resume = threading.Event()
+        self._resume.set()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"agent-{config.robot_id}", daemon=True
+        )
+        self.attempted = 0
+        self.succeeded = 0
+        self.model = common_pb2.ModelRef()
+        self.last_error = ""
+        self._set_state(robot_agent_pb2.AGENT_STATE_STARTING)
+
+    def _set_state(self, state: int) -> None:
+        with self._lock:
+            self.state = state
+        STATE.labels(self.config.robot_id).set(state)
+
+    def start(self) -> Agent:
+        self.uploader.start()
+        self._thread.start()
+        return self
+
+    def _chooser(self, driver):
+        if self.config.exploration == "random":
+            return LocalChooser(RandomPolicy(driver.world))
+        return PlannerChooser(
+            self.planner,
+            self.config.robot_id,
+            self.arm.world.workspace,
+            common_pb2.ModelRef(name="grasp_success", label=self.config.model_label),
+            self.config.epsilon if self.config.exploration == "eps-mix" else 0.0,
+            self.config.plan_timeout_s,
+            encode_image,
+        )
+
+    def _loop(self) -> None:
+        try:
+            with make_driver(self.arm) as driver:
+                chooser = self._chooser(driver)
+                self._set_state(robot_agent_pb2.AGENT_STATE_RUNNING)
+                while not self._stop.is_set():
+                    if self.config.episodes and self.attempted >= self.config.episodes:
+                        break
+                    if not self._resume.is_set():
+                        self._set_state(robot_agent_pb2.AGENT_STATE_PAUSED)
+                        self._resume.wait(0.5)
+                        continue
+                    self._episode(driver, chooser)
+        except Exception as err:  # noqa: BLE001 - report, never leave the status lying
+            self.last_error = f"{type(err).__name__}: {err}"
+            log.exception("agent loop failed", extra={"robot_id": self.config.robot_id})
+        finally:
+            self._set_state(robot_agent_pb2.AGENT_STATE_STOPPED)
+
+    def _episode(self, driver, chooser) -> None:
+        seed = int(self.rng.integers(1 << 62))
+        run = run_episode(driver, chooser, seed, self.config.max_steps, self.config.robot_id)
+        if run.steps:
+            first_model = next(
+                (s.choice.model for s in run.steps if s.choice.model is not None), None
+            )
+            record = episodes.to_record(
+                run,
+                episode_id=f"{self.config.robot_id}-{uuid.uuid4().hex[:16]}",
+                robot_id=self.config.robot_id,
+                domain=self.domain,
+                randomization=self.arm.world.randomization,
+                policy=chooser.name,
+                object_set=self.arm.world.object_set,
+                model=first_model,
+                with_masks=self.domain == "sim",
+            )
+            self.uploader.submit(record)  # durable on local disk before we count it
+            version = str(first_model.version) if first_model is not None else "none"
+            with self._lock:
+                self.attempted += 1
+                if first_model is not None:
+                    self.model = first_model
+            domain = DOMAIN_NAMES[self.domain]
+            if run.success is None:
+                ABORTED.labels(self.config.robot_id).inc()
+            else:
+                ATTEMPTS.labels(self.config.robot_id, version, domain).inc()
+                if run.success:
+                    SUCCESSES.labels(self.config.robot_id, version, domain).inc()
+                    with self._lock:
+                        self.succeeded += 1
+        if run.success is None:
+            self._safe_stop(run.abort_reason)
+
+    def _safe_stop(self, reason: str) -> None:
+        """The arm holds still until the planner answers again (the next episode will tell)."""
+        self.last_error = reason
+        self._set_state(robot_agent_pb2.AGENT_STATE_SAFE_STOP)
+        log.warning(
+            "safe stop: arm holds still", extra={"robot_id": self.config.robot_id, "reason": reason}
+        )
+        self._stop.wait(self.config.safe_stop_retry_s)
+        if not self._stop.is_set():
+            self._set_state(robot_agent_pb2.AGENT_STATE_RUNNING)
+
+    def status(self) -> robot_agent_pb2.AgentStatus:
+        now = timestamp_pb2.Timestamp()
+        now.GetCurrentTime()
+        exploration = {
+            "cem": robot_agent_pb2.EXPLORATION_MODE_CEM,
+            "random": robot_agent_pb2.EXPLORATION_MODE_RANDOM,
+            "eps-mix": robot_agent_pb2.EXPLORATION_MODE_EPSILON_MIX,
+        }[self.config.exploration]
+        with self._lock:
+            return robot_agent_pb2.AgentStatus(
+                robot_id=self.config.robot_id,
+                state=self.state,
+                exploration=exploration,
+                domain=episodes.DOMAINS[self.domain],
+                episodes_attempted=self.attempted,
+                episodes_succeeded=self.succeeded,
+                spool_depth=self.spool.depth(),
+                model=self.model,
+                last_error=self.last_error,
+                updated_at=now,
+            )
+
+    def pause(self) -> None:
+        self._resume.clear()
+
+    def resume(self) -> None:
+        self._resume.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Waits for the loop to end (an episode limit); True if it did."""
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    def stop(self, drain_s: float = 10.0) -> None:
+        """Finishes the current episode, then gives the spool `drain_s` to reach the store."""
+        self._stop.set()
+        self._resume.set()
+        self._thread.join(timeout=120)
+        self.uploader.stop(drain_s=drain_s)
+        self.channel.close()

@@ -1,0 +1,50 @@
+"""The robot agent's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.common.config import ConfigError, ServerConfig, check_address, setting
+
+EXPLORATION = ("cem", "random", "eps-mix")
+
+
+@dataclass(frozen=True)
+class AgentConfig(ServerConfig):
+    """Robot agent: runs one arm's grasp attempts, streams them to the store, keeps the arm safe."""
+
+    port: int = setting(50054, "gRPC port of the agent's status API; 0 picks a free one.")
+    robot_id: str = setting("", "Which arm of the inventory this agent drives.", required=True)
+    inventory_dir: str = setting(
+        "robots/fleet", "Folder of the fleet's arm files (one YAML per arm)."
+    )
+    planner_address: str = setting("", "servo-planner host:port.", required=True)
+    store_address: str = setting("", "episode-store host:port.", required=True)
+    exploration: str = setting(
+        "cem", "cem, random or eps-mix (CEM with random commands at rate epsilon)."
+    )
+    epsilon: float = setting(0.1, "Share of random commands in eps-mix exploration.")
+    model_label: str = setting("stable", "Model label the planner scores with (stable, canary).")
+    spool_dir: str = setting(
+        "var/agent-spool", "Episodes wait here until the store has them; a folder per robot."
+    )
+    max_steps: int = setting(8, "Most control steps in one grasp attempt.")
+    episodes: int = setting(0, "Stop after this many episodes; 0 runs until SIGTERM.")
+    plan_timeout_s: float = setting(
+        2.0, "Deadline of one PlanStep; past it the arm stops, seconds."
+    )
+    safe_stop_retry_s: float = setting(
+        1.0, "How often a safe-stopped agent checks whether the planner is back, seconds."
+    )
+    seed: int = setting(0, "Seeds the episode seeds (0: from the arm's inventory seed).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_address("planner_address", self.planner_address)
+        check_address("store_address", self.store_address)
+        if self.exploration not in EXPLORATION:
+            raise ConfigError(f"exploration={self.exploration!r}; use one of {EXPLORATION}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ConfigError(f"epsilon={self.epsilon}; expected 0..1")
+        if not 1 <= self.max_steps <= 50 or self.episodes < 0:
+            raise ConfigError("max_steps must be 1..50 and episodes not negative")
