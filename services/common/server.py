@@ -69,6 +69,9 @@ class ServiceServer:
         if self.port == 0:
             raise OSError(f"{name}: cannot bind {config.host}:{config.port}")
         self.grpc_server.start()
+        if config.port_file:
+            # Listening now; the health service says when it is ready.
+            _write_atomically(Path(config.port_file), f"{self.port}\n")
         self.metrics_port = metrics.start_metrics_server(config.metrics_port, config.host)
         log.info(
             "server started",
@@ -98,8 +101,6 @@ class ServiceServer:
         for service in (OVERALL, *self.service_names):
             self.health.set(service, status)
         metrics.SERVICE_READY.labels(self.name).set(1 if serving else 0)
-        if serving and self.config.port_file:
-            _write_atomically(Path(self.config.port_file), f"{self.port}\n")
         log.info("health", extra={"serving": serving})
 
     def stop(self, grace_s: float | None = None) -> None:

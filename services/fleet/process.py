@@ -40,8 +40,12 @@ class ServiceProcess:
             raise RuntimeError(f"{self.name} is not serving")
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 60.0) -> ServiceProcess:
-        """Starts the process and waits until its health service reports SERVING."""
+    def start(self, timeout_s: float = 60.0, require_serving: bool = True) -> ServiceProcess:
+        """Starts the process and waits until its health service answers (and says SERVING, if required).
+
+        A predictor with no model yet answers NOT_SERVING: start it with
+        `require_serving=False` and wait for SERVING once a model is published.
+        """
         self.port_file.unlink(missing_ok=True)
         flags = {"port": "0", "port_file": str(self.port_file), **self.flags}
         argv = [sys.executable, "-m", "services.cli", *self.command]
@@ -52,10 +56,11 @@ class ServiceProcess:
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         self.port = None
-        self.wait_ready(timeout_s)
+        self.wait_ready(timeout_s, require_serving)
         return self
 
-    def wait_ready(self, timeout_s: float) -> None:
+    def wait_ready(self, timeout_s: float, require_serving: bool = True) -> None:
+        """Waits for the port file and a health answer (SERVING if required)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -65,23 +70,30 @@ class ServiceProcess:
                 )
             if self.port is None and self.port_file.exists():
                 self.port = int(self.port_file.read_text().strip() or 0) or None
-            if self.port is not None and self.serving():
+            if self.port is not None and (self.serving() if require_serving else self.answers()):
                 return
             time.sleep(0.1)
         raise TimeoutError(
             f"{self.name} did not report SERVING within {timeout_s:.0f} s; see {self.log_path}"
         )
 
-    def serving(self) -> bool:
-        """True when the health service answers SERVING."""
+    def _health(self) -> int | None:
         try:
             with grpc.insecure_channel(self.address) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=1.0
                 )
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
+            return reply.status
         except grpc.RpcError:
-            return False
+            return None
+
+    def serving(self) -> bool:
+        """True when the health service answers SERVING."""
+        return self._health() == health_pb2.HealthCheckResponse.SERVING
+
+    def answers(self) -> bool:
+        """True when the health service answers at all."""
+        return self._health() is not None
 
     def stop(self, timeout_s: float = 30.0) -> int:
         """SIGTERM, then wait for a graceful exit (SIGKILL after `timeout_s`); returns the exit code."""

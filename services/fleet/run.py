@@ -1,9 +1,14 @@
-"""`make run`: the local fleet on embedded defaults.
+"""`make run`: the whole local fleet on embedded defaults, as processes on loopback.
 
-Today it starts the episode store (SQLite in var/), streams a generated set of
-sample episodes into it from several concurrent writers, reads them back
-through the training data pipeline, and prints what the store holds. The
-fleet's other services join this run as they are built.
+1. Starts the episode store (SQLite), the grasp predictor (an empty model
+   repository), the servo-planner and the sim-farm.
+2. Bootstraps: the sim-farm collects simulated grasps with random exploration.
+3. Trains a first grasp-success model on them and publishes it as version 1;
+   the predictor picks it up by itself.
+4. Starts robot agents on the proxy-real arms of robots/fleet/, which grasp
+   with CEM on that model and stream every attempt to the store.
+5. Measures CEM against random grasping on held-out objects in simulation.
+6. Prints a summary and writes a report folder (plot, image samples, table).
 """
 
 from __future__ import annotations
@@ -11,81 +16,286 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from tqdm import tqdm
 
+from graspfleet.v1 import (
+    common_pb2,
+    robot_agent_pb2,
+    robot_agent_pb2_grpc,
+    sim_farm_pb2,
+    sim_farm_pb2_grpc,
+)
+from services.fleet import report
 from services.fleet.process import ServiceProcess
+
+Policy = sim_farm_pb2.CollectionPolicy
+FINISHED = {
+    sim_farm_pb2.COLLECTION_STATE_SUCCEEDED,
+    sim_farm_pb2.COLLECTION_STATE_FAILED,
+    sim_farm_pb2.COLLECTION_STATE_STOPPED,
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    bootstrap_episodes: int
+    train_steps: int
+    agent_episodes: int
+    eval_episodes: int
+
+
+PLANS = {
+    "quick": Plan(bootstrap_episodes=60, train_steps=150, agent_episodes=3, eval_episodes=8),
+    "default": Plan(bootstrap_episodes=1200, train_steps=2000, agent_episodes=25, eval_episodes=60),
+}
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="graspfleet run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds of work")
+    parser = argparse.ArgumentParser(prog="graspfleet run", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of about two minutes")
     parser.add_argument("--workdir", default="var/fleet", help="state of this run (wiped at start)")
-    parser.add_argument("--episodes", type=int, default=None, help="sample episodes to ingest")
+    parser.add_argument("--reports", default="reports", help="where the report folder goes")
     parser.add_argument(
-        "--writers", type=int, default=4, help="concurrent writers (one robot id each)"
+        "--robots", nargs="+", default=["kuka-01", "kuka-02"], help="arms that get an agent"
     )
+    parser.add_argument("--bootstrap-episodes", type=int)
+    parser.add_argument("--train-steps", type=int)
+    parser.add_argument("--agent-episodes", type=int)
+    parser.add_argument("--eval-episodes", type=int)
     return parser.parse_args(argv)
+
+
+class Fleet:
+    """The local fleet's processes, stopped in reverse order on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.logs = workdir / "logs"
+        self.processes: list[ServiceProcess] = []
+
+    def start(
+        self, name: str, command: list[str], flags: dict, require_serving: bool = True
+    ) -> ServiceProcess:
+        process = ServiceProcess(name, command, {"log_format": "text", **flags}, self.logs)
+        print(f"  starting {name} ...", flush=True)
+        process.start(timeout_s=120, require_serving=require_serving)
+        self.processes.append(process)
+        print(f"  {name} on {process.address}", flush=True)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+def _collect(
+    farm: ServiceProcess, spec: sim_farm_pb2.CollectionSpec, collection_id: str, label: str
+):
+    with grpc.insecure_channel(farm.address) as channel:
+        stub = sim_farm_pb2_grpc.SimFarmStub(channel)
+        stub.StartCollection(
+            sim_farm_pb2.StartCollectionRequest(spec=spec, collection_id=collection_id)
+        )
+        with tqdm(total=spec.num_episodes, desc=label, unit="ep") as bar:
+            while True:
+                collection = stub.GetCollection(
+                    sim_farm_pb2.GetCollectionRequest(collection_id=collection_id)
+                )
+                bar.update(collection.episodes_done - bar.n)
+                bar.set_postfix(
+                    success=f"{collection.successes / max(collection.episodes_done, 1):.0%}"
+                )
+                if collection.state in FINISHED:
+                    break
+                time.sleep(1.0)
+    if collection.state != sim_farm_pb2.COLLECTION_STATE_SUCCEEDED:
+        raise RuntimeError(
+            f"collection {collection_id} ended {collection.state}: {collection.error}"
+        )
+    return collection
+
+
+def _train(store_dir: Path, store_address: str, model_base: Path, steps: int) -> dict:
+    from graspfleet.v1 import episode_store_pb2
+    from services.episode_store import client
+    from services.grasp_predictor.samples import split_episodes
+    from services.grasp_predictor.training import TrainSpec, train
+
+    channel, stub = client.connect(store_address)
+    with channel:
+        episodes = [
+            e
+            for e in client.list_all(
+                stub, episode_store_pb2.EpisodeFilter(domain=common_pb2.DOMAIN_SIM)
+            )
+            if e.label.state != common_pb2.LABEL_STATE_UNLABELED
+        ]
+    train_set, validation = split_episodes(episodes, 0.15, seed=0)
+    spec = TrainSpec(
+        recipe="sim-only", profile="default", steps=steps, batch_size=32, sim_fraction=1.0, seed=0
+    )
+    result = train(
+        spec,
+        store_dir,
+        train_set,
+        validation,
+        model_base,
+        log_dir=str(model_base.parent / "tensorboard"),
+    )
+    return {"version": result.version, **result.metrics}
+
+
+def _run_agents(fleet: Fleet, robots: list[str], flags: dict, episodes: int) -> None:
+    agents = [
+        fleet.start(
+            f"agent-{robot}",
+            ["agent", "serve"],
+            {**flags, "robot_id": robot, "episodes": str(episodes)},
+        )
+        for robot in robots
+    ]
+    with tqdm(total=episodes * len(agents), desc="agents grasping (CEM)", unit="ep") as bar:
+        while True:
+            done, states = 0, []
+            for agent in agents:
+                if agent.process.poll() is not None:
+                    done += episodes
+                    continue
+                try:
+                    with grpc.insecure_channel(agent.address) as channel:
+                        status = robot_agent_pb2_grpc.RobotAgentStub(channel).GetStatus(
+                            robot_agent_pb2.GetStatusRequest(), timeout=2
+                        )
+                    done += status.episodes_attempted
+                    states.append(
+                        robot_agent_pb2.AgentState.Name(status.state)
+                        .removeprefix("AGENT_STATE_")
+                        .lower()
+                    )
+                except grpc.RpcError:
+                    done += 0
+            bar.update(done - bar.n)
+            bar.set_postfix(states=",".join(states) or "done")
+            if all(agent.process.poll() is not None for agent in agents):
+                break
+            time.sleep(1.0)
+    for agent in agents:
+        fleet.processes.remove(agent)
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    num_episodes = args.episodes or (40 if args.quick else 400)
+    base = PLANS["quick" if args.quick else "default"]
+    plan = Plan(
+        bootstrap_episodes=args.bootstrap_episodes or base.bootstrap_episodes,
+        train_steps=args.train_steps or base.train_steps,
+        agent_episodes=args.agent_episodes or base.agent_episodes,
+        eval_episodes=args.eval_episodes or base.eval_episodes,
+    )
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
-    print(f"graspfleet local fleet: state in {workdir}/, logs in {workdir}/logs/")
-
-    store = ServiceProcess(
-        "episode-store",
-        ["store", "serve"],
-        {"data_dir": str(workdir / "episode-store"), "log_format": "text"},
-        workdir / "logs",
+    report_dir = Path(args.reports) / time.strftime("run-%Y%m%d-%H%M%S")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    models, store_dir = workdir / "models", workdir / "episode-store"
+    print(
+        f"graspfleet local fleet ({'quick' if args.quick else 'default'} run): state in {workdir}/, logs in {workdir}/logs/"
     )
-    print("starting episode-store ...", flush=True)
-    store.start()
-    print(f"episode-store SERVING on {store.address}")
+    started = time.monotonic()
+    fleet = Fleet(workdir)
     try:
-        _ingest_samples(store.address, num_episodes, args.writers)
-        _report(store.address, workdir / "episode-store")
+        print("[1/6] services", flush=True)
+        store = fleet.start("episode-store", ["store", "serve"], {"data_dir": str(store_dir)})
+        predictor = fleet.start(
+            "grasp-predictor",
+            ["predictor", "serve"],
+            {"model_base_path": str(models), "poll_interval_s": "1"},
+            require_serving=False,
+        )
+        planner = fleet.start(
+            "servo-planner", ["planner", "serve"], {"predictor_address": predictor.address}
+        )
+        farm = fleet.start(
+            "sim-farm",
+            ["sim-farm", "serve"],
+            {
+                "store_address": store.address,
+                "planner_address": planner.address,
+                "spool_dir": str(workdir / "spool"),
+            },
+        )
+
+        print("[2/6] bootstrap: simulated grasps with random exploration", flush=True)
+        bootstrap = sim_farm_pb2.CollectionSpec(
+            num_episodes=plan.bootstrap_episodes,
+            num_shards=2,
+            max_steps=8,
+            domain=common_pb2.DOMAIN_SIM,
+            randomization=common_pb2.RANDOMIZATION_NONE,
+            policy=Policy(kind=Policy.KIND_RANDOM),
+            seed=1,
+        )
+        _collect(farm, bootstrap, "bootstrap", "sim collection (random)")
+
+        print(
+            f"[3/6] training a first grasp model ({plan.train_steps} steps, sim data only)",
+            flush=True,
+        )
+        metrics = _train(store_dir, store.address, models, plan.train_steps)
+        print(
+            f"  published grasp_success version {metrics['version']}: validation accuracy "
+            f"{metrics.get('accuracy', float('nan')):.3f}, AUC {metrics.get('auc', float('nan')):.3f}"
+        )
+        predictor.wait_ready(120)
+        print("  grasp-predictor SERVING version 1", flush=True)
+
+        print(f"[4/6] robot agents on {', '.join(args.robots)} (proxy-real arms)", flush=True)
+        agent_flags = {
+            "planner_address": planner.address,
+            "store_address": store.address,
+            "spool_dir": str(workdir / "agent-spool"),
+        }
+        _run_agents(fleet, args.robots, agent_flags, plan.agent_episodes)
+
+        print("[5/6] CEM against random grasping on held-out objects (sim)", flush=True)
+        evaluation = {}
+        for name, kind in (("random", Policy.KIND_RANDOM), ("cem (model v1)", Policy.KIND_CEM)):
+            spec = sim_farm_pb2.CollectionSpec(
+                num_episodes=plan.eval_episodes,
+                num_shards=2,
+                max_steps=8,
+                domain=common_pb2.DOMAIN_SIM,
+                randomization=common_pb2.RANDOMIZATION_NONE,
+                object_set="test",
+                policy=Policy(kind=kind),
+                seed=99,
+            )
+            collection = _collect(farm, spec, f"eval-{kind}", f"eval {name}")
+            evaluation[name] = (collection.episodes_done, collection.successes)
+
+        print("[6/6] report", flush=True)
+        from graspfleet.v1 import episode_store_pb2
+        from services.episode_store import client
+
+        channel, stub = client.connect(store.address)
+        with channel:
+            stats = stub.Stats(episode_store_pb2.StatsRequest())
+            table = report.format_table(report.summary_rows(stats), evaluation)
+            report.success_plot(stub, args.robots, report_dir / "success_over_time.png")
+            report.image_samples(stub, args.robots, report_dir / "samples.png")
+        (report_dir / "summary.md").write_text(
+            f"# graspfleet run\n\nepisodes in the store: {stats.episodes} ({stats.steps} steps)\n\n"
+            f"first model: validation accuracy {metrics.get('accuracy', float('nan')):.3f}, "
+            f"AUC {metrics.get('auc', float('nan')):.3f}\n\n{table}\n"
+        )
+        print(f"\n{table}\n")
+        print(
+            f"episodes in the store: {stats.episodes} ({stats.steps} steps); report in {report_dir}/"
+        )
+        print(f"total time {time.monotonic() - started:.0f} s")
     finally:
-        code = store.stop()
-        print(f"episode-store stopped (exit code {code})")
+        fleet.stop()
     return 0
-
-
-def _ingest_samples(address: str, num_episodes: int, writers: int) -> None:
-    from services.episode_store import client, samples
-
-    channel, stub = client.connect(address)
-    start = time.monotonic()
-    with channel, tqdm(total=num_episodes, desc="ingesting sample episodes", unit="ep") as bar:
-
-        def write(seed: int) -> None:
-            robot = f"sample-arm-{seed % writers + 1}"
-            client.write_episode(stub, samples.sample_episode(seed, robot_id=robot))
-            bar.update(1)
-
-        with ThreadPoolExecutor(writers) as pool:
-            list(pool.map(write, range(num_episodes)))
-    elapsed = time.monotonic() - start
-    print(
-        f"ingested {num_episodes} episodes in {elapsed:.1f} s ({num_episodes / elapsed:.1f} episodes/s)"
-    )
-
-
-def _report(address: str, data_root: Path) -> None:
-    from services.cli import main as cli
-    from services.episode_store import client, dataset
-
-    print("\n== store stats (graspfleet episodes stats) ==")
-    cli(["episodes", "stats", "--store", address])
-    channel, stub = client.connect(address)
-    with channel:
-        episodes = list(client.list_all(stub))
-    samples = dataset.step_dataset(data_root, dataset.labeled(episodes))
-    steps = sum(1 for _ in samples)
-    print(
-        f"\ntraining pipeline: {len(episodes)} episodes -> {steps} (x0, xt, pose, command, label) samples via tf.data"
-    )

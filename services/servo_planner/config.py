@@ -22,6 +22,9 @@ class PlannerConfig(ServerConfig):
     raise_ratio: float = setting(
         0.5, "Move with the gripper raised when C(no motion) < raise_ratio * C(best motion)."
     )
+    close_height_m: float = setting(
+        0.04, "Close only when the gripper is within this height of the workspace floor, metres."
+    )
     max_yaw_rad: float = setting(
         1.5708,
         "Largest rotation a candidate may ask for, radians (a pinch grasp is symmetric at pi).",

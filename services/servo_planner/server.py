@@ -153,7 +153,8 @@ class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
         ITERATIONS.observe(result.iterations)
         if result.deadline_reached:
             DEADLINES.inc()
-        kind, motion, success = self._decide(result)
+        near_floor = position[2] <= workspace.low[2] + self.config.close_height_m
+        kind, motion, success = self._decide(result, near_floor)
         DECISIONS.labels(common_pb2.Command.Kind.Name(kind).removeprefix("KIND_").lower()).inc()
         return servo_planner_pb2.PlanStepResponse(
             command=common_pb2.Command(kind=kind, motion=_motion(motion)),
@@ -164,9 +165,13 @@ class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
             deadline_reached=result.deadline_reached,
         )
 
-    def _decide(self, result: cem.CemResult) -> tuple[int, np.ndarray, float]:
-        """Levine et al.'s servoing heuristics on C(no motion) against C(best motion)."""
-        if result.no_motion_success >= self.config.close_ratio * result.success:
+    def _decide(self, result: cem.CemResult, near_floor: bool) -> tuple[int, np.ndarray, float]:
+        """Levine et al.'s servoing heuristics on C(no motion) against C(best motion).
+
+        The gripper closes only near the floor of its workspace: a model that has
+        seen no grasp closed high up cannot know such grasps fail.
+        """
+        if near_floor and result.no_motion_success >= self.config.close_ratio * result.success:
             return common_pb2.Command.KIND_CLOSE, cem.NO_MOTION, result.no_motion_success
         if result.no_motion_success < self.config.raise_ratio * result.success:
             return common_pb2.Command.KIND_RAISE, result.motion, result.success

@@ -37,7 +37,7 @@ def _request(label: str, **changes) -> servo_planner_pb2.PlanStepRequest:
         robot_id="kuka-01",
         x0=image,
         xt=image,
-        current_pose=common_pb2.Pose(position_m=common_pb2.Vec3(x=0.5, y=0.0, z=0.2)),
+        current_pose=common_pb2.Pose(position_m=common_pb2.Vec3(x=0.5, y=0.0, z=0.02)),
         workspace=common_pb2.Workspace(
             min_m=common_pb2.Vec3(x=0.2, y=-0.2, z=0.0), max_m=common_pb2.Vec3(x=0.8, y=0.2, z=0.3)
         ),
@@ -127,3 +127,11 @@ def test_bad_requests(fleet, change, code, fragment):
         stub.PlanStep(request, timeout=10)
     assert refused.value.code() == code, refused.value.details()
     assert fragment in refused.value.details()
+
+
+def test_the_gripper_does_not_close_far_above_the_floor(fleet):
+    _, _, stub = fleet
+    high = _request(
+        "sure", current_pose=common_pb2.Pose(position_m=common_pb2.Vec3(x=0.5, y=0.0, z=0.25))
+    )
+    assert stub.PlanStep(high, timeout=10).command.kind != Kind.KIND_CLOSE
