@@ -32,12 +32,15 @@ $(PROTO_STAMP): $(PROTO_SRC) $(STAMP)
 
 protos: $(PROTO_STAMP)
 
-# System packages the tests use: PostgreSQL (the store's second backend).
+# System packages the tests use: PostgreSQL (the store's second backend) and
+# Prometheus with promtool (the end-to-end metrics test). Debian's packages.
+SYSDEPS_MISSING = $(shell PATH="$$PATH:$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1)"; \
+	command -v initdb >/dev/null || echo postgresql; command -v prometheus >/dev/null || echo prometheus)
+
 sysdeps:
-	@PATH="$$PATH:$$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -n1)"; \
-	if ! command -v initdb >/dev/null 2>&1; then \
-		echo "installing PostgreSQL (needed by the store tests)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	@if [ -n "$(strip $(SYSDEPS_MISSING))" ]; then \
+		echo "installing $(SYSDEPS_MISSING) (needed by the tests)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSDEPS_MISSING) >/dev/null; \
 	fi
 
 run: protos

@@ -55,7 +55,8 @@ class ServerConfig:
     host: str = setting("127.0.0.1", "Address the gRPC server binds (0.0.0.0 in a pod).")
     port: int = setting(0, "gRPC port; 0 picks a free one (see port_file).")
     port_file: str = setting(
-        "", "Write the bound gRPC port to this file once listening (health says when ready)."
+        "",
+        "Write the bound gRPC port to this file once listening (and the metrics port to <file>.metrics).",
     )
     metrics_port: int = setting(-1, "Prometheus /metrics port; 0 picks a free one, -1 disables.")
     max_message_bytes: int = setting(

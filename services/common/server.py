@@ -73,6 +73,8 @@ class ServiceServer:
             # Listening now; the health service says when it is ready.
             _write_atomically(Path(config.port_file), f"{self.port}\n")
         self.metrics_port = metrics.start_metrics_server(config.metrics_port, config.host)
+        if config.port_file and self.metrics_port is not None:
+            _write_atomically(Path(config.port_file + ".metrics"), f"{self.metrics_port}\n")
         log.info(
             "server started",
             extra={

@@ -33,6 +33,7 @@ class ServiceProcess:
         self.log_path = self.workdir / f"{name}.log"
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
+        self.metrics_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -47,6 +48,7 @@ class ServiceProcess:
         `require_serving=False` and wait for SERVING once a model is published.
         """
         self.port_file.unlink(missing_ok=True)
+        self.port_file.with_name(self.port_file.name + ".metrics").unlink(missing_ok=True)
         flags = {"port": "0", "port_file": str(self.port_file), **self.flags}
         argv = [sys.executable, "-m", "services.cli", *self.command]
         for key, value in flags.items():
@@ -71,6 +73,9 @@ class ServiceProcess:
             if self.port is None and self.port_file.exists():
                 self.port = int(self.port_file.read_text().strip() or 0) or None
             if self.port is not None and (self.serving() if require_serving else self.answers()):
+                metrics_file = self.port_file.with_name(self.port_file.name + ".metrics")
+                if metrics_file.exists():
+                    self.metrics_port = int(metrics_file.read_text().strip())
                 return
             time.sleep(0.1)
         raise TimeoutError(

@@ -141,8 +141,9 @@ class Agent:
                 ABORTED.labels(self.config.robot_id).inc()
             else:
                 ATTEMPTS.labels(self.config.robot_id, version, domain).inc()
+                # inc(0) still creates the series, so a robot with no success yet reads 0, not nothing.
+                SUCCESSES.labels(self.config.robot_id, version, domain).inc(int(run.success))
                 if run.success:
-                    SUCCESSES.labels(self.config.robot_id, version, domain).inc()
                     with self._lock:
                         self.succeeded += 1
         if run.success is None:
