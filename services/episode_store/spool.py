@@ -202,7 +202,9 @@ class Uploader:
             channel, stub = client.connect(address)
             try:
                 with channel:
-                    self.spool.flush(functools.partial(client.write_episode, stub, timeout_s=self.timeout_s))
+                    self.spool.flush(
+                        functools.partial(client.write_episode, stub, timeout_s=self.timeout_s)
+                    )
                 delay = self.retry_s[0]
                 self.last_error = ""
                 if self.spool.depth() == 0:

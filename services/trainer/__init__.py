@@ -1,0 +1,1 @@
+"""The trainer: retraining runs, recipes, job backends, the model registry and rollout."""

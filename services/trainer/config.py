@@ -1,0 +1,170 @@
+"""The trainer's settings."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.config import ConfigError, ServerConfig, check_address, setting
+from services.trainer import recipes
+
+BACKENDS = ("local", "kubernetes")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
+
+
+@dataclass(frozen=True)
+class TrainerConfig(ServerConfig):
+    """Trainer: retraining runs, recipes, the model registry, the validation gate and rollout."""
+
+    port: int = setting(50056, "gRPC port; 0 picks a free one (see port_file).")
+    state_dir: str = setting(
+        "var/trainer", "Folder of the run database (SQLite, WAL) and, by default, the run folders."
+    )
+    runs_dir: str = setting(
+        "",
+        "Folder of the per-run folders jobs read their inputs from and report into; "
+        "<state_dir>/runs when empty. Kubernetes Jobs must see it at the same path.",
+    )
+    store_address: str = setting("", "episode-store host:port.", required=True)
+    store_data_dir: str = setting(
+        "", "The episode store's data folder (its shards), as jobs see it.", required=True
+    )
+    model_base: str = setting("var/models", "Model repository: <model_base>/<name>/<version>/.")
+    default_model_name: str = setting("grasp_success", "Model name when a request names none.")
+    auth_token: str = setting(
+        "",
+        "Bearer token mutating calls must send; empty disables authentication (logged loudly).",
+    )
+    default_backend: str = setting("local", "Job backend when a RunSpec names none.")
+    max_concurrent_runs: int = setting(1, "Runs training at once; later ones stay QUEUED.")
+    poll_interval_s: float = setting(1.0, "How often jobs' progress and liveness are checked, s.")
+    watch_interval_s: float = setting(0.25, "How often WatchRun looks for changes, s.")
+    cancel_grace_s: float = setting(
+        10.0, "After SIGTERM, seconds a cancelled local job gets before SIGKILL."
+    )
+    default_steps: int = setting(1000, "Training steps when a RunSpec sets none.")
+    default_batch_size: int = setting(32, "Batch size when a RunSpec sets none.")
+    default_learning_rate: float = setting(1e-3, "Learning rate when a RunSpec sets none.")
+    default_validation_fraction: float = setting(
+        0.2, "Share of matching real episodes held out for validation and the gate."
+    )
+    max_steps: int = setting(2_000_000, "Most training steps a RunSpec may ask for.")
+    max_batch_size: int = setting(4096, "Largest batch size a RunSpec may ask for.")
+    gate_max_regression: float = setting(
+        0.02,
+        "Default gate: largest drop in held-out real accuracy against stable that still publishes.",
+    )
+    rollout_interval_s: float = setting(
+        30.0, "How often canaries are checked for automatic promotion, s; 0 disables it."
+    )
+    rollout_min_grasps: int = setting(
+        200, "Labeled real grasps a canary needs before it can be promoted automatically."
+    )
+    rollout_tolerance: float = setting(
+        0.02, "Promote when the canary's success rate >= stable's minus this."
+    )
+    auto_retrain_enabled: bool = setting(
+        False, "Submit a run after every auto_retrain_episodes new labeled real episodes."
+    )
+    auto_retrain_episodes: int = setting(500, "New labeled real episodes that trigger a run.")
+    auto_retrain_recipe: str = setting(
+        "REAL_ONLY", "Recipe of automatic runs (a Recipe name, e.g. DANN or RECIPE_DANN)."
+    )
+    auto_retrain_steps: int = setting(0, "Steps of automatic runs; 0 uses default_steps.")
+    auto_retrain_interval_s: float = setting(60.0, "How often the store is asked for new data, s.")
+    k8s_namespace: str = setting("graspfleet", "Namespace of training Jobs.")
+    k8s_image: str = setting("graspfleet:latest", "Container image of training Jobs.")
+    k8s_command: tuple[str, ...] = setting(
+        ("python", "-m", "services.cli"),
+        "Command of the Job's container before the job's own words (comma-separated).",
+    )
+    k8s_service_account: str = setting("graspfleet-trainer-job", "Service account of Job pods.")
+    k8s_cpu: str = setting("2", "CPU request (and limit) of a Job pod.")
+    k8s_memory: str = setting("8Gi", "Memory request (and limit) of a Job pod.")
+    k8s_gpus: int = setting(0, "nvidia.com/gpu limit of a Job pod; 0 for none.")
+    k8s_volumes: tuple[str, ...] = setting(
+        (),
+        "Volumes of Job pods, comma-separated claim=/mount/path pairs: the store's shards, the "
+        "model base and runs_dir must be visible at the trainer's paths.",
+    )
+    k8s_node_selector: tuple[str, ...] = setting((), "key=value pairs pods must be scheduled by.")
+    k8s_ttl_s: int = setting(86400, "Seconds a finished Job is kept before Kubernetes deletes it.")
+    k8s_deadline_s: int = setting(0, "activeDeadlineSeconds of a Job; 0 for none.")
+    k8s_api: str = setting(
+        "auto", "How to reach the API server: auto, in-cluster, kubeconfig, or off."
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_address("store_address", self.store_address)
+        for name in ("state_dir", "store_data_dir", "model_base"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} is required")
+        if self.default_backend not in BACKENDS:
+            raise ConfigError(f"default_backend={self.default_backend!r}: use one of {BACKENDS}")
+        positive = (
+            "max_concurrent_runs",
+            "default_steps",
+            "default_batch_size",
+            "max_steps",
+            "max_batch_size",
+            "rollout_min_grasps",
+            "auto_retrain_episodes",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
+        if self.default_batch_size < 2:
+            raise ConfigError("default_batch_size must be at least 2 (batch norm)")
+        for name in ("poll_interval_s", "watch_interval_s", "auto_retrain_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+        if self.cancel_grace_s < 0 or self.rollout_interval_s < 0:
+            raise ConfigError("cancel_grace_s and rollout_interval_s must not be negative")
+        if not (0 < self.default_learning_rate <= 1 and math.isfinite(self.default_learning_rate)):
+            raise ConfigError(
+                f"default_learning_rate={self.default_learning_rate} is not in (0, 1]"
+            )
+        if not 0 < self.default_validation_fraction < 1:
+            raise ConfigError("default_validation_fraction must be between 0 and 1")
+        for name in ("gate_max_regression", "rollout_tolerance"):
+            if not -1 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be in [-1, 1]")
+        if self.auto_retrain_steps < 0 or self.k8s_gpus < 0 or self.k8s_deadline_s < 0:
+            raise ConfigError("auto_retrain_steps, k8s_gpus and k8s_deadline_s must be >= 0")
+        if self.k8s_api not in ("auto", "in-cluster", "kubeconfig", "off"):
+            raise ConfigError(f"k8s_api={self.k8s_api!r}: use auto, in-cluster, kubeconfig or off")
+        for name in ("k8s_cpu", "k8s_memory"):
+            if not _QUANTITY.match(getattr(self, name)):
+                raise ConfigError(f"{name}={getattr(self, name)!r} is not a Kubernetes quantity")
+        for name in ("k8s_volumes", "k8s_node_selector"):
+            for pair in getattr(self, name):
+                key, sep, value = pair.partition("=")
+                if not sep or not key or not value:
+                    raise ConfigError(f"{name}: {pair!r} is not key=value")
+        try:
+            recipes.lookup(self.auto_retrain_recipe)
+        except KeyError:
+            raise ConfigError(
+                f"auto_retrain_recipe={self.auto_retrain_recipe!r}: use one of "
+                f"{recipes.short_names()}"
+            ) from None
+        if not self.k8s_command:
+            raise ConfigError("k8s_command must name the program that runs `train job`")
+
+    @property
+    def runs_path(self) -> Path:
+        """The folder holding one folder per run."""
+        return Path(self.runs_dir) if self.runs_dir else Path(self.state_dir) / "runs"
+
+    @property
+    def volumes(self) -> dict[str, str]:
+        """k8s_volumes as claim name -> mount path."""
+        return dict(pair.split("=", 1) for pair in self.k8s_volumes)
+
+    @property
+    def node_selector(self) -> dict[str, str]:
+        """k8s_node_selector as a mapping."""
+        return dict(pair.split("=", 1) for pair in self.k8s_node_selector)

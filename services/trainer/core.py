@@ -1,0 +1,162 @@
+"""What the trainer does, independent of gRPC: submit, inspect, watch and cancel runs; labels."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+
+from graspfleet.v1 import episode_store_pb2_grpc, trainer_pb2
+from services.common import logs
+from services.common.errors import InvalidArgument, NotFound
+from services.trainer import job, spec
+from services.trainer.backends import JobBackend
+from services.trainer.config import TrainerConfig
+from services.trainer.registry import Registry
+from services.trainer.runs import TERMINAL, RunStore, spec_hash
+from services.trainer.selection import select
+from services.trainer.supervisor import Supervisor
+
+log = logs.get_logger(__name__)
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
+
+def _event(e) -> trainer_pb2.RunEvent:
+    event = trainer_pb2.RunEvent(run=e.run, log_line=e.log_line)
+    event.time.FromMicroseconds(e.time_us)
+    return event
+
+
+class Trainer:
+    """Runs and the model registry behind the Trainer service.
+
+    Args:
+        config: The trainer's settings.
+        runs: The run database.
+        registry: Versions and labels.
+        backends: Configured job backends by name.
+        store: Stub of the episode store, for data selection.
+    """
+
+    def __init__(
+        self,
+        config: TrainerConfig,
+        runs: RunStore,
+        registry: Registry,
+        backends: Mapping[str, JobBackend],
+        store: episode_store_pb2_grpc.EpisodeStoreStub,
+    ) -> None:
+        self.config = config
+        self.runs = runs
+        self.registry = registry
+        self.backends = dict(backends)
+        self.store = store
+        self.supervisor = Supervisor(config, runs, registry, backends)
+        self.stopping = threading.Event()
+        self._submit_lock = threading.Lock()
+
+    def submit(
+        self, run_spec: trainer_pb2.RunSpec, run_id: str = "", submitted_by: str = ""
+    ) -> trainer_pb2.Run:
+        """Validates a spec, resolves its data and queues the run; a retry returns the same run.
+
+        Raises:
+            InvalidArgument: a bad spec or a selection that matches no usable data.
+            FailedPrecondition: a recipe that needs the refiner, or an unconfigured backend.
+            AlreadyExists: `run_id` names a run with another spec.
+        """
+        if run_id:
+            spec.check_run_id(run_id)
+        submitted = spec_hash(run_spec)
+        # One submission at a time: a retry racing its original must find it, not redo it.
+        with self._submit_lock:
+            if run_id:
+                try:
+                    existing = self.runs.get(run_id)
+                except NotFound:
+                    existing = None
+                if existing is not None:
+                    # The same spec returns the stored run; another spec is ALREADY_EXISTS.
+                    return self.runs.create(existing, submitted, "")[0]
+            run_id = run_id or f"run-{uuid.uuid4().hex[:12]}"
+            normalized, recipe = spec.normalize(run_spec, self.config, tuple(self.backends))
+            selection = select(self.store, normalized, recipe)
+            real = selection.description["real"]
+            run = trainer_pb2.Run(
+                run_id=run_id,
+                spec=normalized,
+                state=trainer_pb2.RUN_STATE_QUEUED,
+                total_steps=normalized.params.steps,
+                submitted_by=submitted_by,
+                message=(
+                    f"queued: {len(selection.train)} training episodes ({real['train']} real), "
+                    f"{real['validation']} held-out real episodes for validation"
+                ),
+            )
+            run.created_at.GetCurrentTime()
+            job.write_inputs(
+                self.supervisor.run_dir(run_id),
+                run,
+                recipe,
+                selection,
+                store_data_dir=self.config.store_data_dir,
+                model_base=self.config.model_base,
+            )
+            run, _ = self.runs.create(run, submitted, f"QUEUED by {submitted_by}: {run.message}")
+        log.info(
+            "run submitted",
+            extra={"run_id": run_id, "recipe": recipe.name, "by": submitted_by},
+        )
+        self.supervisor.wake()
+        return run
+
+    def get(self, run_id: str) -> trainer_pb2.Run:
+        return self.runs.get(run_id)
+
+    def list(self, request: trainer_pb2.ListRunsRequest) -> trainer_pb2.ListRunsResponse:
+        if request.state not in trainer_pb2.RunState.values():
+            raise InvalidArgument(f"state={request.state} is not a run state")
+        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        runs, token = self.runs.list(request.state, size, request.page_token)
+        return trainer_pb2.ListRunsResponse(runs=runs, next_page_token=token)
+
+    def watch(self, run_id: str, active: Callable[[], bool]) -> Iterator[trainer_pb2.RunEvent]:
+        """The run's current state, then every change, until it ends or `active()` is false."""
+        latest = self.runs.latest_event(run_id)
+        yield _event(latest)
+        revision, state = latest.revision, latest.run.state
+        while state not in TERMINAL and active() and not self.stopping.is_set():
+            self.stopping.wait(self.config.watch_interval_s)
+            for event in self.runs.events_after(run_id, revision):
+                yield _event(event)
+                revision, state = event.revision, event.run.state
+
+    def cancel(self, run_id: str) -> trainer_pb2.Run:
+        self.runs.get(run_id)  # NotFound before anything else
+        return self.supervisor.cancel(run_id)
+
+    def versions(self, name: str) -> list[trainer_pb2.ModelVersion]:
+        return self.registry.versions(name or self.config.default_model_name)
+
+    def set_label(self, name: str, version: int, label: str, by: str) -> trainer_pb2.ModelVersion:
+        if version <= 0:
+            raise InvalidArgument(f"version={version}: name a published version (1, 2, ...)")
+        if not label:
+            raise InvalidArgument('label is required, e.g. "stable" or "canary"')
+        name = name or self.config.default_model_name
+        described = self.registry.set_label(name, version, label, by=by, reason="SetVersionLabel")
+        log.info("label set", extra={"model": name, "label": label, "version": version, "by": by})
+        return described
+
+    def rollback(self, name: str, label: str, by: str) -> trainer_pb2.ModelVersion:
+        if not label:
+            raise InvalidArgument('label is required, e.g. "stable"')
+        name = name or self.config.default_model_name
+        described = self.registry.rollback(name, label, by=by, reason="RollbackVersionLabel")
+        log.info(
+            "label rolled back",
+            extra={"model": name, "label": label, "version": described.version, "by": by},
+        )
+        return described

@@ -1,0 +1,105 @@
+"""The validation gate: a new model is published only if it does not do worse than stable.
+
+Both models are scored the way the predictor serves them (their SavedModel
+serving signature: uint8 episode images, centre crop, REAL statistics) on the
+same held-out real samples, so the comparison is like for like. The paper
+selected models by this number: accuracy of C on held-out real samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from graspfleet.v1 import episode_store_pb2
+
+# (x0, xt, motions [B, K, 5]) -> P(success) [B, K], as the serving signature computes it.
+ServeFn = Callable[..., object]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The gate's verdict and the numbers behind it."""
+
+    passed: bool
+    message: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def decide(
+    candidate_accuracy: float,
+    stable_accuracy: float | None,
+    stable_version: int | None,
+    samples: int,
+    *,
+    enabled: bool,
+    max_regression: float,
+) -> Decision:
+    """Passes unless the candidate's accuracy is more than `max_regression` below stable's.
+
+    A first model (no stable version) passes. A negative `max_regression` demands
+    an improvement of at least its magnitude.
+    """
+    numbers = {"candidate_accuracy": candidate_accuracy, "samples": float(samples)}
+    head = f"held-out real accuracy {candidate_accuracy:.4f} on {samples} samples"
+    if stable_accuracy is None or stable_version is None:
+        verdict = "no stable version to compare with" if enabled else "gate disabled"
+        return Decision(True, f"{head}; {verdict}", numbers)
+    numbers |= {
+        "stable_accuracy": stable_accuracy,
+        "stable_version": float(stable_version),
+        "max_regression": max_regression,
+    }
+    drop = stable_accuracy - candidate_accuracy
+    versus = f"{head} vs stable version {stable_version}: {stable_accuracy:.4f} (drop {drop:+.4f})"
+    if not enabled:
+        return Decision(True, f"{versus}; gate disabled by the RunSpec", numbers)
+    if drop > max_regression + 1e-9:
+        return Decision(
+            False, f"{versus} exceeds max_regression {max_regression:+.4f}; not published", numbers
+        )
+    return Decision(True, f"{versus} within max_regression {max_regression:+.4f}", numbers)
+
+
+def serving_accuracy(
+    serve: ServeFn,
+    data_root: str | Path,
+    episodes: Sequence[episode_store_pb2.EpisodeSummary],
+    batch_size: int = 64,
+) -> tuple[float, int]:
+    """(accuracy, samples) of a serving function over every step of the labeled `episodes`."""
+    import numpy as np
+    import tensorflow as tf
+
+    from services.episode_store.dataset import LABEL, X0, XT, labeled
+    from services.grasp_predictor.export import INPUT_MOTIONS, INPUT_X0, INPUT_XT, OUTPUT_SUCCESS
+    from services.grasp_predictor.samples import MOTION, step_samples
+
+    correct = total = 0
+    for batch in step_samples(data_root, labeled(episodes)).batch(batch_size):
+        inputs = {
+            INPUT_X0: batch[X0],
+            INPUT_XT: batch[XT],
+            INPUT_MOTIONS: tf.cast(batch[MOTION], tf.float32)[:, None, :],
+        }
+        probability = np.asarray(serve(**inputs)[OUTPUT_SUCCESS])[:, 0]
+        label = batch[LABEL].numpy() > 0.5
+        correct += int(np.sum((probability > 0.5) == label))
+        total += len(label)
+    return (correct / total if total else 0.0), total
+
+
+def load_serving(path: Path) -> ServeFn:
+    """The serving signature of a published version."""
+    import tensorflow as tf
+
+    from services.grasp_predictor.export import SIGNATURE_KEY
+
+    loaded = tf.saved_model.load(str(path))
+
+    def serve(**inputs):
+        # The closure keeps `loaded` alive: its signature needs the module's variables.
+        return loaded.signatures[SIGNATURE_KEY](**inputs)
+
+    return serve

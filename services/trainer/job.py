@@ -1,0 +1,168 @@
+"""The training job: `graspfleet train job --run-dir DIR`, a local process or a Kubernetes pod.
+
+It trains on the episodes the trainer selected, scores the candidate and the
+current stable version on the same held-out real episodes, and publishes the
+candidate as the next version only if the gate passes. It talks to nobody: it
+reads its inputs from the run folder, the shards from the store's data folder
+and the stable version from the model base, and reports through the run
+folder's progress and result files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from graspfleet.v1 import trainer_pb2
+from services.common import logs
+from services.trainer import gate, jobfiles, recipes
+from services.trainer.jobfiles import Progress, Result
+from services.trainer.recipes import Recipe
+from services.trainer.registry import STABLE, Registry
+from services.trainer.selection import Selection
+
+log = logs.get_logger(__name__)
+
+
+def write_inputs(
+    run_dir: Path,
+    run: trainer_pb2.Run,
+    recipe: Recipe,
+    selection: Selection,
+    *,
+    store_data_dir: str,
+    model_base: str,
+) -> None:
+    """Writes what the job needs into the run folder (the trainer calls this at submit)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params, data = run.spec.params, run.spec.data
+    train_spec = {
+        **recipes.train_spec_fields(recipe),
+        "profile": params.profile,
+        "steps": params.steps,
+        "batch_size": params.batch_size,
+        "learning_rate": params.learning_rate,
+        "seed": params.seed,
+        "dann_weight": params.weights.get("dann", 0.1),
+        "validation_fraction": data.validation_fraction,
+        "log_every": max(1, min(100, params.steps // 10)),
+    }
+    jobfiles.write_episodes(run_dir / jobfiles.TRAIN_EPISODES, selection.train)
+    jobfiles.write_episodes(run_dir / jobfiles.VALIDATION_EPISODES, selection.validation)
+    jobfiles.write_json(
+        run_dir / jobfiles.JOB_FILE,
+        {
+            "run_id": run.run_id,
+            "model_name": run.spec.model_name,
+            "recipe": trainer_pb2.Recipe.Name(recipe.value),
+            "train_spec": train_spec,
+            "gate": {
+                "enabled": run.spec.gate.enabled,
+                "max_regression": run.spec.gate.max_regression,
+            },
+            "store_data_dir": str(Path(store_data_dir).resolve()),
+            "model_base": str(Path(model_base).resolve()),
+            "selection": selection.description,
+            "spec": json_format.MessageToDict(run.spec),
+        },
+    )
+
+
+def run(run_dir: Path) -> int:
+    """Runs the job of `run_dir`; the exit code is 0 when it reached a verdict."""
+    job = jobfiles.read_json(run_dir / jobfiles.JOB_FILE)
+    if job is None:
+        print(f"graspfleet train job: {run_dir / jobfiles.JOB_FILE} is missing", file=sys.stderr)
+        return 2
+    try:
+        result = _train_and_gate(run_dir, job)
+    except Exception as err:  # noqa: BLE001 - every failure must reach the trainer as a result
+        log.exception("training job failed")
+        result = Result("FAILED", f"{type(err).__name__}: {err}")
+    jobfiles.write_result(run_dir, result)
+    log.info("job finished", extra={"state": result.state, "result": result.message})
+    return 0 if result.state != "FAILED" else 1
+
+
+def _train_and_gate(run_dir: Path, job: dict) -> Result:
+    from services.grasp_predictor import export, training
+
+    spec = training.TrainSpec(**job["train_spec"])
+    data_root, name = job["store_data_dir"], job["model_name"]
+    train_episodes = jobfiles.read_episodes(run_dir / jobfiles.TRAIN_EPISODES)
+    validation = jobfiles.read_episodes(run_dir / jobfiles.VALIDATION_EPISODES)
+    jobfiles.write_progress(run_dir, Progress(total=spec.steps, message="loading data"))
+
+    def on_progress(step: int, total: int, metrics: dict[str, float]) -> None:
+        jobfiles.write_progress(run_dir, Progress(jobfiles.TRAINING, step, total, metrics))
+
+    trained = training.train(
+        spec,
+        data_root,
+        train_episodes,
+        validation,
+        None,
+        name=name,
+        log_dir=run_dir / jobfiles.TENSORBOARD_DIR,
+        on_progress=on_progress,
+        progress_bar=False,
+        data_selection=job["selection"],
+    )
+    metrics = {**trained.train_metrics}
+    metrics |= {f"validation_{k}": v for k, v in trained.metrics.items()}
+    message = "scoring the candidate and stable on the held-out real episodes"
+    jobfiles.write_progress(
+        run_dir, Progress(jobfiles.VALIDATING, spec.steps, spec.steps, metrics, message)
+    )
+    candidate = export.ServingModule(trained.model)
+    accuracy, samples = gate.serving_accuracy(candidate.serve, data_root, validation)
+    model_base = Path(job["model_base"])
+    stable_version = Registry(model_base).labels(name).get(STABLE)
+    stable_accuracy = None
+    if stable_version is not None:
+        try:
+            stable = gate.load_serving(model_base / name / str(stable_version))
+            stable_accuracy, _ = gate.serving_accuracy(stable, data_root, validation)
+        except Exception as err:
+            raise RuntimeError(
+                f"stable version {stable_version} of {name!r} could not be scored on this "
+                f"run's validation episodes ({type(err).__name__}: {err}); the gate cannot "
+                "compare, so nothing was published"
+            ) from err
+    decision = gate.decide(
+        accuracy,
+        stable_accuracy,
+        stable_version,
+        samples,
+        enabled=job["gate"]["enabled"],
+        max_regression=job["gate"]["max_regression"],
+    )
+    metrics |= {f"gate_{k}": v for k, v in decision.metrics.items()}
+    if not decision.passed:
+        return Result("REJECTED", decision.message, metrics)
+    size = validation[0].image_size
+    metadata = {
+        **trained.metadata,
+        "trainer": {
+            "run_id": job["run_id"],
+            "recipe": job["recipe"],
+            "gate": {"passed": True, "message": decision.message, **decision.metrics},
+            "spec": job["spec"],
+        },
+    }
+    version, _ = export.export_model(
+        trained.model, model_base, name, metadata, image_size=(size.height, size.width)
+    )
+    return Result("SUCCEEDED", f"{decision.message}; published {name}:{version}", metrics, version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`graspfleet train job --run-dir DIR`."""
+    parser = argparse.ArgumentParser(prog="graspfleet train job", description=__doc__)
+    parser.add_argument("--run-dir", required=True, help="the run folder the trainer prepared")
+    args = parser.parse_args(argv)
+    logs.configure_logging("trainer-job", "INFO", "text")
+    return run(Path(args.run_dir))

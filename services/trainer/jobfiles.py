@@ -1,0 +1,140 @@
+"""The run folder: how the trainer hands a job its inputs and how the job reports back.
+
+`<runs_dir>/<run_id>/` holds, from the trainer, `job.json` (what to train) and
+the selected episodes (`train.binpb`, `validation.binpb`, each a serialized
+ListEpisodesResponse); from the job, `progress.json` (rewritten every few
+steps) and `result.json` (once, at the end), plus TensorBoard logs and, on the
+local backend, `job.log`; the trainer also notes the job's handle in
+`job.handle` the moment the job starts, before it records it in the database. Every JSON file is replaced atomically (temp file +
+rename), so a reader never sees half of one. Files rather than the database
+keep the trainer the run database's only writer and work the same whether the
+job is a local process or a Kubernetes pod sharing the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from graspfleet.v1 import episode_store_pb2
+
+JOB_FILE = "job.json"
+TRAIN_EPISODES = "train.binpb"
+VALIDATION_EPISODES = "validation.binpb"
+PROGRESS_FILE = "progress.json"
+RESULT_FILE = "result.json"
+LOG_FILE = "job.log"
+HANDLE_FILE = "job.handle"
+TENSORBOARD_DIR = "tensorboard"
+
+# Phases a job reports; "validating" maps to RUN_STATE_VALIDATING.
+TRAINING = "training"
+VALIDATING = "validating"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a job reported last."""
+
+    phase: str = TRAINING
+    step: int = 0
+    total: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Result:
+    """How a job ended.
+
+    Attributes:
+        state: "SUCCEEDED", "REJECTED" or "FAILED".
+        message: A sentence a person can act on (the gate's numbers when rejected).
+        metrics: Final training, validation and gate metrics.
+        version: The version the job exported (SUCCEEDED only).
+    """
+
+    state: str
+    message: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    version: int = 0
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Replaces `path` atomically with `value` as JSON, durable once this returns."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(value, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in `path`, or None when the file does not exist (yet)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def write_episodes(path: Path, episodes: list[episode_store_pb2.EpisodeSummary]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(episode_store_pb2.ListEpisodesResponse(episodes=episodes).SerializeToString())
+    os.replace(tmp, path)
+
+
+def read_episodes(path: Path) -> list[episode_store_pb2.EpisodeSummary]:
+    return list(episode_store_pb2.ListEpisodesResponse.FromString(path.read_bytes()).episodes)
+
+
+def write_progress(run_dir: Path, progress: Progress) -> None:
+    write_json(
+        run_dir / PROGRESS_FILE,
+        {
+            "phase": progress.phase,
+            "step": progress.step,
+            "total": progress.total,
+            "metrics": progress.metrics,
+            "message": progress.message,
+        },
+    )
+
+
+def read_progress(run_dir: Path) -> Progress | None:
+    raw = read_json(run_dir / PROGRESS_FILE)
+    if raw is None:
+        return None
+    return Progress(
+        raw.get("phase", TRAINING),
+        int(raw.get("step", 0)),
+        int(raw.get("total", 0)),
+        {k: float(v) for k, v in raw.get("metrics", {}).items()},
+        str(raw.get("message", "")),
+    )
+
+
+def write_result(run_dir: Path, result: Result) -> None:
+    write_json(
+        run_dir / RESULT_FILE,
+        {
+            "state": result.state,
+            "message": result.message,
+            "metrics": result.metrics,
+            "version": result.version,
+        },
+    )
+
+
+def read_result(run_dir: Path) -> Result | None:
+    raw = read_json(run_dir / RESULT_FILE)
+    if raw is None:
+        return None
+    return Result(
+        str(raw["state"]),
+        str(raw.get("message", "")),
+        {k: float(v) for k, v in raw.get("metrics", {}).items()},
+        int(raw.get("version", 0)),
+    )

@@ -1,0 +1,212 @@
+"""The Kubernetes backend: each job is a batch/v1 Job running the graspfleet container command.
+
+The pod is hardened like the fleet's Deployments (non-root, read-only root
+filesystem, no capabilities, RuntimeDefault seccomp) and mounts the shared
+volumes from the config at the trainer's own paths, so the run folder, the
+store's shards and the model base look the same to the job as to the trainer.
+A Job is never retried by Kubernetes (backoffLimit 0): a failed training is
+reported, not silently repeated. The handle is `kubernetes:<namespace>/<name>`,
+which is all a restarted trainer needs to find the Job again.
+"""
+
+from __future__ import annotations
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.rest import ApiException
+
+from services.common import logs
+from services.trainer.backends import FAILED, GONE, RUNNING, SUCCEEDED, JobSpec, JobStatus
+from services.trainer.config import TrainerConfig
+
+log = logs.get_logger(__name__)
+
+MANAGED_BY = "graspfleet-trainer"
+NONROOT_UID = 65532  # the distroless "nonroot" user
+# Seconds an API call may take: an unreachable API server must not stall the supervisor.
+REQUEST_TIMEOUT_S = 30
+
+
+def api_client(mode: str) -> k8s.ApiClient | None:
+    """An API client from the in-cluster service account or ~/.kube/config; None when off.
+
+    Args:
+        mode: "auto" (in-cluster, else kubeconfig), "in-cluster", "kubeconfig" or "off".
+
+    Raises:
+        kubernetes.config.ConfigException: the chosen mode has no configuration.
+    """
+    if mode == "off":
+        return None
+    configuration = k8s.Configuration()
+    if mode in ("auto", "in-cluster"):
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)
+            return k8s.ApiClient(configuration)
+        except k8s_config.ConfigException:
+            if mode == "in-cluster":
+                raise
+    k8s_config.load_kube_config(client_configuration=configuration)
+    return k8s.ApiClient(configuration)
+
+
+class KubernetesBackend:
+    """Runs jobs as Kubernetes Jobs in one namespace.
+
+    Args:
+        config: Namespace, image, command, service account, resources, volumes.
+        api: The API client (`api_client(config.k8s_api)`, or one aimed at a test server).
+    """
+
+    name = "kubernetes"
+
+    def __init__(self, config: TrainerConfig, api: k8s.ApiClient) -> None:
+        self.config = config
+        self.api = api
+        self.batch = k8s.BatchV1Api(api)
+
+    def manifest(self, job: JobSpec) -> k8s.V1Job:
+        """The Job object `start` creates for `job`."""
+        c = self.config
+        labels = {
+            "app.kubernetes.io/name": "graspfleet-job",
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            **job.labels,
+        }
+        resources = {"cpu": c.k8s_cpu, "memory": c.k8s_memory}
+        limits = dict(resources)
+        if c.k8s_gpus:
+            limits["nvidia.com/gpu"] = str(c.k8s_gpus)
+        volumes = [
+            k8s.V1Volume(
+                name=f"data-{i}",
+                persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=claim),
+            )
+            for i, claim in enumerate(c.volumes)
+        ]
+        volumes.append(k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()))
+        mounts = [
+            k8s.V1VolumeMount(name=f"data-{i}", mount_path=path)
+            for i, path in enumerate(c.volumes.values())
+        ]
+        mounts.append(k8s.V1VolumeMount(name="tmp", mount_path="/tmp"))
+        env = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", **job.env}
+        container = k8s.V1Container(
+            name="job",
+            image=c.k8s_image,
+            image_pull_policy="IfNotPresent",
+            command=[*c.k8s_command, *job.args],
+            env=[k8s.V1EnvVar(name=k, value=v) for k, v in sorted(env.items())],
+            resources=k8s.V1ResourceRequirements(requests=resources, limits=limits),
+            volume_mounts=mounts,
+            security_context=k8s.V1SecurityContext(
+                allow_privilege_escalation=False,
+                read_only_root_filesystem=True,
+                run_as_non_root=True,
+                capabilities=k8s.V1Capabilities(drop=["ALL"]),
+            ),
+        )
+        pod = k8s.V1PodSpec(
+            restart_policy="Never",
+            service_account_name=c.k8s_service_account,
+            automount_service_account_token=False,
+            containers=[container],
+            volumes=volumes,
+            node_selector=c.node_selector or None,
+            security_context=k8s.V1PodSecurityContext(
+                run_as_non_root=True,
+                run_as_user=NONROOT_UID,
+                run_as_group=NONROOT_UID,
+                fs_group=NONROOT_UID,
+                seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+            ),
+        )
+        return k8s.V1Job(
+            api_version="batch/v1",
+            kind="Job",
+            metadata=k8s.V1ObjectMeta(name=job.name, namespace=c.k8s_namespace, labels=labels),
+            spec=k8s.V1JobSpec(
+                backoff_limit=0,
+                ttl_seconds_after_finished=c.k8s_ttl_s,
+                active_deadline_seconds=c.k8s_deadline_s or None,
+                template=k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=pod),
+            ),
+        )
+
+    def manifest_dict(self, job: JobSpec) -> dict:
+        """The Job as the API server receives it (camelCase JSON)."""
+        return self.api.sanitize_for_serialization(self.manifest(job))
+
+    def start(self, job: JobSpec) -> str:
+        handle = f"kubernetes:{self.config.k8s_namespace}/{job.name}"
+        try:
+            self.batch.create_namespaced_job(
+                self.config.k8s_namespace, self.manifest(job), _request_timeout=REQUEST_TIMEOUT_S
+            )
+        except ApiException as err:
+            if err.status != 409:
+                raise RuntimeError(f"creating Job {job.name}: {err.status} {err.reason}") from None
+            # Created by an earlier attempt whose answer was lost: it is the same job.
+            log.warning("job already exists; adopting it", extra={"job": job.name})
+        log.info("job created", extra={"job": job.name, "namespace": self.config.k8s_namespace})
+        return handle
+
+    @staticmethod
+    def parse(handle: str) -> tuple[str, str]:
+        """(namespace, name) of a Kubernetes handle."""
+        kind, _, rest = handle.partition(":")
+        namespace, _, name = rest.partition("/")
+        if kind != "kubernetes" or not namespace or not name:
+            raise ValueError(f"{handle!r} is not a Kubernetes job handle")
+        return namespace, name
+
+    def poll(self, handle: str) -> JobStatus:
+        namespace, name = self.parse(handle)
+        try:
+            job = self.batch.read_namespaced_job_status(
+                name, namespace, _request_timeout=REQUEST_TIMEOUT_S
+            )
+        except ApiException as err:
+            if err.status == 404:
+                return JobStatus(GONE, f"Job {namespace}/{name} no longer exists")
+            raise
+        status = job.status or k8s.V1JobStatus()
+        for condition in status.conditions or []:
+            if condition.status != "True":
+                continue
+            if condition.type == "Complete":
+                return JobStatus(SUCCEEDED, "Job complete")
+            if condition.type == "Failed":
+                return JobStatus(FAILED, f"Job failed: {condition.reason}: {condition.message}")
+        if status.succeeded:
+            return JobStatus(SUCCEEDED, "Job complete")
+        if status.failed:
+            return JobStatus(FAILED, f"Job failed ({status.failed} pod failures)")
+        return JobStatus(RUNNING)
+
+    def cancel(self, handle: str) -> None:
+        namespace, name = self.parse(handle)
+        try:
+            # Background: the API server deletes the pods after the Job, without waiting.
+            self.batch.delete_namespaced_job(
+                name,
+                namespace,
+                propagation_policy="Background",
+                _request_timeout=REQUEST_TIMEOUT_S,
+            )
+        except ApiException as err:
+            if err.status != 404:
+                raise
+        log.info("job deleted", extra={"job": name, "namespace": namespace})
+
+    def reap(self) -> None:
+        """Nothing to do: Kubernetes stops pods and garbage-collects finished Jobs (TTL)."""
+
+    def jobs(self) -> list[str]:
+        """Handles of every Job this backend manages in its namespace."""
+        listed = self.batch.list_namespaced_job(
+            self.config.k8s_namespace,
+            label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}",
+            _request_timeout=REQUEST_TIMEOUT_S,
+        )
+        return [f"kubernetes:{j.metadata.namespace}/{j.metadata.name}" for j in listed.items]

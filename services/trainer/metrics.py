@@ -1,0 +1,27 @@
+"""The trainer's Prometheus metrics, declared once."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RUNS = Gauge("graspfleet_trainer_runs", "Runs in the trainer's database, by state.", ["state"])
+RUN_SECONDS = Histogram(
+    "graspfleet_trainer_run_duration_seconds",
+    "From a run's start to its end, seconds, by recipe and final state.",
+    ["recipe", "state"],
+    buckets=(10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600, 48 * 3600),
+)
+PUBLISHED = Counter(
+    "graspfleet_trainer_published_versions_total", "Model versions published.", ["model"]
+)
+GATE_REJECTIONS = Counter(
+    "graspfleet_trainer_gate_rejections_total", "Runs refused by the validation gate.", ["model"]
+)
+AUTO_PROMOTIONS = Counter(
+    "graspfleet_trainer_auto_promotions_total",
+    "Canaries promoted to stable by the rollout loop.",
+    ["model"],
+)
+AUTO_RUNS = Counter(
+    "graspfleet_trainer_auto_runs_total", "Runs submitted by automatic retraining.", ["outcome"]
+)

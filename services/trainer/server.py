@@ -1,0 +1,161 @@
+"""The trainer's gRPC service: `create_server(config)` and `main()`."""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+import grpc
+
+from graspfleet.v1 import trainer_pb2, trainer_pb2_grpc
+from services.common import logs
+from services.common.config import load_config
+from services.common.errors import PermissionDenied, Unauthenticated
+from services.common.server import ServiceServer
+from services.episode_store.client import connect
+from services.trainer.backends import JobBackend, LocalBackend
+from services.trainer.config import TrainerConfig
+from services.trainer.core import Trainer
+from services.trainer.registry import Registry
+from services.trainer.rollout import AutoRetrain, Periodic, Rollout
+from services.trainer.runs import RunStore
+
+log = logs.get_logger(__name__)
+
+SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
+DATABASE = "trainer.sqlite"
+# Optional metadata naming the person behind a call; recorded, not authenticated.
+USER_HEADER = "x-graspfleet-user"
+
+
+class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
+    """Adapts gRPC calls to `Trainer`; mutating calls need the bearer token."""
+
+    def __init__(self, trainer: Trainer, token: str) -> None:
+        self.trainer = trainer
+        self.token = token
+
+    def _caller(self, context: grpc.ServicerContext) -> str:
+        """Checks the bearer token of a mutating call; returns who to record as its author."""
+        metadata = dict(context.invocation_metadata())
+        user = metadata.get(USER_HEADER, "")
+        if not self.token:
+            return user or "anonymous"
+        value = metadata.get("authorization", "")
+        if not value:
+            raise Unauthenticated("this call changes state: send 'authorization: Bearer <token>'")
+        scheme, _, given = value.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise Unauthenticated("authorization metadata must read 'Bearer <token>'")
+        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
+            raise PermissionDenied("the bearer token is not accepted by this trainer")
+        return user or "token"
+
+    def SubmitRun(self, request, context):
+        by = self._caller(context)
+        return self.trainer.submit(request.spec, request.run_id, by)
+
+    def GetRun(self, request, context):
+        return self.trainer.get(request.run_id)
+
+    def ListRuns(self, request, context):
+        return self.trainer.list(request)
+
+    def WatchRun(self, request, context):
+        yield from self.trainer.watch(request.run_id, context.is_active)
+
+    def CancelRun(self, request, context):
+        self._caller(context)
+        return self.trainer.cancel(request.run_id)
+
+    def ListModelVersions(self, request, context):
+        return trainer_pb2.ListModelVersionsResponse(versions=self.trainer.versions(request.name))
+
+    def SetVersionLabel(self, request, context):
+        by = self._caller(context)
+        return self.trainer.set_label(request.name, request.version, request.label, by)
+
+    def RollbackVersionLabel(self, request, context):
+        by = self._caller(context)
+        return self.trainer.rollback(request.name, request.label, by)
+
+
+def _backends(config: TrainerConfig, kubernetes_api) -> dict[str, JobBackend]:
+    backends: dict[str, JobBackend] = {"local": LocalBackend(config.cancel_grace_s)}
+    if kubernetes_api is None and config.k8s_api != "off":
+        from kubernetes.config import ConfigException
+
+        from services.trainer.kubernetes_backend import api_client
+
+        try:
+            kubernetes_api = api_client(config.k8s_api)
+        except ConfigException as err:
+            log.warning("kubernetes backend unavailable", extra={"error": str(err)})
+    if kubernetes_api is not None:
+        from services.trainer.kubernetes_backend import KubernetesBackend
+
+        backends["kubernetes"] = KubernetesBackend(config, kubernetes_api)
+    return backends
+
+
+def create_server(config: TrainerConfig, *, kubernetes_api=None) -> ServiceServer:
+    """Starts the trainer; SERVING once runs left by a previous trainer are re-adopted.
+
+    Args:
+        config: The trainer's settings.
+        kubernetes_api: A `kubernetes.client.ApiClient` to use instead of the one
+            `config.k8s_api` describes (tests aim it at a local API server).
+    """
+    if not config.auth_token:
+        log.warning(
+            "AUTHENTICATION DISABLED: auth_token is empty, so anyone who can reach this port "
+            "can submit and cancel runs and move model labels; set --auth-token or "
+            "GRASPFLEET_AUTH_TOKEN"
+        )
+    for folder in (Path(config.state_dir), config.runs_path, Path(config.model_base)):
+        folder.mkdir(parents=True, exist_ok=True)
+    channel, store = connect(config.store_address, config.max_message_bytes)
+    runs = RunStore(Path(config.state_dir) / DATABASE)
+    trainer = Trainer(
+        config, runs, Registry(Path(config.model_base)), _backends(config, kubernetes_api), store
+    )
+    loops = []
+    if config.rollout_interval_s > 0:
+        loops.append(Periodic("trainer-rollout", config.rollout_interval_s, Rollout(trainer).check))
+    if config.auto_retrain_enabled:
+        retrain = AutoRetrain(trainer)
+        loops.append(Periodic("trainer-retrain", config.auto_retrain_interval_s, retrain.check))
+
+    def stop() -> None:
+        trainer.stopping.set()
+        for loop in loops:
+            loop.stop()
+        trainer.supervisor.stop()
+        channel.close()
+        runs.close()
+
+    servicer = TrainerServicer(trainer, config.auth_token)
+    server = ServiceServer(
+        "trainer",
+        config,
+        lambda grpc_server: trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, grpc_server),
+        [SERVICE_NAME],
+        on_stop=stop,
+    )
+    try:
+        trainer.supervisor.start()
+        for loop in loops:
+            loop.start()
+    except Exception:
+        server.stop(grace_s=0)
+        raise
+    server.set_serving(True)
+    log.info("trainer ready", extra={"backends": sorted(trainer.backends)})
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`graspfleet trainer serve`: serves until SIGTERM; running jobs carry on without it."""
+    config = load_config(TrainerConfig, "graspfleet trainer serve", argv)
+    logs.configure_logging("trainer", config.log_level, config.log_format)
+    create_server(config).wait()

@@ -1,0 +1,1 @@
+"""Tests of the trainer: runs, recipes, backends, registry and rollout."""

@@ -1,0 +1,178 @@
+"""Run lifecycle on the local backend: queueing, cancelling, a trainer restart, retraining."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import grpc
+import pytest
+
+from graspfleet.v1 import trainer_pb2 as S
+from graspfleet.v1 import trainer_pb2_grpc
+from services.fleet.process import ServiceProcess
+from services.trainer.backends import LocalBackend
+from tests.trainer.conftest import (
+    AUTH,
+    REAL,
+    episode,
+    fill,
+    tiny_spec,
+    trainer_stub,
+    wait_for,
+    watch,
+)
+
+
+def _pid(run: S.Run) -> int:
+    return LocalBackend.parse(run.job)[0]
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _long_spec(recipe: int = S.RECIPE_REAL_ONLY, steps: int = 5000) -> S.RunSpec:
+    spec = tiny_spec(recipe)
+    spec.params.steps = steps
+    return spec
+
+
+def _training(stub, run_id: str, min_step: int = 1) -> S.Run:
+    """Waits until the run's job has started and reported `min_step` steps."""
+
+    def ready():
+        run = stub.GetRun(S.GetRunRequest(run_id=run_id))
+        assert run.state in (S.RUN_STATE_QUEUED, S.RUN_STATE_RUNNING), run.message
+        return run if run.state == S.RUN_STATE_RUNNING and run.step >= min_step else None
+
+    return wait_for(ready, 60, f"run {run_id} to train")
+
+
+def test_runs_beyond_the_concurrency_limit_queue_and_cancel_stops_the_job(start_trainer):
+    server = start_trainer(max_concurrent_runs=1)
+    channel, stub = trainer_stub(server)
+    with channel:
+        first = stub.SubmitRun(S.SubmitRunRequest(spec=_long_spec()), metadata=AUTH)
+        second = stub.SubmitRun(S.SubmitRunRequest(spec=_long_spec()), metadata=AUTH)
+        running = _training(stub, first.run_id)
+        pid = _pid(running)
+        assert not _process_gone(pid)
+        queued = stub.GetRun(S.GetRunRequest(run_id=second.run_id))
+        assert queued.state == S.RUN_STATE_QUEUED and not queued.job
+
+        cancelled = stub.CancelRun(S.CancelRunRequest(run_id=second.run_id), metadata=AUTH)
+        assert cancelled.state == S.RUN_STATE_CANCELLED and not cancelled.job
+        cancelled = stub.CancelRun(S.CancelRunRequest(run_id=first.run_id), metadata=AUTH)
+        assert cancelled.state == S.RUN_STATE_CANCELLED
+        # Gone and reaped: no process, not even a zombie, is left of the job's group.
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 15, "the job's process to end")
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+        events = watch(stub, first.run_id)
+        assert events[-1].run.state == S.RUN_STATE_CANCELLED and len(events) == 1
+        assert not stub.GetRun(S.GetRunRequest(run_id=second.run_id)).job  # never started
+        again = stub.CancelRun(S.CancelRunRequest(run_id=first.run_id), metadata=AUTH)
+        assert again.state == S.RUN_STATE_CANCELLED and again.finished_at == cancelled.finished_at
+
+
+def test_a_restarted_trainer_re_adopts_the_running_job_and_it_finishes(start_trainer):
+    server = start_trainer()
+    channel, stub = trainer_stub(server)
+    with channel:
+        spec = _long_spec(S.RECIPE_SIM_ONLY, steps=160)
+        submitted = stub.SubmitRun(S.SubmitRunRequest(spec=spec), metadata=AUTH)
+        # Stopped as soon as the job runs: it has its start-up and all its steps ahead of it,
+        # so the restart lands mid-run however fast this machine trains.
+        running = _training(stub, submitted.run_id, min_step=0)
+    server.stop(grace_s=0)
+    pid = _pid(running)
+    assert not _process_gone(pid), "the job must outlive the trainer"
+
+    restarted = start_trainer()  # same state dir
+    channel, stub = trainer_stub(restarted)
+    with channel:
+        events = watch(stub, submitted.run_id)
+    final = events[-1].run
+    assert final.state == S.RUN_STATE_SUCCEEDED, final.message
+    assert final.job == running.job and final.published.version == 1
+    lines = [e.log_line for e in events]
+    adopted = lines.index(f"re-adopted job {running.job} after a trainer restart")
+    # Progress kept flowing to the new trainer.
+    steps = [e.run.step for e in events[adopted:] if e.run.state == S.RUN_STATE_RUNNING]
+    assert len(steps) > 2 and steps == sorted(steps) and events[-2].run.step == 160
+
+
+def test_a_job_lost_while_the_trainer_was_down_is_failed_with_the_reason(start_trainer):
+    server = start_trainer()
+    channel, stub = trainer_stub(server)
+    with channel:
+        submitted = stub.SubmitRun(S.SubmitRunRequest(spec=_long_spec()), metadata=AUTH)
+        running = _training(stub, submitted.run_id)
+    server.stop(grace_s=0)
+    os.killpg(_pid(running), signal.SIGKILL)  # the machine's job is lost meanwhile
+    wait_for(lambda: _process_gone(_pid(running)), 10)
+
+    channel, stub = trainer_stub(start_trainer())
+    with channel:
+        final = stub.GetRun(S.GetRunRequest(run_id=submitted.run_id))
+    assert final.state == S.RUN_STATE_FAILED
+    assert final.message.startswith(f"lost: job {running.job} ended without a result")
+
+
+def test_enough_new_real_episodes_submit_an_automatic_run(start_trainer, store_client):
+    server = start_trainer(
+        auto_retrain_enabled=True,
+        auto_retrain_episodes=3,
+        auto_retrain_interval_s=0.2,
+        auto_retrain_recipe="real_only",
+        auto_retrain_steps=24,
+    )
+    channel, stub = trainer_stub(server)
+    with channel:
+
+        def auto_runs():
+            return [
+                r
+                for r in stub.ListRuns(S.ListRunsRequest()).runs
+                if r.submitted_by == "auto-retrain"
+            ]
+
+        with pytest.raises(AssertionError):
+            wait_for(auto_runs, 1.0)  # existing data does not count
+        fill(store_client, [episode(400 + i, REAL, i % 2 == 0) for i in range(3)])
+        (run,) = wait_for(auto_runs, 10, "an automatic run")
+        assert run.spec.recipe == S.RECIPE_REAL_ONLY and run.spec.params.steps == 24
+        assert "3 new labeled real episodes" in run.spec.description
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.CancelRun(S.CancelRunRequest(run_id=run.run_id))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stub.CancelRun(S.CancelRunRequest(run_id=run.run_id), metadata=AUTH)
+
+
+def test_graspfleet_trainer_serve_runs_the_service_and_stops_on_sigterm(tmp_path, store):
+    process = ServiceProcess(
+        "trainer",
+        ["trainer", "serve"],
+        {
+            "store_address": store.address,
+            "store_data_dir": store.config.data_dir,
+            "state_dir": str(tmp_path / "state"),
+            "model_base": str(tmp_path / "models"),
+            "k8s_api": "off",
+            "log_format": "text",
+        },
+        tmp_path / "logs",
+    )
+    process.start(timeout_s=60)
+    try:
+        with grpc.insecure_channel(process.address) as channel:
+            stub = trainer_pb2_grpc.TrainerStub(channel)
+            assert not stub.ListRuns(S.ListRunsRequest()).runs
+    finally:
+        assert process.stop() == 0
+    assert "AUTHENTICATION DISABLED" in process.log_path.read_text()

@@ -1,0 +1,130 @@
+"""The model registry's labels and history, the gate's rule, the recipe table, data selection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from graspfleet.v1 import common_pb2
+from graspfleet.v1 import trainer_pb2 as S
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.grasp_predictor.training import TrainSpec
+from services.trainer import gate, recipes
+from services.trainer.registry import HISTORY_FILE, LABELS_FILE, Registry
+from services.trainer.selection import select
+from services.trainer.spec import normalize
+from tests.trainer.conftest import tiny_spec, trainer_config
+
+NAME = "grasp_success"
+
+
+@pytest.fixture
+def registry(tmp_path):
+    for folder in ("1", "2", "3", ".tmp-abc", "notes"):
+        (tmp_path / NAME / folder).mkdir(parents=True)
+    return Registry(tmp_path)
+
+
+def test_versions_are_integer_folders_and_stable_defaults_to_the_newest(registry, tmp_path):
+    assert registry.version_numbers(NAME) == [1, 2, 3]
+    assert registry.labels(NAME) == {"stable": 3}  # the predictor's rule without labels.json
+    registry.freeze(NAME)
+    assert json.loads((tmp_path / NAME / LABELS_FILE).read_text()) == {"stable": 3}
+    assert [v.labels for v in registry.versions(NAME)] == [[], [], ["stable"]]
+    assert registry.versions(NAME)[0].path == f"{NAME}/1"
+
+
+def test_labels_move_and_roll_back_through_their_history(registry, tmp_path):
+    for version in (1, 2, 3):
+        registry.set_label(NAME, version, "stable", by="ana")
+    registry.set_label(NAME, 3, "canary", by="ana")
+    assert registry.labels(NAME) == {"stable": 3, "canary": 3}
+    assert registry.rollback(NAME, "stable", by="ana").version == 2
+    assert registry.rollback(NAME, "stable", by="ana").version == 1
+    with pytest.raises(FailedPrecondition, match="no version before 1"):
+        registry.rollback(NAME, "stable", by="ana")
+    registry.set_label(NAME, 3, "stable", by="bo")
+    assert registry.rollback(NAME, "stable", by="bo").version == 1
+    assert registry.labels(NAME) == {"stable": 1, "canary": 3}
+    history = [
+        json.loads(line) for line in (tmp_path / NAME / HISTORY_FILE).read_text().splitlines()
+    ]
+    assert [(e["action"], e["version"], e["previous"]) for e in history[-2:]] == [
+        ("set", 3, 1),
+        ("rollback", 1, 3),
+    ]
+    assert registry.has_held(NAME, "stable", 3) and not registry.has_held(NAME, "canary", 1)
+    assert not list((tmp_path / NAME).glob(".*.tmp"))
+
+
+def test_rollback_after_a_hand_edit_and_to_a_deleted_version(registry, tmp_path):
+    registry.set_label(NAME, 1, "stable", by="ana")
+    (tmp_path / NAME / LABELS_FILE).write_text(json.dumps({"stable": 3}))  # edited by hand
+    assert registry.rollback(NAME, "stable", by="ana").version == 1
+    registry.set_label(NAME, 2, "stable", by="ana")
+    (tmp_path / NAME / "1").rmdir()
+    with pytest.raises(FailedPrecondition, match="no longer in the repository"):
+        registry.rollback(NAME, "stable", by="ana")
+
+
+def test_bad_labels_versions_and_models_are_refused(registry):
+    with pytest.raises(InvalidArgument):
+        registry.set_label(NAME, 1, "Stable!", by="ana")
+    with pytest.raises(NotFound):
+        registry.set_label(NAME, 9, "stable", by="ana")
+    with pytest.raises(NotFound):
+        registry.set_label("no_such_model", 1, "stable", by="ana")
+    with pytest.raises(NotFound):
+        registry.rollback(NAME, "canary", by="ana")
+
+
+def test_the_gate_rule():
+    first = gate.decide(0.6, None, None, 40, enabled=True, max_regression=0.0)
+    assert first.passed and "no stable version" in first.message
+    within = gate.decide(0.70, 0.71, 2, 40, enabled=True, max_regression=0.02)
+    assert within.passed and within.metrics["stable_version"] == 2
+    beyond = gate.decide(0.60, 0.71, 2, 40, enabled=True, max_regression=0.02)
+    assert not beyond.passed and "0.6000" in beyond.message and "0.7100" in beyond.message
+    must_improve = gate.decide(0.75, 0.71, 2, 40, enabled=True, max_regression=-0.05)
+    assert not must_improve.passed
+    assert gate.decide(0.80, 0.71, 2, 40, enabled=True, max_regression=-0.05).passed
+    assert gate.decide(0.10, 0.90, 2, 40, enabled=False, max_regression=0.0).passed
+
+
+def test_every_recipe_is_in_the_table_and_maps_to_a_valid_train_spec():
+    assert set(recipes.RECIPES) == set(S.Recipe.values()) - {S.RECIPE_UNSPECIFIED}
+    for recipe in recipes.RECIPES.values():
+        if not recipe.refiner:
+            TrainSpec(**recipes.train_spec_fields(recipe))  # raises if the regime is inconsistent
+    assert recipes.lookup("dann-r") is recipes.lookup("RECIPE_DANN_R")
+    assert recipes.lookup(S.RECIPE_DANN_R).sim_randomization == common_pb2.RANDOMIZATION_VISUAL
+    assert recipes.lookup("naive_mix").dbn is False and recipes.lookup("dbn_mix").dbn is True
+    with pytest.raises(KeyError):
+        recipes.lookup("magic")
+
+
+def test_selection_limits_real_training_data_but_not_the_validation_set(
+    tmp_path, store, store_client
+):
+    config = trainer_config(tmp_path, store)
+
+    def chosen(recipe, **data):
+        spec = tiny_spec(recipe)
+        spec.data.MergeFrom(S.DataSelection(**data))
+        return select(store_client, *normalize(spec, config))
+
+    everything = chosen(S.RECIPE_DANN)
+    three = chosen(S.RECIPE_DANN, max_real_episodes=3)
+    half = chosen(S.RECIPE_DANN, real_fraction=0.5)
+    assert [e.episode_id for e in three.validation] == [e.episode_id for e in everything.validation]
+    assert three.description["real"]["train"] == 3 and half.description["real"]["train"] == 8
+    assert all(e.domain == common_pb2.DOMAIN_REAL for e in everything.validation)
+    sim = [
+        e for e in chosen(S.RECIPE_DBN_MIX_RANDOMIZED).train if e.domain == common_pb2.DOMAIN_SIM
+    ]
+    assert len(sim) == 8 and {e.randomization for e in sim} == {common_pb2.RANDOMIZATION_VISUAL}
+    sim_only = chosen(S.RECIPE_SIM_ONLY)
+    assert {e.domain for e in sim_only.train} == {common_pb2.DOMAIN_SIM} and sim_only.validation
+    robots = chosen(S.RECIPE_REAL_ONLY, robot_ids=["kuka-01"])
+    assert {e.robot_id for e in robots.train + robots.validation} == {"kuka-01"}
