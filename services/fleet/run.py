@@ -43,14 +43,27 @@ FINISHED = {
 @dataclass(frozen=True)
 class Plan:
     bootstrap_episodes: int
+    validation_episodes: int
     train_steps: int
     agent_episodes: int
     eval_episodes: int
 
 
 PLANS = {
-    "quick": Plan(bootstrap_episodes=60, train_steps=150, agent_episodes=3, eval_episodes=8),
-    "default": Plan(bootstrap_episodes=1200, train_steps=2000, agent_episodes=25, eval_episodes=60),
+    "quick": Plan(
+        bootstrap_episodes=60,
+        validation_episodes=20,
+        train_steps=150,
+        agent_episodes=3,
+        eval_episodes=8,
+    ),
+    "default": Plan(
+        bootstrap_episodes=1200,
+        validation_episodes=200,
+        train_steps=2000,
+        agent_episodes=25,
+        eval_episodes=60,
+    ),
 }
 
 
@@ -192,6 +205,7 @@ def main(argv: list[str]) -> int:
     base = PLANS["quick" if args.quick else "default"]
     plan = Plan(
         bootstrap_episodes=args.bootstrap_episodes or base.bootstrap_episodes,
+        validation_episodes=base.validation_episodes,
         train_steps=args.train_steps or base.train_steps,
         agent_episodes=args.agent_episodes or base.agent_episodes,
         eval_episodes=args.eval_episodes or base.eval_episodes,
@@ -238,7 +252,15 @@ def main(argv: list[str]) -> int:
             policy=Policy(kind=Policy.KIND_RANDOM),
             seed=1,
         )
-        _collect(farm, bootstrap, "bootstrap", "sim collection (random)")
+        _collect(farm, bootstrap, "bootstrap", "sim collection (random, train objects)")
+        held_out = sim_farm_pb2.CollectionSpec()
+        held_out.CopyFrom(bootstrap)
+        held_out.num_episodes, held_out.object_set, held_out.seed = (
+            plan.validation_episodes,
+            "test",
+            2,
+        )
+        _collect(farm, held_out, "validation", "sim collection (random, held-out objects)")
 
         print(
             f"[3/6] training a first grasp model ({plan.train_steps} steps, sim data only)",

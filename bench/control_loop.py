@@ -1,0 +1,122 @@
+"""Control-step latency (agent → planner → predictor) and how many arms one predictor serves at 2 Hz.
+
+The predictor (default-profile grasp network) and the planner run as their own
+processes. Each simulated arm is a client thread that sends PlanStep requests
+(64x64 images, CEM 64/6/3: three batched Predict calls) on a fixed 2 Hz clock,
+the rate of one control step every 0.5 s. For growing fleets it reports the
+PlanStep latency and whether every arm kept its 2 Hz with p99 under the 0.5 s
+step period.
+
+    python -m bench.control_loop [--arms 1 4 8 16 24 32] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from graspfleet.v1 import common_pb2, servo_planner_pb2, servo_planner_pb2_grpc
+from services.common.images import encode_image
+from services.fleet.process import ServiceProcess
+from services.grasp_predictor import export
+from services.grasp_predictor.model import ModelConfig, build_model
+
+PERIOD_S = 0.5
+
+
+def _request(rng: np.random.Generator, arm: int) -> servo_planner_pb2.PlanStepRequest:
+    return servo_planner_pb2.PlanStepRequest(
+        robot_id=f"arm-{arm}",
+        x0=encode_image(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)),
+        xt=encode_image(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)),
+        current_pose=common_pb2.Pose(position_m=common_pb2.Vec3(x=0.6, y=0.07, z=0.3)),
+        workspace=common_pb2.Workspace(
+            min_m=common_pb2.Vec3(x=0.45, y=-0.12, z=0.08), max_m=common_pb2.Vec3(x=0.83, y=0.27, z=0.40)
+        ),
+        budget_ms=2000,
+    )
+
+
+def fleet_load(address: str, arms: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    late = [0]
+    lock = threading.Lock()
+
+    def arm(index: int) -> None:
+        rng = np.random.default_rng(index)
+        request = _request(rng, index)
+        with grpc.insecure_channel(address) as channel:
+            stub = servo_planner_pb2_grpc.ServoPlannerStub(channel)
+            stub.PlanStep(request, timeout=10)  # connect and warm up
+            start = time.monotonic() + rng.uniform(0, PERIOD_S)  # arms are not in phase
+            tick = 0
+            while True:
+                due = start + tick * PERIOD_S
+                if due > start + seconds:
+                    return
+                time.sleep(max(0.0, due - time.monotonic()))
+                sent = time.perf_counter()
+                stub.PlanStep(request, timeout=10)
+                elapsed = time.perf_counter() - sent
+                with lock:
+                    latencies.append(elapsed)
+                    late[0] += elapsed > PERIOD_S
+                tick += 1
+
+    threads = [threading.Thread(target=arm, args=(i,)) for i in range(arms)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ms = np.array(latencies) * 1000
+    return {
+        "arms": arms,
+        "steps": len(latencies),
+        "rate_hz": len(latencies) / arms / seconds,
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "late": late[0] / len(latencies),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.control_loop", description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", type=int, nargs="+", default=[1, 4, 8, 16, 24, 32])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-control-") as tmp:
+        export.export_model(build_model(ModelConfig(profile="default")), tmp, metadata={"recipe": "bench"})
+        logs = Path(tmp) / "logs"
+        predictor = ServiceProcess("grasp-predictor", ["predictor", "serve"], {"model_base_path": tmp}, logs).start()
+        planner = ServiceProcess("servo-planner", ["planner", "serve"], {"predictor_address": predictor.address}, logs)
+        planner.start()
+        try:
+            for arms in args.arms:
+                rows.append(fleet_load(planner.address, arms, args.seconds))
+                r = rows[-1]
+                print(f"{arms} arms: {r['rate_hz']:.2f} Hz each, p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, "
+                      f"{r['late']:.1%} over 0.5 s", file=sys.stderr)
+        finally:
+            planner.stop()
+            predictor.stop()
+    served = max((r["arms"] for r in rows if r["rate_hz"] >= 1.9 and r["p99"] < PERIOD_S * 1000), default=0)
+    print(f"\nmachine: {platform.machine()}; PlanStep = CEM 64/6/3 on 64x64 images; arms tick at 2 Hz\n")
+    print("| arms | steps | achieved Hz per arm | p50 ms | p99 ms | steps over 0.5 s |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['arms']} | {r['steps']} | {r['rate_hz']:.2f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['late']:.1%} |")
+    print(f"\narms served at 2 Hz with p99 under 0.5 s: {served}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
