@@ -39,7 +39,8 @@ def _request(rng: np.random.Generator, arm: int) -> servo_planner_pb2.PlanStepRe
         xt=encode_image(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)),
         current_pose=common_pb2.Pose(position_m=common_pb2.Vec3(x=0.6, y=0.07, z=0.3)),
         workspace=common_pb2.Workspace(
-            min_m=common_pb2.Vec3(x=0.45, y=-0.12, z=0.08), max_m=common_pb2.Vec3(x=0.83, y=0.27, z=0.40)
+            min_m=common_pb2.Vec3(x=0.45, y=-0.12, z=0.08),
+            max_m=common_pb2.Vec3(x=0.83, y=0.27, z=0.40),
         ),
         budget_ms=2000,
     )
@@ -94,26 +95,41 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-control-") as tmp:
-        export.export_model(build_model(ModelConfig(profile="default")), tmp, metadata={"recipe": "bench"})
+        export.export_model(
+            build_model(ModelConfig(profile="default")), tmp, metadata={"recipe": "bench"}
+        )
         logs = Path(tmp) / "logs"
-        predictor = ServiceProcess("grasp-predictor", ["predictor", "serve"], {"model_base_path": tmp}, logs).start()
-        planner = ServiceProcess("servo-planner", ["planner", "serve"], {"predictor_address": predictor.address}, logs)
+        predictor = ServiceProcess(
+            "grasp-predictor", ["predictor", "serve"], {"model_base_path": tmp}, logs
+        ).start()
+        planner = ServiceProcess(
+            "servo-planner", ["planner", "serve"], {"predictor_address": predictor.address}, logs
+        )
         planner.start()
         try:
             for arms in args.arms:
                 rows.append(fleet_load(planner.address, arms, args.seconds))
                 r = rows[-1]
-                print(f"{arms} arms: {r['rate_hz']:.2f} Hz each, p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, "
-                      f"{r['late']:.1%} over 0.5 s", file=sys.stderr)
+                print(
+                    f"{arms} arms: {r['rate_hz']:.2f} Hz each, p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, "
+                    f"{r['late']:.1%} over 0.5 s",
+                    file=sys.stderr,
+                )
         finally:
             planner.stop()
             predictor.stop()
-    served = max((r["arms"] for r in rows if r["rate_hz"] >= 1.9 and r["p99"] < PERIOD_S * 1000), default=0)
-    print(f"\nmachine: {platform.machine()}; PlanStep = CEM 64/6/3 on 64x64 images; arms tick at 2 Hz\n")
+    served = max(
+        (r["arms"] for r in rows if r["rate_hz"] >= 1.9 and r["p99"] < PERIOD_S * 1000), default=0
+    )
+    print(
+        f"\nmachine: {platform.machine()}; PlanStep = CEM 64/6/3 on 64x64 images; arms tick at 2 Hz\n"
+    )
     print("| arms | steps | achieved Hz per arm | p50 ms | p99 ms | steps over 0.5 s |")
     print("|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['arms']} | {r['steps']} | {r['rate_hz']:.2f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['late']:.1%} |")
+        print(
+            f"| {r['arms']} | {r['steps']} | {r['rate_hz']:.2f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['late']:.1%} |"
+        )
     print(f"\narms served at 2 Hz with p99 under 0.5 s: {served}")
     return 0
 

@@ -30,6 +30,7 @@ TIME_STEP_S = 1.0 / 240.0
 ARM_BASE = (-0.1, 0.0, 0.07)
 TRAY_CENTRE = (0.64, 0.075, -0.19)
 TRAY_FLOOR_Z = -0.18
+RAISE_M = 0.05  # how far a RAISE command lifts the gripper while it moves
 FINGERTIP_DROP_M = 0.252  # fingertips below the flange, gripper pointing down
 FLANGE, YAW_JOINT = 6, 7
 FINGERS = ((8, -1.0), (11, 1.0))  # joint, sign of "open"
@@ -215,7 +216,7 @@ class GraspWorld:
 
         Args:
             motion: The command.
-            raised: Move with the gripper lifted to the top of the workspace.
+            raised: Move with the gripper lifted RAISE_M above where it is.
 
         Returns:
             The translation actually applied, in cm (after noise, step limit and clamp).
@@ -229,7 +230,8 @@ class GraspWorld:
             delta_cm *= workspace.max_step_cm / length
         target = workspace.clamp(self.target + delta_cm / 100.0)
         if raised:
-            target[2] = workspace.high[2]
+            # Lift clear of the objects while moving across: never lower than now plus RAISE_M.
+            target[2] = min(workspace.high[2], max(target[2], self.target[2] + RAISE_M))
         yaw = self.yaw + math.atan2(float(motion[3]), float(motion[4]))
         yaw = (yaw + math.pi / 2) % math.pi - math.pi / 2  # a pinch grasp is symmetric under pi
         applied = (target - self.target) * 100.0

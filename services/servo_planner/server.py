@@ -168,12 +168,15 @@ class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
     def _decide(self, result: cem.CemResult, near_floor: bool) -> tuple[int, np.ndarray, float]:
         """Levine et al.'s servoing heuristics on C(no motion) against C(best motion).
 
-        The gripper closes only near the floor of its workspace: a model that has
-        seen no grasp closed high up cannot know such grasps fail.
+        Both apply only near the floor of the workspace: a model that has seen no
+        grasp closed high up cannot know such grasps fail, and a gripper high up
+        has nothing to lift clear of.
         """
         if near_floor and result.no_motion_success >= self.config.close_ratio * result.success:
             return common_pb2.Command.KIND_CLOSE, cem.NO_MOTION, result.no_motion_success
-        if result.no_motion_success < self.config.raise_ratio * result.success:
+        # Raising keeps a gripper that is down among the objects from sweeping them aside;
+        # higher up there is nothing to clear, and raising would undo the descent.
+        if near_floor and result.no_motion_success < self.config.raise_ratio * result.success:
             return common_pb2.Command.KIND_RAISE, result.motion, result.success
         return common_pb2.Command.KIND_MOVE, result.motion, result.success
 
