@@ -7,13 +7,19 @@
    the predictor picks it up by itself.
 4. Starts robot agents on the proxy-real arms of robots/fleet/, which grasp
    with CEM on that model and stream every attempt to the store.
-5. Measures CEM against random grasping on held-out objects in simulation.
-6. Prints a summary and writes a report folder (plot, image samples, table).
+5. Asks the trainer for a retraining run (DANN with domain-specific batch norm
+   on sim plus the agents' real episodes); a model that passes the gate is
+   published as the canary, promoted to stable, and the agents, asking for
+   "stable", grasp with it without being restarted.
+6. Measures CEM against random grasping on held-out objects in simulation.
+7. Prints a summary and writes a report folder (plot, image samples, table).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -46,6 +52,7 @@ class Plan:
     validation_episodes: int
     train_steps: int
     agent_episodes: int
+    retrain_steps: int
     eval_episodes: int
 
 
@@ -54,7 +61,8 @@ PLANS = {
         bootstrap_episodes=60,
         validation_episodes=20,
         train_steps=150,
-        agent_episodes=3,
+        agent_episodes=5,
+        retrain_steps=100,
         eval_episodes=8,
     ),
     "default": Plan(
@@ -62,6 +70,7 @@ PLANS = {
         validation_episodes=200,
         train_steps=2000,
         agent_episodes=25,
+        retrain_steps=1000,
         eval_episodes=60,
     ),
 }
@@ -200,6 +209,45 @@ def _run_agents(fleet: Fleet, robots: list[str], flags: dict, episodes: int) -> 
         fleet.processes.remove(agent)
 
 
+def _retrain(trainer: ServiceProcess, token: str, steps: int) -> int | None:
+    """A DANN + DBN run through the trainer's API; promotes its canary to stable. Returns the version."""
+    from graspfleet.v1 import trainer_pb2, trainer_pb2_grpc
+
+    auth = [("authorization", f"Bearer {token}"), ("x-graspfleet-user", "make-run")]
+    spec = trainer_pb2.RunSpec(
+        recipe=trainer_pb2.RECIPE_DANN,
+        params=trainer_pb2.TrainingParams(steps=steps, batch_size=32),
+        gate=trainer_pb2.GateSpec(enabled=True, max_regression=0.05),
+        description="make run: retrain on sim + the agents' real episodes",
+    )
+    with grpc.insecure_channel(trainer.address) as channel:
+        stub = trainer_pb2_grpc.TrainerStub(channel)
+        run = stub.SubmitRun(trainer_pb2.SubmitRunRequest(spec=spec), metadata=auth, timeout=120)
+        with tqdm(total=steps, desc=f"trainer run {run.run_id} (DANN)", unit="step") as bar:
+            for event in stub.WatchRun(
+                trainer_pb2.WatchRunRequest(run_id=run.run_id), timeout=3600
+            ):
+                run = event.run
+                bar.update(max(0, run.step - bar.n))
+                bar.set_postfix(
+                    state=trainer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
+                )
+        state = trainer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
+        print(f"  run {run.run_id} ended {state}: {run.message}")
+        if run.state != trainer_pb2.RUN_STATE_SUCCEEDED:
+            return None
+        version = run.published.version
+        stub.SetVersionLabel(
+            trainer_pb2.SetVersionLabelRequest(
+                name=run.published.name, version=version, label="stable"
+            ),
+            metadata=auth,
+            timeout=30,
+        )
+        print(f"  version {version} published as canary and promoted to stable")
+        return version
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     base = PLANS["quick" if args.quick else "default"]
@@ -208,6 +256,7 @@ def main(argv: list[str]) -> int:
         validation_episodes=base.validation_episodes,
         train_steps=args.train_steps or base.train_steps,
         agent_episodes=args.agent_episodes or base.agent_episodes,
+        retrain_steps=base.retrain_steps,
         eval_episodes=args.eval_episodes or base.eval_episodes,
     )
     workdir = Path(args.workdir)
@@ -221,7 +270,7 @@ def main(argv: list[str]) -> int:
     started = time.monotonic()
     fleet = Fleet(workdir)
     try:
-        print("[1/6] services", flush=True)
+        print("[1/7] services", flush=True)
         store = fleet.start("episode-store", ["store", "serve"], {"data_dir": str(store_dir)})
         predictor = fleet.start(
             "grasp-predictor",
@@ -242,7 +291,7 @@ def main(argv: list[str]) -> int:
             },
         )
 
-        print("[2/6] bootstrap: simulated grasps with random exploration", flush=True)
+        print("[2/7] bootstrap: simulated grasps with random exploration", flush=True)
         bootstrap = sim_farm_pb2.CollectionSpec(
             num_episodes=plan.bootstrap_episodes,
             num_shards=2,
@@ -263,7 +312,7 @@ def main(argv: list[str]) -> int:
         _collect(farm, held_out, "validation", "sim collection (random, held-out objects)")
 
         print(
-            f"[3/6] training a first grasp model ({plan.train_steps} steps, sim data only)",
+            f"[3/7] training a first grasp model ({plan.train_steps} steps, sim data only)",
             flush=True,
         )
         metrics = _train(store_dir, store.address, models, plan.train_steps)
@@ -274,17 +323,45 @@ def main(argv: list[str]) -> int:
         predictor.wait_ready(120)
         print("  grasp-predictor SERVING version 1", flush=True)
 
-        print(f"[4/6] robot agents on {', '.join(args.robots)} (proxy-real arms)", flush=True)
+        print(f"[4/7] robot agents on {', '.join(args.robots)} (proxy-real arms)", flush=True)
+        # ε-mix, as a fleet collects: half the commands from CEM on the model, half exploring.
         agent_flags = {
+            "exploration": "eps-mix",
+            "epsilon": "0.5",
             "planner_address": planner.address,
             "store_address": store.address,
             "spool_dir": str(workdir / "agent-spool"),
         }
         _run_agents(fleet, args.robots, agent_flags, plan.agent_episodes)
 
-        print("[5/6] CEM against random grasping on held-out objects (sim)", flush=True)
+        print(
+            "[5/7] retraining through the trainer API; the agents pick the new model up", flush=True
+        )
+        token = secrets.token_hex(16)
+        os.environ["GRASPFLEET_AUTH_TOKEN"] = (
+            token  # the trainer reads its token from the environment
+        )
+        trainer = fleet.start(
+            "trainer",
+            ["trainer", "serve"],
+            {
+                "store_address": store.address,
+                "store_data_dir": str(store_dir),
+                "state_dir": str(workdir / "trainer"),
+                "model_base": str(models),
+            },
+        )
+        try:
+            version = _retrain(trainer, token, plan.retrain_steps)
+        except grpc.RpcError as err:
+            print(f"  the trainer refused the run: {err.code().name}: {err.details()}")
+            version = None
+        if version is not None:
+            _run_agents(fleet, args.robots, agent_flags, max(2, plan.agent_episodes // 2))
+
+        print("[6/7] CEM against random grasping on held-out objects (sim)", flush=True)
         evaluation = {}
-        for name, kind in (("random", Policy.KIND_RANDOM), ("cem (model v1)", Policy.KIND_CEM)):
+        for name, kind in (("random", Policy.KIND_RANDOM), ("cem (stable model)", Policy.KIND_CEM)):
             spec = sim_farm_pb2.CollectionSpec(
                 num_episodes=plan.eval_episodes,
                 num_shards=2,
@@ -298,7 +375,7 @@ def main(argv: list[str]) -> int:
             collection = _collect(farm, spec, f"eval-{kind}", f"eval {name}")
             evaluation[name] = (collection.episodes_done, collection.successes)
 
-        print("[6/6] report", flush=True)
+        print("[7/7] report", flush=True)
         from graspfleet.v1 import episode_store_pb2
         from services.episode_store import client
 

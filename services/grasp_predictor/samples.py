@@ -228,7 +228,9 @@ def split_episodes(
     Episodes sharing any object id are grouped (transitively); groups go whole
     to one side, in seeded random order, each to the side that brings the
     validation share closer to `validation_fraction`. Both sides keep ingest
-    order. Validation can come out empty when one group holds most episodes.
+    order. When bins share objects so much that one group holds (nearly) every
+    episode, no object split exists: the episodes themselves are split instead,
+    so validation still holds unseen episodes (on seen objects).
     """
     parent = list(range(len(summaries)))
 
@@ -253,6 +255,13 @@ def split_episodes(
         if abs(len(held_out) + len(group) - target) < abs(len(held_out) - target):
             held_out.extend(group)
     chosen = set(held_out)
+    if (
+        len(summaries) >= 2
+        and validation_fraction > 0
+        and (not chosen or len(chosen) == len(summaries))
+    ):
+        count = min(len(summaries) - 1, max(1, round(target)))
+        chosen = set(random.Random(seed).sample(range(len(summaries)), count))
     return (
         [e for i, e in enumerate(summaries) if i not in chosen],
         [e for i, e in enumerate(summaries) if i in chosen],
