@@ -95,7 +95,7 @@ class SimulatedDriver(RobotDriver):
         return self._world().move(motion, raised=raised)
 
     def grasp(self) -> bool:
-        return self._world().close_and_lift()
+        return self._world().grasp()
 
     def disconnect(self) -> None:
         if self.world is not None:

@@ -1,19 +1,36 @@
-"""Runs one grasp attempt with any policy: x0, then observe → act → execute until the gripper closes."""
+"""The one episode loop: x0, then observe → act → execute until the gripper closes, then lift.
+
+A command source ("policy") has `begin(x0, seed, max_steps)` and
+`act(observation, step, steps_left) -> Action`: the random and oracle policies
+here, or the servo-planner behind the robot agent. A source that cannot answer
+raises `Abort`: the arm holds still where it is and the episode ends without a
+grasp. The arm is anything with reset / observe / move / pose / grasp: a
+GraspWorld or a robot driver.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from robots.policies import CLOSE, RAISE, Action
-from robots.world import GraspWorld, Observation, Pose
+from robots.world import Observation, Pose
+
+CLOSE_NOW = np.array([0.0, 0.0, 0.0, 0.0, 1.0])
+
+
+class Abort(RuntimeError):
+    """The command source cannot say what to do: stop the arm, end the episode."""
 
 
 @dataclass(frozen=True)
 class StepRecord:
     observation: Observation  # before the action
     action: Action
+    seconds: float  # observe + choose + execute
 
 
 @dataclass(frozen=True)
@@ -21,32 +38,41 @@ class EpisodeResult:
     seed: int
     x0: Observation
     steps: tuple[StepRecord, ...]
-    success: bool
-    final_pose: Pose  # where the gripper closed
+    success: bool | None  # None: aborted before the grasp
+    final_pose: Pose  # where the gripper closed (or stopped)
     object_ids: tuple[str, ...]
+    abort_reason: str = ""
 
 
-def run_episode(world: GraspWorld, policy, seed: int, max_steps: int) -> EpisodeResult:
-    """One episode of at most `max_steps` steps; the last step always closes the gripper."""
-    start = world.reset(seed)
-    policy.begin(np.random.default_rng(seed + 1), max_steps)
+def run_episode(
+    arm,
+    policy,
+    seed: int,
+    max_steps: int,
+    on_step: Callable[[StepRecord], None] | None = None,
+) -> EpisodeResult:
+    """One grasp attempt of at most `max_steps` steps; the last step always closes the gripper."""
+    start = arm.reset(seed)
+    policy.begin(start.x0, seed, max_steps)
     steps: list[StepRecord] = []
     for step in range(max_steps):
-        observation = world.observe()
-        action = policy.act(observation, step, max_steps - step)
+        began = time.perf_counter()
+        observation = arm.observe()
+        try:
+            action = policy.act(observation, step, max_steps - step)
+        except Abort as err:
+            return EpisodeResult(
+                seed, start.x0, tuple(steps), None, arm.pose(), start.object_ids, str(err)
+            )
         if step == max_steps - 1 and action.kind != CLOSE:
-            action = Action(CLOSE, np.array([0.0, 0.0, 0.0, 0.0, 1.0]))
-        steps.append(StepRecord(observation, action))
+            action = Action(CLOSE, CLOSE_NOW, action.predicted_success, action.model)
+        if action.kind != CLOSE:
+            arm.move(action.motion, raised=action.kind == RAISE)
+        record = StepRecord(observation, action, time.perf_counter() - began)
+        steps.append(record)
+        if on_step is not None:
+            on_step(record)
         if action.kind == CLOSE:
             break
-        world.move(action.motion, raised=action.kind == RAISE)
-    final_pose = world.pose()
-    success = world.close_and_lift()
-    return EpisodeResult(
-        seed=seed,
-        x0=start.x0,
-        steps=tuple(steps),
-        success=success,
-        final_pose=final_pose,
-        object_ids=start.object_ids,
-    )
+    final_pose = arm.pose()
+    return EpisodeResult(seed, start.x0, tuple(steps), arm.grasp(), final_pose, start.object_ids)

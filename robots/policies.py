@@ -19,8 +19,12 @@ MOVE, CLOSE, RAISE = "move", "close", "raise"
 
 @dataclass(frozen=True)
 class Action:
+    """One command, and what chose it (set by model-driven command sources)."""
+
     kind: str  # MOVE, CLOSE or RAISE
     motion: np.ndarray  # [5]: dx, dy, dz cm; sin, cos of the yaw change
+    predicted_success: float | None = None
+    model: object = None  # the model version that chose it (a graspfleet.v1.ModelRef)
 
 
 def motion_to(current: np.ndarray, target: np.ndarray, dyaw: float = 0.0) -> np.ndarray:
@@ -42,7 +46,8 @@ class RandomPolicy:
         self.goal = np.zeros(3)
         self.yaw_step = 0.0
 
-    def begin(self, rng: np.random.Generator, steps: int) -> None:
+    def begin(self, x0: Observation, seed: int, steps: int) -> None:
+        rng = np.random.default_rng(seed + 1)
         ws = self.world.config.workspace
         low, high = np.array(ws.low), np.array(ws.high)
         centre = np.array(TRAY_CENTRE[:2])
@@ -74,7 +79,7 @@ class OraclePolicy:
         self.above = self.grasp = np.zeros(3)
         self.grip_yaw = 0.0
 
-    def begin(self, rng: np.random.Generator, steps: int) -> None:
+    def begin(self, x0: Observation, seed: int, steps: int) -> None:
         world = self.world
         poses, boxes = world.object_poses(), world.object_aabbs()
         # The object nearest the tray's centre whose narrow side fits the gripper.

@@ -238,7 +238,7 @@ class GraspWorld:
         self._place_flange(target, yaw)
         return applied
 
-    def close_and_lift(self) -> bool:
+    def grasp(self) -> bool:
         """Closes the fingers where the gripper is, lifts, and tells whether an object came along."""
         before = {
             body: self.sim.getBasePositionAndOrientation(body)[0][2] for body in self.body_ids

@@ -54,7 +54,7 @@ def to_record(
     with_masks: bool = True,
     encoding: int = common_pb2.Image.ENCODING_PNG,
 ) -> EpisodeRecord:
-    """An EpisodeRun (services.robot_agent.control) as header, steps and outcome."""
+    """A robots.episode.EpisodeResult as header, steps and outcome."""
     from services.robot_agent.control import _KIND
 
     header = common_pb2.EpisodeHeader(
@@ -77,13 +77,14 @@ def to_record(
         header.x0_mask.CopyFrom(encode_image(run.x0.mask, encoding))
     steps = []
     for index, trace in enumerate(run.steps):
-        motion = trace.choice.action.motion
+        action = trace.action
+        motion = action.motion
         step = common_pb2.Step(
             index=index,
             image=encode_image(trace.observation.rgb, encoding),
             pose=pose_message(trace.observation.pose),
             command=common_pb2.Command(
-                kind=_KIND[trace.choice.action.kind],
+                kind=_KIND[action.kind],
                 motion=common_pb2.MotionCommand(
                     dx_cm=float(motion[0]),
                     dy_cm=float(motion[1]),
@@ -96,10 +97,10 @@ def to_record(
         )
         if with_masks:
             step.mask.CopyFrom(encode_image(trace.observation.mask, encoding))
-        if trace.choice.predicted_success is not None:
-            step.predicted_success = float(np.clip(trace.choice.predicted_success, 0.0, 1.0))
-        if trace.choice.model is not None:
-            step.model.CopyFrom(trace.choice.model)
+        if action.predicted_success is not None:
+            step.predicted_success = float(np.clip(action.predicted_success, 0.0, 1.0))
+        if action.model is not None:
+            step.model.CopyFrom(action.model)
         steps.append(step)
     if run.success is None:
         result = common_pb2.GRASP_RESULT_ABORTED

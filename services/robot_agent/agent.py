@@ -18,7 +18,7 @@ from services.common import episodes, logs, upstream
 from services.common.images import encode_image
 from services.episode_store.spool import EpisodeSpool, Uploader
 from services.robot_agent.config import AgentConfig
-from services.robot_agent.control import LocalChooser, PlannerChooser, run_episode
+from services.robot_agent.control import PlannerPolicy, run_arm_episode
 
 log = logs.get_logger(__name__)
 
@@ -80,10 +80,10 @@ class Agent:
         self._thread.start()
         return self
 
-    def _chooser(self, driver):
+    def _policy(self, driver):
         if self.config.exploration == "random":
-            return LocalChooser(RandomPolicy(driver.world))
-        return PlannerChooser(
+            return RandomPolicy(driver.world)
+        return PlannerPolicy(
             self.planner,
             self.config.robot_id,
             self.arm.world.workspace,
@@ -96,7 +96,7 @@ class Agent:
     def _loop(self) -> None:
         try:
             with make_driver(self.arm) as driver:
-                chooser = self._chooser(driver)
+                policy = self._policy(driver)
                 self._set_state(robot_agent_pb2.AGENT_STATE_RUNNING)
                 while not self._stop.is_set():
                     if self.config.episodes and self.attempted >= self.config.episodes:
@@ -105,19 +105,19 @@ class Agent:
                         self._set_state(robot_agent_pb2.AGENT_STATE_PAUSED)
                         self._resume.wait(0.5)
                         continue
-                    self._episode(driver, chooser)
+                    self._episode(driver, policy)
         except Exception as err:  # noqa: BLE001 - report, never leave the status lying
             self.last_error = f"{type(err).__name__}: {err}"
             log.exception("agent loop failed", extra={"robot_id": self.config.robot_id})
         finally:
             self._set_state(robot_agent_pb2.AGENT_STATE_STOPPED)
 
-    def _episode(self, driver, chooser) -> None:
+    def _episode(self, driver, policy) -> None:
         seed = int(self.rng.integers(1 << 62))
-        run = run_episode(driver, chooser, seed, self.config.max_steps, self.config.robot_id)
+        run = run_arm_episode(driver, policy, seed, self.config.max_steps, self.config.robot_id)
         if run.steps:
             first_model = next(
-                (s.choice.model for s in run.steps if s.choice.model is not None), None
+                (s.action.model for s in run.steps if s.action.model is not None), None
             )
             record = episodes.to_record(
                 run,
@@ -125,7 +125,7 @@ class Agent:
                 robot_id=self.config.robot_id,
                 domain=self.domain,
                 randomization=self.arm.world.randomization,
-                policy=chooser.name,
+                policy=policy.name,
                 object_set=self.arm.world.object_set,
                 model=first_model,
                 with_masks=self.domain == "sim",

@@ -1,24 +1,22 @@
-"""The control loop shared by robot agents and sim-farm workers.
+"""What robot agents and sim-farm workers add to the episode loop of robots.episode.
 
-Per episode: reset (x0 with the arm out of view), then per timestep observe →
-choose a command → execute, until the gripper closes; then lift and detect
-success. Commands come from a chooser: a local policy (random exploration, the
-oracle) or the servo-planner over gRPC (CEM on the served model, optionally
-ε-mixed with random commands). Every step records the model version that chose
-it, so a model rollout can be traced in the data.
+The servo-planner as a command source (CEM on the served model, optionally
+ε-mixed with random commands; every step records the model version that chose
+it), the agent-side safety rules every command passes through, and the
+control-step latency metric.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import time
-from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 from prometheus_client import Histogram
 
 from graspfleet.v1 import common_pb2, servo_planner_pb2
+from robots.episode import CLOSE_NOW, Abort, EpisodeResult, run_episode
 from robots.policies import CLOSE, MOVE, RAISE, Action
 from robots.world import Observation
 
@@ -36,50 +34,11 @@ _KIND = {
 _FROM_KIND = {v: k for k, v in _KIND.items()}
 
 
-class PlannerUnavailable(RuntimeError):
+class PlannerUnavailable(Abort):
     """The planner (or the predictor behind it) did not answer: the arm must stop."""
 
 
-@dataclass(frozen=True)
-class Choice:
-    action: Action
-    predicted_success: float | None = None
-    model: common_pb2.ModelRef | None = None
-
-
-@dataclass
-class StepTrace:
-    observation: Observation
-    choice: Choice
-    seconds: float
-
-
-@dataclass
-class EpisodeRun:
-    seed: int
-    x0: Observation
-    object_ids: tuple[str, ...]
-    steps: list[StepTrace] = field(default_factory=list)
-    success: bool | None = None  # None: aborted before the grasp
-    final_pose: object = None
-    abort_reason: str = ""
-
-
-class LocalChooser:
-    """Commands from a robots.policies policy (random exploration, the oracle)."""
-
-    def __init__(self, policy) -> None:
-        self.policy = policy
-        self.name = policy.name
-
-    def begin(self, x0: Observation, seed: int, max_steps: int) -> None:
-        self.policy.begin(np.random.default_rng(seed + 1), max_steps)
-
-    def choose(self, observation: Observation, step: int, steps_left: int) -> Choice:
-        return Choice(self.policy.act(observation, step, steps_left))
-
-
-class PlannerChooser:
+class PlannerPolicy:
     """Commands from the servo-planner: CEM over the grasp model, ε-mixed if asked.
 
     Args:
@@ -117,10 +76,11 @@ class PlannerChooser:
         self._x0 = self.encode(x0.rgb)
         self._seed = seed
 
-    def choose(self, observation: Observation, step: int, steps_left: int) -> Choice:
+    def act(self, observation: Observation, step: int, steps_left: int) -> Action:
         if steps_left <= 1:
-            return Choice(Action(CLOSE, np.array([0.0, 0.0, 0.0, 0.0, 1.0])))
+            return Action(CLOSE, CLOSE_NOW)
         pose = observation.pose
+        low, high = self.workspace.low, self.workspace.high
         request = servo_planner_pb2.PlanStepRequest(
             robot_id=self.robot_id,
             x0=self._x0,
@@ -133,12 +93,8 @@ class PlannerChooser:
                 gripper_closure=pose.gripper_closure,
             ),
             workspace=common_pb2.Workspace(
-                min_m=common_pb2.Vec3(
-                    x=self.workspace.low[0], y=self.workspace.low[1], z=self.workspace.low[2]
-                ),
-                max_m=common_pb2.Vec3(
-                    x=self.workspace.high[0], y=self.workspace.high[1], z=self.workspace.high[2]
-                ),
+                min_m=common_pb2.Vec3(x=low[0], y=low[1], z=low[2]),
+                max_m=common_pb2.Vec3(x=high[0], y=high[1], z=high[2]),
                 max_step_cm=self.workspace.max_step_cm,
             ),
             model=self.model,
@@ -151,13 +107,11 @@ class PlannerChooser:
         except grpc.RpcError as err:
             raise PlannerUnavailable(f"servo-planner: {err.code().name}: {err.details()}") from None
         m = response.command.motion
-        action = Action(
-            _FROM_KIND[response.command.kind],
-            np.array([m.dx_cm, m.dy_cm, m.dz_cm, m.sin_dyaw, m.cos_dyaw]),
-        )
+        motion = np.array([m.dx_cm, m.dy_cm, m.dz_cm, m.sin_dyaw, m.cos_dyaw])
+        kind = _FROM_KIND[response.command.kind]
         if response.random:
-            return Choice(action)
-        return Choice(action, float(response.predicted_success), response.model)
+            return Action(kind, motion)
+        return Action(kind, motion, float(response.predicted_success), response.model)
 
 
 def safe_motion(motion: np.ndarray, max_step_cm: float) -> np.ndarray:
@@ -171,36 +125,26 @@ def safe_motion(motion: np.ndarray, max_step_cm: float) -> np.ndarray:
     return motion
 
 
-def run_episode(driver, chooser, seed: int, max_steps: int, robot_id: str) -> EpisodeRun:
-    """One grasp attempt. A PlannerUnavailable mid-episode stops the arm where it is and aborts the episode."""
-    start = driver.reset(seed)
-    run = EpisodeRun(seed=seed, x0=start.x0, object_ids=start.object_ids)
-    chooser.begin(start.x0, seed, max_steps)
-    max_step_cm = driver.arm.world.workspace.max_step_cm
-    for step in range(max_steps):
-        began = time.perf_counter()
-        observation = driver.observe()
-        try:
-            choice = chooser.choose(observation, step, max_steps - step)
-        except PlannerUnavailable as err:
-            run.abort_reason = str(err)
-            run.final_pose = driver.pose()
-            return run  # the arm holds still: nothing more is executed
-        if step == max_steps - 1 and choice.action.kind != CLOSE:
-            choice = Choice(
-                Action(CLOSE, np.array([0.0, 0.0, 0.0, 0.0, 1.0])),
-                choice.predicted_success,
-                choice.model,
-            )
-        action = Action(choice.action.kind, safe_motion(choice.action.motion, max_step_cm))
-        choice = Choice(action, choice.predicted_success, choice.model)
-        if action.kind != CLOSE:
-            driver.move(action.motion, raised=action.kind == RAISE)
-        seconds = time.perf_counter() - began
-        CONTROL_STEP_SECONDS.labels(robot_id).observe(seconds)
-        run.steps.append(StepTrace(observation, choice, seconds))
-        if action.kind == CLOSE:
-            break
-    run.final_pose = driver.pose()
-    run.success = driver.grasp()
-    return run
+class SafePolicy:
+    """Wraps any command source so nothing unsafe reaches the arm, whatever the source says."""
+
+    def __init__(self, policy, max_step_cm: float) -> None:
+        self.policy = policy
+        self.max_step_cm = max_step_cm
+        self.name = policy.name
+
+    def begin(self, x0: Observation, seed: int, max_steps: int) -> None:
+        self.policy.begin(x0, seed, max_steps)
+
+    def act(self, observation: Observation, step: int, steps_left: int) -> Action:
+        action = self.policy.act(observation, step, steps_left)
+        return dataclasses.replace(action, motion=safe_motion(action.motion, self.max_step_cm))
+
+
+def run_arm_episode(driver, policy, seed: int, max_steps: int, robot_id: str) -> EpisodeResult:
+    """One episode on a robot driver, with the agent's safety rules and control-step metrics."""
+    safe = SafePolicy(policy, driver.arm.world.workspace.max_step_cm)
+    histogram = CONTROL_STEP_SECONDS.labels(robot_id)
+    return run_episode(
+        driver, safe, seed, max_steps, on_step=lambda record: histogram.observe(record.seconds)
+    )

@@ -12,7 +12,7 @@ from robots.inventory import ArmConfig
 from robots.policies import OraclePolicy, RandomPolicy
 from services.common import episodes, logs, upstream
 from services.episode_store.spool import EpisodeSpool, Uploader
-from services.robot_agent.control import LocalChooser, PlannerChooser, run_episode
+from services.robot_agent.control import PlannerPolicy, run_arm_episode
 
 POLICIES = ("random", "oracle", "cem", "eps-mix")
 
@@ -49,16 +49,16 @@ def episode_seed(collection_seed: int, shard: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _chooser(job: ShardJob, driver):
+def _policy(job: ShardJob, driver):
     if job.policy == "random":
-        return LocalChooser(RandomPolicy(driver.world))
+        return RandomPolicy(driver.world)
     if job.policy == "oracle":
-        return LocalChooser(OraclePolicy(driver.world))
+        return OraclePolicy(driver.world)
     from graspfleet.v1 import common_pb2, servo_planner_pb2_grpc
     from services.common.images import encode_image
 
     stub = servo_planner_pb2_grpc.ServoPlannerStub(upstream.channel(job.planner_address))
-    return PlannerChooser(
+    return PlannerPolicy(
         stub,
         driver.arm.id,
         driver.arm.world.workspace,
@@ -85,12 +85,12 @@ def run_shard(job: ShardJob, progress, stop) -> None:
     uploader = Uploader(spool, lambda: job.store_address).start()
     try:
         with make_driver(arm) as driver:
-            chooser = _chooser(job, driver)
+            policy = _policy(job, driver)
             for i in range(job.first_episode, job.first_episode + job.episodes):
                 if stop.is_set():
                     break
-                run = run_episode(
-                    driver, chooser, episode_seed(job.seed, job.shard, i), job.max_steps, arm.id
+                run = run_arm_episode(
+                    driver, policy, episode_seed(job.seed, job.shard, i), job.max_steps, arm.id
                 )
                 if not run.steps:
                     raise RuntimeError(
@@ -102,7 +102,7 @@ def run_shard(job: ShardJob, progress, stop) -> None:
                     robot_id=arm.id,
                     domain=job.domain,
                     randomization=job.randomization,
-                    policy=chooser.name,
+                    policy=policy.name,
                     object_set=job.object_set,
                     collection_id=job.collection_id,
                     with_masks=job.render_masks,
