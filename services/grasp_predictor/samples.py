@@ -260,7 +260,8 @@ def split_episodes(
         and validation_fraction > 0
         and (not chosen or len(chosen) == len(summaries))
     ):
-        count = min(len(summaries) - 1, max(1, round(target)))
+        # As many as asked for: a fraction too small for one episode still holds out none.
+        count = min(len(summaries) - 1, round(target))
         chosen = set(random.Random(seed).sample(range(len(summaries)), count))
     return (
         [e for i, e in enumerate(summaries) if i not in chosen],

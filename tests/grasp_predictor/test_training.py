@@ -275,3 +275,21 @@ def test_training_is_deterministic_given_the_seed():
         weights.append([v.numpy() for v in model.variables])
     for first, second in zip(*weights, strict=True):
         np.testing.assert_array_equal(first, second)
+
+
+def test_split_falls_back_to_episodes_when_bins_share_every_object():
+    from graspfleet.v1 import episode_store_pb2
+    from services.grasp_predictor.samples import split_episodes
+
+    # Five objects per bin out of a few: every episode is linked to every other.
+    episodes = [
+        episode_store_pb2.EpisodeSummary(
+            episode_id=f"e{i}", object_ids=[f"o{(i + k) % 6}" for k in range(5)]
+        )
+        for i in range(20)
+    ]
+    train, validation = split_episodes(episodes, 0.25, seed=3)
+    assert len(validation) == 5 and len(train) == 15
+    assert not {e.episode_id for e in train} & {e.episode_id for e in validation}
+    # A fraction too small for one episode holds out none, as asked.
+    assert split_episodes(episodes, 0.01, seed=3)[1] == []
