@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(fleet_load(planner.address, arms, args.seconds))
                 r = rows[-1]
                 print(
-                    f"{arms} arms: {r['rate_hz']:.2f} Hz each, p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, "
+                    f"{arms} arms: errors {sorted(set(r['codes']))}, {r['rate_hz']:.2f} Hz each, p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, "
                     f"{r['late']:.1%} over 0.5 s",
                     file=sys.stderr,
                 )
