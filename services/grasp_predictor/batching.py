@@ -22,7 +22,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from prometheus_client import Gauge, Histogram
 
+from services.common import logs
 from services.common.errors import ResourceExhausted
+
+log = logs.get_logger(__name__)
 
 BATCH_ROWS = Histogram(
     "graspfleet_predictor_batch_rows",
@@ -42,7 +45,7 @@ Inputs = dict[str, np.ndarray]
 RunFn = Callable[[Inputs], dict[str, np.ndarray]]
 
 
-@dataclass
+@dataclass(eq=False)  # identity: removing one from the queue must never compare arrays
 class _Pending:
     inputs: Inputs
     rows: int
@@ -145,7 +148,14 @@ class DynamicBatcher:
             return batch
 
     def _work(self) -> None:
-        while (batch := self._take_batch()) is not None:
+        while True:
+            try:
+                batch = self._take_batch()
+            except Exception:  # noqa: BLE001 - a dead batcher would hang every caller
+                log.exception("batcher failed to form a batch", extra={"model": self.model})
+                continue
+            if batch is None:
+                return
             live = [p for p in batch if p.future.set_running_or_notify_cancel()]
             if not live:
                 continue

@@ -337,6 +337,16 @@ def test_concurrent_requests_are_batched(predictor, stub):
     assert total / count > 1.0, "no two requests were ever merged"
 
 
+def test_mixed_shapes_under_load_are_all_answered(predictor, stub):
+    """Requests of different shapes wait in the same queue; each gets its own rows back."""
+    requests = [_inputs(motions=8 + (i % 3), seed=i) for i in range(48)]
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda r: stub.Predict(_request(*r), timeout=20), requests))
+    for (x0, xt, v), response in zip(requests, responses, strict=True):
+        got = tf.make_ndarray(response.outputs["success_probability"])
+        np.testing.assert_allclose(got, models.expected(0.0, x0, xt, v), rtol=1e-5, atol=1e-6)
+
+
 def test_full_queue_is_resource_exhausted(base):
     models.publish(base, 1, bias=0.0)
     server = _server(base, max_queue=2, batch_timeout_ms=300.0)
