@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import logs, metrics
 from services.common.config import ServerConfig
+from services.common.files import write_atomically
 
 log = logs.get_logger(__name__)
 
@@ -71,10 +72,10 @@ class ServiceServer:
         self.grpc_server.start()
         if config.port_file:
             # Listening now; the health service says when it is ready.
-            _write_atomically(Path(config.port_file), f"{self.port}\n")
+            write_atomically(Path(config.port_file), f"{self.port}\n")
         self.metrics_port = metrics.start_metrics_server(config.metrics_port, config.host)
         if config.port_file and self.metrics_port is not None:
-            _write_atomically(Path(config.port_file + ".metrics"), f"{self.metrics_port}\n")
+            write_atomically(Path(config.port_file + ".metrics"), f"{self.metrics_port}\n")
         log.info(
             "server started",
             extra={
@@ -129,9 +130,3 @@ class ServiceServer:
         while not stop.wait(0.5) and not self._stopped.is_set() and not done():
             pass
         self.stop()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)

@@ -15,12 +15,12 @@ overwrite each other.
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from graspfleet.v1 import common_pb2
+from services.common.files import replace_durably
 
 FORMAT_VERSION = 1
 SHARD_SUFFIX = ".tfrecord"
@@ -260,11 +260,9 @@ class ShardDirectory:
         try:
             with tf.io.TFRecordWriter(str(tmp)) as writer:
                 writer.write(payload)
-            _fsync_file(tmp)
-            os.replace(tmp, final)
+            replace_durably(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(final.parent)
         return final.stat().st_size
 
     def read(self, relative: str) -> EpisodeRecord:
@@ -288,19 +286,3 @@ class ShardDirectory:
 
     def staging_files(self) -> list[tuple[Path, float]]:
         return [(p, p.stat().st_mtime) for p in self.staging.iterdir()]
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

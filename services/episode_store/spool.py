@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import os
 import threading
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from prometheus_client import Counter, Gauge
 
 from graspfleet.v1 import episode_store_pb2
 from services.common import logs
+from services.common.files import write_atomically
 from services.episode_store import client
 from services.episode_store.shards import EpisodeRecord
 
@@ -91,12 +91,7 @@ class EpisodeSpool:
     def put(self, record: EpisodeRecord) -> Path:
         """Writes an episode durably; it is safe on disk when this returns."""
         final = self.root / f"{record.header.episode_id}{SUFFIX}"
-        tmp = self.root / f".{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(_encode(record))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        write_atomically(final, _encode(record))
         SPOOL_DEPTH.labels(self.name).set(self.depth())
         return final
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from services.common.files import fsync_dir
 from services.grasp_predictor.model import MOTION_DIM, GraspSuccessModel
 from services.grasp_predictor.samples import center_crop
 
@@ -104,15 +105,7 @@ def _fsync_tree(root: Path) -> None:
         for file in files:
             with open(os.path.join(folder, file), "rb") as handle:
                 os.fsync(handle.fileno())
-        _fsync_dir(Path(folder))
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+        fsync_dir(Path(folder))
 
 
 def export_model(
@@ -187,7 +180,7 @@ def export_model(
             except OSError as error:
                 if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
-        _fsync_dir(model_dir)
+        fsync_dir(model_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return version, model_dir / str(version)

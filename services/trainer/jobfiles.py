@@ -14,11 +14,11 @@ job is a local process or a Kubernetes pod sharing the folder.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from graspfleet.v1 import episode_store_pb2
+from services.common.files import write_atomically
 
 JOB_FILE = "job.json"
 TRAIN_EPISODES = "train.binpb"
@@ -64,12 +64,7 @@ class Result:
 
 def write_json(path: Path, value: dict) -> None:
     """Replaces `path` atomically with `value` as JSON, durable once this returns."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(value, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(value, indent=1, sort_keys=True))
 
 
 def read_json(path: Path) -> dict | None:
@@ -81,9 +76,9 @@ def read_json(path: Path) -> dict | None:
 
 
 def write_episodes(path: Path, episodes: list[episode_store_pb2.EpisodeSummary]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(episode_store_pb2.ListEpisodesResponse(episodes=episodes).SerializeToString())
-    os.replace(tmp, path)
+    write_atomically(
+        path, episode_store_pb2.ListEpisodesResponse(episodes=episodes).SerializeToString()
+    )
 
 
 def read_episodes(path: Path) -> list[episode_store_pb2.EpisodeSummary]:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from graspfleet.v1 import common_pb2, trainer_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.files import write_atomically
 from services.grasp_predictor.repository import DEFAULT_LABEL, LABELS_FILE, METADATA_FILE
 
 HISTORY_FILE = "labels_history.jsonl"
@@ -154,12 +155,7 @@ class Registry:
             history.write(json.dumps({"time": _now(), **entry}, sort_keys=True) + "\n")
             history.flush()
             os.fsync(history.fileno())
-        tmp = folder / f".{LABELS_FILE}.tmp"
-        with open(tmp, "w") as handle:
-            json.dump(labels, handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, folder / LABELS_FILE)
+        write_atomically(folder / LABELS_FILE, json.dumps(labels, sort_keys=True))
 
     def freeze(self, name: str) -> None:
         """Writes labels.json if it is missing, so a newly exported version is not
