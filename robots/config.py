@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 RANDOMIZATIONS = ("none", "visual", "dynamics", "all")
+# The paper's objects are 12-23 cm long; this gripper opens about 10 cm, so
+# objects default to 8-15 cm: long, but pinchable across their width.
+DEFAULT_SIZE_RANGE_M = (0.08, 0.15)
+DENSITY_KG_M3 = 400.0
 DOMAINS = ("sim", "proxy-real")
 PROFILES = {"default": (64, 64), "paper": (640, 512)}  # (width, height) of renders
 
@@ -46,7 +50,7 @@ class CameraConfig:
 class Workspace:
     """Box the end effector (the arm's flange, link 7) stays in, metres, robot base frame."""
 
-    low: tuple[float, float, float] = (0.45, -0.12, 0.08)
+    low: tuple[float, float, float] = (0.45, -0.12, 0.10)
     high: tuple[float, float, float] = (0.83, 0.27, 0.40)
     max_step_cm: float = 10.0
 
@@ -76,6 +80,9 @@ class WorldConfig:
         object_set: "train" or "test" (the random_urdfs split), "procedural"
             (generated on the fly), or a folder of URDF/mesh objects.
         objects_per_bin: Objects dropped into the tray each episode.
+        object_size_range_m: Longest extent (low, high) that generated and mesh objects are
+            scaled to; the upper end is bounded by what the open gripper can pinch.
+        object_density_kg_m3: Density that gives generated and mesh objects their mass.
         motion_noise_cm: Std of the noise on horizontal motion commands (the paper: 1 cm in sim).
         seed: Seeds the world's own generator; episodes take seeds of their own.
     """
@@ -84,6 +91,8 @@ class WorldConfig:
     randomization: str = "none"
     object_set: str = "train"
     objects_per_bin: int = 5
+    object_size_range_m: tuple[float, float] = DEFAULT_SIZE_RANGE_M
+    object_density_kg_m3: float = DENSITY_KG_M3
     camera: CameraConfig = field(default_factory=CameraConfig)
     workspace: Workspace = field(default_factory=Workspace)
     motion_noise_cm: float = 1.0
@@ -99,3 +108,10 @@ class WorldConfig:
             raise ValueError(f"objects_per_bin={self.objects_per_bin}; use 1..20")
         if self.motion_noise_cm < 0:
             raise ValueError("motion_noise_cm must not be negative")
+        low, high = self.object_size_range_m
+        if not 0.01 <= low <= high <= 0.3:
+            raise ValueError(
+                f"object_size_range_m={self.object_size_range_m}: need 0.01 <= low <= high <= 0.3"
+            )
+        if not self.object_density_kg_m3 > 0:
+            raise ValueError(f"object_density_kg_m3={self.object_density_kg_m3} must be positive")

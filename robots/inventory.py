@@ -5,7 +5,7 @@ Example (robots/fleet/kuka-01.yaml):
     id: kuka-01
     driver: proxy-real          # sim | proxy-real | a registered hardware driver
     camera: {width: 64, height: 64, jitter_deg: 3}
-    workspace: {low: [0.45, -0.12, 0.08], high: [0.83, 0.27, 0.40], max_step_cm: 10}
+    workspace: {low: [0.45, -0.12, 0.10], high: [0.83, 0.27, 0.40], max_step_cm: 10}
     object_set: test            # train | test | procedural | a folder of objects
     randomization: none         # none | visual | dynamics | all (simulated arms)
     seed: 1
@@ -13,13 +13,16 @@ Example (robots/fleet/kuka-01.yaml):
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from robots.config import CameraConfig, WorldConfig
+from robots.config import RANDOMIZATIONS, CameraConfig, WorldConfig
 from robots.config import Workspace as WorkspaceConfig
+from robots.objects import ObjectSet
 
 KNOWN_KEYS = {
     "id",
@@ -71,6 +74,29 @@ def _section(path: Path, data: dict, key: str, allowed: set[str]) -> dict:
     return section
 
 
+@contextlib.contextmanager
+def _field(path: Path, name: str) -> Iterator[None]:
+    """Turns a bad value into an InventoryError naming the file and the field."""
+    try:
+        yield
+    except (TypeError, ValueError) as err:
+        raise InventoryError(f"{path}: {name}: {err}") from None
+
+
+def _integer(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not an integer")
+    return value
+
+
+def _vector(value: object, name: str) -> tuple[float, float, float]:
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise ValueError(f"{name} must be a list of three numbers [x, y, z], not {value!r}")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{name} must hold numbers, not {value!r}")
+    return tuple(float(v) for v in value)
+
+
 def load_arm(path: Path) -> ArmConfig:
     """Reads and validates one arm's file."""
     from robots.drivers import DRIVERS
@@ -97,24 +123,36 @@ def load_arm(path: Path) -> ArmConfig:
         )
     camera = _section(path, data, "camera", CAMERA_KEYS)
     workspace = _section(path, data, "workspace", WORKSPACE_KEYS)
-    try:
-        camera_config = CameraConfig(
-            **{k: v if not isinstance(v, list) else tuple(v) for k, v in camera.items()}
+    with _field(path, "camera"):
+        camera_config = CameraConfig(**camera)
+    with _field(path, "workspace"):
+        for key in ("low", "high"):
+            if key in workspace:
+                workspace[key] = _vector(workspace[key], key)
+        workspace_config = WorkspaceConfig(**workspace)
+    object_set = data.get("object_set", "train")
+    with _field(path, "object_set"):
+        ObjectSet(str(object_set))
+    with _field(path, "seed"):
+        seed = _integer(data.get("seed", 0))
+    randomization = data.get("randomization", "none")
+    if randomization not in RANDOMIZATIONS:
+        raise InventoryError(
+            f"{path}: randomization {randomization!r} is unknown; use one of {RANDOMIZATIONS}"
         )
-        workspace_config = WorkspaceConfig(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in workspace.items()}
-        )
-        world = WorldConfig(
-            domain="proxy-real" if driver == "proxy-real" else "sim",
-            randomization=data.get("randomization", "none"),
-            object_set=str(data.get("object_set", "train")),
-            objects_per_bin=int(data.get("objects_per_bin", 5)),
-            camera=camera_config,
-            workspace=workspace_config,
-            seed=int(data.get("seed", 0)),
-        )
-    except (TypeError, ValueError) as err:
-        raise InventoryError(f"{path}: {err}") from None
+    with _field(path, "objects_per_bin"):
+        objects_per_bin = _integer(data.get("objects_per_bin", 5))
+        if not 1 <= objects_per_bin <= 20:
+            raise ValueError(f"{objects_per_bin} objects; use 1..20")
+    world = WorldConfig(
+        domain="proxy-real" if driver == "proxy-real" else "sim",
+        randomization=randomization,
+        object_set=str(object_set),
+        objects_per_bin=objects_per_bin,
+        camera=camera_config,
+        workspace=workspace_config,
+        seed=seed,
+    )
     return ArmConfig(id=arm_id, driver=driver, world=world, source=str(path))
 
 

@@ -18,12 +18,10 @@ from pathlib import Path
 import numpy as np
 import pybullet_data
 
+from robots.config import DEFAULT_SIZE_RANGE_M, DENSITY_KG_M3
+
 RANDOM_URDFS = Path(pybullet_data.getDataPath()) / "random_urdfs"
 NUM_RANDOM_URDFS = 1000
-# The paper's objects are 12-23 cm long; this gripper opens about 10 cm, so
-# generated objects default to 8-15 cm: long, but pinchable across their width.
-DEFAULT_SIZE_RANGE_M = (0.08, 0.15)
-DENSITY_KG_M3 = 400.0
 
 
 def is_test_object(number: int) -> bool:
@@ -57,6 +55,7 @@ class ObjectSpec:
     prisms: tuple[Prism, ...] = ()
     mass_kg: float = 0.0
     mesh_scale: float = 1.0
+    colour: tuple[float, float, float, float] | None = None  # RGBA; None keeps the file's own
 
 
 def _quaternion(rng: np.random.Generator) -> tuple[float, float, float, float]:
@@ -81,8 +80,18 @@ def _extent(prisms: list[Prism]) -> float:
     return float((corners.max(axis=0) - corners.min(axis=0)).max())
 
 
-def procedural_object(rng: np.random.Generator, size_range_m=DEFAULT_SIZE_RANGE_M) -> ObjectSpec:
-    """A new object: 2-5 random prisms, rescaled to a graspable size, mass from volume."""
+def procedural_object(
+    rng: np.random.Generator,
+    size_range_m: tuple[float, float] = DEFAULT_SIZE_RANGE_M,
+    density_kg_m3: float = DENSITY_KG_M3,
+) -> ObjectSpec:
+    """A new object: 2-5 random prisms, rescaled to a graspable size, mass from volume.
+
+    Args:
+        rng: Draws the shape; the same generator state gives the same object.
+        size_range_m: Range of the longest extent after rescaling.
+        density_kg_m3: Mass per volume.
+    """
     object_id = f"procedural-{int(rng.integers(1 << 32)):08x}"
     prisms = [
         Prism(
@@ -103,8 +112,13 @@ def procedural_object(rng: np.random.Generator, size_range_m=DEFAULT_SIZE_RANGE_
     ]
     # Overlaps are counted twice: a slight overestimate of the mass, on purpose simple.
     volume = sum(8 * np.prod(p.half_extents) for p in prisms)
+    # Like the paper's procedural objects, each gets a colour of its own.
+    colour = (*(float(c) for c in rng.uniform(0.1, 0.95, 3)), 1.0)
     return ObjectSpec(
-        object_id=object_id, prisms=tuple(prisms), mass_kg=float(volume * DENSITY_KG_M3)
+        object_id=object_id,
+        prisms=tuple(prisms),
+        mass_kg=float(volume * density_kg_m3),
+        colour=colour,
     )
 
 
@@ -114,11 +128,18 @@ class ObjectSet:
     Args:
         name: "train", "test", "procedural", or a folder path.
         size_range_m: Longest-extent range of generated and mesh objects.
+        density_kg_m3: Gives generated and mesh objects their mass (URDFs bring their own).
     """
 
-    def __init__(self, name: str, size_range_m: tuple[float, float] = DEFAULT_SIZE_RANGE_M) -> None:
+    def __init__(
+        self,
+        name: str,
+        size_range_m: tuple[float, float] = DEFAULT_SIZE_RANGE_M,
+        density_kg_m3: float = DENSITY_KG_M3,
+    ) -> None:
         self.name = name
         self.size_range_m = size_range_m
+        self.density_kg_m3 = density_kg_m3
         if name in ("train", "test"):
             self._files = [str(RANDOM_URDFS / f"{n:03d}" / f"{n:03d}.urdf") for n in split(name)]
         elif name == "procedural":
@@ -135,19 +156,23 @@ class ObjectSet:
 
     def sample(self, rng: np.random.Generator, count: int) -> list[ObjectSpec]:
         if self.name == "procedural":
-            return [procedural_object(rng, self.size_range_m) for _ in range(count)]
+            return [
+                procedural_object(rng, self.size_range_m, self.density_kg_m3) for _ in range(count)
+            ]
         chosen = rng.choice(len(self._files), size=count, replace=len(self._files) < count)
         specs = []
         for i in chosen:
             path = self._files[int(i)]
-            object_id = (
-                f"{self.name if self.name in ('train', 'test') else 'mesh'}:{Path(path).stem}"
-            )
+            if self.name in ("train", "test"):
+                object_id = f"{self.name}:{Path(path).stem}"
+            else:  # a folder may hold both duck.urdf and duck.obj
+                object_id = f"mesh:{Path(path).name}"
             if path.endswith(".obj"):
                 # Meshes come in any unit: scale each into the graspable size range.
                 extent = mesh_extent(path)
                 scale = rng.uniform(*self.size_range_m) / extent
-                mass = DENSITY_KG_M3 * 0.5 * np.prod(mesh_box(path) * scale)
+                # Half the bounding box: a rough volume for a mesh that need not be closed.
+                mass = self.density_kg_m3 * 0.5 * np.prod(mesh_box(path) * scale)
                 specs.append(
                     ObjectSpec(
                         object_id=object_id, path=path, mesh_scale=float(scale), mass_kg=float(mass)

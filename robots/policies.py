@@ -1,8 +1,9 @@
 """Collection policies that need no model: random exploration and the privileged oracle.
 
 A policy sees the world's observations and returns one command per step; the
-episode runner executes it. The oracle alone reads privileged object poses: it
-exists to prove that grasps are physically achievable and labels are right.
+episode runner executes it. The oracle alone reads privileged state (the exact
+shape and place of every object): it exists to prove that grasps are physically
+achievable and labels are right.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robots.world import FINGERTIP_DROP_M, TRAY_CENTRE, GraspWorld, Observation
+from robots.grasp_plan import GraspPlan, plan_grasp, scan_tray
+from robots.kinematics import wrap_yaw
+from robots.world import TRAY_CENTRE, TRAY_FLOOR_Z, GraspWorld, Observation
 
 MOVE, CLOSE, RAISE = "move", "close", "raise"
 
@@ -62,7 +65,8 @@ class RandomPolicy:
         if steps_left <= 1:
             return Action(CLOSE, motion_to(observation.pose.position, observation.pose.position))
         remaining = self.goal - observation.pose.position
-        move = remaining / steps_left + self.rng.normal(0.0, 0.01, 3)
+        # The last step closes where the arm is, so the moves before it cover the whole way.
+        move = remaining / (steps_left - 1) + self.rng.normal(0.0, 0.01, 3)
         return Action(
             MOVE,
             motion_to(observation.pose.position, observation.pose.position + move, self.yaw_step),
@@ -70,7 +74,12 @@ class RandomPolicy:
 
 
 class OraclePolicy:
-    """Scripted grasps from privileged object poses: above the object, rotate, descend, close."""
+    """Scripted grasps from privileged object geometry: above the object, rotate, descend, close.
+
+    At the start of an episode it scans the tray from above (GraspWorld.scan), picks
+    the pinch grasp that fits best (grasp_plan), then steers the fingertips there,
+    re-aiming after every step because the commands carry noise.
+    """
 
     name = "oracle"
 
@@ -78,25 +87,42 @@ class OraclePolicy:
         self.world = world
         self.above = self.grasp = np.zeros(3)
         self.grip_yaw = 0.0
+        self.plan: GraspPlan | None = None
 
     def begin(self, x0: Observation, seed: int, steps: int) -> None:
         world = self.world
-        poses, boxes = world.object_poses(), world.object_aabbs()
-        # The object nearest the tray's centre whose narrow side fits the gripper.
-        centre = np.mean([p for p, _ in poses], axis=0)
-        order = sorted(
-            range(len(poses)), key=lambda i: np.linalg.norm(poses[i][0][:2] - centre[:2])
+        plan = plan_grasp(
+            scan_tray(world, resolution_m=0.006),
+            list(world.body_ids),
+            TRAY_FLOOR_Z,
+            self._reachable,
         )
-        index = next((i for i in order if min(world.object_footprint(i)) < 0.07), order[0])
-        (position, yaw), (low, high) = poses[index], boxes[index]
-        width_x, width_y = world.object_footprint(index)
-        # The fingers close along the gripper's x axis: align it with the object's narrow side.
-        self.grip_yaw = yaw if width_x <= width_y else yaw + math.pi / 2
-        depth = min(0.03, (high[2] - low[2]) / 2)
-        self.grasp = world.config.workspace.clamp(
-            np.array([position[0], position[1], low[2] + FINGERTIP_DROP_M + depth])
-        )
+        if plan is None:
+            # Nothing fits the open gripper cleanly: try the first object's middle anyway.
+            low, high = world.object_aabbs()[0]
+            plan = GraspPlan(
+                body=world.body_ids[0],
+                centre=(low[:2] + high[:2]) / 2,
+                tip_z=max(TRAY_FLOOR_Z + 0.006, high[2] - 0.03),
+                yaw=0.0,
+                width=float(np.max(high[:2] - low[:2])),
+            )
+        self.plan = plan
+        self.grip_yaw = wrap_yaw(plan.yaw)
+        self.grasp = world.config.workspace.clamp(self._flange_for(plan))
         self.above = np.array([*self.grasp[:2], world.config.workspace.high[2] - 0.05])
+
+    def _flange_for(self, plan: GraspPlan) -> np.ndarray:
+        # The fingers close beside the flange's axis, not under it: aim the flange so they meet
+        # on the object.
+        offset = self.world.fingertip_offset(wrap_yaw(plan.yaw))
+        return np.array([*(plan.centre - offset[:2]), plan.tip_z - offset[2]])
+
+    def _reachable(self, plan: GraspPlan) -> bool:
+        flange = self._flange_for(plan)
+        world = self.world
+        inside = np.allclose(world.config.workspace.clamp(flange), flange)
+        return inside and np.allclose(world.geometry.reachable(flange), flange)
 
     def act(self, observation: Observation, step: int, steps_left: int) -> Action:
         pose = observation.pose

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ SIM_BACKGROUND = (0.75, 0.75, 0.72)
 TRAY_COLOUR = (0.55, 0.55, 0.55, 1.0)
 ARM_COLOUR = (1.0, 0.5, 0.1, 1.0)
 NUM_TEXTURES = 6
-_TEXTURE_CACHE: dict[int, list[int]] = {}
+_TEXTURE_FILES: list[str] = []  # written once per process, loaded into every client that asks
+_TEXTURE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class EpisodeLook:
     proxy_real: bool
     grip_force: float
     sensor: appearance.SensorModel | None
+    textures: tuple[int, ...] = ()  # this world's texture ids, for the objects
 
     def apply_scene(self, sim, tray: int, arm: int, plane: int, table: int) -> None:
         for body in (plane, table):
@@ -63,7 +66,7 @@ class EpisodeLook:
     def apply_object(self, sim, body: int, rng: np.random.Generator) -> None:
         if self.visual:
             colour = (*rng.uniform(0.05, 1.0, 3), 1.0)
-            textures = _TEXTURE_CACHE.get(sim._client, [])
+            textures = self.textures
             texture = int(rng.choice(textures)) if textures and rng.random() < 0.5 else -1
             sim.changeVisualShape(body, -1, rgbaColor=colour, textureUniqueId=texture)
         elif self.proxy_real:
@@ -86,18 +89,21 @@ class EpisodeLook:
             )
 
 
-def _textures(sim) -> list[int]:
-    """A few procedural textures, made once per physics client."""
-    if sim._client not in _TEXTURE_CACHE:
-        rng = np.random.default_rng(12345)
-        folder = Path(tempfile.mkdtemp(prefix="graspfleet-textures-"))
-        ids = []
-        for i in range(NUM_TEXTURES):
-            path = folder / f"texture-{i}.png"
-            Image.fromarray(appearance.textured_background(rng, 64, 64)).save(path)
-            ids.append(sim.loadTexture(str(path)))
-        _TEXTURE_CACHE[sim._client] = ids
-    return _TEXTURE_CACHE[sim._client]
+def load_textures(sim) -> tuple[int, ...]:
+    """Loads the procedural textures into one physics client; the world keeps the ids.
+
+    The ids belong to the client: PyBullet reuses client numbers after a
+    disconnect, so they must never be cached by client number.
+    """
+    with _TEXTURE_LOCK:
+        if not _TEXTURE_FILES:
+            rng = np.random.default_rng(12345)  # the same textures in every process
+            folder = Path(tempfile.mkdtemp(prefix="graspfleet-textures-"))
+            for i in range(NUM_TEXTURES):
+                path = folder / f"texture-{i}.png"
+                Image.fromarray(appearance.textured_background(rng, 64, 64)).save(path)
+                _TEXTURE_FILES.append(str(path))
+    return tuple(sim.loadTexture(path) for path in _TEXTURE_FILES)
 
 
 def _camera(sim, config: WorldConfig, rng: np.random.Generator, proxy_real: bool) -> Camera:
@@ -112,8 +118,17 @@ def _camera(sim, config: WorldConfig, rng: np.random.Generator, proxy_real: bool
     return Camera(view_matrix=view, projection_matrix=projection)
 
 
-def draw_look(rng: np.random.Generator, config: WorldConfig, sim) -> EpisodeLook:
-    """Draws everything random about one episode's appearance and physics."""
+def draw_look(
+    rng: np.random.Generator, config: WorldConfig, sim, textures: tuple[int, ...]
+) -> EpisodeLook:
+    """Draws everything random about one episode's appearance and physics.
+
+    Args:
+        rng: The episode's generator.
+        config: The world's settings.
+        sim: The world's physics client.
+        textures: Texture ids loaded into `sim` (load_textures).
+    """
     proxy_real = config.domain == "proxy-real"
     visual = config.randomization in ("visual", "all")
     dynamics = config.randomization in ("dynamics", "all")
@@ -124,7 +139,7 @@ def draw_look(rng: np.random.Generator, config: WorldConfig, sim) -> EpisodeLook
     light_direction, light_colour, ambient, diffuse = [1.0, 1.0, 2.0], [1.0, 1.0, 1.0], 0.6, 0.4
     if visual:
         tray_colour = (*rng.uniform(0.2, 0.9, 3), 1.0)
-        tray_texture = int(rng.choice(_textures(sim))) if rng.random() < 0.7 else -1
+        tray_texture = int(rng.choice(textures)) if rng.random() < 0.7 else -1
         arm_colour = (*rng.uniform(0.1, 1.0, 3), 1.0)
         angle = rng.uniform(0, 2 * math.pi)
         light_direction = [math.cos(angle), math.sin(angle), rng.uniform(0.5, 3.0)]
@@ -155,4 +170,5 @@ def draw_look(rng: np.random.Generator, config: WorldConfig, sim) -> EpisodeLook
         proxy_real=proxy_real,
         grip_force=25.0 if proxy_real else 30.0,
         sensor=sensor,
+        textures=textures,
     )

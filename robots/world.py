@@ -6,9 +6,16 @@ generator from its seed, so an episode replays exactly from its seed. The
 static scene (floor, table, tray, arm) is built once; a reset only swaps the
 objects and redraws the randomization.
 
-Between steps the arm moves kinematically (IK, joints set), which is fast and
-exact; physics runs where it decides the outcome: objects settling, the fingers
-closing, and the lift. A grasp succeeds when an object rises with the gripper.
+Between steps the arm moves kinematically (closed-form IK, joints set), which
+is fast and exact, and stops where the gripper first touches an object or the
+tray, as a compliant arm would; physics runs where it decides the outcome:
+objects settling, the fingers closing, and the lift. A grasp succeeds when an
+object rises with the gripper.
+
+Frames: the arm's base link frame is the world origin, so positions here are
+in the robot base frame. Poses are the flange's (the last arm link); the
+fingertips close FINGERTIP_DROP_M below it and a little to its side
+(fingertip_offset). The yaw is the direction in which the fingers close.
 """
 
 from __future__ import annotations
@@ -22,27 +29,24 @@ import pybullet_data
 from pybullet_utils import bullet_client
 
 from robots.config import WorldConfig
+from robots.kinematics import ArmGeometry, wrap_yaw
 from robots.objects import ObjectSet, ObjectSpec
-from robots.randomization import EpisodeLook, draw_look
+from robots.randomization import EpisodeLook, draw_look, load_textures
 
 MASK_BACKGROUND, MASK_TRAY, MASK_ARM, MASK_OBJECT = 0, 1, 2, 3
 TIME_STEP_S = 1.0 / 240.0
 ARM_BASE = (-0.1, 0.0, 0.07)
 TRAY_CENTRE = (0.64, 0.075, -0.19)
-TRAY_FLOOR_Z = -0.18
+TRAY_FLOOR_Z = -0.175  # top of traybox.urdf's floor slab
 RAISE_M = 0.05  # how far a RAISE command lifts the gripper while it moves
-FINGERTIP_DROP_M = 0.252  # fingertips below the flange, gripper pointing down
-FLANGE, YAW_JOINT = 6, 7
+# Lowest point of the open fingertips' collision shapes below the flange, gripper pointing down.
+FINGERTIP_DROP_M = 0.27
+GUARD_STEP_M = 0.005  # resolution of a move that stops on contact
+CONTACT_TOLERANCE_M = 0.002  # how far the fingers may press into something when they stop
+FLANGE, GRIPPER_JOINT = 6, 7
 FINGERS = ((8, -1.0), (11, 1.0))  # joint, sign of "open"
 FINGER_TIPS = (10, 13)
 OPEN_ANGLE = 0.3
-DOWN = pybullet.getQuaternionFromEuler([0.0, -math.pi, 0.0])
-IK_LIMITS = dict(
-    lowerLimits=[-0.967, -2, -2.96, 0.19, -2.96, -2.09, -3.05],
-    upperLimits=[0.967, 2, 2.96, 2.29, 2.96, 2.09, 3.05],
-    jointRanges=[5.8, 4, 5.8, 4, 5.8, 4, 6],
-    restPoses=[0, 0, 0, 0.5 * math.pi, 0, -math.pi * 0.5 * 0.66, 0],
-)
 # Joint angles that swing the arm out of the camera's view for x0.
 PARKED = [-2.5, 0.5, 0.0, -1.0, 0.0, 0.9, 0.0]
 
@@ -52,7 +56,7 @@ class Pose:
     """End-effector (flange) pose in the robot base frame."""
 
     position: np.ndarray  # [3] metres
-    yaw: float  # radians about the vertical axis
+    yaw: float  # radians about the vertical axis: the direction the fingers close in
     gripper_closure: float  # 0 open, 1 closed
 
 
@@ -79,7 +83,9 @@ class GraspWorld:
     def __init__(self, config: WorldConfig) -> None:
         self.config = config
         self.rng = np.random.default_rng(config.seed)
-        self.objects = ObjectSet(config.object_set)
+        self.objects = ObjectSet(
+            config.object_set, config.object_size_range_m, config.object_density_kg_m3
+        )
         self.sim = bullet_client.BulletClient(connection_mode=pybullet.DIRECT)
         self.sim.setAdditionalSearchPath(pybullet_data.getDataPath())
         self.sim.setGravity(0, 0, -9.81)
@@ -88,7 +94,12 @@ class GraspWorld:
         self.table = self.sim.loadURDF("table/table.urdf", [0.5, 0.0, -0.82])
         self.tray = self.sim.loadURDF("tray/traybox.urdf", TRAY_CENTRE, useFixedBase=True)
         self.arm = self.sim.loadSDF("kuka_iiwa/kuka_with_gripper2.sdf")[0]
+        # The base's inertial frame sits at ARM_BASE in its link frame: this puts the
+        # link frame, and so the robot base frame, at the world origin.
         self.sim.resetBasePositionAndOrientation(self.arm, ARM_BASE, [0, 0, 0, 1])
+        self.geometry = ArmGeometry.measure(self.sim, self.arm, FLANGE)
+        self._tip_offset = self._measure_tip_offset()
+        self.textures = load_textures(self.sim)
         self.body_ids: list[int] = []
         self.look: EpisodeLook | None = None
         self.episode_rng = np.random.default_rng(config.seed)
@@ -105,7 +116,7 @@ class GraspWorld:
         seed = int(self.rng.integers(1 << 63)) if seed is None else int(seed)
         self.episode_rng = np.random.default_rng(seed)
         rng = self.episode_rng
-        self.look = draw_look(rng, self.config, self.sim)
+        self.look = draw_look(rng, self.config, self.sim, self.textures)
         self.look.apply_scene(self.sim, self.tray, self.arm, self.plane, self.table)
         self.sim.resetBasePositionAndOrientation(
             self.tray, np.add(TRAY_CENTRE, self.look.tray_offset), [0, 0, 0, 1]
@@ -144,6 +155,8 @@ class GraspWorld:
             ]
             orientation = self.sim.getQuaternionFromEuler([0, 0, rng.uniform(-math.pi, math.pi)])
             body = self._load(spec, position, orientation)
+            if spec.colour is not None:
+                self.sim.changeVisualShape(body, -1, rgbaColor=spec.colour)
             self.look.apply_object(self.sim, body, rng)
             self.body_ids.append(body)
         self._simulate(150)  # let them fall and settle
@@ -180,7 +193,7 @@ class GraspWorld:
     def _park_arm(self) -> None:
         for joint, angle in enumerate(PARKED):
             self.sim.resetJointState(self.arm, joint, angle)
-        self.sim.resetJointState(self.arm, YAW_JOINT, 0.0)
+        self.sim.resetJointState(self.arm, GRIPPER_JOINT, 0.0)
 
     def _hold_joints(self) -> None:
         """Position control on every joint at its current angle."""
@@ -191,14 +204,33 @@ class GraspWorld:
             )
 
     def _place_flange(self, position: np.ndarray, yaw: float) -> None:
-        for _ in range(3):  # IK from the last solution converges in a few rounds
-            joints = self.sim.calculateInverseKinematics(
-                self.arm, FLANGE, position.tolist(), DOWN, maxNumIterations=50, **IK_LIMITS
-            )
-            for joint in range(7):
-                self.sim.resetJointState(self.arm, joint, joints[joint])
-        self.sim.resetJointState(self.arm, YAW_JOINT, yaw)
-        self.target, self.yaw = position.copy(), yaw
+        """Puts the flange exactly at `position` (pulled in to the arm's reach), pointing down."""
+        position = self.geometry.reachable(position)
+        for joint, angle in enumerate(self.geometry.solve(position, yaw)):
+            self.sim.resetJointState(self.arm, joint, angle)
+        self.sim.resetJointState(self.arm, GRIPPER_JOINT, 0.0)
+        self.target, self.yaw = position, yaw
+
+    def _measure_tip_offset(self) -> np.ndarray:
+        """The fingertips' midpoint relative to the flange at yaw 0, horizontally (metres)."""
+        self._set_fingers(0.0)
+        self._place_flange(np.array([0.6, 0.0, 0.3]), 0.0)
+        tips = [
+            self.sim.getLinkState(self.arm, t, computeForwardKinematics=1)[4] for t in FINGER_TIPS
+        ]
+        flange = self.sim.getLinkState(self.arm, FLANGE, computeForwardKinematics=1)[4]
+        return np.mean(tips, axis=0)[:2] - np.asarray(flange)[:2]
+
+    def fingertip_offset(self, yaw: float) -> np.ndarray:
+        """Where the fingers close relative to the flange at `yaw`: the flange is not above them.
+
+        Returns:
+            [3] metres in the base frame: the fingers sit a little to the side of the
+            flange's axis and FINGERTIP_DROP_M below it.
+        """
+        c, s = math.cos(yaw), math.sin(yaw)
+        x, y = self._tip_offset
+        return np.array([c * x - s * y, s * x + c * y, -FINGERTIP_DROP_M])
 
     def _set_fingers(self, closure: float) -> None:
         angle = OPEN_ANGLE * (1.0 - closure)
@@ -219,7 +251,8 @@ class GraspWorld:
             raised: Move with the gripper lifted RAISE_M above where it is.
 
         Returns:
-            The translation actually applied, in cm (after noise, step limit and clamp).
+            The translation actually applied, in cm (after noise, step limit, clamp and
+            stopping on contact).
         """
         workspace = self.config.workspace
         delta_cm = np.asarray(motion[:3], dtype=np.float64).copy()
@@ -232,11 +265,42 @@ class GraspWorld:
         if raised:
             # Lift clear of the objects while moving across: never lower than now plus RAISE_M.
             target[2] = min(workspace.high[2], max(target[2], self.target[2] + RAISE_M))
-        yaw = self.yaw + math.atan2(float(motion[3]), float(motion[4]))
-        yaw = (yaw + math.pi / 2) % math.pi - math.pi / 2  # a pinch grasp is symmetric under pi
-        applied = (target - self.target) * 100.0
-        self._place_flange(target, yaw)
-        return applied
+        turn = math.atan2(float(motion[3]), float(motion[4]))
+        before = self.target
+        self._guarded_move(target, turn)
+        return (self.target - before) * 100.0
+
+    def _guarded_move(self, target: np.ndarray, turn: float) -> None:
+        """Goes to `target`, or stops where the gripper first meets an object or the tray.
+
+        A compliant arm stops on contact; teleporting the fingers into an object
+        instead would let the physics of the grasp squeeze it out of the overlap
+        and count grasps that could never happen.
+        """
+        start, start_yaw = self.target, self.yaw
+        self._place_flange(target, wrap_yaw(start_yaw + turn))
+        if not self._in_contact():
+            return
+        steps = max(1, math.ceil(np.linalg.norm(target - start) / GUARD_STEP_M))
+        free = (start, start_yaw)
+        for i in range(steps + 1):
+            position = start + (target - start) * i / steps
+            yaw = wrap_yaw(start_yaw + turn * i / steps)
+            self._place_flange(position, yaw)
+            if self._in_contact():
+                if i == 0:  # already touching: only a clean move is refused
+                    free = (target, wrap_yaw(start_yaw + turn))
+                break
+            free = (position, yaw)
+        self._place_flange(*free)
+
+    def _in_contact(self) -> bool:
+        """Whether the arm presses into an object or the tray deeper than CONTACT_TOLERANCE_M."""
+        for body in (*self.body_ids, self.tray):
+            points = self.sim.getClosestPoints(self.arm, body, 0.0)
+            if any(point[8] < -CONTACT_TOLERANCE_M for point in points):
+                return True
+        return False
 
     def grasp(self) -> bool:
         """Closes the fingers where the gripper is, lifts, and tells whether an object came along."""
@@ -267,10 +331,8 @@ class GraspWorld:
         lift = np.array([0.0, 0.0, self.config.lift_height_m + 0.05])
         start = self.target.copy()
         for i in range(1, 31):
-            goal = start + lift * i / 30
-            arm_joints = self.sim.calculateInverseKinematics(
-                self.arm, FLANGE, goal.tolist(), DOWN, maxNumIterations=20, **IK_LIMITS
-            )
+            goal = self.geometry.reachable(start + lift * i / 30)
+            arm_joints = self.geometry.solve(goal, self.yaw)
             for joint in range(7):
                 self.sim.setJointMotorControl2(
                     self.arm,
@@ -280,7 +342,7 @@ class GraspWorld:
                     force=500,
                 )
             self._simulate(4)
-        self.target = np.asarray(self.sim.getLinkState(self.arm, FLANGE)[0])
+        self.target = np.asarray(self.sim.getLinkState(self.arm, FLANGE)[4])
         self.closure = 1.0
         risen = max(self.sim.getBasePositionAndOrientation(b)[0][2] - z for b, z in before.items())
         return bool(risen > self.config.lift_height_m * 0.7)

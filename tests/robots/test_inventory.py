@@ -35,6 +35,11 @@ def test_a_driver_is_a_context_manager():
         ("id: a\ndriver: sim\ncamera: {width: 2}\n", "camera size 2x64"),
         ("id: a\ndriver: sim\nrandomization: rain\n", "randomization 'rain'"),
         ("id: [\n", "not valid YAML"),
+        ("id: a\ndriver: sim\nseed: many\n", "seed: 'many' is not an integer"),
+        ("id: a\ndriver: sim\nobject_set: marbles\n", "object_set: object set 'marbles'"),
+        ("id: a\ndriver: sim\nworkspace: {low: 5}\n", "workspace: low must be a list"),
+        ("id: a\ndriver: sim\nobjects_per_bin: 0\n", "objects_per_bin: 0 objects"),
+        ("id: a\ndriver: sim\ncamera: {zoom: 2}\n", "unknown camera field(s) ['zoom']"),
     ],
 )
 def test_bad_files_name_the_file_and_the_field(tmp_path, text, message):
