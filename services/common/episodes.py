@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
-from google.protobuf import timestamp_pb2
 
 from graspfleet.v1 import common_pb2
 from robots.world import Pose
+from services.common import clock
 from services.common.images import encode_image
 from services.episode_store.shards import EpisodeRecord
 
@@ -32,12 +30,6 @@ def pose_message(pose: Pose) -> common_pb2.Pose:
         yaw_rad=float(pose.yaw),
         gripper_closure=float(pose.gripper_closure),
     )
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(time.time_ns())
-    return stamp
 
 
 def to_record(
@@ -71,7 +63,7 @@ def to_record(
         object_set=object_set,
         seed=run.seed,
         collection_id=collection_id,
-        started_at=_now(),
+        started_at=clock.now(),
     )
     if with_masks:
         header.x0_mask.CopyFrom(encode_image(run.x0.mask, encoding))
@@ -93,7 +85,7 @@ def to_record(
                     cos_dyaw=float(motion[4]),
                 ),
             ),
-            time=_now(),
+            time=clock.now(),
         )
         if with_masks:
             step.mask.CopyFrom(encode_image(trace.observation.mask, encoding))
@@ -109,7 +101,7 @@ def to_record(
     outcome = common_pb2.EpisodeOutcome(
         result=result,
         final_pose=pose_message(run.final_pose),
-        ended_at=_now(),
+        ended_at=clock.now(),
         num_steps=len(steps),
         detail=run.abort_reason,
     )

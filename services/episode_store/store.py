@@ -17,7 +17,7 @@ from pathlib import Path
 from google.protobuf import timestamp_pb2
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
-from services.common import logs
+from services.common import clock, logs
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 from services.episode_store import shards
 from services.episode_store.metadata import (
@@ -155,8 +155,7 @@ class EpisodeStore:
                 return self._existing(episode_id, digest, stored)
             relative = self.files.relative_path(episode_id, digest, record.header.robot_id)
             size = self.files.write(relative, shards.encode(record))
-            now = timestamp_pb2.Timestamp()
-            now.GetCurrentTime()
+            now = clock.now()
             try:
                 result = self.metadata.insert(
                     _summary(record, relative, size, now), digest, label_from_outcome(record, now)
@@ -237,8 +236,7 @@ class EpisodeStore:
             )
         if not request.reason:
             raise InvalidArgument("reason is required: say why the label changes")
-        now = timestamp_pb2.Timestamp()
-        now.GetCurrentTime()
+        now = clock.now()
         label = common_pb2.Label(
             state=common_pb2.LABEL_STATE_RELABELED,
             success=request.success,

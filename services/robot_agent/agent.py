@@ -7,14 +7,13 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from google.protobuf import timestamp_pb2
 from prometheus_client import Counter, Gauge
 
 from graspfleet.v1 import common_pb2, robot_agent_pb2, servo_planner_pb2_grpc
 from robots.drivers import make_driver
 from robots.inventory import find_arm
 from robots.policies import RandomPolicy
-from services.common import episodes, logs, upstream
+from services.common import clock, episodes, logs, upstream
 from services.common.images import encode_image
 from services.episode_store.spool import EpisodeSpool, Uploader
 from services.robot_agent.config import AgentConfig
@@ -161,8 +160,7 @@ class Agent:
             self._set_state(robot_agent_pb2.AGENT_STATE_RUNNING)
 
     def status(self) -> robot_agent_pb2.AgentStatus:
-        now = timestamp_pb2.Timestamp()
-        now.GetCurrentTime()
+        now = clock.now()
         exploration = {
             "cem": robot_agent_pb2.EXPLORATION_MODE_CEM,
             "random": robot_agent_pb2.EXPLORATION_MODE_RANDOM,

@@ -9,13 +9,12 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf import timestamp_pb2
 from prometheus_client import Counter
 
 from graspfleet.v1 import common_pb2, sim_farm_pb2, sim_farm_pb2_grpc
 from robots.config import PROFILES
 from robots.objects import ObjectSet
-from services.common import logs
+from services.common import clock, logs
 from services.common.config import load_config
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.server import ServiceServer
@@ -69,12 +68,6 @@ class _Collection:
     shards: list[_Shard]
     stop: object = None  # a multiprocessing Event
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
 
 
 def validate(spec: sim_farm_pb2.CollectionSpec, config: SimFarmConfig) -> None:
@@ -171,7 +164,7 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
                     collection_id=collection_id,
                     spec=spec,
                     state=State.COLLECTION_STATE_PENDING,
-                    created_at=_now(),
+                    created_at=clock.now(),
                 ),
                 shards=self._shards(collection_id, spec),
                 stop=self.context.Event(),
@@ -357,7 +350,7 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
                     not in (State.COLLECTION_STATE_PENDING, State.COLLECTION_STATE_RUNNING)
                     for s in collection.shards
                 ):
-                    collection.message.finished_at.CopyFrom(_now())
+                    collection.message.finished_at.CopyFrom(clock.now())
 
     def close(self) -> None:
         """Stops every collection; episodes already collected stay spooled or stored."""

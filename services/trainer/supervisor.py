@@ -15,10 +15,8 @@ import threading
 from collections.abc import Mapping
 from pathlib import Path
 
-from google.protobuf import timestamp_pb2
-
 from graspfleet.v1 import common_pb2, trainer_pb2
-from services.common import logs
+from services.common import clock, logs
 from services.trainer import jobfiles, metrics
 from services.trainer.backends import RUNNING, JobBackend, JobSpec
 from services.trainer.config import TrainerConfig
@@ -33,12 +31,6 @@ _RESULT_STATES = {
     "REJECTED": trainer_pb2.RUN_STATE_REJECTED,
     "FAILED": trainer_pb2.RUN_STATE_FAILED,
 }
-
-
-def _now() -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
 
 
 def job_name(run_id: str) -> str:
@@ -154,7 +146,7 @@ class Supervisor:
             if r.state != trainer_pb2.RUN_STATE_QUEUED:
                 return None
             r.state, r.job = trainer_pb2.RUN_STATE_RUNNING, handle
-            r.started_at.CopyFrom(_now())
+            r.started_at.CopyFrom(clock.now())
             return f"RUNNING: job {handle} on {backend.name}"
 
         if self.runs.update(run.run_id, started).job != handle:
@@ -223,7 +215,7 @@ class Supervisor:
             r.state = state
             r.metrics.update(result.metrics)
             r.message = result.message
-            r.finished_at.CopyFrom(_now())
+            r.finished_at.CopyFrom(clock.now())
             if state == trainer_pb2.RUN_STATE_SUCCEEDED:
                 # Labelled while the run row is locked, so a concurrent cancel cannot slip in
                 # between the label and the state.
@@ -247,7 +239,7 @@ class Supervisor:
             if r.state in TERMINAL:
                 return None
             r.state, r.message = trainer_pb2.RUN_STATE_FAILED, message
-            r.finished_at.CopyFrom(_now())
+            r.finished_at.CopyFrom(clock.now())
             self._observe(r)
             return f"FAILED: {message}"
 
@@ -261,7 +253,7 @@ class Supervisor:
             if r.state in TERMINAL:
                 return None
             r.state, r.message = trainer_pb2.RUN_STATE_CANCELLED, "cancelled on request"
-            r.finished_at.CopyFrom(_now())
+            r.finished_at.CopyFrom(clock.now())
             self._observe(r)
             return "CANCELLED"
 
