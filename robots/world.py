@@ -28,6 +28,7 @@ import pybullet
 import pybullet_data
 from pybullet_utils import bullet_client
 
+from robots import canonical
 from robots.config import WorldConfig
 from robots.kinematics import ArmGeometry, wrap_yaw
 from robots.objects import ObjectSet, ObjectSpec
@@ -65,6 +66,8 @@ class Observation:
     rgb: np.ndarray  # [H, W, 3] uint8
     mask: np.ndarray  # [H, W] uint8 class ids (MASK_*)
     pose: Pose
+    # [H, W, 3] uint8 RCAN canonical image of the same frame (robots.canonical), when rendered.
+    canonical: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -78,10 +81,17 @@ class EpisodeStart:
 
 
 class GraspWorld:
-    """One simulated arm and tray. Use as a context manager or call close()."""
+    """One simulated arm and tray. Use as a context manager or call close().
 
-    def __init__(self, config: WorldConfig) -> None:
+    Args:
+        config: The world's settings.
+        render_canonical: Also produce each observation's canonical image
+            (robots.canonical); may be switched later through the attribute.
+    """
+
+    def __init__(self, config: WorldConfig, render_canonical: bool = False) -> None:
         self.config = config
+        self.render_canonical = render_canonical
         self.rng = np.random.default_rng(config.seed)
         self.objects = ObjectSet(
             config.object_set, config.object_size_range_m, config.object_density_kg_m3
@@ -355,10 +365,10 @@ class GraspWorld:
     # -- sensing -----------------------------------------------------------------
 
     def observe(self) -> Observation:
-        """The camera image, its segmentation mask and the current pose."""
+        """The camera image, its segmentation mask, the current pose and, if asked, the canonical image."""
         camera = self.look.camera
         width, height = self.config.camera.width, self.config.camera.height
-        _, _, rgba, _, segmentation = self.sim.getCameraImage(
+        _, _, rgba, depth, segmentation = self.sim.getCameraImage(
             width,
             height,
             camera.view_matrix,
@@ -377,9 +387,13 @@ class GraspWorld:
         mask[bodies == self.tray] = MASK_TRAY
         mask[bodies == self.arm] = MASK_ARM
         mask[np.isin(bodies, self.body_ids)] = MASK_OBJECT
+        flat = None
+        if self.render_canonical:
+            depth = np.asarray(depth, dtype=np.float64).reshape(height, width)
+            flat = canonical.render(mask, depth, camera.projection_matrix)
         if self.look.sensor is not None:
             rgb = self.look.sensor.apply(rgb, mask, self.episode_rng)
-        return Observation(rgb=rgb, mask=mask, pose=self.pose())
+        return Observation(rgb=rgb, mask=mask, pose=self.pose(), canonical=flat)
 
     # -- privileged state (for the oracle and tests) -------------------------------
 
