@@ -1,0 +1,1 @@
+"""The refiner: GraspGAN (sim to real-looking images) and RCAN (randomized to canonical)."""
