@@ -46,7 +46,11 @@ def to_record(
     with_masks: bool = True,
     encoding: int = common_pb2.Image.ENCODING_PNG,
 ) -> EpisodeRecord:
-    """A robots.episode.EpisodeResult as header, steps and outcome."""
+    """A robots.episode.EpisodeResult as header, steps and outcome.
+
+    Canonical images (RCAN) go into `x0_canonical` and each step's `canonical`
+    wherever the observation carries one.
+    """
     from services.robot_agent.control import _KIND
 
     header = common_pb2.EpisodeHeader(
@@ -67,6 +71,8 @@ def to_record(
     )
     if with_masks:
         header.x0_mask.CopyFrom(encode_image(run.x0.mask, encoding))
+    if run.x0.canonical is not None:
+        header.x0_canonical.CopyFrom(encode_image(run.x0.canonical, encoding))
     steps = []
     for index, trace in enumerate(run.steps):
         action = trace.action
@@ -89,6 +95,8 @@ def to_record(
         )
         if with_masks:
             step.mask.CopyFrom(encode_image(trace.observation.mask, encoding))
+        if trace.observation.canonical is not None:
+            step.canonical.CopyFrom(encode_image(trace.observation.canonical, encoding))
         if action.predicted_success is not None:
             step.predicted_success = float(np.clip(action.predicted_success, 0.0, 1.0))
         if action.model is not None:

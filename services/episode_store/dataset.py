@@ -22,6 +22,8 @@ X0 = "x0"
 XT = "xt"
 X0_MASK = "x0_mask"
 MASK = "mask"
+X0_CANONICAL = "x0_canonical"
+CANONICAL = "canonical"
 POSE = "pose"
 FINAL_POSE = "final_pose"
 COMMAND = "command"
@@ -38,6 +40,8 @@ _CONTEXT = {
     Keys.X0_ENCODING: tf.io.FixedLenFeature([], tf.int64),
     Keys.X0_MASK: tf.io.FixedLenFeature([], tf.string),
     Keys.X0_MASK_ENCODING: tf.io.FixedLenFeature([], tf.int64),
+    Keys.X0_CANONICAL: tf.io.FixedLenFeature([], tf.string),
+    Keys.X0_CANONICAL_ENCODING: tf.io.FixedLenFeature([], tf.int64),
     Keys.FINAL_POSE: tf.io.FixedLenFeature([5], tf.float32),
 }
 _SEQUENCE = {
@@ -45,6 +49,8 @@ _SEQUENCE = {
     Keys.IMAGE_ENCODING: tf.io.FixedLenSequenceFeature([], tf.int64),
     Keys.MASK: tf.io.FixedLenSequenceFeature([], tf.string),
     Keys.MASK_ENCODING: tf.io.FixedLenSequenceFeature([], tf.int64),
+    Keys.CANONICAL: tf.io.FixedLenSequenceFeature([], tf.string),
+    Keys.CANONICAL_ENCODING: tf.io.FixedLenSequenceFeature([], tf.int64),
     Keys.POSE: tf.io.FixedLenSequenceFeature([5], tf.float32),
     Keys.COMMAND: tf.io.FixedLenSequenceFeature([5], tf.float32),
     Keys.COMMAND_KIND: tf.io.FixedLenSequenceFeature([], tf.int64),
@@ -72,6 +78,7 @@ def step_dataset(
     episodes: Sequence[episode_store_pb2.EpisodeSummary],
     *,
     include_masks: bool = False,
+    include_canonical: bool = False,
     num_parallel_calls: int = tf.data.AUTOTUNE,
 ) -> tf.data.Dataset:
     """Per-step samples of `episodes`, in their order, read from their shards.
@@ -81,6 +88,9 @@ def step_dataset(
         episodes: Summaries from ListEpisodes; all must share one image size.
         include_masks: Also yield `x0_mask` and `mask` ([H, W, 1] class ids);
             only for episodes that have masks (simulated ones).
+        include_canonical: Also yield `x0_canonical` and `canonical` ([H, W, 3]
+            RCAN canonical images); only for episodes collected with them
+            (`render_canonical`); reading one without them fails.
         num_parallel_calls: Parallelism of shard reads and image decoding.
 
     Raises:
@@ -137,6 +147,11 @@ def step_dataset(
             steps["x0_mask_encoding"] = repeat(context[Keys.X0_MASK_ENCODING])
             steps["mask_data"] = sequence[Keys.MASK]
             steps["mask_encoding"] = sequence[Keys.MASK_ENCODING]
+        if include_canonical:
+            steps["x0_canonical_data"] = repeat(context[Keys.X0_CANONICAL])
+            steps["x0_canonical_encoding"] = repeat(context[Keys.X0_CANONICAL_ENCODING])
+            steps["canonical_data"] = sequence[Keys.CANONICAL]
+            steps["canonical_encoding"] = sequence[Keys.CANONICAL_ENCODING]
         return tf.data.Dataset.from_tensor_slices(steps)
 
     def decode(step: dict) -> dict:
@@ -154,6 +169,21 @@ def step_dataset(
             sample[MASK] = decode_image(
                 sample.pop("mask_data"), sample.pop("mask_encoding"), height, width, 1
             )
+        if include_canonical:
+            for key in (X0_CANONICAL, CANONICAL):
+                encoding = sample.pop(f"{key}_encoding")
+                # An episode collected without canonical images stores none: say so, not "bad JPEG".
+                present = tf.debugging.Assert(
+                    encoding > 0,
+                    [
+                        "episode",
+                        sample[EPISODE_ID],
+                        "has no canonical images; collect with render_canonical to train on them",
+                    ],
+                )
+                with tf.control_dependencies([present]):
+                    data = tf.identity(sample.pop(f"{key}_data"))
+                sample[key] = decode_image(data, encoding, height, width, 3)
         return sample
 
     steps = index.interleave(

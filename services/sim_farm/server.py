@@ -198,6 +198,7 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
                 width=spec.image_size.width,
                 height=spec.image_size.height,
                 render_masks=spec.render_masks or spec.domain == common_pb2.DOMAIN_SIM,
+                render_canonical=spec.render_canonical,
                 store_address=self.config.store_address,
                 planner_address=self.config.planner_address,
                 plan_timeout_s=self.config.plan_timeout_s,

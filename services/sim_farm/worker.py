@@ -37,6 +37,7 @@ class ShardJob:
     width: int
     height: int
     render_masks: bool
+    render_canonical: bool
     store_address: str
     planner_address: str
     plan_timeout_s: float
@@ -85,6 +86,7 @@ def run_shard(job: ShardJob, progress, stop) -> None:
     uploader = Uploader(spool, lambda: job.store_address).start()
     try:
         with make_driver(arm) as driver:
+            driver.world.render_canonical = job.render_canonical
             policy = _policy(job, driver)
             for i in range(job.first_episode, job.first_episode + job.episodes):
                 if stop.is_set():
