@@ -63,8 +63,16 @@ class GeneratorConfig:
     @classmethod
     def tiny(cls, **overrides) -> GeneratorConfig:
         """A few hundred weights: builds and trains in well under a second (tests)."""
-        return cls(**{"name": "tiny", "base_filters": 4, "max_filters": 8, "depth": 2,
-                      "convs_per_level": 1, **overrides})  # fmt: skip
+        return cls(
+            **{
+                "name": "tiny",
+                "base_filters": 4,
+                "max_filters": 8,
+                "depth": 2,
+                "convs_per_level": 1,
+                **overrides,
+            }
+        )
 
     @classmethod
     def default(cls, **overrides) -> GeneratorConfig:
@@ -74,8 +82,9 @@ class GeneratorConfig:
     @classmethod
     def paper(cls, **overrides) -> GeneratorConfig:
         """472x472 crops, Fig. 4b's widths (n64 at full resolution, up to 512)."""
-        return cls(**{"name": "paper", "base_filters": 64, "max_filters": 512, "depth": 5,
-                      **overrides})  # fmt: skip
+        return cls(
+            **{"name": "paper", "base_filters": 64, "max_filters": 512, "depth": 5, **overrides}
+        )
 
     def filters(self, level: int) -> int:
         """Channels at `level` (0 is full resolution)."""
@@ -113,8 +122,9 @@ class UNetGenerator(keras.Model):
         self.down = [self._level(c, c.filters(lvl), f"down{lvl}") for lvl in range(c.depth)]
         self.pool = keras.layers.AveragePooling2D(2, padding="same")
         self.bottom = self._level(c, c.filters(c.depth), "bottom")
-        self.skips = [_ConvNormRelu(c.filters(lvl), 1, eps, name=f"skip{lvl}")
-                      for lvl in range(c.depth)]  # fmt: skip
+        self.skips = [
+            _ConvNormRelu(c.filters(lvl), 1, eps, name=f"skip{lvl}") for lvl in range(c.depth)
+        ]
         self.up = [self._level(c, c.filters(lvl), f"up{lvl}") for lvl in range(c.depth)]
         # Zero-initialised in residual mode so that training starts from the identity.
         initializer = "zeros" if c.residual else "glorot_uniform"
@@ -204,8 +214,14 @@ class DiscriminatorConfig:
     @classmethod
     def paper(cls, **overrides) -> DiscriminatorConfig:
         """pix2pix's 70x70 PatchGAN (C64-C128-C256-C512-1), as the paper's D."""
-        return cls(**{"name": "paper", "filters": (64, 128, 256, 512, 1),
-                      "strides": (2, 2, 2, 1, 1), **overrides})  # fmt: skip
+        return cls(
+            **{
+                "name": "paper",
+                "filters": (64, 128, 256, 512, 1),
+                "strides": (2, 2, 2, 1, 1),
+                **overrides,
+            }
+        )
 
     @property
     def receptive_field(self) -> int:
