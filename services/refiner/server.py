@@ -1,0 +1,283 @@
+"""The refiner service: Refine runs the served GraspGAN or RCAN generator on a batch of images."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+import numpy as np
+from prometheus_client import Counter, Gauge, Histogram
+
+from graspfleet.v1 import common_pb2, refiner_pb2, refiner_pb2_grpc
+from services.common import logs
+from services.common.config import load_config
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from services.common.images import check_image, decode_image, encode_image
+from services.common.metrics import LATENCY_BUCKETS_S
+from services.common.server import ServiceServer
+from services.grasp_predictor.repository import (
+    DEFAULT_LABEL,
+    LoadedModel,
+    ModelRepository,
+    RepositoryPoller,
+)
+from services.grasp_predictor.warmup import image_size
+from services.refiner import export
+from services.refiner.config import RefinerConfig
+
+log = logs.get_logger(__name__)
+
+SERVICE_NAME = refiner_pb2.DESCRIPTOR.services_by_name["Refiner"].full_name
+MODES = {
+    refiner_pb2.REFINER_MODE_GRASPGAN: export.KIND_GRASPGAN,
+    refiner_pb2.REFINER_MODE_RCAN: export.KIND_RCAN,
+}
+NUM_MASK_CLASSES = 4  # robots.world's MASK_BACKGROUND, MASK_TRAY, MASK_ARM, MASK_OBJECT
+RAW, PNG = common_pb2.Image.ENCODING_RAW, common_pb2.Image.ENCODING_PNG
+
+IMAGES = Counter(
+    "graspfleet_refiner_images_total",
+    "Images refined, by mode and model version.",
+    ["mode", "version"],
+)
+REFINE_SECONDS = Histogram(
+    "graspfleet_refiner_refine_seconds",
+    "One Refine call (decode, generate, encode), by mode and model version; seconds.",
+    ["mode", "version"],
+    buckets=LATENCY_BUCKETS_S,
+)
+LOADED_VERSIONS = Gauge(
+    "graspfleet_refiner_loaded_versions",
+    "1 for each generator version loaded and serving.",
+    ["mode", "model", "version"],
+)
+REFUSED_VERSIONS = Gauge(
+    "graspfleet_refiner_refused_versions",
+    "1 for each version on disk that failed to load or warm up (its error is in the log).",
+    ["mode", "model", "version"],
+)
+
+
+def warm_up(loaded: LoadedModel, kind: str, default_size: int) -> None:
+    """Runs a version's signature at its training size and at an odd size; raises if anything is off.
+
+    Raises:
+        ValueError: the version is of another kind, lacks the serving signature,
+            or returns images or masks of the wrong shape, type or range.
+    """
+    import tensorflow as tf
+
+    stated = loaded.metadata.get("kind")
+    if stated is not None and stated != kind:
+        raise ValueError(f"its {export.METADATA_FILE} says kind {stated!r}; this is a {kind} model")
+    if export.SIGNATURE_KEY not in loaded.signatures:
+        raise ValueError(f"no {export.SIGNATURE_KEY!r} signature (has {sorted(loaded.signatures)})")
+    signature = loaded.signatures[export.SIGNATURE_KEY]
+    inputs = set(signature.structured_input_signature[1])
+    if inputs != {export.INPUT_IMAGES}:
+        raise ValueError(f"serving signature takes {sorted(inputs)}; a refiner takes 'images'")
+    rng = np.random.default_rng(0)
+    # The contract says any size works: an odd one catches models that only take their own.
+    for height, width in (
+        image_size(loaded, default_size),
+        (export.MIN_SIDE + 3, export.MIN_SIDE + 5),
+    ):
+        batch = rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8)
+        outputs = {k: v.numpy() for k, v in signature(images=tf.constant(batch)).items()}
+        images, masks = outputs.get(export.OUTPUT_IMAGES), outputs.get(export.OUTPUT_MASKS)
+        if images is None or masks is None:
+            raise ValueError(f"serving signature returns {sorted(outputs)}; expected images, masks")
+        if images.dtype != np.uint8 or images.shape != batch.shape:
+            raise ValueError(
+                f"images out: {images.dtype} {list(images.shape)}; expected uint8 {list(batch.shape)}"
+            )
+        if masks.dtype != np.uint8 or masks.shape != batch.shape[:3]:
+            raise ValueError(
+                f"masks out: {masks.dtype} {list(masks.shape)}; expected uint8 {list(batch.shape[:3])}"
+            )
+        if masks.max() >= NUM_MASK_CLASSES:
+            raise ValueError(f"masks out hold class {masks.max()}; classes are 0..3")
+
+
+class Refiner:
+    """The generators of the configured modes, each in its own versioned repository."""
+
+    def __init__(self, config: RefinerConfig) -> None:
+        self.config = config
+        self.repositories = {
+            mode: ModelRepository(
+                Path(config.model_base_path),
+                config.model_name(mode),
+                warm_up=functools.partial(
+                    warm_up, kind=mode, default_size=config.warmup_image_size
+                ),
+                settle_s=config.settle_s,
+                on_change=self._changed,
+            )
+            for mode in config.modes
+        }
+        self.on_ready_change = lambda ready: None
+
+    def ready(self) -> bool:
+        """True once any configured mode has a version serving."""
+        return any(repo.loaded() for repo in self.repositories.values())
+
+    def _changed(self, repo: ModelRepository) -> None:
+        LOADED_VERSIONS.clear()
+        REFUSED_VERSIONS.clear()
+        for mode, each in self.repositories.items():
+            for loaded in each.loaded():
+                LOADED_VERSIONS.labels(mode, each.name, str(loaded.version)).set(1)
+            for status in each.statuses():
+                if status.error:
+                    REFUSED_VERSIONS.labels(mode, each.name, str(status.version)).set(1)
+        self.on_ready_change(self.ready())
+
+    def resolve(self, mode: str, model: common_pb2.ModelRef) -> LoadedModel:
+        """The version a request names; "stable" (or the newest, unlabelled) when it names none.
+
+        Raises:
+            FailedPrecondition: the mode is not served here.
+            InvalidArgument: the model name is not the mode's.
+            Unavailable: the mode has no version loaded yet.
+            NotFound: the version or label is not being served.
+        """
+        if mode not in self.repositories:
+            raise FailedPrecondition(
+                f"this refiner serves {', '.join(self.repositories)} only; "
+                f"start it with --modes including {mode} to refine in that mode"
+            )
+        repo = self.repositories[mode]
+        if model.name and model.name != repo.name:
+            raise InvalidArgument(
+                f"model.name={model.name!r}: {mode} mode serves model {repo.name!r}; "
+                "leave the name empty or send that one"
+            )
+        if not repo.loaded():
+            raise Unavailable(
+                f"no {mode} model is loaded yet: publish a version under "
+                f"{repo.folder}/<version>/ and it is served within {self.config.poll_interval_s}s"
+            )
+        if model.version or model.label:
+            return repo.resolve(version=model.version or None, label=model.label or None)
+        if DEFAULT_LABEL in repo.labels():
+            return repo.resolve(label=DEFAULT_LABEL)
+        return repo.resolve()
+
+    @staticmethod
+    def generate(loaded: LoadedModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(images uint8 [N, H, W, 3], masks uint8 [N, H, W]) for a uint8 batch."""
+        import tensorflow as tf
+
+        outputs = loaded.signatures[export.SIGNATURE_KEY](images=tf.constant(images))
+        return outputs[export.OUTPUT_IMAGES].numpy(), outputs[export.OUTPUT_MASKS].numpy()
+
+
+def decode_request(request: refiner_pb2.RefineRequest, config: RefinerConfig) -> np.ndarray:
+    """Checks the request's images and returns them as one uint8 batch [N, H, W, 3].
+
+    Raises:
+        InvalidArgument: no images, mixed sizes or encodings, unreadable or
+            undersized images, or an output encoding the refiner does not write.
+        ResourceExhausted: more images or pixels than one request may carry.
+    """
+    images = request.images
+    if not images:
+        raise InvalidArgument("images is empty: send at least one image to refine")
+    if len(images) > config.max_images:
+        raise ResourceExhausted(
+            f"{len(images)} images in one request; send at most {config.max_images} per call"
+        )
+    if request.output_encoding not in (common_pb2.Image.ENCODING_UNSPECIFIED, RAW, PNG):
+        raise InvalidArgument(
+            f"output_encoding={request.output_encoding}: use ENCODING_RAW or ENCODING_PNG "
+            "(JPEG would corrupt the masks' class ids)"
+        )
+    first = images[0]
+    for i, image in enumerate(images):
+        if image.encoding != first.encoding:
+            raise InvalidArgument(
+                f"images[{i}].encoding={image.encoding} but images[0] has {first.encoding}; "
+                "send one encoding per request"
+            )
+        if (image.width, image.height) != (first.width, first.height):
+            raise InvalidArgument(
+                f"images[{i}] is {image.width}x{image.height} but images[0] is "
+                f"{first.width}x{first.height}; send one size per request"
+            )
+        check_image(f"images[{i}]", image, channels=3, max_side=config.max_image_side)
+    if min(first.width, first.height) < export.MIN_SIDE:
+        raise InvalidArgument(
+            f"images are {first.width}x{first.height}; each side must be at least "
+            f"{export.MIN_SIDE} pixels"
+        )
+    if len(images) * first.width * first.height > config.max_pixels:
+        raise ResourceExhausted(
+            f"{len(images)} images of {first.width}x{first.height} exceed {config.max_pixels} "
+            "pixels per request; split the batch"
+        )
+    return np.stack([decode_image(image) for image in images])
+
+
+class RefinerServicer(refiner_pb2_grpc.RefinerServicer):
+    def __init__(self, refiner: Refiner) -> None:
+        self.refiner = refiner
+
+    def Refine(self, request, context):
+        started = time.perf_counter()
+        if request.mode not in MODES:
+            raise InvalidArgument(
+                f"mode={request.mode} is not a refiner mode; use REFINER_MODE_GRASPGAN or "
+                "REFINER_MODE_RCAN"
+            )
+        mode = MODES[request.mode]
+        batch = decode_request(request, self.refiner.config)
+        loaded = self.refiner.resolve(mode, request.model)
+        images, masks = self.refiner.generate(loaded, batch)
+        encoding = request.output_encoding or RAW
+        response = refiner_pb2.RefineResponse(
+            images=[encode_image(image, encoding) for image in images],
+            model=common_pb2.ModelRef(
+                name=loaded.name, version=loaded.version, label=request.model.label
+            ),
+        )
+        if request.return_masks:
+            response.masks.extend(encode_image(mask, encoding) for mask in masks)
+        version = str(loaded.version)
+        IMAGES.labels(mode, version).inc(len(images))
+        REFINE_SECONDS.labels(mode, version).observe(time.perf_counter() - started)
+        return response
+
+
+def create_server(config: RefinerConfig) -> ServiceServer:
+    """Starts the refiner; SERVING once any configured mode has a version that passed its warm-up."""
+    refiner = Refiner(config)
+    poller = RepositoryPoller(list(refiner.repositories.values()), config.poll_interval_s)
+    server = ServiceServer(
+        "refiner",
+        config,
+        lambda grpc_server: refiner_pb2_grpc.add_RefinerServicer_to_server(
+            RefinerServicer(refiner), grpc_server
+        ),
+        [SERVICE_NAME],
+        on_stop=poller.stop,
+    )
+    refiner.on_ready_change = server.set_serving
+    for repo in refiner.repositories.values():
+        repo.poll()
+    server.set_serving(refiner.ready())
+    poller.start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`graspfleet refiner serve`: serves the generators until SIGTERM."""
+    config = load_config(RefinerConfig, "graspfleet refiner serve", argv)
+    logs.configure_logging("refiner", config.log_level, config.log_format)
+    create_server(config).wait()
