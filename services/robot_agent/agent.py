@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import Counter, Gauge
 
-from graspfleet.v1 import common_pb2, robot_agent_pb2, servo_planner_pb2_grpc
+from graspfleet.v1 import common_pb2, refiner_pb2_grpc, robot_agent_pb2, servo_planner_pb2_grpc
 from robots.drivers import make_driver
 from robots.inventory import find_arm
 from robots.policies import RandomPolicy
@@ -18,6 +18,7 @@ from services.common.images import encode_image
 from services.episode_store.spool import EpisodeSpool, Uploader
 from services.robot_agent.config import AgentConfig
 from services.robot_agent.control import PlannerPolicy, run_arm_episode
+from services.robot_agent.rcan import CanonicalizingPolicy
 
 log = logs.get_logger(__name__)
 
@@ -55,6 +56,9 @@ class Agent:
         self.uploader = Uploader(self.spool, lambda: config.store_address)
         self.channel = upstream.channel(config.planner_address)
         self.planner = servo_planner_pb2_grpc.ServoPlannerStub(self.channel)
+        self.refiner_channel = (
+            upstream.channel(config.refiner_address) if config.canonicalize else None
+        )
         self.rng = np.random.default_rng(config.seed or self.arm.world.seed)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -81,15 +85,24 @@ class Agent:
 
     def _policy(self, driver):
         if self.config.exploration == "random":
-            return RandomPolicy(driver.world)
-        return PlannerPolicy(
-            self.planner,
-            self.config.robot_id,
-            self.arm.world.workspace,
-            common_pb2.ModelRef(name="grasp_success", label=self.config.model_label),
-            self.config.epsilon if self.config.exploration == "eps-mix" else 0.0,
-            self.config.plan_timeout_s,
-            encode_image,
+            policy = RandomPolicy(driver.world)
+        else:
+            policy = PlannerPolicy(
+                self.planner,
+                self.config.robot_id,
+                self.arm.world.workspace,
+                common_pb2.ModelRef(name=self.config.model_name, label=self.config.model_label),
+                self.config.epsilon if self.config.exploration == "eps-mix" else 0.0,
+                self.config.plan_timeout_s,
+                encode_image,
+            )
+        if self.refiner_channel is None:
+            return policy
+        return CanonicalizingPolicy(
+            policy,
+            refiner_pb2_grpc.RefinerStub(self.refiner_channel),
+            common_pb2.ModelRef(label=self.config.rcan_model_label),
+            self.config.refine_timeout_s,
         )
 
     def _loop(self) -> None:
@@ -114,6 +127,8 @@ class Agent:
     def _episode(self, driver, policy) -> None:
         seed = int(self.rng.integers(1 << 62))
         run = run_arm_episode(driver, policy, seed, self.config.max_steps, self.config.robot_id)
+        if isinstance(policy, CanonicalizingPolicy):
+            run = policy.attach(run)  # the store keeps the raw images and the canonical ones
         if run.steps:
             first_model = next(
                 (s.action.model for s in run.steps if s.action.model is not None), None
@@ -149,7 +164,7 @@ class Agent:
             self._safe_stop(run.abort_reason)
 
     def _safe_stop(self, reason: str) -> None:
-        """The arm holds still until the planner answers again (the next episode will tell)."""
+        """The arm holds still until the planner (and refiner) answer again; the next episode tells."""
         self.last_error = reason
         self._set_state(robot_agent_pb2.AGENT_STATE_SAFE_STOP)
         log.warning(
@@ -198,3 +213,5 @@ class Agent:
         self._thread.join(timeout=120)
         self.uploader.stop(drain_s=drain_s)
         self.channel.close()
+        if self.refiner_channel is not None:
+            self.refiner_channel.close()

@@ -24,7 +24,19 @@ class AgentConfig(ServerConfig):
         "cem", "cem, random or eps-mix (CEM with random commands at rate epsilon)."
     )
     epsilon: float = setting(0.1, "Share of random commands in eps-mix exploration.")
+    model_name: str = setting(
+        "grasp_success",
+        "Grasp model the planner scores with (one trained on canonical images when canonicalizing).",
+    )
     model_label: str = setting("stable", "Model label the planner scores with (stable, canary).")
+    canonicalize: bool = setting(
+        False, "RCAN: translate every image to the canonical style (through the refiner) first."
+    )
+    refiner_address: str = setting("", "refiner host:port, needed to canonicalize.")
+    rcan_model_label: str = setting("stable", "RCAN model label the refiner translates with.")
+    refine_timeout_s: float = setting(
+        2.0, "Deadline of one Refine call; past it the arm stops, seconds."
+    )
     spool_dir: str = setting(
         "var/agent-spool", "Episodes wait here until the store has them; a folder per robot."
     )
@@ -46,5 +58,13 @@ class AgentConfig(ServerConfig):
             raise ConfigError(f"exploration={self.exploration!r}; use one of {EXPLORATION}")
         if not 0.0 <= self.epsilon <= 1.0:
             raise ConfigError(f"epsilon={self.epsilon}; expected 0..1")
+        if self.canonicalize and not self.refiner_address:
+            raise ConfigError(
+                "canonicalize needs the refiner: set --refiner-address or GRASPFLEET_REFINER_ADDRESS"
+            )
+        if self.refiner_address:
+            check_address("refiner_address", self.refiner_address)
+        if not self.model_name:
+            raise ConfigError("model_name must name the grasp model to plan with")
         if not 1 <= self.max_steps <= 50 or self.episodes < 0:
             raise ConfigError("max_steps must be 1..50 and episodes not negative")
