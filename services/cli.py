@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import grpc
 
 from services.common import logs
+from services.refiner import cli as refiner_cli
 from services.trainer import cli as trainer_cli
 
 DEFAULT_STORE = "127.0.0.1:50051"
@@ -24,6 +25,7 @@ SERVICES = {
     "sim-farm": ("services.sim_farm.server", "the sim-farm (simulated arms collecting episodes)"),
     "agent": ("services.robot_agent.server", "a robot agent (one arm's control loop)"),
     "trainer": ("services.trainer.server", "the trainer (runs, recipes, model registry)"),
+    "refiner": ("services.refiner.server", "the refiner (GraspGAN and RCAN generators)"),
 }
 
 
@@ -87,12 +89,15 @@ def _episodes_show(args: argparse.Namespace) -> int:
         )
     if args.steps:
         # Pixels are bytes; show their size rather than dumping them.
+        header = response.header
         for image in (
-            [response.header.x0, response.header.x0_mask]
+            [header.x0, header.x0_mask, header.x0_canonical]
             + [s.image for s in response.steps]
             + [s.mask for s in response.steps]
+            + [s.canonical for s in response.steps]
         ):
-            image.data = f"<{len(image.data)} bytes>".encode()
+            if image.data:  # writing to an absent image would make it appear
+                image.data = f"<{len(image.data)} bytes>".encode()
     print(text_format.MessageToString(response), end="")
     return 0
 
@@ -145,7 +150,7 @@ def _episodes_relabel(args: argparse.Namespace) -> int:
 def _sim_snapshot(args: argparse.Namespace) -> int:
     from robots.snapshot import snapshot
 
-    path = snapshot(args.out, seed=args.seed, size=args.size)
+    path = snapshot(args.out, seed=args.seed, size=args.size, canonical=args.canonical)
     print(f"wrote {path}")
     return 0
 
@@ -161,12 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     commands.add_parser("run", help="run the whole local fleet (make run)", add_help=False)
+    service_commands = {}
     for name, (_, help_text) in SERVICES.items():
         service = commands.add_parser(name, help=help_text)
-        service_commands = service.add_subparsers(dest=f"{name}_command", required=True)
-        service_commands.add_parser(
+        service_commands[name] = service.add_subparsers(dest=f"{name}_command", required=True)
+        service_commands[name].add_parser(
             "serve", help=f"serve {help_text} (flags: serve --help)", add_help=False
         )
+    refiner_cli.add_commands(service_commands["refiner"])
 
     sim = commands.add_parser("sim", help="the simulated world")
     sim_commands = sim.add_subparsers(dest="sim_command", required=True)
@@ -176,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     shot.add_argument("--out", default="reports/sim-snapshot.png")
     shot.add_argument("--seed", type=int, default=0)
     shot.add_argument("--size", type=int, default=128, help="image side, pixels")
+    shot.add_argument(
+        "--canonical", action="store_true", help="add each xt's canonical image (RCAN)"
+    )
     shot.set_defaults(handler=_sim_snapshot)
 
     episodes = commands.add_parser("episodes", help="inspect and label stored episodes")
