@@ -5,6 +5,13 @@ rotation about the vertical axis); each becomes the paper's 5-D motion
 v = (target - current position in cm, sin, cos of the rotation). The first
 iteration samples uniformly, later ones from a Gaussian fitted to the elites,
 so every candidate keeps the gripper inside the workspace.
+
+v is the motion to where the gripper will *close*, so targets are drawn from
+the grasp band, the lowest `grasp_band_m` of the workspace: that is where the
+training episodes closed, and a target higher up would ask the model about
+grasps it has never seen (a weak model often scores those highest). The arm
+still descends in steps: each command moves at most the arm's step limit
+toward the target, and the next step plans again.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ class CemParams:
     elites: int = 6
     iterations: int = 3
     max_yaw_rad: float = np.pi / 2
+    grasp_band_m: float = 0.03  # targets lie this close to the workspace floor; inf: anywhere
 
 
 @dataclass(frozen=True)
@@ -51,11 +59,18 @@ def motions_to(targets: np.ndarray, position: np.ndarray) -> np.ndarray:
     return np.concatenate([delta_cm, np.sin(yaw), np.cos(yaw)], axis=1).astype(np.float32)
 
 
-def random_target(rng: np.random.Generator, workspace: Workspace, max_yaw: float) -> np.ndarray:
-    """One uniformly random target, for exploration."""
-    return np.concatenate(
-        [rng.uniform(workspace.low, workspace.high), rng.uniform(-max_yaw, max_yaw, 1)]
-    )
+def grasp_box(workspace: Workspace, params: CemParams) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds [4] of the targets CEM samples: the grasp band of the workspace, and the yaw range."""
+    top = min(workspace.high[2], workspace.low[2] + params.grasp_band_m)
+    low = np.append(workspace.low, -params.max_yaw_rad)
+    high = np.append([*workspace.high[:2], top], params.max_yaw_rad)
+    return low, high
+
+
+def random_target(rng: np.random.Generator, workspace: Workspace, params: CemParams) -> np.ndarray:
+    """One uniformly random grasp target in the grasp band, for exploration."""
+    low, high = grasp_box(workspace, params)
+    return rng.uniform(low, high)
 
 
 def optimize(
@@ -71,8 +86,7 @@ def optimize(
     Raises:
         TimeoutError: not even the first iteration fitted in the time given.
     """
-    low = np.append(workspace.low, -params.max_yaw_rad)
-    high = np.append(workspace.high, params.max_yaw_rad)
+    low, high = grasp_box(workspace, params)
     best_motion, best_success, no_motion_success = NO_MOTION, -1.0, None
     mean = std = None
     done = 0

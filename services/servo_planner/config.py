@@ -29,6 +29,11 @@ class PlannerConfig(ServerConfig):
         1.5708,
         "Largest rotation a candidate may ask for, radians (a pinch grasp is symmetric at pi).",
     )
+    grasp_band_m: float = setting(
+        0.03,
+        "CEM grasp targets lie within this height of the workspace floor, metres (where "
+        "training grasps closed).",
+    )
     budget_ms: int = setting(500, "Planning time per step when a request sets none, milliseconds.")
     max_image_side: int = setting(1024, "Largest image side accepted, pixels.")
 
@@ -39,6 +44,8 @@ class PlannerConfig(ServerConfig):
             raise ConfigError(
                 f"elites={self.elites} must be between 1 and population={self.population}"
             )
+        if self.grasp_band_m <= 0:
+            raise ConfigError(f"grasp_band_m={self.grasp_band_m} must be positive")
         if self.iterations < 1 or self.budget_ms < 1:
             raise ConfigError("iterations and budget_ms must be at least 1")
         if not 0 < self.raise_ratio <= self.close_ratio <= 1:

@@ -103,9 +103,10 @@ class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
             elites=request.cem.elites or self.config.elites,
             iterations=request.cem.iterations or self.config.iterations,
             max_yaw_rad=self.config.max_yaw_rad,
+            grasp_band_m=self.config.grasp_band_m,
         )
         if request.epsilon and rng.random() < request.epsilon:
-            target = cem.random_target(rng, workspace, params.max_yaw_rad)
+            target = cem.random_target(rng, workspace, params)
             motion = cem.motions_to(target[None], position)[0]
             DECISIONS.labels("random").inc()
             return servo_planner_pb2.PlanStepResponse(
