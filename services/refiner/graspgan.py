@@ -146,16 +146,30 @@ class GraspGANStep:
         count = tf.shape(x0)[0]
         return {X0: x0, XT: xt, MOTION: motion, DOMAIN: tf.fill([count], domain)}
 
-    def _discriminator_and_task(self, sim: dict, real: dict, refined: tuple, seed: tf.Tensor):
+    def _refine(self, x0: tf.Tensor, xt: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        """G on x0 and xt in one call (instance norm keeps samples independent).
+
+        Returns:
+            (x0 refined, xt refined, x0 mask logits, xt mask logits).
+        """
+        images, masks = self.models.generator(tf.concat([x0, xt], axis=0))
+        return (*tf.split(images, 2), *tf.split(masks, 2))
+
+    def _discriminate(self, *pairs: tf.Tensor) -> list[list[tf.Tensor]]:
+        """D on several batches of 6-channel pairs in one call: per batch, the per-scale maps."""
+        outputs = self.models.discriminator(tf.concat(pairs, axis=0))
+        per_scale = [tf.split(scores, len(pairs)) for scores in outputs]
+        return [[scores[i] for scores in per_scale] for i in range(len(pairs))]
+
+    def _discriminator_and_task(self, sim: dict, real: dict, seed: tf.Tensor) -> dict:
         """Equation (2): D and C learn on refined sim (G fixed) and real samples."""
         m, c = self.models, self.config
-        x0_fake, xt_fake = refined
+        x0_fake, xt_fake, _, _ = self._refine(to_float(sim[X0]), to_float(sim[XT]))
         real_pair = tf.concat([to_float(real[X0]), to_float(real[XT])], axis=-1)
         fake_pair = tf.concat([x0_fake, xt_fake], axis=-1)
         use_real = self.real_labels or self.dann
         with tf.GradientTape() as tape:
-            d_real = m.discriminator(real_pair)
-            d_fake = m.discriminator(fake_pair)
+            d_real, d_fake = self._discriminate(real_pair, fake_pair)
             discr = losses.lsgan_discriminator_loss(d_real, d_fake)
             x0_c, xt_c = crop_windows(
                 [to_pixels(x0_fake), to_pixels(xt_fake)], self.crop_size, seed
@@ -163,6 +177,8 @@ class GraspGANStep:
             batch = self._task_batch(x0_c, xt_c, sim[MOTION], SIM)
             labels, weights = sim[LABEL], tf.ones_like(sim[LABEL])
             if use_real:
+                # Real samples go through C with the refined ones: DBN keeps their statistics
+                # apart, and DANN needs both domains in one batch.
                 r0, rt = crop_windows(
                     [tf.cast(real[X0], tf.float32), tf.cast(real[XT], tf.float32)],
                     self.crop_size,
@@ -204,18 +220,22 @@ class GraspGANStep:
         m, c = self.models, self.config
         x0_sim, xt_sim = to_float(sim[X0]), to_float(sim[XT])
         with tf.GradientTape() as tape:
-            x0_fake, x0_masks = m.generator(x0_sim)
-            xt_fake, xt_masks = m.generator(xt_sim)
-            gen = losses.lsgan_generator_loss(
-                m.discriminator(tf.concat([x0_fake, xt_fake], axis=-1))
-            )
+            x0_fake, xt_fake, x0_masks, xt_masks = self._refine(x0_sim, xt_sim)
+            (d_fake,) = self._discriminate(tf.concat([x0_fake, xt_fake], axis=-1))
+            gen = losses.lsgan_generator_loss(d_fake)
             crops = crop_windows(
                 [to_pixels(x) for x in (x0_fake, xt_fake, x0_sim, xt_sim)], self.crop_size, seed
             )
-            fake_out = m.task_model(self._task_batch(*crops[:2], sim[MOTION], SIM), training=True)
-            sim_out = m.task_model(self._task_batch(*crops[2:], sim[MOTION], SIM), training=True)
-            task = losses.binary_cross_entropy(sim[LABEL], fake_out[LOGITS])
-            feature = losses.feature_loss(fake_out[LAST_CONV], sim_out[LAST_CONV])
+            # Refined and sim samples in one call of C: the same batch statistics for both.
+            motion = tf.concat([sim[MOTION], sim[MOTION]], 0)
+            both = self._task_batch(
+                tf.concat([crops[0], crops[2]], 0), tf.concat([crops[1], crops[3]], 0), motion, SIM
+            )
+            outputs = m.task_model(both, training=True)
+            fake_logits, _ = tf.split(outputs[LOGITS], 2)
+            fake_features, sim_features = tf.split(outputs[LAST_CONV], 2)
+            task = losses.binary_cross_entropy(sim[LABEL], fake_logits)
+            feature = losses.feature_loss(fake_features, sim_features)
             pmse = (losses.pairwise_mse(x0_fake, x0_sim) + losses.pairwise_mse(xt_fake, xt_sim)) / 2
             mask = (
                 losses.mask_l1(x0_masks, sim[X0_MASK]) + losses.mask_l1(xt_masks, sim[MASK])
@@ -238,7 +258,5 @@ class GraspGANStep:
 
     def _step(self, sim: dict, real: dict, step: tf.Tensor) -> dict:
         seed = tf.stack([tf.cast(step, tf.int64), tf.constant(7, tf.int64)])
-        m = self.models
-        refined = (m.generator(to_float(sim[X0]))[0], m.generator(to_float(sim[XT]))[0])
-        metrics = self._discriminator_and_task(sim, real, refined, seed)
+        metrics = self._discriminator_and_task(sim, real, seed)
         return {**metrics, **self._generator(sim, seed)}

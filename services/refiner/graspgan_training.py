@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from graspfleet.v1 import episode_store_pb2
@@ -25,11 +24,11 @@ from services.grasp_predictor.model import ModelConfig
 from services.refiner import data, export, losses
 from services.refiner.graspgan import GraspGANConfig, GraspGANModels, GraspGANStep, build_models
 from services.refiner.loop import LoopSettings, ProgressHook, run_loop
-from services.refiner.networks import NUM_MASK_CLASSES, UNetGenerator, profile_configs
+from services.refiner.networks import UNetGenerator, profile_configs
+from services.refiner.scores import MaskConfusion
 from services.refiner.summaries import Checkpoints, TrainingLog, colorize_masks, image_grid
 
 Summary = episode_store_pb2.EpisodeSummary
-MASK_NAMES = ("background", "tray", "arm", "object")
 
 
 @dataclass(frozen=True)
@@ -156,7 +155,7 @@ def scene_metrics(generator: UNetGenerator, batches: tf.data.Dataset) -> dict[st
         (where G puts the tray, arm and objects), pmse (refined vs sim, in
         [-1, 1] units) and mean_abs_change (pixels, 0-255). Empty with no batches.
     """
-    confusion = np.zeros((NUM_MASK_CLASSES, NUM_MASK_CLASSES), np.int64)
+    confusion = MaskConfusion()
     pmse, change, count = 0.0, 0.0, 0
 
     @tf.function
@@ -167,13 +166,7 @@ def scene_metrics(generator: UNetGenerator, batches: tf.data.Dataset) -> dict[st
     for batch in batches:
         for image_key, mask_key in ((X0, X0_MASK), (XT, MASK)):
             refined, predicted = refine(batch[image_key])
-            truth = tf.cast(batch[mask_key], tf.int32)
-            confusion += tf.math.confusion_matrix(
-                tf.reshape(truth, [-1]),
-                tf.reshape(predicted, [-1]),
-                NUM_MASK_CLASSES,
-                dtype=tf.int64,
-            ).numpy()
+            confusion.add(batch[mask_key], predicted)
             size = int(tf.shape(refined)[0])
             source = data.to_float(batch[image_key])
             pmse += float(losses.pairwise_mse(refined, source)) * size
@@ -181,16 +174,11 @@ def scene_metrics(generator: UNetGenerator, batches: tf.data.Dataset) -> dict[st
             count += size
     if not count:
         return {}
-    metrics = {
-        "mask_accuracy": float(np.trace(confusion) / confusion.sum()),
+    return {
+        **confusion.metrics(),
         "pmse": pmse / count,
         "mean_abs_change": change / count,
     }
-    for index, name in enumerate(MASK_NAMES):
-        union = confusion[index, :].sum() + confusion[:, index].sum() - confusion[index, index]
-        if union:
-            metrics[f"mask_iou_{name}"] = float(confusion[index, index] / union)
-    return metrics
 
 
 def fit_graspgan(

@@ -57,28 +57,34 @@ class TrainingLog:
     """
 
     def __init__(self, log_dir: str | Path | None) -> None:
-        self._writers = {}
-        if log_dir is not None:
-            self._writers = {
-                part: tf.summary.create_file_writer(str(Path(log_dir) / part))
-                for part in ("train", "validation")
-            }
+        self._log_dir = None if log_dir is None else Path(log_dir)
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+
+    def _writer(self, part: str) -> tf.summary.SummaryWriter | None:
+        # Created on first use, so that a log used for one part leaves no empty files in another.
+        if self._log_dir is None:
+            return None
+        if part not in self._writers:
+            self._writers[part] = tf.summary.create_file_writer(str(self._log_dir / part))
+        return self._writers[part]
 
     def scalars(self, step: int, metrics: Mapping[str, float], part: str = "train") -> None:
-        if part not in self._writers:
+        writer = self._writer(part)
+        if writer is None:
             return
-        with self._writers[part].as_default(step=step):
+        with writer.as_default(step=step):
             for name, value in metrics.items():
                 if np.isfinite(value):
                     tf.summary.scalar(name, value)
-        self._writers[part].flush()
+        writer.flush()
 
     def images(self, step: int, name: str, grid: tf.Tensor, max_outputs: int = 4) -> None:
-        if "train" not in self._writers:
+        writer = self._writer("train")
+        if writer is None:
             return
-        with self._writers["train"].as_default(step=step):
+        with writer.as_default(step=step):
             tf.summary.image(name, grid, max_outputs=max_outputs)
-        self._writers["train"].flush()
+        writer.flush()
 
 
 class Checkpoints:

@@ -12,6 +12,7 @@ from services.episode_store.server import create_server
 
 EPISODES = 16
 STEPS_PER_EPISODE = 3
+RCAN_EPISODES = 4
 
 
 @pytest.fixture(scope="session")
@@ -33,6 +34,42 @@ def refiner_store(tmp_path_factory):
                 common_pb2.GRASP_RESULT_SUCCESS
                 if (seed // 2) % 2 == 0
                 else common_pb2.GRASP_RESULT_FAILURE
+            )
+            client.write_episode(stub, record)
+        summaries = list(client.list_all(stub))
+    server.stop(grace_s=0)
+    return data_root, summaries
+
+
+@pytest.fixture(scope="session")
+def rcan_store(tmp_path_factory):
+    """(data_root, summaries): visually randomized PyBullet episodes with canonical renders.
+
+    The last episode is collected without canonical images.
+    """
+    from robots.config import WorldConfig
+    from robots.episode import run_episode
+    from robots.policies import RandomPolicy
+    from robots.world import GraspWorld
+    from services.common.episodes import to_record
+
+    data_root = tmp_path_factory.mktemp("rcan-store")
+    server = create_server(EpisodeStoreConfig(port=0, data_dir=str(data_root), grace_s=1.0))
+    channel, stub = client.connect(server.address)
+    world_config = WorldConfig(seed=4, randomization="visual")
+    with channel, GraspWorld(world_config, render_canonical=True) as world:
+        policy = RandomPolicy(world)
+        for seed in range(RCAN_EPISODES + 1):
+            world.render_canonical = seed < RCAN_EPISODES
+            run = run_episode(world, policy, seed=seed, max_steps=STEPS_PER_EPISODE)
+            record = to_record(
+                run,
+                episode_id=f"rcan-{seed}",
+                robot_id="sim-01",
+                domain="sim",
+                randomization="visual",
+                policy="random",
+                object_set="train",
             )
             client.write_episode(stub, record)
         summaries = list(client.list_all(stub))
