@@ -3,7 +3,10 @@
 Both models are scored the way the predictor serves them (their SavedModel
 serving signature: uint8 episode images, centre crop, REAL statistics) on the
 same held-out real samples, so the comparison is like for like. The paper
-selected models by this number: accuracy of C on held-out real samples.
+selected models by accuracy of C on held-out real samples; the gate uses the
+balanced accuracy (the mean of the success and failure recalls), because
+fleet episodes are mostly failures early on, and there plain accuracy rewards a
+model that predicts failure everywhere.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def decide(
     an improvement of at least its magnitude.
     """
     numbers = {"candidate_accuracy": candidate_accuracy, "samples": float(samples)}
-    head = f"held-out real accuracy {candidate_accuracy:.4f} on {samples} samples"
+    head = f"held-out real balanced accuracy {candidate_accuracy:.4f} on {samples} samples"
     if stable_accuracy is None or stable_version is None:
         verdict = "no stable version to compare with" if enabled else "gate disabled"
         return Decision(True, f"{head}; {verdict}", numbers)
@@ -68,7 +71,11 @@ def serving_accuracy(
     episodes: Sequence[episode_store_pb2.EpisodeSummary],
     batch_size: int = 64,
 ) -> tuple[float, int]:
-    """(accuracy, samples) of a serving function over every step of the labeled `episodes`."""
+    """(balanced accuracy, samples) of a serving function over every step of the labeled `episodes`.
+
+    Balanced accuracy is the mean recall over the classes present: a held-out set
+    of failures only scores the failure recall alone.
+    """
     import numpy as np
     import tensorflow as tf
 
@@ -76,7 +83,7 @@ def serving_accuracy(
     from services.grasp_predictor.export import INPUT_MOTIONS, INPUT_X0, INPUT_XT, OUTPUT_SUCCESS
     from services.grasp_predictor.samples import MOTION, step_samples
 
-    correct = total = 0
+    correct, total = np.zeros(2), np.zeros(2)  # per class: failure, success
     for batch in step_samples(data_root, labeled(episodes)).batch(batch_size):
         inputs = {
             INPUT_X0: batch[X0],
@@ -85,9 +92,13 @@ def serving_accuracy(
         }
         probability = np.asarray(serve(**inputs)[OUTPUT_SUCCESS])[:, 0]
         label = batch[LABEL].numpy() > 0.5
-        correct += int(np.sum((probability > 0.5) == label))
-        total += len(label)
-    return (correct / total if total else 0.0), total
+        for cls in (0, 1):
+            members = label == bool(cls)
+            correct[cls] += np.sum((probability[members] > 0.5) == bool(cls))
+            total[cls] += np.sum(members)
+    present = total > 0
+    recall = correct[present] / total[present]
+    return (float(recall.mean()) if present.any() else 0.0), int(total.sum())
 
 
 def load_serving(path: Path) -> ServeFn:
