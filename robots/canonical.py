@@ -48,7 +48,7 @@ def camera_points(depth: np.ndarray, projection_matrix) -> np.ndarray:
         projection_matrix: The 16 numbers the image was rendered with.
 
     Returns:
-        [H, W, 3] float64 points in camera space (the camera looks along -z).
+        [H, W, 3] float32 points in camera space (the camera looks along -z).
     """
     near, far = near_far(projection_matrix)
     distance = far * near / (far - (far - near) * np.asarray(depth, np.float64))
@@ -58,20 +58,20 @@ def camera_points(depth: np.ndarray, projection_matrix) -> np.ndarray:
     ndc_y = 1.0 - (np.arange(height) + 0.5) / height * 2.0
     x = ndc_x[None, :] * distance / float(projection_matrix[0])
     y = ndc_y[:, None] * distance / float(projection_matrix[5])
-    return np.stack([x, y, -distance], axis=-1)
+    # float64 above (the depth buffer's precision matters near 1), float32 below: half the work.
+    return np.stack([x, y, -distance], axis=-1).astype(np.float32)
 
 
 def surface_normals(points: np.ndarray) -> np.ndarray:
     """Unit normals [H, W, 3] of a grid of camera-space points, turned towards the camera."""
-    along_rows = np.gradient(points, axis=0)
-    along_columns = np.gradient(points, axis=1)
-    normals = np.cross(along_columns, along_rows)
+    normals = np.cross(np.gradient(points, axis=1), np.gradient(points, axis=0))
     # The cross product's sign depends on the grid's handedness: a visible surface faces +z.
     normals *= np.where(normals[..., 2:] < 0, -1.0, 1.0)
-    length = np.linalg.norm(normals, axis=-1, keepdims=True)
-    facing = np.zeros_like(normals)
-    facing[..., 2] = 1.0  # where the gradient vanishes (a flat 1-pixel image), face the camera
-    return np.where(length > 1e-12, normals / np.maximum(length, 1e-12), facing)
+    length = np.sqrt(np.einsum("...i,...i->...", normals, normals))
+    flat = length < 1e-12  # no gradient (a one-pixel image): face the camera
+    normals /= np.maximum(length, 1e-12)[..., None]
+    normals[flat] = (0.0, 0.0, 1.0)
+    return normals
 
 
 def shading(depth: np.ndarray, projection_matrix) -> np.ndarray:

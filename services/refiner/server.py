@@ -30,6 +30,7 @@ from services.grasp_predictor.repository import (
 from services.grasp_predictor.warmup import image_size
 from services.refiner import export
 from services.refiner.config import RefinerConfig
+from services.refiner.networks import NUM_MASK_CLASSES
 
 log = logs.get_logger(__name__)
 
@@ -38,7 +39,6 @@ MODES = {
     refiner_pb2.REFINER_MODE_GRASPGAN: export.KIND_GRASPGAN,
     refiner_pb2.REFINER_MODE_RCAN: export.KIND_RCAN,
 }
-NUM_MASK_CLASSES = 4  # robots.world's MASK_BACKGROUND, MASK_TRAY, MASK_ARM, MASK_OBJECT
 RAW, PNG = common_pb2.Image.ENCODING_RAW, common_pb2.Image.ENCODING_PNG
 
 IMAGES = Counter(
@@ -102,7 +102,9 @@ def warm_up(loaded: LoadedModel, kind: str, default_size: int) -> None:
                 f"masks out: {masks.dtype} {list(masks.shape)}; expected uint8 {list(batch.shape[:3])}"
             )
         if masks.max() >= NUM_MASK_CLASSES:
-            raise ValueError(f"masks out hold class {masks.max()}; classes are 0..3")
+            raise ValueError(
+                f"masks out hold class {masks.max()}; classes are 0..{NUM_MASK_CLASSES - 1}"
+            )
 
 
 class Refiner:
