@@ -1,4 +1,9 @@
-"""End to end: a real Prometheus scrapes the running agents; its success rate equals the store's."""
+"""End to end: a real Prometheus scrapes the running fleet with the deployment's rules loaded.
+
+The recorded success rate per robot, model version and domain
+(k8s/components/prometheus-operator/prometheusrule.yaml) equals the store's
+Stats; every rule evaluates without error and every dashboard query runs.
+"""
 
 from __future__ import annotations
 
@@ -23,12 +28,11 @@ from services.grasp_predictor.server import create_server as create_predictor
 from services.servo_planner.config import PlannerConfig
 from services.servo_planner.server import create_server as create_planner
 from tests.fixtures import models
+from tests.k8s import prometheus_rules
 
 ROBOTS = ("kuka-01", "kuka-02")
-SUCCESS_RATE = (
-    "sum by (robot_id) (graspfleet_agent_grasp_successes_total)"
-    " / sum by (robot_id) (graspfleet_agent_grasp_attempts_total)"
-)
+SUCCESS_RATE = "graspfleet:grasp_success:ratio"
+GROUP = ("robot_id", "model_version", "domain")
 
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="needs Debian's prometheus (make sysdeps)"
@@ -42,15 +46,35 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _query(port: int, promql: str) -> dict[str, float]:
-    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+def _api(port: int, path: str, **params: str) -> dict:
+    url = f"http://127.0.0.1:{port}/api/v1/{path}?" + urllib.parse.urlencode(params)
     body = json.loads(urllib.request.urlopen(url, timeout=5).read())
-    return {r["metric"].get("robot_id", ""): float(r["value"][1]) for r in body["data"]["result"]}
+    assert body["status"] == "success", body
+    return body["data"]
 
 
-def test_promql_success_rate_per_robot_equals_the_store(tmp_path):
+def _query(port: int, promql: str) -> dict[tuple[str, ...], float]:
+    """Samples by (robot_id, model_version, domain)."""
+    result = _api(port, "query", query=promql)["result"]
+    return {tuple(r["metric"].get(k, "") for k in GROUP): float(r["value"][1]) for r in result}
+
+
+def _dashboard_queries() -> list[str]:
+    dashboard = json.loads(prometheus_rules.DASHBOARD.read_text())
+    return [
+        # The dashboard's variables, set to "all".
+        t["expr"].replace("$namespace", ".*").replace("$domain", ".*")
+        for panel in dashboard["panels"]
+        for t in panel.get("targets", [])
+    ]
+
+
+def test_recorded_success_rate_equals_the_store(tmp_path):
     models.publish(tmp_path / "models", 1, bias=0.0)
-    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(tmp_path / "store")))
+    # The store, predictor and planner share this process and its metrics endpoint.
+    store = create_store(
+        EpisodeStoreConfig(port=0, metrics_port=0, data_dir=str(tmp_path / "store"))
+    )
     predictor = create_predictor(
         PredictorConfig(port=0, model_base_path=str(tmp_path / "models"), settle_s=0)
     )
@@ -75,9 +99,15 @@ def test_promql_success_rate_per_robot_equals_the_store(tmp_path):
             )
             agents.append(agent.start(timeout_s=120))
         targets = [f"127.0.0.1:{a.metrics_port}" for a in agents]
+        rule_file = prometheus_rules.write_rule_file(tmp_path)
+        # Job names as the ServiceMonitor and PodMonitor set them (app.kubernetes.io/name).
         (tmp_path / "prometheus.yml").write_text(
             "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            f"scrape_configs:\n  - job_name: robot-agents\n    static_configs:\n      - targets: {json.dumps(targets)}\n"
+            f"rule_files: [{json.dumps(str(rule_file))}]\n"
+            "scrape_configs:\n"
+            f"  - job_name: robot-agent\n    static_configs:\n      - targets: {json.dumps(targets)}\n"
+            "  - job_name: episode-store\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{store.metrics_port}']\n"
         )
         web_port = _free_port()
         prometheus = subprocess.Popen(
@@ -114,22 +144,46 @@ def test_promql_success_rate_per_robot_equals_the_store(tmp_path):
         channel, store_stub = client.connect(store.address)
         with channel:
             stats = store_stub.Stats(episode_store_pb2.StatsRequest())
-        expected = {}
-        for robot in ROBOTS:
-            groups = [g for g in stats.groups if g.robot_id == robot]
-            expected[robot] = sum(g.successes for g in groups) / sum(g.labeled for g in groups)
-        # Wait for a scrape after the pause, then compare.
+        # An episode no model drove (every command exploration) is model_version "none".
+        expected = {
+            (g.robot_id, str(g.model.version) if g.model.name else "none", "real"): (
+                g.successes / g.labeled
+            )
+            for g in stats.groups
+            if g.labeled
+        }
+        assert {key[0] for key in expected} == set(ROBOTS)
+        # Wait for a scrape and a rule evaluation after the pause, then compare.
         deadline = time.monotonic() + 60
         while True:
             try:
                 got = _query(web_port, SUCCESS_RATE)
-                if set(got) == set(ROBOTS) and all(
-                    abs(got[r] - expected[r]) < 1e-9 for r in ROBOTS
+                if set(got) == set(expected) and all(
+                    abs(got[k] - expected[k]) < 1e-9 for k in expected
                 ):
                     break
             except OSError:
                 got = {}
-            assert time.monotonic() < deadline, f"Prometheus says {got}, the store {expected}"
+            assert time.monotonic() < deadline, f"Prometheus records {got}, the store {expected}"
+            time.sleep(1.0)
+        # Every rule evaluates on the real metrics (a bad join shows up as lastError).
+        groups = _api(web_port, "rules")["groups"]
+        assert {g["name"] for g in groups} == {g["name"] for g in prometheus_rules.rule_groups()}
+        for group in groups:
+            for rule in group["rules"]:
+                assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
+        labels = _api(web_port, "query", query="graspfleet:model_version_label:info")["result"]
+        assert {(r["metric"]["label"], r["metric"]["model_version"]) for r in labels} == {
+            ("stable", "1")
+        }
+        for promql in _dashboard_queries():
+            _api(web_port, "query", query=promql)
+        # The one-hour windows need grasps Prometheus saw happen: let the arms go on.
+        for stub in stubs:
+            stub.Resume(robot_agent_pb2.ResumeRequest())
+        deadline = time.monotonic() + 60
+        while not _query(web_port, "graspfleet:model_grasp_success:ratio_1h"):
+            assert time.monotonic() < deadline, "no one-hour success rate recorded"
             time.sleep(1.0)
         for c in channels:
             c.close()

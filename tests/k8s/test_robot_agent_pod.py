@@ -1,0 +1,179 @@
+"""The robot agent's pod as the DaemonSet runs it: the init step finds the arm from the node's
+label through a small real API server on 127.0.0.1, then the agent container's own command
+starts the agent for that arm."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from graspfleet.v1 import robot_agent_pb2, robot_agent_pb2_grpc
+from tests.k8s import kustomize
+from tests.k8s import manifests as m
+
+SCRIPT = kustomize.K8S / "base" / "robot-agent" / "node_robot_id.py"
+INVENTORY = kustomize.K8S / "base" / "robots"
+
+
+class Nodes:
+    """GET /api/v1/nodes/<name> for the nodes given, 404 for others."""
+
+    def __init__(self, labels_by_node: dict[str, dict[str, str]]) -> None:
+        nodes = labels_by_node
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                name = self.path.split("?")[0].removeprefix("/api/v1/nodes/")
+                if name in nodes:
+                    code = 200
+                    body = {
+                        "apiVersion": "v1",
+                        "kind": "Node",
+                        "metadata": {"name": name, "labels": nodes[name]},
+                    }
+                else:
+                    code = 404
+                    body = {
+                        "kind": "Status",
+                        "apiVersion": "v1",
+                        "status": "Failure",
+                        "reason": "NotFound",
+                        "code": 404,
+                        "message": f'nodes "{name}" not found',
+                    }
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kubeconfig(self, folder: Path) -> Path:
+        url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        path = folder / "kubeconfig"
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "test", "cluster": {"server": url}}],
+                    "users": [{"name": "test", "user": {"token": "t"}}],
+                    "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+                    "current-context": "test",
+                }
+            )
+        )
+        return path
+
+
+@pytest.fixture
+def nodes():
+    server = Nodes(
+        {
+            "controller-2": {
+                "graspfleet.io/robot-controller": "true",
+                "graspfleet.io/robot-id": "kuka-02",
+            },
+            "controller-x": {"graspfleet.io/robot-controller": "true"},
+            "controller-9": {"graspfleet.io/robot-id": "kuka-99"},
+        }
+    )
+    yield server
+    server.server.shutdown()
+
+
+def _init(node: str, nodes: Nodes, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path / "robot-id"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(nodes.kubeconfig(tmp_path)),
+        "NODE_NAME": node,
+        "GRASPFLEET_INVENTORY_DIR": str(INVENTORY),
+        "ROBOT_ID_FILE": str(out),
+    }
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=kustomize.ROOT,
+    )
+    return result, out
+
+
+def test_init_step_refuses_nodes_without_a_known_arm(nodes, tmp_path):
+    result, out = _init("controller-x", nodes, tmp_path)
+    assert result.returncode == 2 and not out.exists()
+    assert "kubectl label node controller-x graspfleet.io/robot-id=" in result.stderr
+    result, out = _init("controller-9", nodes, tmp_path)
+    assert result.returncode == 2 and "kuka-99" in result.stderr and not out.exists()
+
+
+def test_the_daemonset_starts_the_agent_of_its_nodes_arm(nodes, tmp_path):
+    result, robot_id_file = _init("controller-2", nodes, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert robot_id_file.read_text() == "kuka-02\n"
+
+    # The agent container exactly as the dev overlay runs it, on loopback.
+    agent = m.named(kustomize.build(kustomize.K8S / "overlays" / "dev"), "DaemonSet", "robot-agent")
+    (container,) = m.pod_spec(agent)["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    port_file = tmp_path / "agent.port"
+    env.update(
+        ROBOT_ID_FILE=str(robot_id_file),
+        GRASPFLEET_HOST="127.0.0.1",
+        GRASPFLEET_PORT="0",
+        GRASPFLEET_METRICS_PORT="-1",
+        GRASPFLEET_PORT_FILE=str(port_file),
+        GRASPFLEET_INVENTORY_DIR=str(INVENTORY),
+        GRASPFLEET_SPOOL_DIR=str(tmp_path / "spool"),
+        # Nobody listens there: the arm explores randomly and spools its episodes.
+        GRASPFLEET_PLANNER_ADDRESS="127.0.0.1:9",
+        GRASPFLEET_STORE_ADDRESS="127.0.0.1:9",
+    )
+    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 - the child owns it
+    process = subprocess.Popen(
+        [*container["command"], *container.get("args", [])],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not port_file.exists():
+            assert process.poll() is None, (tmp_path / "agent.log").read_text()
+            assert time.monotonic() < deadline, "the agent did not start"
+            time.sleep(0.2)
+        with grpc.insecure_channel(f"127.0.0.1:{int(port_file.read_text())}") as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            status = robot_agent_pb2_grpc.RobotAgentStub(channel).GetStatus(
+                robot_agent_pb2.GetStatusRequest(), timeout=10
+            )
+        assert status.robot_id == "kuka-02"
+    finally:
+        process.terminate()
+        process.wait(60)
+        log.close()
