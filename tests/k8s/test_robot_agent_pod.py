@@ -1,6 +1,6 @@
-"""The robot agent's pod as the DaemonSet runs it: the init step finds the arm from the node's
-label through a small real API server on 127.0.0.1, then the agent container's own command
-starts the agent for that arm."""
+"""The robot agent's pod as the DaemonSet runs it: the init step finds the arm and the model
+label from the node's labels through a small real API server on 127.0.0.1, then the agent
+container's own command starts the agent for that arm."""
 
 from __future__ import annotations
 
@@ -86,9 +86,18 @@ class Nodes:
 def nodes():
     server = Nodes(
         {
+            "controller-1": {
+                "graspfleet.io/robot-controller": "true",
+                "graspfleet.io/robot-id": "kuka-01",
+            },
             "controller-2": {
                 "graspfleet.io/robot-controller": "true",
                 "graspfleet.io/robot-id": "kuka-02",
+                "graspfleet.io/model-label": "canary",
+            },
+            "controller-b": {
+                "graspfleet.io/robot-id": "kuka-01",
+                "graspfleet.io/model-label": "Stable Version",
             },
             "controller-x": {"graspfleet.io/robot-controller": "true"},
             "controller-9": {"graspfleet.io/robot-id": "kuka-99"},
@@ -99,6 +108,7 @@ def nodes():
 
 
 def _init(node: str, nodes: Nodes, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """Runs the init step for `node`; returns its result and the robot-id file."""
     out = tmp_path / "robot-id"
     env = {
         **os.environ,
@@ -106,6 +116,7 @@ def _init(node: str, nodes: Nodes, tmp_path: Path) -> tuple[subprocess.Completed
         "NODE_NAME": node,
         "GRASPFLEET_INVENTORY_DIR": str(INVENTORY),
         "ROBOT_ID_FILE": str(out),
+        "MODEL_LABEL_FILE": str(tmp_path / "model-label"),
     }
     result = subprocess.run(
         [sys.executable, str(SCRIPT)],
@@ -124,12 +135,23 @@ def test_init_step_refuses_nodes_without_a_known_arm(nodes, tmp_path):
     assert "kubectl label node controller-x graspfleet.io/robot-id=" in result.stderr
     result, out = _init("controller-9", nodes, tmp_path)
     assert result.returncode == 2 and "kuka-99" in result.stderr and not out.exists()
+    result, out = _init("controller-b", nodes, tmp_path)
+    assert result.returncode == 2 and "model-label=stable --overwrite" in result.stderr
+    assert not out.exists()
+
+
+def test_init_step_defaults_to_the_stable_model(nodes, tmp_path):
+    result, out = _init("controller-1", nodes, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == "kuka-01\n"
+    assert (tmp_path / "model-label").read_text() == "stable\n"
 
 
 def test_the_daemonset_starts_the_agent_of_its_nodes_arm(nodes, tmp_path):
     result, robot_id_file = _init("controller-2", nodes, tmp_path)
     assert result.returncode == 0, result.stderr
     assert robot_id_file.read_text() == "kuka-02\n"
+    assert (tmp_path / "model-label").read_text() == "canary\n"
 
     # The agent container exactly as the dev overlay runs it, on loopback.
     agent = m.named(kustomize.build(kustomize.K8S / "overlays" / "dev"), "DaemonSet", "robot-agent")
@@ -138,6 +160,7 @@ def test_the_daemonset_starts_the_agent_of_its_nodes_arm(nodes, tmp_path):
     port_file = tmp_path / "agent.port"
     env.update(
         ROBOT_ID_FILE=str(robot_id_file),
+        MODEL_LABEL_FILE=str(tmp_path / "model-label"),
         GRASPFLEET_HOST="127.0.0.1",
         GRASPFLEET_PORT="0",
         GRASPFLEET_METRICS_PORT="-1",
@@ -173,6 +196,9 @@ def test_the_daemonset_starts_the_agent_of_its_nodes_arm(nodes, tmp_path):
                 robot_agent_pb2.GetStatusRequest(), timeout=10
             )
         assert status.robot_id == "kuka-02"
+        # `exec` made the agent the container's main process, with the node's model label.
+        argv = Path(f"/proc/{process.pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[-5:-1] == [b"--robot-id", b"kuka-02", b"--model-label", b"canary"]
     finally:
         process.terminate()
         process.wait(60)

@@ -1,15 +1,19 @@
 """Init step of a robot agent's pod: which arm this node drives, from its graspfleet.io/robot-id label.
 
 The downward API exposes the pod's node name but not the node's labels, so
-this step reads the label through the API server (the pod's service account
+this step reads the labels through the API server (the pod's service account
 may only `get` nodes), checks that the arm is in the inventory, and writes its
-id to ROBOT_ID_FILE for the agent container. It exits 2 with a message that
-says what to fix when the label or the arm is missing.
+id to ROBOT_ID_FILE for the agent container. The node's
+graspfleet.io/model-label label (default "stable") names the model label the
+arm grasps with, written to MODEL_LABEL_FILE: labelling a few controllers
+"canary" makes them the canary arms. It exits 2 with a message that says what
+to fix when a label or the arm is wrong.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -18,12 +22,16 @@ from kubernetes import client, config
 from robots.inventory import InventoryError, find_arm
 
 LABEL = "graspfleet.io/robot-id"
+MODEL_LABEL = "graspfleet.io/model-label"
+DEFAULT_MODEL_LABEL = "stable"
+# A model label as labels.json and the predictor know them (stable, canary, ...).
+_MODEL_LABEL_VALUE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 
-def robot_id_of(node_name: str, api: client.CoreV1Api) -> str:
-    """The node's robot-id label; empty when it has none."""
+def node_labels(node_name: str, api: client.CoreV1Api) -> dict[str, str]:
+    """The node's labels."""
     node = api.read_node(node_name, _request_timeout=30)
-    return (node.metadata.labels or {}).get(LABEL, "")
+    return node.metadata.labels or {}
 
 
 def main() -> int:
@@ -31,12 +39,15 @@ def main() -> int:
     node_name = os.environ["NODE_NAME"]
     inventory = Path(os.environ["GRASPFLEET_INVENTORY_DIR"])
     out = Path(os.environ["ROBOT_ID_FILE"])
+    model_label_out = Path(os.environ["MODEL_LABEL_FILE"])
     # In a pod: the service account; KUBECONFIG aims it elsewhere (tests, a laptop).
     if os.environ.get("KUBECONFIG"):
         config.load_kube_config()
     else:
         config.load_incluster_config()
-    robot_id = robot_id_of(node_name, client.CoreV1Api())
+    labels = node_labels(node_name, client.CoreV1Api())
+    robot_id = labels.get(LABEL, "")
+    model_label = labels.get(MODEL_LABEL, DEFAULT_MODEL_LABEL)
     if not robot_id:
         print(
             f"node {node_name} has no {LABEL} label, so no arm to drive: "
@@ -53,8 +64,16 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    if not _MODEL_LABEL_VALUE.match(model_label):
+        print(
+            f"node {node_name}: {MODEL_LABEL}={model_label!r} is not a model label "
+            f"(stable, canary, ...): kubectl label node {node_name} {MODEL_LABEL}=stable --overwrite",
+            file=sys.stderr,
+        )
+        return 2
     out.write_text(robot_id + "\n")
-    print(f"node {node_name} drives arm {robot_id}")
+    model_label_out.write_text(model_label + "\n")
+    print(f"node {node_name} drives arm {robot_id} with the {model_label} model")
     return 0
 
 
