@@ -461,3 +461,17 @@ def test_images_are_pinned(built):
         r"python:3\.11\.\d+-slim-\w+|python@sha256:[0-9a-f]{64}", bases[0]
     )
     assert len(re.findall(r"^FROM ", dockerfile, re.M)) >= 2, "multi-stage"
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies():
+    dockerfile = (kustomize.ROOT / "Dockerfile").read_text()
+    ignore = (kustomize.ROOT / ".dockerignore").read_text().split("\n")
+    assert "*" in ignore, "the context starts empty and names what it takes"
+    sources = [
+        src
+        for line in re.findall(r"^COPY (?!--from)(.+)$", dockerfile, re.M)
+        for src in line.split()[:-1]
+    ]
+    assert {"pyproject.toml", "constraints.txt", "protos", "services", "robots"} <= set(sources)
+    for src in sources:
+        assert f"!{src}" in ignore or f"!{src}/" in ignore, f"{src} is excluded by .dockerignore"
