@@ -455,6 +455,7 @@ def test_images_are_pinned(built):
                 assert ":" in image and not image.endswith(":latest"), f"{name}: {image}"
                 if m.is_graspfleet(container):
                     assert image.endswith(f":{version}"), f"{name}: {image} is not {version}"
+                    assert m.pod_labels(workload)["app.kubernetes.io/version"] == version
     dockerfile = (kustomize.ROOT / "Dockerfile").read_text()
     bases = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)
     assert bases and re.fullmatch(
