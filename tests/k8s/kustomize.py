@@ -64,7 +64,7 @@ def supported_versions() -> list[str]:
 
 
 def kubectl() -> str:
-    """The kubectl to build with: $KUBECTL, the virtualenv's (make k8s-validate installs it), or PATH's."""
+    """The kubectl to build with: $KUBECTL, the virtualenv's (the dev extras install it), or PATH's."""
     candidates = [
         os.environ.get("KUBECTL", ""),
         str(Path(sys.executable).parent / "kubectl"),
