@@ -157,8 +157,16 @@ def _train(store_dir: Path, store_address: str, model_base: Path, steps: int) ->
             if e.label.state != common_pb2.LABEL_STATE_UNLABELED
         ]
     train_set, validation = split_episodes(episodes, 0.15, seed=0)
+    # Validating ten times lets the run keep the weights from before the network starts
+    # memorizing scenes (TrainSpec.keep_best).
     spec = TrainSpec(
-        recipe="sim-only", profile="default", steps=steps, batch_size=32, sim_fraction=1.0, seed=0
+        recipe="sim-only",
+        profile="default",
+        steps=steps,
+        batch_size=32,
+        sim_fraction=1.0,
+        seed=0,
+        eval_every=max(steps // 10, 1),
     )
     result = train(
         spec,
@@ -319,6 +327,7 @@ def main(argv: list[str]) -> int:
         print(
             f"  published grasp_success version {metrics['version']}: validation accuracy "
             f"{metrics.get('accuracy', float('nan')):.3f}, AUC {metrics.get('auc', float('nan')):.3f}"
+            f" (weights of step {metrics.get('best_step', plan.train_steps):.0f})"
         )
         predictor.wait_ready(120)
         print("  grasp-predictor SERVING version 1", flush=True)

@@ -60,6 +60,10 @@ class TrainSpec:
         validation_fraction: Share of episodes `samples.split_episodes` holds out.
         validation_batch_size: Samples per validation batch.
         eval_every: Validate every this many steps as well as at the end; 0 for the end only.
+        keep_best: With eval_every, end with the weights of the validation that scored the
+            best AUC (accuracy when AUC is undefined) rather than the last step's: with a
+            few thousand episodes the network starts memorizing scenes long before the
+            last step, and validation (held-out objects) is what says when.
         log_every: Steps between logged (averaged) training metrics.
         shuffle_buffer: Steps shuffled together within a (domain, label) bucket.
     """
@@ -78,6 +82,7 @@ class TrainSpec:
     validation_fraction: float = 0.2
     validation_batch_size: int = 64
     eval_every: int = 0
+    keep_best: bool = True
     log_every: int = 10
     shuffle_buffer: int = 1024
 
@@ -204,6 +209,8 @@ def fit(
 
     Returns:
         (training metrics of the last logging window, validation metrics, steps per second).
+        With `spec.keep_best`, the model ends with the best validated weights, the
+        validation metrics are theirs, and "best_step" says which step they are from.
     """
     optimizer = keras.optimizers.Adam(spec.learning_rate)
     optimizer.build(model.trainable_variables)
@@ -246,9 +253,14 @@ def fit(
                     tf.summary.write(name, tf.constant(value, tf.float32), metadata=_SCALAR)
             writers[part].flush()
 
+    best: dict = {"score": -np.inf, "step": 0, "weights": None, "metrics": {}}
+
     def validate(step: int) -> dict[str, float]:
         metrics = evaluate(model, validation_batches) if validation_batches is not None else {}
         log("validation", step, metrics)
+        score = metrics.get("auc", metrics.get("accuracy"))
+        if spec.keep_best and score is not None and score > best["score"]:
+            best.update(score=score, step=step, weights=model.get_weights(), metrics=metrics)
         return metrics
 
     train_metrics: dict[str, float] = {}
@@ -273,6 +285,11 @@ def fit(
                 validate(step)
     steps_per_s = max(spec.steps - 1, 1) / max(time.perf_counter() - started, 1e-9)
     metrics = validate(spec.steps)
+    if best["weights"] is not None and best["step"] != spec.steps:
+        model.set_weights(best["weights"])
+        metrics = dict(best["metrics"])
+    if best["weights"] is not None:
+        metrics["best_step"] = float(best["step"])
     if on_progress is not None:
         final = {**train_metrics, **{f"validation_{k}": v for k, v in metrics.items()}}
         on_progress(spec.steps, spec.steps, final)

@@ -28,7 +28,7 @@ from services.grasp_predictor.samples import (
     XT,
     split_episodes,
 )
-from services.grasp_predictor.training import TrainSpec, fit, train
+from services.grasp_predictor.training import TrainSpec, evaluate, fit, train
 
 EPISODES = 32
 STEPS_PER_EPISODE = 4
@@ -170,6 +170,13 @@ def test_training_from_the_store_exports_a_servable_version(store, tmp_path):
     )
     for part in ("train", "validation"):
         assert list((tmp_path / "logs" / part).glob("events.out.tfevents.*"))
+    # keep_best: the run ends with the weights of its best validation, and says which.
+    assert result.metrics["best_step"] in (12.0, 24.0)
+    again = evaluate(
+        result.model,
+        samples.validation_batches(data_root, validation, batch_size=32, crop_size=56),
+    )
+    assert again["auc"] == pytest.approx(result.metrics["auc"], abs=1e-6)
 
     metadata = export.read_metadata(result.path)
     assert metadata["recipe"]["recipe"] == "dbn-dann" and metadata["model"]["dbn"]
