@@ -82,7 +82,7 @@ def test_receptive_field_from_the_layer_specs():
     # pix2pix's PatchGAN C64-C128-C256-C512-1 with 4x4 kernels: the paper's 70x70.
     assert DiscriminatorConfig.paper().receptive_field == 70
     assert receptive_field(4, (2, 2, 2, 1, 1)) == 70
-    assert DiscriminatorConfig.default().receptive_field == 28
+    assert DiscriminatorConfig.default().receptive_field == 46
     assert receptive_field(3, (1, 1)) == 5
     assert receptive_field(3, (2, 1)) == 7
     assert len(DiscriminatorConfig.paper().filters) == 5
