@@ -224,9 +224,11 @@ def _submit_flags(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--steps", type=int, default=0)
     sub.add_argument("--batch-size", type=int, default=0)
     sub.add_argument("--learning-rate", type=float, default=0.0)
-    sub.add_argument("--profile", help="default or paper")
+    sub.add_argument("--profile", help="default or paper; the generator recipes also take tiny")
     sub.add_argument("--seed", type=int, default=0)
-    sub.add_argument("--weight", action="append", help="loss weight key=value, e.g. dann=0.1")
+    sub.add_argument(
+        "--weight", action="append", help="loss weight key=value, e.g. dann=0.1, lambda_g=1"
+    )
     amount = sub.add_mutually_exclusive_group()
     amount.add_argument("--max-real-episodes", type=int, default=0)
     amount.add_argument("--real-fraction", type=float, default=0.0)

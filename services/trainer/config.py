@@ -11,6 +11,11 @@ from services.common.config import ConfigError, ServerConfig, check_address, set
 from services.trainer import recipes
 
 BACKENDS = ("local", "kubernetes")
+# An optional DNS-subdomain prefix and a name, as Kubernetes label keys (and taint keys) are.
+_TAINT_KEY = re.compile(
+    r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 
 
@@ -33,6 +38,17 @@ class TrainerConfig(ServerConfig):
     )
     model_base: str = setting("var/models", "Model repository: <model_base>/<name>/<version>/.")
     default_model_name: str = setting("grasp_success", "Model name when a request names none.")
+    graspgan_model_name: str = setting(
+        "graspgan", "Model name of the GraspGAN generator (RECIPE_GRASPGAN_* use its stable)."
+    )
+    rcan_model_name: str = setting(
+        "rcan", "Model name of the RCAN generator (RECIPE_RCAN uses its stable)."
+    )
+    rcan_grasp_model_name: str = setting(
+        "grasp_success_rcan",
+        "Model name RECIPE_RCAN publishes to when a request names none: the grasp model on "
+        "canonical images, which RCAN agents ask for (--canonicalize --model-name).",
+    )
     auth_token: str = setting(
         "",
         "Bearer token mutating calls must send; empty disables authentication (logged loudly).",
@@ -47,6 +63,9 @@ class TrainerConfig(ServerConfig):
     default_steps: int = setting(1000, "Training steps when a RunSpec sets none.")
     default_batch_size: int = setting(32, "Batch size when a RunSpec sets none.")
     default_learning_rate: float = setting(1e-3, "Learning rate when a RunSpec sets none.")
+    default_generator_learning_rate: float = setting(
+        2e-4, "Learning rate of the generator recipes (G and D) when a RunSpec sets none."
+    )
     default_validation_fraction: float = setting(
         0.2, "Share of matching real episodes held out for validation and the gate."
     )
@@ -55,6 +74,16 @@ class TrainerConfig(ServerConfig):
     gate_max_regression: float = setting(
         0.02,
         "Default gate: largest drop in held-out real accuracy against stable that still publishes.",
+    )
+    generator_min_mask_accuracy: float = setting(
+        0.9,
+        "Generator gate: least share of held-out sim pixels whose class (background, tray, "
+        "arm, object) G's mask gets right.",
+    )
+    generator_min_mask_iou: float = setting(
+        0.5,
+        "Generator gate: least IoU of G's arm mask and of its object mask with the sim masks "
+        "(the arm and objects must stay where they are).",
     )
     rollout_interval_s: float = setting(
         30.0, "How often canaries are checked for automatic promotion, s; 0 disables it."
@@ -90,6 +119,11 @@ class TrainerConfig(ServerConfig):
         "model base and runs_dir must be visible at the trainer's paths.",
     )
     k8s_node_selector: tuple[str, ...] = setting((), "key=value pairs pods must be scheduled by.")
+    k8s_tolerations: tuple[str, ...] = setting(
+        (),
+        "Tolerations of Job pods, comma-separated key[=value]:effect as in kubectl taint "
+        "(e.g. nvidia.com/gpu:NoSchedule for tainted GPU nodes); no value means any value.",
+    )
     k8s_ttl_s: int = setting(86400, "Seconds a finished Job is kept before Kubernetes deletes it.")
     k8s_deadline_s: int = setting(0, "activeDeadlineSeconds of a Job; 0 for none.")
     k8s_api: str = setting(
@@ -123,9 +157,23 @@ class TrainerConfig(ServerConfig):
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive")
         if self.cancel_grace_s < 0 or self.rollout_interval_s < 0:
             raise ConfigError("cancel_grace_s and rollout_interval_s must not be negative")
-        if not (0 < self.default_learning_rate <= 1 and math.isfinite(self.default_learning_rate)):
+        for name in ("default_learning_rate", "default_generator_learning_rate"):
+            rate = getattr(self, name)
+            if not (0 < rate <= 1 and math.isfinite(rate)):
+                raise ConfigError(f"{name}={rate} is not in (0, 1]")
+        for name in ("generator_min_mask_accuracy", "generator_min_mask_iou"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1]")
+        names = (
+            self.default_model_name,
+            self.graspgan_model_name,
+            self.rcan_model_name,
+            self.rcan_grasp_model_name,
+        )
+        if len(set(names)) != len(names) or not all(names):
             raise ConfigError(
-                f"default_learning_rate={self.default_learning_rate} is not in (0, 1]"
+                "default_model_name, graspgan_model_name, rcan_model_name and "
+                f"rcan_grasp_model_name must be four different names (got {names})"
             )
         if not 0 < self.default_validation_fraction < 1:
             raise ConfigError("default_validation_fraction must be between 0 and 1")
@@ -144,6 +192,11 @@ class TrainerConfig(ServerConfig):
                 key, sep, value = pair.partition("=")
                 if not sep or not key or not value:
                     raise ConfigError(f"{name}: {pair!r} is not key=value")
+        for entry in self.k8s_tolerations:
+            try:
+                parse_toleration(entry)
+            except ValueError as err:
+                raise ConfigError(f"k8s_tolerations: {err}") from None
         try:
             recipes.lookup(self.auto_retrain_recipe)
         except KeyError:
@@ -168,3 +221,37 @@ class TrainerConfig(ServerConfig):
     def node_selector(self) -> dict[str, str]:
         """k8s_node_selector as a mapping."""
         return dict(pair.split("=", 1) for pair in self.k8s_node_selector)
+
+    @property
+    def tolerations(self) -> list[Toleration]:
+        """k8s_tolerations, parsed."""
+        return [parse_toleration(entry) for entry in self.k8s_tolerations]
+
+    def generator_model_name(self, kind: str) -> str:
+        """The model folder of a generator kind ("graspgan" or "rcan")."""
+        return self.graspgan_model_name if kind == recipes.GRASPGAN else self.rcan_model_name
+
+
+@dataclass(frozen=True)
+class Toleration:
+    """One pod toleration: `value` empty means any value (operator Exists), `effect`
+    empty means every effect."""
+
+    key: str
+    value: str
+    effect: str
+
+
+def parse_toleration(entry: str) -> Toleration:
+    """`key[=value][:effect]`, the syntax of `kubectl taint`.
+
+    Raises:
+        ValueError: no key, an effect Kubernetes does not know, or a malformed key.
+    """
+    rest, _, effect = entry.partition(":")
+    key, _, value = rest.partition("=")
+    if not _TAINT_KEY.match(key):
+        raise ValueError(f"{entry!r}: the key {key!r} is not a taint key like nvidia.com/gpu")
+    if effect not in TAINT_EFFECTS:
+        raise ValueError(f"{entry!r}: the effect {effect!r} is not one of {TAINT_EFFECTS[1:]}")
+    return Toleration(key, value, effect)

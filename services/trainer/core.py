@@ -64,7 +64,8 @@ class Trainer:
 
         Raises:
             InvalidArgument: a bad spec or a selection that matches no usable data.
-            FailedPrecondition: a recipe that needs the refiner, or an unconfigured backend.
+            FailedPrecondition: a recipe that needs a generator with no stable version,
+                or an unconfigured backend.
             AlreadyExists: `run_id` names a run with another spec.
         """
         if run_id:
@@ -81,9 +82,18 @@ class Trainer:
                     # The same spec returns the stored run; another spec is ALREADY_EXISTS.
                     return self.runs.create(existing, submitted, "")[0]
             run_id = run_id or f"run-{uuid.uuid4().hex[:12]}"
-            normalized, recipe = spec.normalize(run_spec, self.config, tuple(self.backends))
+            normalized, recipe = spec.normalize(
+                run_spec, self.config, tuple(self.backends), self.registry
+            )
+            generator = spec.generator(recipe, self.config, self.registry)
             selection = select(self.store, normalized, recipe)
-            real = selection.description["real"]
+            real = selection.description.get("real", {"train": 0, "validation": 0})
+            held_out = (
+                f"{len(selection.validation)} held-out episodes to check the scene on"
+                if recipe.is_generator
+                else f"{real['validation']} held-out real episodes for validation"
+            )
+            using = f", applying {generator['name']}:{generator['version']}" if generator else ""
             run = trainer_pb2.Run(
                 run_id=run_id,
                 spec=normalized,
@@ -91,8 +101,8 @@ class Trainer:
                 total_steps=normalized.params.steps,
                 submitted_by=submitted_by,
                 message=(
-                    f"queued: {len(selection.train)} training episodes ({real['train']} real), "
-                    f"{real['validation']} held-out real episodes for validation"
+                    f"queued: {len(selection.train)} training episodes ({real['train']} real)"
+                    f"{using}, {held_out}"
                 ),
             )
             run.created_at.GetCurrentTime()
@@ -103,6 +113,11 @@ class Trainer:
                 selection,
                 store_data_dir=self.config.store_data_dir,
                 model_base=self.config.model_base,
+                generator=generator,
+                scene_gate={
+                    "min_mask_accuracy": self.config.generator_min_mask_accuracy,
+                    "min_mask_iou": self.config.generator_min_mask_iou,
+                },
             )
             run, _ = self.runs.create(run, submitted, f"QUEUED by {submitted_by}: {run.message}")
         log.info(

@@ -1,4 +1,4 @@
-"""The validation gate: a new model is published only if it does not do worse than stable.
+"""The validation gates: a grasp model must not do worse than stable; a generator must keep the scene.
 
 Both models are scored the way the predictor serves them (their SavedModel
 serving signature: uint8 episode images, centre crop, REAL statistics) on the
@@ -63,6 +63,58 @@ def decide(
             False, f"{versus} exceeds max_regression {max_regression:+.4f}; not published", numbers
         )
     return Decision(True, f"{versus} within max_regression {max_regression:+.4f}", numbers)
+
+
+# The mask classes whose place in the image the scene gate checks: what a grasp depends on.
+SCENE_CLASSES = ("arm", "object")
+
+
+def decide_scene(
+    metrics: dict[str, float],
+    *,
+    enabled: bool,
+    min_mask_accuracy: float,
+    min_mask_iou: float,
+) -> Decision:
+    """The generator gate: G's masks on held-out sim images must match the simulator's.
+
+    A generator that moved the arm or an object would teach the grasp model
+    wrong geometry, and its mask head, trained alongside the image, says where
+    it put them. Realism is not gated here: it shows in the accuracy of the
+    grasp models trained on the refined data, which their own gate measures.
+
+    Args:
+        metrics: Scene metrics of held-out sim episodes (`mask_accuracy`, `mask_iou_<class>`).
+        enabled: False publishes whatever the numbers (they are still recorded).
+        min_mask_accuracy: Least share of pixels of the right class.
+        min_mask_iou: Least IoU of each of SCENE_CLASSES.
+    """
+    ious = {c: metrics[f"mask_iou_{c}"] for c in SCENE_CLASSES if f"mask_iou_{c}" in metrics}
+    numbers = {
+        "min_mask_accuracy": min_mask_accuracy,
+        "min_mask_iou": min_mask_iou,
+        **{k: metrics[k] for k in ("mask_accuracy", "samples") if k in metrics},
+    }
+    if "mask_accuracy" not in metrics or not ious:
+        if not enabled:
+            return Decision(True, "no scene metrics; gate disabled by the RunSpec", numbers)
+        return Decision(
+            False,
+            "no held-out simulated episode with masks to measure scene preservation on; "
+            "not published",
+            numbers,
+        )
+    head = f"held-out sim mask accuracy {metrics['mask_accuracy']:.4f} (least {min_mask_accuracy})"
+    head += "".join(f", {c} IoU {v:.4f}" for c, v in ious.items())
+    head += f" (least {min_mask_iou})"
+    if not enabled:
+        return Decision(True, f"{head}; gate disabled by the RunSpec", numbers)
+    short = [c for c, v in ious.items() if v < min_mask_iou]
+    if metrics["mask_accuracy"] < min_mask_accuracy or short:
+        return Decision(
+            False, f"{head}: the generator does not keep the scene; not published", numbers
+        )
+    return Decision(True, f"{head}: the scene is kept", numbers)
 
 
 def serving_accuracy(

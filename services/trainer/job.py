@@ -1,16 +1,19 @@
 """The training job: `graspfleet train job --run-dir DIR`, a local process or a Kubernetes pod.
 
-It trains on the episodes the trainer selected, scores the candidate and the
-current stable version on the same held-out real episodes, and publishes the
-candidate as the next version only if the gate passes. It talks to nobody: it
-reads its inputs from the run folder, the shards from the store's data folder
-and the stable version from the model base, and reports through the run
-folder's progress and result files.
+It trains on the episodes the trainer selected (for the refiner recipes, after
+the generator resolved at submission rewrote their images:
+`refine_dataset.prepare`), scores the candidate and the current stable version
+on the same held-out real episodes, and publishes the candidate as the next
+version only if the gate passes. The generator recipes go to
+`generator_job`. It talks to nobody: it reads its inputs from the run folder,
+the shards from the store's data folder and the stable version from the model
+base, and reports through the run folder's progress and result files.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,11 +21,14 @@ from google.protobuf import json_format
 
 from graspfleet.v1 import trainer_pb2
 from services.common import logs
-from services.trainer import gate, jobfiles, recipes
+from services.trainer import gate, generator_job, jobfiles, recipes, refine_dataset
 from services.trainer.jobfiles import Progress, Result
 from services.trainer.recipes import Recipe
 from services.trainer.registry import STABLE, Registry
 from services.trainer.selection import Selection
+
+# Scratch folder of the rewritten (refined, canonical) shards inside the run folder.
+WORK_DIR = "work"
 
 log = logs.get_logger(__name__)
 
@@ -35,40 +41,55 @@ def write_inputs(
     *,
     store_data_dir: str,
     model_base: str,
+    generator: dict | None = None,
+    scene_gate: dict | None = None,
 ) -> None:
-    """Writes what the job needs into the run folder (the trainer calls this at submit)."""
+    """Writes what the job needs into the run folder (the trainer calls this at submit).
+
+    Args:
+        run_dir: The run's folder.
+        run: The accepted run, its spec normalized.
+        recipe: Its recipe.
+        selection: The episodes it trains and validates on.
+        store_data_dir: The store's data folder as the job sees it.
+        model_base: The model repository.
+        generator: The generator version a refiner recipe applies (`spec.generator`).
+        scene_gate: The generator gate's thresholds ({"min_mask_accuracy", "min_mask_iou"}).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     params, data = run.spec.params, run.spec.data
-    train_spec = {
-        **recipes.train_spec_fields(recipe),
-        "profile": params.profile,
-        "steps": params.steps,
-        "batch_size": params.batch_size,
-        "learning_rate": params.learning_rate,
-        "seed": params.seed,
-        "dann_weight": params.weights.get("dann", 0.1),
-        "validation_fraction": data.validation_fraction,
-        "log_every": max(1, min(100, params.steps // 10)),
-    }
     jobfiles.write_episodes(run_dir / jobfiles.TRAIN_EPISODES, selection.train)
     jobfiles.write_episodes(run_dir / jobfiles.VALIDATION_EPISODES, selection.validation)
-    jobfiles.write_json(
-        run_dir / jobfiles.JOB_FILE,
-        {
-            "run_id": run.run_id,
-            "model_name": run.spec.model_name,
-            "recipe": trainer_pb2.Recipe.Name(recipe.value),
-            "train_spec": train_spec,
-            "gate": {
-                "enabled": run.spec.gate.enabled,
-                "max_regression": run.spec.gate.max_regression,
-            },
-            "store_data_dir": str(Path(store_data_dir).resolve()),
-            "model_base": str(Path(model_base).resolve()),
-            "selection": selection.description,
-            "spec": json_format.MessageToDict(run.spec),
+    job = {
+        "run_id": run.run_id,
+        "model_name": run.spec.model_name,
+        "recipe": trainer_pb2.Recipe.Name(recipe.value),
+        "gate": {
+            "enabled": run.spec.gate.enabled,
+            "max_regression": run.spec.gate.max_regression,
         },
-    )
+        "store_data_dir": str(Path(store_data_dir).resolve()),
+        "model_base": str(Path(model_base).resolve()),
+        "selection": selection.description,
+        "spec": json_format.MessageToDict(run.spec),
+        "generator": generator,
+    }
+    if recipe.is_generator:
+        job["generator_spec"] = generator_job.spec_fields(recipe, params)
+        job["scene_gate"] = scene_gate or {"min_mask_accuracy": 0.0, "min_mask_iou": 0.0}
+    else:
+        job["train_spec"] = {
+            **recipes.train_spec_fields(recipe),
+            "profile": params.profile,
+            "steps": params.steps,
+            "batch_size": params.batch_size,
+            "learning_rate": params.learning_rate,
+            "seed": params.seed,
+            "dann_weight": params.weights.get("dann", 0.1),
+            "validation_fraction": data.validation_fraction,
+            "log_every": max(1, min(100, params.steps // 10)),
+        }
+    jobfiles.write_json(run_dir / jobfiles.JOB_FILE, job)
 
 
 def run(run_dir: Path) -> int:
@@ -78,23 +99,41 @@ def run(run_dir: Path) -> int:
         print(f"graspfleet train job: {run_dir / jobfiles.JOB_FILE} is missing", file=sys.stderr)
         return 2
     try:
-        result = _train_and_gate(run_dir, job)
+        recipe = recipes.lookup(job["recipe"])
+        if recipe.is_generator:
+            result = generator_job.train_and_gate(run_dir, job, recipe)
+        else:
+            result = _train_and_gate(run_dir, job, recipe)
     except Exception as err:  # noqa: BLE001 - every failure must reach the trainer as a result
         log.exception("training job failed")
         result = Result("FAILED", f"{type(err).__name__}: {err}")
+    finally:
+        # Rewritten shards can be as large as the data; the model's metadata says what they were.
+        shutil.rmtree(run_dir / WORK_DIR, ignore_errors=True)
     jobfiles.write_result(run_dir, result)
     log.info("job finished", extra={"state": result.state, "result": result.message})
     return 0 if result.state != "FAILED" else 1
 
 
-def _train_and_gate(run_dir: Path, job: dict) -> Result:
+def _train_and_gate(run_dir: Path, job: dict, recipe: Recipe) -> Result:
     from services.grasp_predictor import export, training
 
     spec = training.TrainSpec(**job["train_spec"])
     data_root, name = job["store_data_dir"], job["model_name"]
-    train_episodes = jobfiles.read_episodes(run_dir / jobfiles.TRAIN_EPISODES)
-    validation = jobfiles.read_episodes(run_dir / jobfiles.VALIDATION_EPISODES)
     jobfiles.write_progress(run_dir, Progress(total=spec.steps, message="loading data"))
+    prepared = refine_dataset.prepare(
+        recipe,
+        job.get("generator"),
+        data_root,
+        job["model_base"],
+        jobfiles.read_episodes(run_dir / jobfiles.TRAIN_EPISODES),
+        jobfiles.read_episodes(run_dir / jobfiles.VALIDATION_EPISODES),
+        run_dir / WORK_DIR,
+        lambda message: jobfiles.write_progress(
+            run_dir, Progress(total=spec.steps, message=message)
+        ),
+    )
+    train_episodes, validation = prepared.train, prepared.validation
 
     def on_progress(step: int, total: int, metrics: dict[str, float]) -> None:
         jobfiles.write_progress(run_dir, Progress(jobfiles.TRAINING, step, total, metrics))
@@ -146,6 +185,7 @@ def _train_and_gate(run_dir: Path, job: dict) -> Result:
     size = validation[0].image_size
     metadata = {
         **trained.metadata,
+        **prepared.metadata,
         "trainer": {
             "run_id": job["run_id"],
             "recipe": job["recipe"],

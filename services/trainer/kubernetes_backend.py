@@ -1,7 +1,8 @@
 """The Kubernetes backend: each job is a batch/v1 Job running the graspfleet container command.
 
 The pod is hardened like the fleet's Deployments (non-root, read-only root
-filesystem, no capabilities, RuntimeDefault seccomp) and mounts the shared
+filesystem, no capabilities, RuntimeDefault seccomp), tolerates the taints the
+config names (GPU nodes are commonly tainted `nvidia.com/gpu`), and mounts the shared
 volumes from the config at the trainer's own paths, so the run folder, the
 store's shards and the model base look the same to the job as to the trainer.
 A Job is never retried by Kubernetes (backoffLimit 0): a failed training is
@@ -113,6 +114,16 @@ class KubernetesBackend:
             containers=[container],
             volumes=volumes,
             node_selector=c.node_selector or None,
+            tolerations=[
+                k8s.V1Toleration(
+                    key=t.key,
+                    operator="Equal" if t.value else "Exists",
+                    value=t.value or None,
+                    effect=t.effect or None,
+                )
+                for t in c.tolerations
+            ]
+            or None,
             security_context=k8s.V1PodSecurityContext(
                 run_as_non_root=True,
                 run_as_user=NONROOT_UID,

@@ -1,10 +1,11 @@
-"""The paper's training regimes as one table: what each recipe trains on and how.
+"""The paper's training regimes as one table: what each recipe trains, on what, and how.
 
-A recipe fixes the regime (DBN, DANN, the SIM share of every batch) and the
-default randomization of the simulated episodes it draws. Everything else (how
-much real data, which robots, steps, batch size) comes from the RunSpec. The
-refiner recipes are listed so they are refused with a reason rather than as
-unknown: they need the GraspGAN / RCAN generator, which is not built yet.
+A recipe fixes the regime (DBN, DANN, the SIM share of every batch), the
+default randomization of the simulated episodes it draws, the generator it
+applies to them (GraspGAN refines simulated images, RCAN canonicalizes real
+ones for validation) and what it publishes: a grasp-success model or one of
+the refiner's generators. Everything else (how much real data, which robots,
+steps, batch size) comes from the RunSpec.
 """
 
 from __future__ import annotations
@@ -12,9 +13,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from graspfleet.v1 import common_pb2, trainer_pb2
+from services.trainer.registry import STABLE, Registry
 
 NONE = common_pb2.RANDOMIZATION_NONE
 VISUAL = common_pb2.RANDOMIZATION_VISUAL
+# What a recipe trains and publishes; the generator kinds are services.refiner.export.KINDS.
+GRASP = "grasp"
+GRASPGAN = "graspgan"
+RCAN = "rcan"
+# The recipe that publishes each generator, named when a recipe needs one that is missing.
+GENERATOR_RECIPES = {GRASPGAN: "GRASPGAN_GENERATOR", RCAN: "RCAN_GENERATOR"}
 
 
 @dataclass(frozen=True)
@@ -28,7 +36,11 @@ class Recipe:
         dbn: Domain-specific batch norm.
         dann: Domain-adversarial loss on the last conv layer.
         sim_randomization: Randomization of the simulated episodes it uses by default.
-        refiner: The generator it needs ("graspgan", "rcan"); empty when none.
+        refiner: The published generator it applies ("graspgan": to the simulated
+            training images; "rcan": to the held-out real images); empty when none.
+        trains: What it trains and publishes: GRASP (a grasp-success model),
+            GRASPGAN or RCAN (that generator).
+        canonical: Trains the grasp model on the simulator's canonical renders (RCAN).
     """
 
     value: int
@@ -38,6 +50,8 @@ class Recipe:
     dann: bool = False
     sim_randomization: int = NONE
     refiner: str = ""
+    trains: str = GRASP
+    canonical: bool = False
 
     @property
     def name(self) -> str:
@@ -50,8 +64,19 @@ class Recipe:
 
     @property
     def uses_real_labels(self) -> bool:
-        """Trains on labeled real episodes (every recipe validates on them)."""
+        """Trains on labeled real episodes."""
         return self.sim_fraction < 1
+
+    @property
+    def is_generator(self) -> bool:
+        """Trains one of the refiner's generators rather than a grasp model."""
+        return self.trains != GRASP
+
+    @property
+    def uses_real(self) -> bool:
+        """Reads real episodes: every grasp recipe validates on them, GraspGAN's D learns
+        what they look like; only the RCAN generator learns from simulation alone."""
+        return self.trains != RCAN
 
 
 R = trainer_pb2
@@ -68,23 +93,24 @@ RECIPES: dict[int, Recipe] = {
                dann=True, sim_randomization=VISUAL),
         Recipe(R.RECIPE_SIM_ONLY, "Sim-Only", 1.0),
         Recipe(R.RECIPE_GRASPGAN_DANN_DBN, "GraspGAN (GraspGAN, DBN Mixing & DANN)", 0.5,
-               dbn=True, dann=True, refiner="graspgan"),
+               dbn=True, dann=True, refiner=GRASPGAN),
         Recipe(R.RECIPE_GRASPGAN_SIM_ONLY, "GraspGAN sim-only (Table II)", 1.0,
-               refiner="graspgan"),
-        Recipe(R.RECIPE_RCAN, "RCAN (grasp model on canonical images)", 1.0, refiner="rcan"),
-        Recipe(R.RECIPE_GRASPGAN_GENERATOR, "GraspGAN generator G", 0.5, refiner="graspgan"),
-        Recipe(R.RECIPE_RCAN_GENERATOR, "RCAN generator", 1.0, refiner="rcan"),
+               refiner=GRASPGAN),
+        Recipe(R.RECIPE_RCAN, "RCAN (grasp model on canonical images)", 1.0,
+               sim_randomization=VISUAL, refiner=RCAN, canonical=True),
+        Recipe(R.RECIPE_GRASPGAN_GENERATOR, "GraspGAN generator G", 0.5, trains=GRASPGAN),
+        Recipe(R.RECIPE_RCAN_GENERATOR, "RCAN generator", 1.0, sim_randomization=VISUAL,
+               trains=RCAN),
     )
 }  # fmt: skip
 
 
-def refiner_available(refiner: str) -> bool:
-    """Whether the generator a recipe needs can be used.
+def refiner_available(registry: Registry, name: str) -> bool:
+    """Whether generator `name` can be applied: a version labelled stable is published.
 
-    The hook for the refiner service: once GraspGAN / RCAN exist, this says so
-    and the job refines the simulated episodes before training.
+    Without a labels.json "stable" is the newest version, as the refiner serves it.
     """
-    return False
+    return registry.labels(name).get(STABLE) in registry.version_numbers(name)
 
 
 def lookup(name_or_value: str | int) -> Recipe:
@@ -109,8 +135,13 @@ def short_names() -> list[str]:
     return [RECIPES[v].name for v in sorted(RECIPES)]
 
 
+def task_profile(profile: str) -> str:
+    """The grasp-model profile that goes with a refiner profile (tiny and default: 64x64)."""
+    return "paper" if profile == "paper" else "default"
+
+
 def train_spec_fields(recipe: Recipe) -> dict:
-    """The `training.TrainSpec` fields a recipe fixes."""
+    """The `training.TrainSpec` fields a (grasp) recipe fixes."""
     return {
         "recipe": recipe.name,
         "dbn": recipe.dbn,

@@ -7,7 +7,8 @@ the run's folder: a queued or restarted run trains on exactly the episodes
 does not depend on how much real data a recipe trains on; the amount limits
 then apply to the training side only. `robot_ids` select real arms;
 `object_set`, `sim_randomization` and `max_sim_episodes` select simulated
-episodes; the time window applies to both.
+episodes; the time window applies to both. The generator recipes hold out
+simulated episodes too, by object, to measure how well G keeps the scene.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from services.common.errors import InvalidArgument
 from services.episode_store import client
 from services.episode_store.dataset import labeled
 from services.grasp_predictor import profiles
-from services.trainer.recipes import Recipe
+from services.trainer.recipes import RCAN, Recipe, task_profile
 
 Summary = episode_store_pb2.EpisodeSummary
 DOMAIN_NAMES = {common_pb2.DOMAIN_SIM: "sim", common_pb2.DOMAIN_REAL: "real"}
@@ -37,7 +38,8 @@ class Selection:
 
     Attributes:
         train: Training episodes (real and/or simulated), labeled, ingest order.
-        validation: Held-out labeled real episodes: validation and the gate.
+        validation: Held-out labeled episodes: real ones validate grasp models and
+            gate them; the generator recipes' simulated ones measure scene preservation.
         description: JSON-ready account of the choice, recorded with the model.
     """
 
@@ -80,82 +82,129 @@ def select(
 ) -> Selection:
     """Resolves a normalized spec's data selection against the store.
 
+    Grasp recipes validate on held-out real episodes. The generator recipes
+    validate on held-out simulated episodes instead (scene preservation is
+    measured against the simulator's masks): their simulated episodes are split
+    by object the same way, and GraspGAN's real episodes are split as a grasp
+    recipe's are, so G never sees the real images later runs validate on.
+
     Raises:
         InvalidArgument: nothing (or not enough) matches the selection; the
             message says which part came up empty.
         Unavailable: the store did not answer.
     """
-    from services.grasp_predictor.samples import split_episodes
-
     data, seed = spec.data, spec.params.seed
     window = {}
     if data.HasField("since"):
         window["since"] = data.since
     if data.HasField("until"):
         window["until"] = data.until
+    description: dict = {"window": _window_text(data), "seed": seed}
+    real_train: list[Summary] = []
+    validation: list[Summary] = []
+    if recipe.uses_real:
+        real_train, validation, description["real"] = _real(stub, spec, recipe, window)
+    sim: list[Summary] = []
+    if recipe.uses_sim:
+        sim = _sim(stub, spec, recipe, window)
+        description["sim"] = {
+            "randomization": common_pb2.Randomization.Name(data.sim_randomization),
+            "object_set": data.object_set,
+            "train": len(sim),
+        }
+        if recipe.is_generator:
+            sim, held_out = _split(sim, data.validation_fraction, seed, "simulated")
+            description["sim"] |= {"train": len(sim), "validation": len(held_out)}
+            validation = sorted(validation + held_out, key=lambda e: e.sequence)
+        if recipe.trains != RCAN:  # RCAN's generator learns images, not grasps
+            _check_buckets(sim, common_pb2.DOMAIN_SIM, "training data")
+    if recipe.uses_real_labels and spec.params.weights.get("real_task", 1.0):
+        _check_buckets(real_train, common_pb2.DOMAIN_REAL, "training data")
+    train = sorted(real_train + sim, key=lambda e: e.sequence)
+    profile = spec.params.profile
+    _check_images(train + validation, task_profile(profile) if recipe.is_generator else profile)
+    return Selection(train, validation, description)
+
+
+def _split(
+    episodes: list[Summary], fraction: float, seed: int, what: str
+) -> tuple[list[Summary], list[Summary]]:
+    """(train, held out) by object; refuses a split that holds out nothing."""
+    from services.grasp_predictor.samples import split_episodes
+
+    train, held_out = split_episodes(episodes, fraction, seed)
+    if not held_out:
+        raise InvalidArgument(
+            f"holding out {fraction:.0%} of {len(episodes)} matching {what} episodes by object "
+            f"left no validation episodes: add {what} episodes or raise data.validation_fraction"
+        )
+    return train, held_out
+
+
+def _real(
+    stub: episode_store_pb2_grpc.EpisodeStoreStub,
+    spec: trainer_pb2.RunSpec,
+    recipe: Recipe,
+    window: dict,
+) -> tuple[list[Summary], list[Summary], dict]:
+    """(real training episodes, held-out real episodes, their description)."""
+    data, seed = spec.data, spec.params.seed
     real_filter = episode_store_pb2.EpisodeFilter(
         domain=common_pb2.DOMAIN_REAL, robot_ids=data.robot_ids, **window
     )
     real = _query(stub, real_filter)
     robots = list(data.robot_ids) or "any"
     if not real:
+        why = (
+            "GraspGAN's discriminator learns what real images look like"
+            if recipe.is_generator
+            else "every grasp recipe is validated on held-out real episodes"
+        )
         raise InvalidArgument(
             f"no labeled real episodes match the selection (robots {robots}, time window "
-            f"{_window_text(data)}): every recipe is validated on held-out real episodes"
+            f"{_window_text(data)}): {why}"
         )
-    real_train, validation = split_episodes(real, data.validation_fraction, seed)
-    if not validation:
-        raise InvalidArgument(
-            f"holding out {data.validation_fraction:.0%} of {len(real)} matching real episodes "
-            "by object left no validation episodes: add real episodes or raise "
-            "data.validation_fraction"
-        )
+    real_train, validation = _split(real, data.validation_fraction, seed, "real")
     if not recipe.uses_real_labels:
         real_train = []
     elif data.max_real_episodes:
         real_train = _sample(real_train, data.max_real_episodes, seed)
     elif data.real_fraction:
         real_train = _sample(real_train, math.ceil(data.real_fraction * len(real_train)), seed)
-    description: dict = {
-        "real": {
-            "robots": list(data.robot_ids),
-            "matching": len(real),
-            "train": len(real_train),
-            "validation": len(validation),
-            "validation_fraction": data.validation_fraction,
-        },
-        "window": _window_text(data),
-        "seed": seed,
+    description = {
+        "robots": list(data.robot_ids),
+        "matching": len(real),
+        "train": len(real_train),
+        "validation": len(validation),
+        "validation_fraction": data.validation_fraction,
     }
-    sim: list[Summary] = []
-    if recipe.uses_sim:
-        sim_filter = episode_store_pb2.EpisodeFilter(
-            domain=common_pb2.DOMAIN_SIM,
-            randomization=data.sim_randomization,
-            object_set=data.object_set,
-            **window,
-        )
-        sim = _query(stub, sim_filter)
+    return real_train, validation, description
+
+
+def _sim(
+    stub: episode_store_pb2_grpc.EpisodeStoreStub,
+    spec: trainer_pb2.RunSpec,
+    recipe: Recipe,
+    window: dict,
+) -> list[Summary]:
+    data = spec.data
+    sim_filter = episode_store_pb2.EpisodeFilter(
+        domain=common_pb2.DOMAIN_SIM,
+        randomization=data.sim_randomization,
+        object_set=data.object_set,
+        **window,
+    )
+    sim = _query(stub, sim_filter)
+    if not sim:
         randomization = common_pb2.Randomization.Name(data.sim_randomization)
-        if not sim:
-            raise InvalidArgument(
-                f"no labeled simulated episodes with {randomization} match the selection "
-                f"(object set {data.object_set or 'any'}, time window {_window_text(data)}), "
-                f"and recipe {recipe.name} trains on them"
-            )
-        if data.max_sim_episodes:
-            sim = _sample(sim, data.max_sim_episodes, seed + 1)
-        description["sim"] = {
-            "randomization": randomization,
-            "object_set": data.object_set,
-            "train": len(sim),
-        }
-        _check_buckets(sim, common_pb2.DOMAIN_SIM, "training data")
-    if recipe.uses_real_labels:
-        _check_buckets(real_train, common_pb2.DOMAIN_REAL, "training data")
-    train = sorted(real_train + sim, key=lambda e: e.sequence)
-    _check_images(train + validation, spec.params.profile)
-    return Selection(train, validation, description)
+        raise InvalidArgument(
+            f"no labeled simulated episodes with {randomization} match the selection "
+            f"(object set {data.object_set or 'any'}, time window {_window_text(data)}), "
+            f"and recipe {recipe.name} trains on them"
+        )
+    if data.max_sim_episodes:
+        sim = _sample(sim, data.max_sim_episodes, spec.params.seed + 1)
+    return sim
 
 
 def _check_images(episodes: Sequence[Summary], profile: str) -> None:

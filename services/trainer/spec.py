@@ -4,20 +4,52 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 from graspfleet.v1 import common_pb2, trainer_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.grasp_predictor import profiles
 from services.trainer import recipes
 from services.trainer.config import BACKENDS, TrainerConfig
-from services.trainer.recipes import Recipe
+from services.trainer.recipes import GRASPGAN, RCAN, Recipe
+from services.trainer.registry import STABLE, Registry
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RUN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
-# Loss weights a recipe understands; the refiner recipes will add lambda_g, lambda_c, ...
-WEIGHTS = {"dann": "factor of the reversed domain gradient (DANN recipes), default 0.1"}
+DANN_WEIGHT = {"dann": "factor of the reversed domain gradient (DANN recipes), default 0.1"}
+# The loss weights of the generator recipes: GraspGANConfig's and RCANSpec's fields
+# (services/refiner/graspgan.py, rcan.py), named here so the trainer need not load TensorFlow.
+GRASPGAN_WEIGHTS = {
+    "lambda_g": "G's LSGAN loss in equation (1), default 1",
+    "lambda_d": "D's LSGAN loss in equation (2), default 1",
+    "lambda_tg": "C's task loss on refined sim samples, training G, default 0.1",
+    "lambda_td": "C's task loss, training C, default 1",
+    "lambda_c": "the content loss in equation (1), default 1",
+    "pmse_weight": "pairwise MSE of refined vs sim images in the content loss, default 10",
+    "mask_weight": "mask L1 in the content loss, default 1",
+    "feature_weight": "task-feature loss (C's last conv layer) in the content loss, default 1",
+    "real_task": "1: C's task loss uses the real labels (Table III, default); "
+    "0: the real images' labels are not used (Table II)",
+    **DANN_WEIGHT,
+}
+RCAN_WEIGHTS = {
+    "image_weight": "L1 between G's image and the canonical render, default 10",
+    "mask_weight": "mask cross-entropy, default 1",
+    "gan_weight": "pix2pix's conditional LSGAN term, default 0 (no discriminator)",
+}
 MAX_DANN_WEIGHT = 100.0
+MAX_LOSS_WEIGHT = 1000.0
+REFINER_PROFILES = ("tiny", "default", "paper")
 MAX_DESCRIPTION = 2000
+
+
+def known_weights(recipe: Recipe) -> dict[str, str]:
+    """The loss weights `recipe` understands, with what each one weighs."""
+    if recipe.trains == GRASPGAN:
+        return GRASPGAN_WEIGHTS
+    if recipe.trains == RCAN:
+        return RCAN_WEIGHTS
+    return DANN_WEIGHT if recipe.dann else {}
 
 
 def check_run_id(run_id: str) -> None:
@@ -35,7 +67,10 @@ def _finite(name: str, value: float) -> None:
 
 
 def normalize(
-    spec: trainer_pb2.RunSpec, config: TrainerConfig, backends: tuple[str, ...] = BACKENDS
+    spec: trainer_pb2.RunSpec,
+    config: TrainerConfig,
+    backends: tuple[str, ...] = BACKENDS,
+    registry: Registry | None = None,
 ) -> tuple[trainer_pb2.RunSpec, Recipe]:
     """A copy of `spec` with every default filled in, and its recipe.
 
@@ -43,21 +78,20 @@ def normalize(
         spec: The RunSpec as submitted.
         config: Defaults and limits.
         backends: The backends this trainer can run jobs on.
+        registry: Where the generators a recipe needs are published; the
+            config's model base when None.
 
     Raises:
-        InvalidArgument: an unknown recipe, profile, backend or weight, or a size,
-            rate or fraction out of range; the message names the field.
-        FailedPrecondition: the recipe needs a refiner this fleet does not have yet,
-            or the backend is known but not configured.
+        InvalidArgument: an unknown recipe, profile, backend or weight, a size,
+            rate or fraction out of range, or a model name the recipe cannot
+            publish to; the message names the field.
+        FailedPrecondition: the recipe needs a generator that has no stable
+            version, or the backend is known but not configured.
     """
     spec = trainer_pb2.RunSpec.FromString(spec.SerializeToString())
     recipe = _recipe(spec.recipe)
-    spec.model_name = spec.model_name or config.default_model_name
-    if not MODEL_NAME.match(spec.model_name) or spec.model_name.isdigit():
-        raise InvalidArgument(
-            f"model_name {spec.model_name!r}: use up to 64 letters, digits, '.', '_' or '-', "
-            "not only digits"
-        )
+    generator(recipe, config, registry or Registry(Path(config.model_base)))
+    _model_name(spec, recipe, config)
     spec.backend = spec.backend or config.default_backend
     if spec.backend not in BACKENDS:
         raise InvalidArgument(f"backend {spec.backend!r} is unknown: use one of {BACKENDS}")
@@ -69,7 +103,16 @@ def normalize(
         raise InvalidArgument(f"description is longer than {MAX_DESCRIPTION} characters")
     _params(spec.params, recipe, config)
     _data(spec.data, recipe, config)
-    if not spec.HasField("gate"):
+    if recipe.is_generator:
+        if spec.gate.max_regression:
+            raise InvalidArgument(
+                f"gate.max_regression compares grasp accuracies; {recipe.name} is gated on scene "
+                "preservation instead (the trainer's generator_min_mask_accuracy and "
+                "generator_min_mask_iou): leave it 0"
+            )
+        if not spec.HasField("gate"):
+            spec.gate.enabled = True
+    elif not spec.HasField("gate"):
         spec.gate.CopyFrom(
             trainer_pb2.GateSpec(enabled=True, max_regression=config.gate_max_regression)
         )
@@ -86,14 +129,74 @@ def _recipe(value: int) -> Recipe:
         raise InvalidArgument(f"recipe is required: one of {recipes.short_names()}")
     if value not in recipes.RECIPES:
         raise InvalidArgument(f"recipe={value} is not a known recipe: {recipes.short_names()}")
-    recipe = recipes.RECIPES[value]
-    if recipe.refiner and not recipes.refiner_available(recipe.refiner):
-        raise FailedPrecondition(
-            f"recipe {recipe.name} ({recipe.paper_name}) needs the {recipe.refiner} refiner to "
-            "turn simulated images into real-looking ones, and the refiner service is not "
-            "built yet; use DANN or DANN_R meanwhile"
+    return recipes.RECIPES[value]
+
+
+def generator(recipe: Recipe, config: TrainerConfig, registry: Registry) -> dict | None:
+    """The generator version a recipe applies (its stable), as recorded in the run's job file.
+
+    Resolved at submission, like the data: a queued run refines with the version
+    that was stable when it was accepted.
+
+    Returns:
+        {"kind", "name", "version", "label"}; None for recipes that apply none.
+
+    Raises:
+        FailedPrecondition: the generator has no version, or none labelled stable;
+            the message says which recipe to run or which version to promote.
+    """
+    if not recipe.refiner:
+        return None
+    name = config.generator_model_name(recipe.refiner)
+    if not recipes.refiner_available(registry, name):
+        versions = registry.version_numbers(name)
+        producer = recipes.GENERATOR_RECIPES[recipe.refiner]
+        use = (
+            "refine its simulated images"
+            if recipe.refiner == GRASPGAN
+            else "canonicalize the held-out real images it is validated on"
         )
-    return recipe
+        what = f"recipe {recipe.name} ({recipe.paper_name}) needs the refiner's {recipe.refiner}"
+        if not versions:
+            raise FailedPrecondition(
+                f"{what} generator to {use}, and model {name!r} has no published version: run "
+                f"recipe {producer} first, then promote its version (graspfleet models promote "
+                f"<version> --model {name})"
+            )
+        raise FailedPrecondition(
+            f"{what} generator to {use}: model {name!r} has versions {versions} but none "
+            f"labelled stable; promote one (graspfleet models promote {versions[-1]} --model "
+            f"{name})"
+        )
+    version = registry.labels(name)[STABLE]
+    return {"kind": recipe.refiner, "name": name, "version": version, "label": STABLE}
+
+
+def _model_name(spec: trainer_pb2.RunSpec, recipe: Recipe, config: TrainerConfig) -> None:
+    generators = {config.graspgan_model_name, config.rcan_model_name}
+    if recipe.is_generator:
+        own = config.generator_model_name(recipe.trains)
+        spec.model_name = spec.model_name or own
+        if spec.model_name != own:
+            # The recipes that apply a generator look for it under this one name.
+            raise InvalidArgument(
+                f"model_name {spec.model_name!r}: {recipe.name} publishes the {recipe.trains} "
+                f"generator as {own!r} (the trainer's {recipe.trains}_model_name); leave "
+                "model_name empty"
+            )
+        return
+    default = config.rcan_grasp_model_name if recipe.canonical else config.default_model_name
+    spec.model_name = spec.model_name or default
+    if not MODEL_NAME.match(spec.model_name) or spec.model_name.isdigit():
+        raise InvalidArgument(
+            f"model_name {spec.model_name!r}: use up to 64 letters, digits, '.', '_' or '-', "
+            "not only digits"
+        )
+    if spec.model_name in generators:
+        raise InvalidArgument(
+            f"model_name {spec.model_name!r} is a refiner generator's; a grasp model needs "
+            "another name"
+        )
 
 
 def _params(params: trainer_pb2.TrainingParams, recipe: Recipe, config: TrainerConfig) -> None:
@@ -109,23 +212,35 @@ def _params(params: trainer_pb2.TrainingParams, recipe: Recipe, config: TrainerC
             f"samples) and {config.max_batch_size}"
         )
     _finite("params.learning_rate", params.learning_rate)
-    params.learning_rate = params.learning_rate or config.default_learning_rate
+    params.learning_rate = params.learning_rate or (
+        config.default_generator_learning_rate
+        if recipe.is_generator
+        else config.default_learning_rate
+    )
     if not 0 < params.learning_rate <= 1:
         raise InvalidArgument(f"params.learning_rate={params.learning_rate} must be in (0, 1]")
     params.profile = params.profile or "default"
-    if params.profile not in profiles.PROFILES:
+    known = REFINER_PROFILES if recipe.is_generator else tuple(sorted(profiles.PROFILES))
+    if params.profile not in known:
         raise InvalidArgument(
-            f"params.profile {params.profile!r} is unknown: use one of {sorted(profiles.PROFILES)}"
+            f"params.profile {params.profile!r} is unknown for {recipe.name}: use one of {known}"
         )
+    weights = known_weights(recipe)
     for key, value in params.weights.items():
-        if key not in WEIGHTS:
-            raise InvalidArgument(f"params.weights[{key!r}] is not a weight: known {WEIGHTS}")
+        if key not in weights:
+            if key in DANN_WEIGHT:
+                raise InvalidArgument(
+                    f"params.weights['dann'] is set but {recipe.name} has no DANN"
+                )
+            raise InvalidArgument(
+                f"params.weights[{key!r}] is not a weight of {recipe.name}: known {weights}"
+            )
         _finite(f"params.weights[{key!r}]", value)
-    if "dann" in params.weights:
-        if not recipe.dann:
-            raise InvalidArgument(f"params.weights['dann'] is set but {recipe.name} has no DANN")
-        if not 0 <= params.weights["dann"] <= MAX_DANN_WEIGHT:
-            raise InvalidArgument(f"params.weights['dann'] must be in [0, {MAX_DANN_WEIGHT}]")
+        limit = MAX_DANN_WEIGHT if key == "dann" else MAX_LOSS_WEIGHT
+        if not 0 <= value <= limit:
+            raise InvalidArgument(f"params.weights[{key!r}] must be in [0, {limit}]")
+    if params.weights.get("real_task", 1.0) not in (0.0, 1.0):
+        raise InvalidArgument("params.weights['real_task'] is 1 (use real labels) or 0 (do not)")
 
 
 def _data(data: trainer_pb2.DataSelection, recipe: Recipe, config: TrainerConfig) -> None:
@@ -141,6 +256,10 @@ def _data(data: trainer_pb2.DataSelection, recipe: Recipe, config: TrainerConfig
                 )
     else:
         data.sim_randomization = data.sim_randomization or recipe.sim_randomization
+    if not recipe.uses_real and data.robot_ids:
+        raise InvalidArgument(
+            f"data.robot_ids selects real episodes, and recipe {recipe.name} uses none"
+        )
     if not recipe.uses_real_labels and (data.max_real_episodes or data.real_fraction):
         raise InvalidArgument(
             f"recipe {recipe.name} trains on no real labels: max_real_episodes and "

@@ -78,6 +78,36 @@ def store(tmp_path_factory) -> Iterator[ServiceServer]:
     server.stop(grace_s=0)
 
 
+def with_canonical(record):
+    """`record` with canonical renders: the world's flat class colours painted over its masks
+    (robots.canonical.PALETTE), as a sim-farm collection with render_canonical stores them."""
+    from robots.canonical import PALETTE
+    from services.common.images import decode_image, encode_image
+
+    record.header.x0_canonical.CopyFrom(encode_image(PALETTE[decode_image(record.header.x0_mask)]))
+    for step in record.steps:
+        step.canonical.CopyFrom(encode_image(PALETTE[decode_image(step.mask)]))
+    return record
+
+
+@pytest.fixture(scope="module")
+def refiner_store(tmp_path_factory) -> Iterator[ServiceServer]:
+    """An in-process store for the refiner recipes: 8 plain SIM episodes with masks, 8 visually
+    randomized SIM episodes with masks and canonical renders plus one without them, and 12
+    REAL episodes on two arms; successes and failures in every group."""
+    data_dir = tmp_path_factory.mktemp("refiner-store")
+    server = create_store(EpisodeStoreConfig(port=0, data_dir=str(data_dir), grace_s=0))
+    channel, stub = client.connect(server.address)
+    visual = common_pb2.RANDOMIZATION_VISUAL
+    with channel:
+        fill(stub, [episode(s, SIM, s % 2 == 0) for s in range(300, 308)])
+        randomized = [episode(s, SIM, s % 2 == 0, randomization=visual) for s in range(308, 317)]
+        fill(stub, [with_canonical(r) for r in randomized[:-1]] + randomized[-1:])
+        fill(stub, [episode(s, REAL, (s // 2) % 2 == 0) for s in range(400, 412)])
+    yield server
+    server.stop(grace_s=0)
+
+
 @pytest.fixture
 def store_client(store):
     channel, stub = client.connect(store.address)
