@@ -109,6 +109,25 @@ def test_planner_outage_stops_the_arm_safely_then_the_agent_resumes(fleet, tmp_p
     assert _until(lambda: len(_stored(fleet)) == agent.status().episodes_attempted, 30)
 
 
+def test_predictor_outage_stops_the_arm_safely_then_the_agent_resumes(fleet, tmp_path):
+    """The predictor restarts under a running agent: the planner answers UNAVAILABLE meanwhile."""
+    server, agent = _agent(fleet, tmp_path)
+    try:
+        assert _until(lambda: agent.status().episodes_attempted >= 1)
+        port = fleet["predictor"].port
+        fleet["predictor"].stop(grace_s=0)
+        assert _until(lambda: agent.status().state == State.AGENT_STATE_SAFE_STOP, 30)
+        assert "grasp-predictor" in agent.status().last_error
+        fleet["predictor"] = create_predictor(
+            PredictorConfig(port=port, model_base_path=str(tmp_path / "models"), settle_s=0)
+        )
+        before = agent.status().episodes_attempted
+        assert _until(lambda: agent.status().episodes_attempted >= before + 2, 120)
+    finally:
+        server.stop()
+    assert _until(lambda: len(_stored(fleet)) == agent.status().episodes_attempted, 30)
+
+
 def test_store_outage_spools_and_nothing_is_lost(fleet, tmp_path):
     store_dir = fleet["store"].config.data_dir
     port = fleet["store"].port
