@@ -67,6 +67,12 @@ BENCHES ?= ingest model_inference predictor
 bench: protos sysdeps
 	@for b in $(BENCHES); do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
+# The GraspGAN experiment: grasp models on raw vs refined sim, judged on proxy-real
+# (bench/graspgan_experiment.py); ARGS="--quick" for a smoke run, results under var/.
+.PHONY: experiment
+experiment: protos
+	$(PY) -m bench.graspgan_experiment $(ARGS)
+
 clean:
 	rm -rf $(VENV) $(PROTO_STAMP) protos/graspfleet/v1/*_pb2*.py* var reports
 
