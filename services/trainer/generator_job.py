@@ -17,19 +17,7 @@ from graspfleet.v1 import trainer_pb2
 from services.trainer import gate, jobfiles, refine_dataset
 from services.trainer.jobfiles import Progress, Result
 from services.trainer.recipes import GRASPGAN, Recipe, task_profile
-
-# GraspGANConfig's fields: the loss weights params.weights may set.
-GRASPGAN_LOSSES = (
-    "lambda_g",
-    "lambda_d",
-    "lambda_tg",
-    "lambda_td",
-    "lambda_c",
-    "pmse_weight",
-    "mask_weight",
-    "feature_weight",
-)
-RCAN_LOSSES = ("image_weight", "mask_weight", "gan_weight")
+from services.trainer.spec import GRASPGAN_LOSS_WEIGHTS, RCAN_WEIGHTS
 
 
 def spec_fields(recipe: Recipe, params: trainer_pb2.TrainingParams) -> dict:
@@ -56,13 +44,13 @@ def spec_fields(recipe: Recipe, params: trainer_pb2.TrainingParams) -> dict:
             "dann": True,
             "dann_weight": weights.get("dann", 0.1),
             "real_labels": bool(weights.get("real_task", 1.0)),
-            "losses": {k: weights[k] for k in GRASPGAN_LOSSES if k in weights},
+            "losses": {k: weights[k] for k in GRASPGAN_LOSS_WEIGHTS if k in weights},
         }
     return {
         **common,
         "recipe": "rcan",
         "learning_rate": params.learning_rate,
-        **{k: weights[k] for k in RCAN_LOSSES if k in weights},
+        **{k: weights[k] for k in RCAN_WEIGHTS if k in weights},
     }
 
 

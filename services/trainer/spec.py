@@ -17,25 +17,28 @@ from services.trainer.registry import STABLE, Registry
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RUN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 DANN_WEIGHT = {"dann": "factor of the reversed domain gradient (DANN recipes), default 0.1"}
-# The loss weights of the generator recipes: GraspGANConfig's and RCANSpec's fields
-# (services/refiner/graspgan.py, rcan.py), named here so the trainer need not load TensorFlow.
+# The loss weights of the generator recipes: GraspGANConfig's and RCANSpec's fields, where their
+# defaults are (services/refiner/graspgan.py, rcan.py); named here so the trainer needs no TensorFlow.
+GRASPGAN_LOSS_WEIGHTS = {
+    "lambda_g": "G's LSGAN loss in equation (1)",
+    "lambda_d": "D's LSGAN loss in equation (2)",
+    "lambda_tg": "C's task loss on refined sim samples, training G",
+    "lambda_td": "C's task loss, training C",
+    "lambda_c": "the content loss in equation (1)",
+    "pmse_weight": "pairwise MSE of refined vs sim images in the content loss",
+    "mask_weight": "mask L1 in the content loss",
+    "feature_weight": "task-feature loss (C's last conv layer) in the content loss",
+}
 GRASPGAN_WEIGHTS = {
-    "lambda_g": "G's LSGAN loss in equation (1), default 1",
-    "lambda_d": "D's LSGAN loss in equation (2), default 1",
-    "lambda_tg": "C's task loss on refined sim samples, training G, default 0.1",
-    "lambda_td": "C's task loss, training C, default 1",
-    "lambda_c": "the content loss in equation (1), default 1",
-    "pmse_weight": "pairwise MSE of refined vs sim images in the content loss, default 10",
-    "mask_weight": "mask L1 in the content loss, default 1",
-    "feature_weight": "task-feature loss (C's last conv layer) in the content loss, default 1",
+    **GRASPGAN_LOSS_WEIGHTS,
     "real_task": "1: C's task loss uses the real labels (Table III, default); "
     "0: the real images' labels are not used (Table II)",
     **DANN_WEIGHT,
 }
 RCAN_WEIGHTS = {
-    "image_weight": "L1 between G's image and the canonical render, default 10",
-    "mask_weight": "mask cross-entropy, default 1",
-    "gan_weight": "pix2pix's conditional LSGAN term, default 0 (no discriminator)",
+    "image_weight": "L1 between G's image and the canonical render",
+    "mask_weight": "mask cross-entropy",
+    "gan_weight": "pix2pix's conditional LSGAN term (0: no discriminator)",
 }
 MAX_DANN_WEIGHT = 100.0
 MAX_LOSS_WEIGHT = 1000.0

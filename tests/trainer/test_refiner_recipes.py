@@ -24,6 +24,7 @@ from services.trainer.backends import JobSpec
 from services.trainer.config import TrainerConfig
 from services.trainer.job import WORK_DIR
 from services.trainer.kubernetes_backend import KubernetesBackend
+from services.trainer.spec import GRASPGAN_LOSS_WEIGHTS, RCAN_WEIGHTS
 from tests.fixtures import refiner_models
 from tests.trainer.conftest import AUTH, tiny_spec, trainer_stub, watch
 
@@ -217,6 +218,16 @@ def test_a_generator_that_has_not_learnt_the_scene_is_rejected(start_trainer, tm
     assert run.metrics["gate_min_mask_accuracy"] == 0.9
     assert run.metrics["validation_mask_accuracy"] < 0.9
     assert not list((tmp_path / "models" / "rcan").glob("[0-9]*"))
+
+
+def test_the_weights_the_trainer_accepts_are_the_generators_own():
+    from dataclasses import fields
+
+    from services.refiner.graspgan import GraspGANConfig
+    from services.refiner.rcan import RCANSpec
+
+    assert set(GRASPGAN_LOSS_WEIGHTS) == {f.name for f in fields(GraspGANConfig)}
+    assert set(RCAN_WEIGHTS) <= {f.name for f in fields(RCANSpec)}
 
 
 def test_the_scene_gate_checks_accuracy_and_the_arm_and_object_iou():
