@@ -154,7 +154,8 @@ def _job(args: argparse.Namespace) -> int:
 
 
 def _print_version(v) -> None:
-    accuracy = v.metrics.get("validation_accuracy")
+    # A generator's accuracy is its masks' on held-out sim images (the scene gate's number).
+    accuracy = v.metrics.get("validation_accuracy", v.metrics.get("validation_mask_accuracy"))
     shown = f"{accuracy:.3f}" if accuracy is not None else "-"
     created = "-"
     if v.HasField("created_at"):

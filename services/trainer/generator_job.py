@@ -5,8 +5,8 @@ episodes; RCAN from its simulated episodes that carry canonical renders. Both
 are scored on held-out simulated episodes against the simulator's masks
 (`gate.decide_scene`), and a passing generator is exported as the next version
 of its model (`services/refiner/export.py`); the trainer then labels it canary
-like a grasp model. The trainer's process builds the job file with
-`spec_fields` without loading TensorFlow; the job imports it.
+like a grasp model. `spec_fields` runs in the trainer when a run is submitted
+(without TensorFlow), `train_and_gate` in the job.
 """
 
 from __future__ import annotations
