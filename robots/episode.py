@@ -50,10 +50,25 @@ def run_episode(
     seed: int,
     max_steps: int,
     on_step: Callable[[StepRecord], None] | None = None,
+    *,
+    policy_seed: int | None = None,
 ) -> EpisodeResult:
-    """One grasp attempt of at most `max_steps` steps; the last step always closes the gripper."""
+    """One grasp attempt of at most `max_steps` steps; the last step always closes the gripper.
+
+    Args:
+        arm: What is driven (a GraspWorld or a robot driver).
+        policy: The command source.
+        seed: Seeds the scene (objects, placement, randomization) through `arm.reset`.
+        max_steps: Steps at most; the last one closes the gripper whatever the policy says.
+        on_step: Called with each step's record as soon as it is executed.
+        policy_seed: Seeds the policy; None uses `seed`. Another policy seed with the same
+            scene seed is another attempt at the very same scene.
+
+    Returns:
+        The episode; `seed` in it is the scene's.
+    """
     start = arm.reset(seed)
-    policy.begin(start.x0, seed, max_steps)
+    policy.begin(start.x0, seed if policy_seed is None else policy_seed, max_steps)
     steps: list[StepRecord] = []
     for step in range(max_steps):
         began = time.perf_counter()

@@ -1,13 +1,15 @@
-"""Collection policies that need no model: random exploration and the privileged oracle.
+"""Collection policies that need no model: random exploration, the oracle and the noisy oracle.
 
 A policy sees the world's observations and returns one command per step; the
-episode runner executes it. The oracle alone reads privileged state (the exact
-shape and place of every object): it exists to prove that grasps are physically
-achievable and labels are right.
+episode runner executes it. The oracles alone read privileged state (the exact
+shape and place of every object): the oracle exists to prove that grasps are
+physically achievable and labels are right; the noisy oracle explores around
+good grasps in simulation, where such scripted collection is legitimate.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -107,10 +109,14 @@ class OraclePolicy:
                 yaw=0.0,
                 width=float(np.max(high[:2] - low[:2])),
             )
+        self._aim(plan)
+
+    def _aim(self, plan: GraspPlan) -> None:
+        workspace = self.world.config.workspace
         self.plan = plan
         self.grip_yaw = wrap_yaw(plan.yaw)
-        self.grasp = world.config.workspace.clamp(self._flange_for(plan))
-        self.above = np.array([*self.grasp[:2], world.config.workspace.high[2] - 0.05])
+        self.grasp = workspace.clamp(self._flange_for(plan))
+        self.above = np.array([*self.grasp[:2], workspace.high[2] - 0.05])
 
     def _flange_for(self, plan: GraspPlan) -> np.ndarray:
         # The fingers close beside the flange's axis, not under it: aim the flange so they meet
@@ -137,3 +143,49 @@ class OraclePolicy:
         z = self.grasp[2] if xy_error < 0.03 else max(self.grasp[2], pose.position[2] - step_m / 2)
         target = np.array([*self.grasp[:2], max(z, pose.position[2] - step_m)])
         return Action(MOVE, motion_to(pose.position, target, dyaw))
+
+
+class NoisyOraclePolicy(OraclePolicy):
+    """The oracle aiming at a perturbed grasp: scripted exploration around good grasps.
+
+    Random exploration rarely ends near an object (and then mostly fails on the
+    fine alignment), so its data says little about what separates a grasp that
+    holds from one that slips. This policy plans the oracle's grasp, then moves
+    the fingertips' meeting point by Gaussian noise in the horizontal plane and
+    turns the closing direction by Gaussian noise, so its episodes cover near
+    misses and near hits around grasps that work. The noise is drawn from the
+    episode's policy seed.
+
+    Args:
+        world: The simulated world (privileged geometry, as for the oracle).
+        position_sigma_m: Standard deviation of the grasp point's shift along x and y, metres.
+        yaw_sigma_rad: Standard deviation of the closing direction's turn, radians.
+
+    Raises:
+        ValueError: a negative standard deviation.
+    """
+
+    name = "noisy-oracle"
+
+    def __init__(
+        self, world: GraspWorld, position_sigma_m: float = 0.02, yaw_sigma_rad: float = 0.3
+    ) -> None:
+        if position_sigma_m < 0 or yaw_sigma_rad < 0:
+            raise ValueError(
+                f"position_sigma_m={position_sigma_m} and yaw_sigma_rad={yaw_sigma_rad} "
+                "must not be negative"
+            )
+        super().__init__(world)
+        self.position_sigma_m = position_sigma_m
+        self.yaw_sigma_rad = yaw_sigma_rad
+
+    def begin(self, x0: Observation, seed: int, steps: int) -> None:
+        super().begin(x0, seed, steps)
+        rng = np.random.default_rng(seed)
+        shift = rng.normal(0.0, self.position_sigma_m, 2)
+        turn = rng.normal(0.0, self.yaw_sigma_rad)
+        self._aim(
+            dataclasses.replace(
+                self.plan, centre=self.plan.centre + shift, yaw=wrap_yaw(self.plan.yaw + turn)
+            )
+        )
