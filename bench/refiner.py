@@ -11,7 +11,8 @@ grasp model of the matching profile, with DBN and DANN); RCAN training runs
 which traces the graphs, is not counted).
 
     python -m bench.refiner [--device cpu|gpu] [--profiles default,paper] [--batch-sizes 1,8]
-        [--calls 20] [--train-steps 30] [--paper-train-steps 3] [--paper-train-batch 2]
+        [--calls 20] [--max-seconds 20] [--train-steps 30] [--train-batch 16]
+        [--paper-train-steps 3] [--paper-train-batch 2]
 """
 
 from __future__ import annotations
@@ -44,8 +45,13 @@ def select_device(device: str) -> str:
     return f"gpu ({details.get('device_name', gpus[0].name)})"
 
 
-def generator_rate(profile: str, batch: int, calls: int, model_base: Path) -> float:
-    """Images per second through the exported signature of a `profile` generator."""
+def generator_rate(
+    profile: str, batch: int, calls: int, max_seconds: float, model_base: Path
+) -> float:
+    """Images per second through the exported signature of a `profile` generator.
+
+    Times `calls` calls, or fewer (at least 2) once `max_seconds` have passed.
+    """
     import tensorflow as tf
 
     from services.refiner import export
@@ -60,10 +66,11 @@ def generator_rate(profile: str, batch: int, calls: int, model_base: Path) -> fl
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
     signature(images=images)[export.OUTPUT_IMAGES].numpy()  # warm-up
-    start = time.perf_counter()
-    for _ in range(calls):
+    start, done = time.perf_counter(), 0
+    while done < calls and (done < 2 or time.perf_counter() - start < max_seconds):
         signature(images=images)[export.OUTPUT_IMAGES].numpy()
-    return calls * batch / (time.perf_counter() - start)
+        done += 1
+    return done * batch / (time.perf_counter() - start)
 
 
 def sample_store(data_root: Path, episodes: int, steps: int, size: int) -> list:
@@ -150,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,8", help="generator batch sizes")
     parser.add_argument("--calls", type=int, default=20, help="timed signature calls per case")
     parser.add_argument(
+        "--max-seconds", type=float, default=20.0, help="stop timing a case after this (2+ calls)"
+    )
+    parser.add_argument(
         "--train-steps", type=int, default=30, help="default-profile steps (0 to skip)"
     )
     parser.add_argument("--train-batch", type=int, default=16)
@@ -170,9 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-refiner-") as tmp:
         for profile in profiles:
             for batch in batches:
-                rate = generator_rate(profile, batch, args.calls, Path(tmp) / "models")
+                rate = generator_rate(
+                    profile, batch, args.calls, args.max_seconds, Path(tmp) / "models"
+                )
                 generation.append((profile, SIZES[profile], batch, rate))
-                print(f"generator {profile} x{batch}: {rate:.1f} images/s", file=sys.stderr)
+                print(f"generator {profile} x{batch}: {rate:.3g} images/s", file=sys.stderr)
         runs = []
         if args.train_steps:
             runs.append(("default", args.train_steps, args.train_batch))
@@ -198,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| generator (serving_default) | image | batch | images/s |")
     print("|---|---|---:|---:|")
     for profile, size, batch, rate in generation:
-        print(f"| {profile} | {size}x{size} | {batch} | {rate:.1f} |")
+        print(f"| {profile} | {size}x{size} | {batch} | {rate:.3g} |")
     print("\n| training | profile | image | batch | steps timed | steps/s |")
     print("|---|---|---|---:|---:|---:|")
     for name, profile, size, batch, steps, rate in training:

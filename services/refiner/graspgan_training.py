@@ -18,14 +18,14 @@ import keras
 import tensorflow as tf
 
 from graspfleet.v1 import episode_store_pb2
-from services.episode_store.dataset import MASK, X0, X0_MASK, XT
+from services.episode_store.dataset import XT
 from services.grasp_predictor import profiles
 from services.grasp_predictor.model import ModelConfig
-from services.refiner import data, export, losses
+from services.refiner import data, export
 from services.refiner.graspgan import GraspGANConfig, GraspGANModels, GraspGANStep, build_models
 from services.refiner.loop import LoopSettings, ProgressHook, run_loop
-from services.refiner.networks import UNetGenerator, profile_configs
-from services.refiner.scores import MaskConfusion
+from services.refiner.networks import profile_configs
+from services.refiner.scores import scene_metrics
 from services.refiner.summaries import Checkpoints, TrainingLog, colorize_masks, image_grid
 
 Summary = episode_store_pb2.EpisodeSummary
@@ -132,7 +132,7 @@ class GraspGANResult:
 
     Attributes:
         models: G, D, C and their optimizers, trained.
-        metrics: Scene-preservation metrics on held-out sim episodes (see `scene_metrics`).
+        metrics: Scene-preservation metrics on held-out sim episodes (see `scores.scene_metrics`).
         train_metrics: Losses averaged over the last logging window.
         steps_per_s: Steady-state alternating steps per second, input pipeline included.
         metadata: What was (or would have been) written beside the export.
@@ -145,40 +145,6 @@ class GraspGANResult:
     steps_per_s: float
     metadata: dict = field(default_factory=dict)
     path: Path | None = None
-
-
-def scene_metrics(generator: UNetGenerator, batches: tf.data.Dataset) -> dict[str, float]:
-    """How well refined images keep the sim scene, over finite {x0, xt, x0_mask, mask} batches.
-
-    Returns:
-        mask_accuracy and mask_iou_<class> of G's masks against the sim masks
-        (where G puts the tray, arm and objects), pmse (refined vs sim, in
-        [-1, 1] units) and mean_abs_change (pixels, 0-255). Empty with no batches.
-    """
-    confusion = MaskConfusion()
-    pmse, change, count = 0.0, 0.0, 0
-
-    @tf.function
-    def refine(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        refined, logits = generator(data.to_float(images))
-        return refined, tf.argmax(logits, axis=-1, output_type=tf.int32)
-
-    for batch in batches:
-        for image_key, mask_key in ((X0, X0_MASK), (XT, MASK)):
-            refined, predicted = refine(batch[image_key])
-            confusion.add(batch[mask_key], predicted)
-            size = int(tf.shape(refined)[0])
-            source = data.to_float(batch[image_key])
-            pmse += float(losses.pairwise_mse(refined, source)) * size
-            change += float(tf.reduce_mean(tf.abs(refined - source))) * 127.5 * size
-            count += size
-    if not count:
-        return {}
-    return {
-        **confusion.metrics(),
-        "pmse": pmse / count,
-        "mean_abs_change": change / count,
-    }
 
 
 def fit_graspgan(
@@ -274,7 +240,7 @@ def train_graspgan(
         train_episodes: SIM episodes (labeled, with masks) and REAL episodes
             (labeled when spec.real_labels; unlabeled ones are used only without).
         validation_episodes: Held-out episodes; their SIM ones score scene
-            preservation (`scene_metrics`). May be empty.
+            preservation (`scores.scene_metrics`). May be empty.
         model_base: Model repository; None trains without exporting.
         name: Model name under model_base.
         log_dir: TensorBoard log folder; None for no logs.

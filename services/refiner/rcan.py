@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from services.refiner import data, export, losses
+from services.refiner import data, losses
 from services.refiner.data import CANONICAL, IMAGE, MASK
 from services.refiner.networks import (
     PatchDiscriminator,
@@ -27,7 +27,6 @@ from services.refiner.networks import (
     build_generator,
     profile_configs,
 )
-from services.refiner.scores import MaskConfusion
 
 
 @dataclass(frozen=True)
@@ -151,31 +150,3 @@ class RCANStep:
         m.generator_optimizer.apply_gradients(zip(grads, g_vars, strict=True))
         accuracy = losses.mask_accuracy(mask_logits, batch[MASK])
         return {**metrics, "l1": l1, "mask_loss": mask, "mask_accuracy": accuracy, "loss": loss}
-
-
-def evaluate_rcan(generator: UNetGenerator, batches: tf.data.Dataset) -> dict[str, float]:
-    """How close G's canonical images and masks are to the simulator's, over finite batches.
-
-    Returns:
-        l1_pixels (mean absolute error, 0-255), psnr (dB), mask_accuracy and
-        mask_iou_<class>. Empty with no batches.
-    """
-    confusion = MaskConfusion()
-    l1, psnr, count = 0.0, 0.0, 0
-
-    @tf.function
-    def canonicalize(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        canonical, logits = generator(data.to_float(images))
-        return export.to_uint8(canonical), tf.argmax(logits, axis=-1, output_type=tf.int32)
-
-    for batch in batches:
-        canonical, predicted = canonicalize(batch[IMAGE])
-        confusion.add(batch[MASK], predicted)
-        size = int(tf.shape(canonical)[0])
-        error = tf.abs(tf.cast(canonical, tf.float32) - tf.cast(batch[CANONICAL], tf.float32))
-        l1 += float(tf.reduce_mean(error)) * size
-        psnr += float(tf.reduce_sum(tf.image.psnr(canonical, batch[CANONICAL], max_val=255)))
-        count += size
-    if not count:
-        return {}
-    return {**confusion.metrics(), "l1_pixels": l1 / count, "psnr": psnr / count}

@@ -19,7 +19,8 @@ from graspfleet.v1 import episode_store_pb2
 from services.refiner import data, export
 from services.refiner.data import CANONICAL, IMAGE
 from services.refiner.loop import LoopSettings, ProgressHook, run_loop
-from services.refiner.rcan import RCANModels, RCANSpec, RCANStep, evaluate_rcan
+from services.refiner.rcan import RCANModels, RCANSpec, RCANStep
+from services.refiner.scores import evaluate_rcan
 from services.refiner.summaries import Checkpoints, TrainingLog, colorize_masks, image_grid
 
 Summary = episode_store_pb2.EpisodeSummary
@@ -31,7 +32,7 @@ class RCANResult:
 
     Attributes:
         models: The trained generator (and discriminator, with the GAN term).
-        metrics: Validation metrics (see `rcan.evaluate_rcan`); empty without validation data.
+        metrics: Validation metrics (see `scores.evaluate_rcan`); empty without validation data.
         train_metrics: Losses averaged over the last logging window.
         steps_per_s: Steady-state optimizer steps per second, input pipeline included.
         metadata: What was (or would have been) written beside the export.
