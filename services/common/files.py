@@ -28,6 +28,14 @@ def fsync_dir(path: Path) -> None:
         os.close(descriptor)
 
 
+def fsync_tree(root: Path) -> None:
+    """Makes every file and folder under `root` durable (before renaming `root` into place)."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for file in files:
+            fsync_file(Path(folder) / file)
+        fsync_dir(Path(folder))
+
+
 def replace_durably(tmp: Path, final: Path) -> None:
     """Moves a fully written temporary file into place, durably."""
     fsync_file(tmp)

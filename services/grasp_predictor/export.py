@@ -16,12 +16,13 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import tensorflow as tf
 
-from services.common.files import fsync_dir
+from services.common.files import fsync_dir, fsync_tree
 from services.grasp_predictor.model import MOTION_DIM, GraspSuccessModel
 from services.grasp_predictor.samples import center_crop
 
@@ -100,12 +101,31 @@ def _warmup_records(name: str, height: int, width: int) -> list[bytes]:
     return [log.SerializeToString()]
 
 
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root, topdown=False):
-        for file in files:
-            with open(os.path.join(folder, file), "rb") as handle:
-                os.fsync(handle.fileno())
-        fsync_dir(Path(folder))
+def publish_staged(model_dir: Path, write: Callable[[Path], None]) -> int:
+    """Publishes a new version of `model_dir` atomically; returns its number.
+
+    `write(staging)` fills a fresh staging folder (a name no reader loads); the
+    folder is fsynced and renamed to the next free integer in one step.
+    """
+    model_dir.mkdir(parents=True, exist_ok=True)
+    staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+    try:
+        write(staging)
+        fsync_tree(staging)
+        while True:
+            version = max(versions(model_dir), default=0) + 1
+            try:
+                # A directory rename fails on a non-empty target: a concurrent
+                # exporter that took this number first makes us take the next one.
+                os.rename(staging, model_dir / str(version))
+                break
+            except OSError as error:
+                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        fsync_dir(model_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return version
 
 
 def export_model(
@@ -158,10 +178,7 @@ def export_model(
         raise ValueError(f"metadata keys {clashes} are reserved by export_model")
     text = json.dumps({**record, **(metadata or {})}, indent=2, sort_keys=True)
 
-    model_dir = Path(model_base) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
-    try:
+    def write(staging: Path) -> None:
         module = ServingModule(model)
         tf.saved_model.save(module, str(staging), signatures={SIGNATURE_KEY: module.serve})
         (staging / METADATA_FILE).write_text(text + "\n")
@@ -169,20 +186,9 @@ def export_model(
         with tf.io.TFRecordWriter(str(staging / WARMUP_FILE)) as writer:
             for serialized in _warmup_records(name, height, width):
                 writer.write(serialized)
-        _fsync_tree(staging)
-        while True:
-            version = max(versions(model_dir), default=0) + 1
-            try:
-                # A directory rename fails on a non-empty target: a concurrent
-                # exporter that took this number first makes us take the next one.
-                os.rename(staging, model_dir / str(version))
-                break
-            except OSError as error:
-                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-        fsync_dir(model_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    model_dir = Path(model_base) / name
+    version = publish_staged(model_dir, write)
     return version, model_dir / str(version)
 
 

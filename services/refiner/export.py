@@ -24,18 +24,13 @@ Beside the SavedModel, `graspfleet_model.json`: {"format_version": 1, "kind":
 from __future__ import annotations
 
 import datetime
-import errno
 import json
-import os
-import shutil
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 
 import tensorflow as tf
 
-from services.common.files import fsync_dir, fsync_file
-from services.grasp_predictor.export import FORMAT_VERSION, METADATA_FILE, STAGING_PREFIX, versions
+from services.grasp_predictor.export import FORMAT_VERSION, METADATA_FILE, publish_staged
 from services.refiner.networks import UNetGenerator
 
 SIGNATURE_KEY = "serving_default"
@@ -75,13 +70,6 @@ class RefinerModule(tf.Module):
         refined, mask_logits = self.generator(x)
         masks = tf.cast(tf.argmax(mask_logits, axis=-1), tf.uint8)
         return {OUTPUT_IMAGES: to_uint8(refined), OUTPUT_MASKS: masks}
-
-
-def _fsync_tree(root: Path) -> None:
-    for folder, _, files in os.walk(root, topdown=False):
-        for file in files:
-            fsync_file(Path(folder) / file)
-        fsync_dir(Path(folder))
 
 
 def export_generator(
@@ -134,25 +122,11 @@ def export_generator(
         raise ValueError(f"metadata keys {clashes} are reserved by export_generator")
     text = json.dumps({**record, **metadata}, indent=2, sort_keys=True)
 
-    model_dir = Path(model_base) / name
-    model_dir.mkdir(parents=True, exist_ok=True)
-    staging = model_dir / f"{STAGING_PREFIX}{uuid.uuid4().hex}"
-    try:
+    def write(staging: Path) -> None:
         module = RefinerModule(generator)
         tf.saved_model.save(module, str(staging), signatures={SIGNATURE_KEY: module.serve})
         (staging / METADATA_FILE).write_text(text + "\n")
-        _fsync_tree(staging)
-        while True:
-            version = max(versions(model_dir), default=0) + 1
-            try:
-                # A directory rename fails on a non-empty target: a concurrent
-                # exporter that took this number first makes us take the next one.
-                os.rename(staging, model_dir / str(version))
-                break
-            except OSError as error:
-                if error.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-        fsync_dir(model_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    model_dir = Path(model_base) / name
+    version = publish_staged(model_dir, write)
     return model_dir / str(version)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from services.grasp_predictor.export import versions
 from services.refiner import export
 from services.refiner.networks import GeneratorConfig, build_generator
 
@@ -68,7 +69,7 @@ def test_export_is_atomic_and_numbers_versions(tmp_path):
 
     def watch() -> None:  # a reader polling the folder, as the model repository does
         while not done.is_set():
-            for version in export.versions(model_dir):
+            for version in versions(model_dir):
                 folder = model_dir / str(version)
                 if (
                     not (folder / "saved_model.pb").is_file()
@@ -100,4 +101,4 @@ def test_bad_exports_are_refused_and_leave_nothing(tmp_path):
         export.export_generator(
             generator, tmp_path, "g", export.KIND_GRASPGAN, (64, 64), {"kind": "rcan"}
         )
-    assert export.versions(tmp_path / "g") == []
+    assert versions(tmp_path / "g") == []
