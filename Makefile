@@ -73,6 +73,14 @@ bench: protos sysdeps
 experiment: protos
 	$(PY) -m bench.graspgan_experiment $(ARGS)
 
+# Grasp-model quality on held-out objects: collect, train, CEM against random
+# (bench/grasp_quality; a rerun reuses the episodes already collected).
+.PHONY: grasp-quality
+grasp-quality: protos
+	$(PY) -m bench.grasp_quality collect --data var/grasp-quality/data $(ARGS)
+	$(PY) -m bench.grasp_quality train --data var/grasp-quality/data --models var/grasp-quality/models
+	$(PY) -m bench.grasp_quality evaluate --models var/grasp-quality/models
+
 clean:
 	rm -rf $(VENV) $(PROTO_STAMP) protos/graspfleet/v1/*_pb2*.py* var reports
 
