@@ -6,14 +6,16 @@ import json
 
 import pytest
 
-from bench import grasp_quality
+from bench.grasp_quality.__main__ import main
+from bench.grasp_quality.data import open_store, split_episodes
+from bench.grasp_quality.report import auc, paired
 
 TRAIN, TEST, STEPS = 8, 6, 8
 
 
 def _run(capsys, tmp_path, *argv: str) -> dict:
     out = tmp_path / f"{argv[0]}.json"
-    assert grasp_quality.main([*argv, "--json", str(out)]) == 0
+    assert main([*argv, "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "\n|---" in printed  # a markdown table
     return json.loads(out.read_text())[argv[0]]
@@ -24,18 +26,18 @@ def _in_unit(value) -> bool:
 
 
 def test_auc_counts_ties_as_half():
-    assert grasp_quality.auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
-    assert grasp_quality.auc([1.0, 1.0, 0.0], [1, 0, 0]) == pytest.approx(0.75)
-    assert grasp_quality.auc([0.2, 0.3], [1, 1]) is None
+    assert auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)
+    assert auc([1.0, 1.0, 0.0], [1, 0, 0]) == pytest.approx(0.75)
+    assert auc([0.2, 0.3], [1, 1]) is None
 
 
 def test_paired_outcomes_on_the_same_scenes():
     pairs = [(True, False), (True, False), (False, True), (True, True), (False, False)]
-    paired = grasp_quality.paired(pairs)
-    counts = [paired[k] for k in ("both", "cem_only", "random_only", "neither")]
+    outcomes = paired(pairs)
+    counts = [outcomes[k] for k in ("both", "cem_only", "random_only", "neither")]
     assert counts == [1, 2, 1, 1]
-    assert paired["difference"] == pytest.approx(0.2)
-    assert paired["difference_standard_error"] == pytest.approx((3 / 25 - 1 / 125) ** 0.5)
+    assert outcomes["difference"] == pytest.approx(0.2)
+    assert outcomes["difference_standard_error"] == pytest.approx((3 / 25 - 1 / 125) ** 0.5)
 
 
 def test_collect_reuse_train_and_geometry(tmp_path, capsys):
@@ -54,9 +56,9 @@ def test_collect_reuse_train_and_geometry(tmp_path, capsys):
     assert all(r["successes"] == round(r["success_rate"] * r["episodes"]) for r in rows)
 
     # Attempts: episodes 0 and 1 are two tries at one scene, with other policy seeds.
-    store = grasp_quality.open_store(data)
+    store = open_store(data)
     try:
-        train = grasp_quality.split_episodes(store, "train")
+        train = split_episodes(store, "train")
     finally:
         store.close()
     assert train[0].seed == train[1].seed != train[2].seed
@@ -66,7 +68,7 @@ def test_collect_reuse_train_and_geometry(tmp_path, capsys):
     # The folder is reused: nothing new to collect; other settings are refused.
     assert _run(capsys, tmp_path, *collect)["new_episodes"] == 0
     with pytest.raises(SystemExit, match="other settings"):
-        grasp_quality.main([*collect[:-1], "0.05"])
+        main([*collect[:-1], "0.05"])
 
     trained = _run(
         capsys,
