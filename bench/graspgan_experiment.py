@@ -348,8 +348,13 @@ def markdown(results: dict) -> str:
 
 
 def run(settings: Settings, out: Path) -> dict:
-    """The whole experiment in `out` (created); returns every number."""
+    """The whole experiment in `out` (created); returns every number.
+
+    results.json is rewritten after every stage, so a run stopped late keeps
+    what it measured (its "finished" is false until the end).
+    """
     from graspfleet.v1 import trainer_pb2
+    from services.common.files import write_atomically
     from services.episode_store import client
     from services.episode_store.config import EpisodeStoreConfig
     from services.episode_store.server import create_server
@@ -357,6 +362,13 @@ def run(settings: Settings, out: Path) -> dict:
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=False)
+    results: dict = {"settings": asdict(settings), "finished": False, "timings": {}}
+
+    def stage(name: str, value) -> None:
+        results[name] = value
+        results["timings"][f"{name}_done_s"] = round(time.perf_counter() - started, 1)
+        write_atomically(out / "results.json", json.dumps(results, indent=1, sort_keys=True))
+
     store = create_server(EpisodeStoreConfig(port=0, data_dir=str(out / "store"), grace_s=0))
     data_root = store.config.data_dir
     try:
@@ -367,12 +379,12 @@ def run(settings: Settings, out: Path) -> dict:
             data = split(stub, settings)
     finally:
         store.stop(grace_s=0)
-    timings = {"collection_s": time.perf_counter() - started}
+    stage("data", {name: counts(getattr(data, name)) for name in Data.__dataclass_fields__})
     log(f"training GraspGAN ({settings.graspgan_steps} steps)")
     graspgan = train_generator(settings, data_root, data, out / "models")
     generate = refine_dataset.load_generator(out / "models", graspgan["generator"])
     refined = refine_dataset.refine_episodes(generate, data_root, data.sim_train, out / "refined")
-    graspgan["refinement"] = refined.metadata()
+    stage("graspgan", {**graspgan, "refinement": refined.metadata()})
     refined_sim = refined.episodes
     R = trainer_pb2
     runs = {
@@ -386,29 +398,25 @@ def run(settings: Settings, out: Path) -> dict:
             "refined sim + labeled real",
             refined_sim + data.real_train,
         )
-    models = {}
+    models: dict = {}
     for key, (recipe, trained_on, train) in runs.items():
         log(f"training the grasp model {key} on {trained_on} ({settings.grasp_steps} steps)")
         models[key] = {
             **grasp_model(settings, recipe, data_root, train, data.real_validation),
             "trained_on": trained_on,
         }
+        stage("grasp_models", models)
     log("training the domain classifiers")
     half = len(data.sim_train) // 2
     real = (images(data_root, data.real_train), images(data_root, data.real_validation))
-    classifiers = {}
+    classifiers: dict = {}
     for name, sim in (("raw", data.sim_train), ("refined", refined_sim)):
         pair = (images(data_root, sim[:half]), images(data_root, sim[half:]))
         classifiers[name] = domain_classifier(pair, real, settings.classifier_steps, settings.seed)
-    timings["total_s"] = time.perf_counter() - started
-    return {
-        "settings": asdict(settings),
-        "data": {name: counts(getattr(data, name)) for name in Data.__dataclass_fields__},
-        "graspgan": graspgan,
-        "grasp_models": models,
-        "domain_classifier": classifiers,
-        "timings": timings,
-    }
+    results["finished"] = True
+    results["timings"]["total_s"] = round(time.perf_counter() - started, 1)
+    stage("domain_classifier", classifiers)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -433,7 +441,6 @@ def main(argv: list[str] | None = None) -> int:
     results = run(settings, out)
     table = markdown(results)
     (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     print(table)
     log(f"done in {results['timings']['total_s']:.0f} s; results in {out}")
     return 0

@@ -17,6 +17,7 @@ def test_the_experiment_collects_refines_trains_and_reports(tmp_path, capsys):
     assert graspgan_experiment.main(["--quick", *smallest, "--out", str(out)]) == 0
 
     results = json.loads((out / "results.json").read_text())
+    assert results["finished"] and results["timings"]["total_s"] > 0
     data = results["data"]
     # Every collected episode is on exactly one side of the splits.
     assert data["sim_train"]["episodes"] + data["sim_held_out"]["episodes"] == SIM
