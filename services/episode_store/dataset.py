@@ -73,6 +73,21 @@ def decode_image(
     return tf.ensure_shape(image, [height, width, channels])
 
 
+def image_size(episodes: Sequence[episode_store_pb2.EpisodeSummary]) -> tuple[int, int]:
+    """The one (height, width) that all `episodes` share.
+
+    Raises:
+        ValueError: no episodes, or episodes of different image sizes.
+    """
+    if not episodes:
+        raise ValueError("no episodes to read: the selection matched nothing")
+    sizes = {(e.image_size.height, e.image_size.width) for e in episodes}
+    if len(sizes) != 1:
+        raise ValueError(f"episodes have several image sizes (h, w) {sorted(sizes)}; select one")
+    ((height, width),) = sizes
+    return height, width
+
+
 def step_dataset(
     data_root: str | Path,
     episodes: Sequence[episode_store_pb2.EpisodeSummary],
@@ -96,12 +111,7 @@ def step_dataset(
     Raises:
         ValueError: no episodes, or episodes of different image sizes.
     """
-    if not episodes:
-        raise ValueError("no episodes to read: the selection matched nothing")
-    sizes = {(e.image_size.width, e.image_size.height) for e in episodes}
-    if len(sizes) != 1:
-        raise ValueError(f"episodes have several image sizes {sorted(sizes)}; select one size")
-    ((width, height),) = sizes
+    height, width = image_size(episodes)
     root = Path(data_root)
     index = tf.data.Dataset.from_tensor_slices(
         {

@@ -21,7 +21,7 @@ from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
 from graspfleet.v1 import episode_store_pb2
-from services.episode_store.dataset import labeled
+from services.episode_store.dataset import image_size, labeled
 from services.grasp_predictor import export, profiles, samples
 from services.grasp_predictor.model import (
     DOMAIN_LOGITS,
@@ -332,11 +332,7 @@ def train(
     validation_episodes = labeled(validation_episodes)
     if not train_episodes:
         raise ValueError("no labeled training episodes: the selection has nothing to learn from")
-    sizes = {(e.image_size.height, e.image_size.width) for e in train_episodes}
-    sizes |= {(e.image_size.height, e.image_size.width) for e in validation_episodes}
-    if len(sizes) != 1:
-        raise ValueError(f"episodes have several image sizes (h, w) {sorted(sizes)}; select one")
-    ((height, width),) = sizes
+    height, width = image_size([*train_episodes, *validation_episodes])
     crop = profiles.profile(spec.profile).crop_size
     if crop > min(height, width):
         raise ValueError(

@@ -18,12 +18,12 @@ import keras
 import tensorflow as tf
 
 from graspfleet.v1 import episode_store_pb2
-from services.episode_store.dataset import XT
+from services.episode_store.dataset import XT, image_size
 from services.grasp_predictor import profiles
 from services.grasp_predictor.model import ModelConfig
 from services.refiner import data, export
 from services.refiner.graspgan import GraspGANConfig, GraspGANModels, GraspGANStep, build_models
-from services.refiner.loop import LoopSettings, ProgressHook, run_loop
+from services.refiner.loop import LoopSettings, ProgressHook, run_loop, run_metadata
 from services.refiner.networks import profile_configs
 from services.refiner.scores import scene_metrics
 from services.refiner.summaries import Checkpoints, TrainingLog, colorize_masks, image_grid
@@ -253,10 +253,7 @@ def train_graspgan(
         ValueError: missing SIM or REAL data, several image sizes, or images
             smaller than C's crop.
     """
-    sizes = {(e.image_size.height, e.image_size.width) for e in train_episodes}
-    if len(sizes) != 1:
-        raise ValueError(f"episodes have several image sizes (h, w) {sorted(sizes)}; select one")
-    ((height, width),) = sizes
+    height, width = image_size(train_episodes)
     crop = profiles.profile(spec.task_profile).crop_size
     if crop > min(height, width):
         raise ValueError(
@@ -290,19 +287,17 @@ def train_graspgan(
         metrics = scene_metrics(models.generator, batches)
         TrainingLog(log_dir).scalars(spec.steps, metrics, part="validation")
     metadata = {
-        "recipe": asdict(spec),
-        "data": {
-            "selection": data_selection or {},
-            "train": data.episode_counts(train_episodes),
-            "validation": data.episode_counts(validation_episodes),
-        },
+        **run_metadata(
+            spec,
+            data_selection,
+            train_episodes,
+            validation_episodes,
+            steps_per_s,
+            train_metrics,
+            metrics,
+        ),
         "discriminator": asdict(models.discriminator.discriminator_config),
         "task_model": asdict(spec.task_config),
-        "training": {
-            "steps_per_s": steps_per_s,
-            "last_train_metrics": train_metrics,
-            "validation_metrics": metrics,
-        },
     }
     path = None
     if model_base is not None:

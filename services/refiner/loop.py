@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 
 import tensorflow as tf
 from tqdm import tqdm
 
+from graspfleet.v1 import episode_store_pb2
+from services.refiner import data
 from services.refiner.summaries import Checkpoints, RunningMeans, TrainingLog
 
 ProgressHook = Callable[[int, int, dict[str, float]], None]
@@ -90,3 +92,28 @@ def run_loop(
     if remaining:
         checkpoints.save(settings.steps)
     return window, rate
+
+
+def run_metadata(
+    spec,
+    data_selection: dict | None,
+    train_episodes: Sequence[episode_store_pb2.EpisodeSummary],
+    validation_episodes: Sequence[episode_store_pb2.EpisodeSummary],
+    steps_per_s: float,
+    train_metrics: dict[str, float],
+    validation_metrics: dict[str, float],
+) -> dict:
+    """What a generator run writes beside its export: the spec, the data, the numbers."""
+    return {
+        "recipe": asdict(spec),
+        "data": {
+            "selection": data_selection or {},
+            "train": data.episode_counts(train_episodes),
+            "validation": data.episode_counts(validation_episodes),
+        },
+        "training": {
+            "steps_per_s": steps_per_s,
+            "last_train_metrics": train_metrics,
+            "validation_metrics": validation_metrics,
+        },
+    }

@@ -10,15 +10,16 @@ validation on held-out episodes, and the export of G.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import tensorflow as tf
 
 from graspfleet.v1 import episode_store_pb2
+from services.episode_store.dataset import image_size
 from services.refiner import data, export
 from services.refiner.data import CANONICAL, IMAGE
-from services.refiner.loop import LoopSettings, ProgressHook, run_loop
+from services.refiner.loop import LoopSettings, ProgressHook, run_loop, run_metadata
 from services.refiner.rcan import RCANModels, RCANSpec, RCANStep
 from services.refiner.scores import evaluate_rcan
 from services.refiner.summaries import Checkpoints, TrainingLog, colorize_masks, image_grid
@@ -147,10 +148,7 @@ def train_rcan(
     Raises:
         ValueError: no SIM episodes, or several image sizes.
     """
-    sizes = {(e.image_size.height, e.image_size.width) for e in train_episodes}
-    if len(sizes) != 1:
-        raise ValueError(f"episodes have several image sizes (h, w) {sorted(sizes)}; select one")
-    ((height, width),) = sizes
+    height, width = image_size(train_episodes)
     models = RCANModels.build(spec)
     batches = data.rcan_batches(
         data_root,
@@ -174,19 +172,15 @@ def train_rcan(
         samples = data.rcan_samples(data_root, held_out).batch(spec.validation_batch_size)
         metrics = evaluate_rcan(models.generator, samples)
         TrainingLog(log_dir).scalars(spec.steps, metrics, part="validation")
-    metadata = {
-        "recipe": asdict(spec),
-        "data": {
-            "selection": data_selection or {},
-            "train": data.episode_counts(train_episodes),
-            "validation": data.episode_counts(validation_episodes),
-        },
-        "training": {
-            "steps_per_s": steps_per_s,
-            "last_train_metrics": train_metrics,
-            "validation_metrics": metrics,
-        },
-    }
+    metadata = run_metadata(
+        spec,
+        data_selection,
+        train_episodes,
+        validation_episodes,
+        steps_per_s,
+        train_metrics,
+        metrics,
+    )
     path = None
     if model_base is not None:
         path = export.export_generator(
