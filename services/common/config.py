@@ -68,6 +68,11 @@ class ServerConfig:
     drain_delay_s: float = setting(
         0.0, "On SIGTERM, seconds NOT_SERVING is reported before the server stops accepting calls."
     )
+    max_connection_age_s: float = setting(
+        0.0,
+        "Close client connections after this many seconds (with a grace of grace_s) so "
+        "clients reconnect and spread over new replicas; 0 keeps them open.",
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR.")
     log_format: str = setting("json", "json (one object a line) or text.")
 
@@ -79,8 +84,10 @@ class ServerConfig:
             raise ConfigError(f"max_message_bytes={self.max_message_bytes} is below 1024 bytes")
         if self.max_workers < 1 or self.max_concurrent_rpcs < 1:
             raise ConfigError("max_workers and max_concurrent_rpcs must be at least 1")
-        if self.grace_s < 0 or self.drain_delay_s < 0:
-            raise ConfigError("grace_s and drain_delay_s must not be negative")
+        if self.grace_s < 0 or self.drain_delay_s < 0 or self.max_connection_age_s < 0:
+            raise ConfigError(
+                "grace_s, drain_delay_s and max_connection_age_s must not be negative"
+            )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level={self.log_level!r}: use DEBUG, INFO, WARNING or ERROR")
         if self.log_format not in ("json", "text"):

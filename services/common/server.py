@@ -53,6 +53,13 @@ class ServiceServer:
             # gRPC shares a port with another live server by default; refuse instead.
             ("grpc.so_reuseport", 0),
         ]
+        if config.max_connection_age_s > 0:
+            # Long-lived channels pin a client to one replica; a bounded age makes clients
+            # reconnect, so a scaled-out Deployment (HPA) actually receives load.
+            options += [
+                ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(config.grace_s * 1000)),
+            ]
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix=name),
             interceptors=[metrics.ServerInterceptor()],

@@ -56,6 +56,29 @@ def test_not_serving_until_ready_then_serving():
         server.stop(grace_s=0)
 
 
+def test_max_connection_age_makes_clients_reconnect():
+    """With max_connection_age_s the server ends connections, so clients spread over replicas."""
+    server = ServiceServer(
+        "probe",
+        ServerConfig(port=0, max_connection_age_s=0.5, grace_s=0.2),
+        register=lambda s: None,
+        service_names=["x.Probe"],
+    )
+    states: list[grpc.ChannelConnectivity] = []
+    try:
+        server.set_serving(True)
+        with grpc.insecure_channel(server.address) as channel:
+            channel.subscribe(states.append, try_to_connect=False)
+            stub = health_pb2_grpc.HealthStub(channel)
+            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == SERVING
+            time.sleep(2.0)
+            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == SERVING
+        ready = grpc.ChannelConnectivity.READY
+        assert states.count(ready) >= 2, states  # connected, aged out, connected again
+    finally:
+        server.stop(grace_s=0)
+
+
 def test_reflection_lists_the_services(store):
     with grpc.insecure_channel(store.address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
