@@ -206,8 +206,14 @@ class Agent:
         self._thread.join(timeout_s)
         return not self._thread.is_alive()
 
-    def stop(self, drain_s: float = 10.0) -> None:
-        """Finishes the current episode, then gives the spool `drain_s` to reach the store."""
+    def stop(self, drain_s: float | None = None) -> None:
+        """Finishes the current episode, then gives the spool `drain_s` to reach the store.
+
+        Args:
+            drain_s: Seconds for the upload; the `spool_drain_s` setting when None.
+        """
+        if drain_s is None:
+            drain_s = self.config.spool_drain_s
         self._stop.set()
         self._resume.set()
         self._thread.join(timeout=120)

@@ -49,6 +49,11 @@ class AgentConfig(ServerConfig):
         1.0, "How often a safe-stopped agent checks whether the planner is back, seconds."
     )
     seed: int = setting(0, "Seeds the episode seeds (0: from the arm's inventory seed).")
+    spool_drain_s: float = setting(
+        10.0,
+        "On shutdown, seconds the spooled episodes get to reach the store (keep it inside the "
+        "pod's termination grace period); what is left stays on disk for the next start.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,5 +71,7 @@ class AgentConfig(ServerConfig):
             check_address("refiner_address", self.refiner_address)
         if not self.model_name:
             raise ConfigError("model_name must name the grasp model to plan with")
+        if self.spool_drain_s < 0:
+            raise ConfigError(f"spool_drain_s={self.spool_drain_s} must not be negative")
         if not 1 <= self.max_steps <= 50 or self.episodes < 0:
             raise ConfigError("max_steps must be 1..50 and episodes not negative")
