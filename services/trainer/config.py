@@ -81,7 +81,7 @@ class TrainerConfig(ServerConfig):
         "arm, object) G's mask gets right.",
     )
     generator_min_mask_iou: float = setting(
-        0.5,
+        0.3,
         "Generator gate: least IoU of G's arm mask and of its object mask with the sim masks "
         "(the arm and objects must stay where they are).",
     )

@@ -209,7 +209,7 @@ def test_rcan_generator_then_a_grasp_model_on_canonical_images(start_trainer, tm
 
 
 def test_a_generator_that_has_not_learnt_the_scene_is_rejected(start_trainer, tmp_path):
-    channel, stub = trainer_stub(start_trainer())  # the default scene gate: 0.9 and 0.5
+    channel, stub = trainer_stub(start_trainer())  # the default scene gate: 0.9 and 0.3
     with channel:
         run = finished(stub, generator_spec(S.RECIPE_RCAN_GENERATOR))
     # Three steps from random weights cannot put 90% of the pixels in the right class.
