@@ -97,7 +97,7 @@ def test_bad_run_specs_are_invalid_arguments_with_the_reason(stub, case):
 @pytest.mark.parametrize(
     "recipe", [S.RECIPE_GRASPGAN_DANN_DBN, S.RECIPE_GRASPGAN_SIM_ONLY, S.RECIPE_RCAN]
 )
-def test_refiner_recipes_are_refused_until_the_refiner_exists(stub, recipe):
+def test_refiner_recipes_are_refused_until_their_generator_is_stable(stub, recipe):
     with pytest.raises(grpc.RpcError) as refused:
         stub.SubmitRun(S.SubmitRunRequest(spec=tiny_spec(recipe)), metadata=AUTH)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
