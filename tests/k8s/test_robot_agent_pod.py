@@ -170,6 +170,8 @@ def test_the_daemonset_starts_the_agent_of_its_nodes_arm(nodes, tmp_path):
         # Nobody listens there: the arm explores randomly and spools its episodes.
         GRASPFLEET_PLANNER_ADDRESS="127.0.0.1:9",
         GRASPFLEET_STORE_ADDRESS="127.0.0.1:9",
+        # No store to drain the spool to: stop without the pod's long upload window.
+        GRASPFLEET_SPOOL_DRAIN_S="1",
     )
     env["PATH"] = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
