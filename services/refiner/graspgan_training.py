@@ -23,7 +23,7 @@ from services.grasp_predictor import profiles
 from services.grasp_predictor.model import ModelConfig
 from services.refiner import data, export
 from services.refiner.graspgan import GraspGANConfig, GraspGANModels, GraspGANStep, build_models
-from services.refiner.loop import LoopSettings, ProgressHook, run_loop, run_metadata
+from services.refiner.loop import GeneratorRun, LoopSettings, ProgressHook, run_loop, run_metadata
 from services.refiner.networks import profile_configs
 from services.refiner.scores import scene_metrics
 from services.refiner.summaries import Checkpoints, TrainingLog, colorize_masks, image_grid
@@ -126,25 +126,7 @@ class GraspGANSpec:
         )
 
 
-@dataclass(frozen=True)
-class GraspGANResult:
-    """What a GraspGAN run produced.
-
-    Attributes:
-        models: G, D, C and their optimizers, trained.
-        metrics: Scene-preservation metrics on held-out sim episodes (see `scores.scene_metrics`).
-        train_metrics: Losses averaged over the last logging window.
-        steps_per_s: Steady-state alternating steps per second, input pipeline included.
-        metadata: What was (or would have been) written beside the export.
-        path: The exported version folder; None when not exported.
-    """
-
-    models: GraspGANModels
-    metrics: dict[str, float]
-    train_metrics: dict[str, float]
-    steps_per_s: float
-    metadata: dict = field(default_factory=dict)
-    path: Path | None = None
+GraspGANResult = GeneratorRun[GraspGANModels]
 
 
 def fit_graspgan(

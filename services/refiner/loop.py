@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Generic, TypeVar
 
 import tensorflow as tf
 from tqdm import tqdm
@@ -14,6 +16,29 @@ from services.refiner import data
 from services.refiner.summaries import Checkpoints, RunningMeans, TrainingLog
 
 ProgressHook = Callable[[int, int, dict[str, float]], None]
+Models = TypeVar("Models")
+
+
+@dataclass(frozen=True)
+class GeneratorRun(Generic[Models]):
+    """What a GraspGAN or RCAN run produced.
+
+    Attributes:
+        models: The trained networks and their optimizers.
+        metrics: Validation metrics on held-out sim episodes (scene preservation for
+            GraspGAN, `scores.evaluate_rcan` for RCAN); empty without validation data.
+        train_metrics: Losses averaged over the last logging window.
+        steps_per_s: Steady-state steps per second, input pipeline included.
+        metadata: What was (or would have been) written beside the export.
+        path: The exported version folder; None when not exported.
+    """
+
+    models: Models
+    metrics: dict[str, float]
+    train_metrics: dict[str, float]
+    steps_per_s: float
+    metadata: dict = field(default_factory=dict)
+    path: Path | None = None
 
 
 @dataclass(frozen=True)

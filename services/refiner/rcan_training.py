@@ -10,7 +10,6 @@ validation on held-out episodes, and the export of G.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import tensorflow as tf
@@ -19,7 +18,7 @@ from graspfleet.v1 import episode_store_pb2
 from services.episode_store.dataset import image_size
 from services.refiner import data, export
 from services.refiner.data import CANONICAL, IMAGE
-from services.refiner.loop import LoopSettings, ProgressHook, run_loop, run_metadata
+from services.refiner.loop import GeneratorRun, LoopSettings, ProgressHook, run_loop, run_metadata
 from services.refiner.rcan import RCANModels, RCANSpec, RCANStep
 from services.refiner.scores import evaluate_rcan
 from services.refiner.summaries import Checkpoints, TrainingLog, colorize_masks, image_grid
@@ -27,25 +26,7 @@ from services.refiner.summaries import Checkpoints, TrainingLog, colorize_masks,
 Summary = episode_store_pb2.EpisodeSummary
 
 
-@dataclass(frozen=True)
-class RCANResult:
-    """What an RCAN run produced.
-
-    Attributes:
-        models: The trained generator (and discriminator, with the GAN term).
-        metrics: Validation metrics (see `scores.evaluate_rcan`); empty without validation data.
-        train_metrics: Losses averaged over the last logging window.
-        steps_per_s: Steady-state optimizer steps per second, input pipeline included.
-        metadata: What was (or would have been) written beside the export.
-        path: The exported version folder; None when not exported.
-    """
-
-    models: RCANModels
-    metrics: dict[str, float]
-    train_metrics: dict[str, float]
-    steps_per_s: float
-    metadata: dict = field(default_factory=dict)
-    path: Path | None = None
+RCANResult = GeneratorRun[RCANModels]
 
 
 def fit_rcan(
