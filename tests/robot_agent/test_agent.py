@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, robot_agent_pb2
@@ -17,17 +15,9 @@ from services.robot_agent.server import create_server as create_agent
 from services.servo_planner.config import PlannerConfig
 from services.servo_planner.server import create_server as create_planner
 from tests.fixtures import models
+from tests.fixtures.waiting import until
 
 State = robot_agent_pb2
-
-
-def _until(predicate, timeout_s=60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture
@@ -70,7 +60,7 @@ def test_cem_episodes_reach_the_store_with_the_model_that_drove_them(fleet, tmp_
     server, agent = _agent(fleet, tmp_path, episodes=2)
     try:
         assert agent.wait(120)
-        assert _until(lambda: agent.spool.depth() == 0)
+        assert until(lambda: agent.spool.depth() == 0)
     finally:
         server.stop()
     stored = _stored(fleet)
@@ -93,39 +83,39 @@ def test_cem_episodes_reach_the_store_with_the_model_that_drove_them(fleet, tmp_
 def test_planner_outage_stops_the_arm_safely_then_the_agent_resumes(fleet, tmp_path):
     server, agent = _agent(fleet, tmp_path)
     try:
-        assert _until(lambda: agent.status().episodes_attempted >= 1)
+        assert until(lambda: agent.status().episodes_attempted >= 1)
         port = fleet["planner"].port
         fleet["planner"].stop(grace_s=0)
-        assert _until(lambda: agent.status().state == State.AGENT_STATE_SAFE_STOP, 30)
+        assert until(lambda: agent.status().state == State.AGENT_STATE_SAFE_STOP, 30)
         assert "servo-planner" in agent.status().last_error
         fleet["planner"] = create_planner(
             PlannerConfig(port=port, predictor_address=fleet["predictor"].address)
         )
         before = agent.status().episodes_attempted
-        assert _until(lambda: agent.status().episodes_attempted >= before + 2, 120)
+        assert until(lambda: agent.status().episodes_attempted >= before + 2, 120)
         assert agent.status().state in (State.AGENT_STATE_RUNNING, State.AGENT_STATE_SAFE_STOP)
     finally:
         server.stop()
-    assert _until(lambda: len(_stored(fleet)) == agent.status().episodes_attempted, 30)
+    assert until(lambda: len(_stored(fleet)) == agent.status().episodes_attempted, 30)
 
 
 def test_predictor_outage_stops_the_arm_safely_then_the_agent_resumes(fleet, tmp_path):
     """The predictor restarts under a running agent: the planner answers UNAVAILABLE meanwhile."""
     server, agent = _agent(fleet, tmp_path)
     try:
-        assert _until(lambda: agent.status().episodes_attempted >= 1)
+        assert until(lambda: agent.status().episodes_attempted >= 1)
         port = fleet["predictor"].port
         fleet["predictor"].stop(grace_s=0)
-        assert _until(lambda: agent.status().state == State.AGENT_STATE_SAFE_STOP, 30)
+        assert until(lambda: agent.status().state == State.AGENT_STATE_SAFE_STOP, 30)
         assert "grasp-predictor" in agent.status().last_error
         fleet["predictor"] = create_predictor(
             PredictorConfig(port=port, model_base_path=str(tmp_path / "models"), settle_s=0)
         )
         before = agent.status().episodes_attempted
-        assert _until(lambda: agent.status().episodes_attempted >= before + 2, 120)
+        assert until(lambda: agent.status().episodes_attempted >= before + 2, 120)
     finally:
         server.stop()
-    assert _until(lambda: len(_stored(fleet)) == agent.status().episodes_attempted, 30)
+    assert until(lambda: len(_stored(fleet)) == agent.status().episodes_attempted, 30)
 
 
 def test_store_outage_spools_and_nothing_is_lost(fleet, tmp_path):
@@ -133,11 +123,11 @@ def test_store_outage_spools_and_nothing_is_lost(fleet, tmp_path):
     port = fleet["store"].port
     server, agent = _agent(fleet, tmp_path, exploration="random")
     try:
-        assert _until(lambda: agent.status().episodes_attempted >= 1)
+        assert until(lambda: agent.status().episodes_attempted >= 1)
         fleet["store"].stop(grace_s=0)
-        assert _until(lambda: agent.status().spool_depth >= 2, 60)
+        assert until(lambda: agent.status().spool_depth >= 2, 60)
         fleet["store"] = create_store(EpisodeStoreConfig(port=port, data_dir=store_dir))
-        assert _until(lambda: agent.status().spool_depth == 0, 60)
+        assert until(lambda: agent.status().spool_depth == 0, 60)
     finally:
         server.stop()
     assert len(_stored(fleet)) == agent.status().episodes_attempted

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from services.robot_agent.server import create_server as create_agent
 from services.servo_planner.config import PlannerConfig
 from services.servo_planner.server import create_server as create_planner
 from tests.fixtures import refiner_models
+from tests.fixtures.waiting import until
 
 SHIFT = 1.0  # the test RCAN generator brightens: canonical images differ from raw ones
 State = robot_agent_pb2
@@ -50,15 +50,6 @@ def _publish_brightness_model(base: Path) -> None:
     module = _Brightness()
     tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
     (folder / "graspfleet_model.json").write_text(json.dumps({"image_size": [64, 64]}))
-
-
-def _until(predicate, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture
@@ -117,7 +108,7 @@ def test_the_planner_sees_canonical_images_and_the_store_gets_both(fleet, tmp_pa
     server, agent = _agent(fleet, tmp_path, episodes=2)
     try:
         assert agent.wait(120)
-        assert _until(lambda: agent.spool.depth() == 0)
+        assert until(lambda: agent.spool.depth() == 0)
     finally:
         server.stop()
     episodes = _stored(fleet)
@@ -147,15 +138,15 @@ def test_the_planner_sees_canonical_images_and_the_store_gets_both(fleet, tmp_pa
 def test_a_refiner_outage_stops_the_arm_safely_then_the_agent_resumes(fleet, tmp_path):
     server, agent = _agent(fleet, tmp_path)
     try:
-        assert _until(lambda: agent.status().episodes_attempted >= 1)
+        assert until(lambda: agent.status().episodes_attempted >= 1)
         port = fleet["refiner"].port
         fleet["refiner"].stop(grace_s=0)
-        assert _until(lambda: agent.status().state == State.AGENT_STATE_SAFE_STOP, 30)
+        assert until(lambda: agent.status().state == State.AGENT_STATE_SAFE_STOP, 30)
         assert "refiner" in agent.status().last_error
         before = agent.status().episodes_attempted
         fleet["refiner"] = _refiner(Path(fleet["predictor"].config.model_base_path), port)
-        assert _until(lambda: agent.status().episodes_attempted >= before + 1, 60)
+        assert until(lambda: agent.status().episodes_attempted >= before + 1, 60)
     finally:
         server.stop()
-    assert _until(lambda: len(_stored(fleet)) == agent.status().episodes_attempted, 30)
+    assert until(lambda: len(_stored(fleet)) == agent.status().episodes_attempted, 30)
     assert all(e.header.x0_canonical.data for e in _stored(fleet))
