@@ -38,6 +38,29 @@ def setting(default: Any, help: str, *, required: bool = False) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, "required": required})
 
 
+def check_ranges(spec: object, checks: dict[str, bool]) -> None:
+    """Raises for the first field whose check is false: "TrainSpec.steps=0 is out of range".
+
+    Raises:
+        ValueError: a check failed.
+    """
+    for name, ok in checks.items():
+        if not ok:
+            raise ValueError(
+                f"{type(spec).__name__}.{name}={getattr(spec, name)!r} is out of range"
+            )
+
+
+def check_required(config: object) -> None:
+    """Raises ConfigError for the first field declared `required` whose value is empty."""
+    for field in dataclasses.fields(config):
+        if field.metadata.get("required") and not getattr(config, field.name):
+            raise ConfigError(
+                f"{field.name} is required: set {flag_name(field.name)} or "
+                f"{env_name(field.name)} ({field.metadata.get('help', '')})"
+            )
+
+
 def env_name(field_name: str) -> str:
     """The environment variable that sets a config field."""
     return ENV_PREFIX + field_name.upper()
@@ -77,6 +100,7 @@ class ServerConfig:
     log_format: str = setting("json", "json (one object a line) or text.")
 
     def __post_init__(self) -> None:
+        check_required(self)
         check_port("port", self.port)
         if self.metrics_port != -1:
             check_port("metrics_port", self.metrics_port)
@@ -176,12 +200,7 @@ def config_from(
             raw = env.get(env_name(field.name))
         if raw is not None:
             values[field.name] = _parse(field, raw)
-        if field.metadata.get("required") and not values.get(field.name, field.default):
-            raise ConfigError(
-                f"{field.name} is required: set {flag_name(field.name)} or "
-                f"{env_name(field.name)} ({field.metadata.get('help', '')})"
-            )
-    return cls(**values)
+    return cls(**values)  # the config checks its required fields (check_required)
 
 
 def load_config(cls: type[C], prog: str, argv: Sequence[str] | None = None) -> C:

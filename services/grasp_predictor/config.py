@@ -13,7 +13,7 @@ class PredictorConfig(ServerConfig):
 
     port: int = setting(8500, "gRPC port (TensorFlow Serving's default); 0 picks a free one.")
     model_base_path: str = setting(
-        "var/models", "Model repository: versions in <path>/<model>/<int>/."
+        "var/models", "Model repository: versions in <path>/<model>/<int>/.", required=True
     )
     model_names: tuple = setting(("grasp_success",), "Models to serve, comma-separated.")
     specific_versions: tuple = setting(
@@ -38,10 +38,6 @@ class PredictorConfig(ServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.model_base_path:
-            raise ConfigError(
-                "model_base_path is required: set --model-base-path or GRASPFLEET_MODEL_BASE_PATH"
-            )
         if not self.model_names:
             raise ConfigError("model_names is empty: name at least one model to serve")
         try:

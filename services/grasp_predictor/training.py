@@ -21,6 +21,7 @@ from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
 from graspfleet.v1 import episode_store_pb2
+from services.common.config import check_ranges
 from services.episode_store.dataset import image_size, labeled
 from services.grasp_predictor import export, profiles, samples
 from services.grasp_predictor.model import (
@@ -101,9 +102,7 @@ class TrainSpec:
             "log_every": self.log_every >= 1,
             "shuffle_buffer": self.shuffle_buffer >= 1,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"TrainSpec.{name}={getattr(self, name)!r} is out of range")
+        check_ranges(self, checks)
         if (self.dbn or self.dann) and not 0.0 < self.sim_fraction < 1.0:
             raise ValueError(
                 f"dbn and dann need both domains in every batch: sim_fraction="

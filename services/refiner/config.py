@@ -15,7 +15,7 @@ class RefinerConfig(ServerConfig):
 
     port: int = setting(50055, "gRPC port; 0 picks a free one (see port_file).")
     model_base_path: str = setting(
-        "var/models", "Model repository: versions in <path>/<model>/<int>/."
+        "var/models", "Model repository: versions in <path>/<model>/<int>/.", required=True
     )
     modes: tuple = setting(MODES, "Modes served, comma-separated: graspgan, rcan.")
     graspgan_model: str = setting("graspgan", "Model name of the GraspGAN generator.")
@@ -37,10 +37,6 @@ class RefinerConfig(ServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.model_base_path:
-            raise ConfigError(
-                "model_base_path is required: set --model-base-path or GRASPFLEET_MODEL_BASE_PATH"
-            )
         unknown = sorted(set(self.modes) - set(MODES))
         if not self.modes or unknown:
             raise ConfigError(f"modes={','.join(self.modes)!r}; use one or both of {MODES}")

@@ -18,6 +18,7 @@ import keras
 import tensorflow as tf
 
 from graspfleet.v1 import episode_store_pb2
+from services.common.config import check_ranges
 from services.episode_store.dataset import XT, image_size
 from services.grasp_predictor import profiles
 from services.grasp_predictor.model import ModelConfig
@@ -102,9 +103,7 @@ class GraspGANSpec:
             "shuffle_buffer": self.shuffle_buffer >= 1,
             "validation_batch_size": self.validation_batch_size >= 1,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"GraspGANSpec.{name}={getattr(self, name)!r} is out of range")
+        check_ranges(self, checks)
 
     @property
     def task_config(self) -> ModelConfig:

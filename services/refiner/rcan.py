@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
+from services.common.config import check_ranges
 from services.refiner import data, losses
 from services.refiner.data import CANONICAL, IMAGE, MASK
 from services.refiner.networks import (
@@ -81,9 +82,7 @@ class RCANSpec:
             "shuffle_buffer": self.shuffle_buffer >= 1,
             "validation_batch_size": self.validation_batch_size >= 1,
         }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"RCANSpec.{name}={getattr(self, name)!r} is out of range")
+        check_ranges(self, checks)
 
 
 @dataclass

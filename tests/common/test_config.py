@@ -93,3 +93,14 @@ def test_configs_are_frozen():
     config = EpisodeStoreConfig()
     with pytest.raises(AttributeError):
         config.port = 1  # type: ignore[misc]
+
+
+def test_a_required_setting_set_empty_is_refused_however_the_config_is_built():
+    from services.grasp_predictor.config import PredictorConfig
+    from services.refiner.config import RefinerConfig
+
+    for config in (PredictorConfig, RefinerConfig):
+        with pytest.raises(ConfigError, match="model_base_path is required: set --model-base-path"):
+            config(model_base_path="")
+    with pytest.raises(ConfigError, match="model_base_path is required"):
+        config_from(PredictorConfig, {}, {"GRASPFLEET_MODEL_BASE_PATH": ""})
