@@ -46,12 +46,23 @@ class CameraConfig:
         return cls(width=width, height=height)
 
 
+# Grasps close in the lowest GRASP_BAND_M of the workspace: random exploration
+# aims there, and so does the servo planner's CEM (its grasp_band_m setting).
+GRASP_BAND_M = 0.03
+
+
 @dataclass(frozen=True)
 class Workspace:
-    """Box the end effector (the arm's flange, link 7) stays in, metres, robot base frame."""
+    """Box the end effector (the arm's flange, link 7) stays in, metres, robot base frame.
 
-    low: tuple[float, float, float] = (0.45, -0.12, 0.10)
-    high: tuple[float, float, float] = (0.83, 0.27, 0.40)
+    The default covers the tray's floor, where objects come to rest (the tray's
+    centre +-14 cm, whatever its per-episode offset), and no more: every grasp
+    target inside it can find an object, and exploration spends no episodes on
+    the walls.
+    """
+
+    low: tuple[float, float, float] = (0.50, -0.065, 0.10)
+    high: tuple[float, float, float] = (0.78, 0.215, 0.40)
     max_step_cm: float = 10.0
 
     def __post_init__(self) -> None:
@@ -68,6 +79,11 @@ class Workspace:
 
     def clamp(self, position: np.ndarray) -> np.ndarray:
         return np.clip(position, self.low, self.high)
+
+    def grasp_band(self) -> tuple[np.ndarray, np.ndarray]:
+        """Corners (low, high) of the box where grasps close: the lowest GRASP_BAND_M."""
+        low, high = np.array(self.low), np.array(self.high)
+        return low, np.array([*high[:2], min(high[2], low[2] + GRASP_BAND_M)])
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Example (robots/fleet/kuka-01.yaml):
     id: kuka-01
     driver: proxy-real          # sim | proxy-real | a registered hardware driver
     camera: {width: 64, height: 64, jitter_deg: 3}
-    workspace: {low: [0.45, -0.12, 0.10], high: [0.83, 0.27, 0.40], max_step_cm: 10}
+    workspace: {low: [0.50, -0.065, 0.10], high: [0.78, 0.215, 0.40], max_step_cm: 10}
     object_set: test            # train | test | procedural | a folder of objects
     randomization: none         # none | visual | dynamics | all (simulated arms)
     seed: 1

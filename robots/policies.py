@@ -17,7 +17,7 @@ import numpy as np
 
 from robots.grasp_plan import GraspPlan, plan_grasp, scan_tray
 from robots.kinematics import wrap_yaw
-from robots.world import TRAY_CENTRE, TRAY_FLOOR_Z, GraspWorld, Observation
+from robots.world import TRAY_FLOOR_Z, GraspWorld, Observation
 
 MOVE, CLOSE, RAISE = "move", "close", "raise"
 
@@ -39,9 +39,11 @@ def motion_to(current: np.ndarray, target: np.ndarray, dyaw: float = 0.0) -> np.
 class RandomPolicy:
     """Random exploration as in the first phase of Levine et al.'s data collection.
 
-    Picks a random grasp point low over the tray's floor (where objects fall;
-    the policy knows the tray, not the objects) and a random rotation, then
-    heads there in noisy steps and closes at the last step.
+    Picks a random grasp point in the workspace's grasp band (its lowest
+    GRASP_BAND_M, where objects lie; the policy knows the workspace, not the
+    objects) and a random rotation, then heads there in noisy steps and closes
+    at the last step. The servo planner's CEM searches the same box, so a model
+    trained on this data is never asked about grasps outside what it saw.
     """
 
     name = "random"
@@ -53,13 +55,8 @@ class RandomPolicy:
 
     def begin(self, x0: Observation, seed: int, steps: int) -> None:
         rng = np.random.default_rng(seed + 1)
-        ws = self.world.config.workspace
-        low, high = np.array(ws.low), np.array(ws.high)
-        centre = np.array(TRAY_CENTRE[:2])
-        self.goal = np.array(
-            [*rng.uniform(centre - 0.13, centre + 0.13), rng.uniform(low[2], low[2] + 0.03)]
-        )
-        self.goal = np.clip(self.goal, low, high)
+        low, high = self.world.config.workspace.grasp_band()
+        self.goal = rng.uniform(low, high)
         self.yaw_step = rng.uniform(-math.pi / 2, math.pi / 2) / max(1, steps - 1)
         self.rng = rng
 

@@ -7,7 +7,10 @@ dense layers and one sigmoid output. Batch norm follows every conv and dense
 layer. With DBN the batch norm keeps separate batch and moving statistics for
 SIM and REAL samples (gamma and beta shared); with DANN a gradient reversal
 layer on C2's last conv output feeds a domain classifier. The network is
-resolution-agnostic: a global average pool sits between C2 and the dense part.
+resolution-agnostic: between C2 and the dense part sits either a global
+average pool or, with the "keypoints" readout, a spatial softmax giving each
+channel's expected image position, followed by the motion embedding once more
+(profiles.Profile.readout says why).
 """
 
 from __future__ import annotations
@@ -160,6 +163,29 @@ class _DenseBlock(keras.layers.Layer):
         return tf.nn.relu(self.norm(self.dense(inputs), domain, training=training))
 
 
+class SpatialSoftmax(keras.layers.Layer):
+    """Each channel's expected (x, y) position under a softmax over its feature map.
+
+    Returns [B, 2C] coordinates in [-1, 1]; a learned temperature sharpens or
+    flattens the softmax.
+    """
+
+    def build(self, input_shape) -> None:
+        self.temperature = self.add_weight(shape=(), initializer="ones", name="temperature")
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        shape = tf.shape(inputs)
+        height, width, channels = shape[1], shape[2], inputs.shape[-1]
+        logits = tf.reshape(tf.transpose(inputs, [0, 3, 1, 2]), [-1, channels, height * width])
+        weights = tf.nn.softmax(logits / self.temperature, axis=-1)
+        ys, xs = tf.meshgrid(
+            tf.linspace(-1.0, 1.0, height), tf.linspace(-1.0, 1.0, width), indexing="ij"
+        )
+        x = tf.reduce_sum(weights * tf.reshape(xs, [1, 1, -1]), axis=-1)
+        y = tf.reduce_sum(weights * tf.reshape(ys, [1, 1, -1]), axis=-1)
+        return tf.concat([x, y], axis=-1)
+
+
 def normalize_images(images: tf.Tensor) -> tf.Tensor:
     """uint8 [0, 255] pixels to float32 [-1, 1]."""
     return tf.cast(images, tf.float32) / 127.5 - 1.0
@@ -182,7 +208,10 @@ class GraspSuccessModel(keras.Model):
         self.trunk = [_ConvBlock(s, p, dbn, name=f"c1_conv{i}") for i, s in enumerate(p.trunk)]
         self.motion_embedding = _DenseBlock(p.motion_units, p, dbn, name="motion")
         self.head = [_ConvBlock(s, p, dbn, name=f"c2_conv{i}") for i, s in enumerate(p.head)]
-        self.pool = keras.layers.GlobalAveragePooling2D()
+        if self.profile.readout == "keypoints":
+            self.pool = SpatialSoftmax(name="keypoints")
+        else:
+            self.pool = keras.layers.GlobalAveragePooling2D()
         self.dense = [_DenseBlock(u, p, dbn, name=f"fc{i}") for i, u in enumerate(p.dense_units)]
         self.output_layer = keras.layers.Dense(1, name="success_logit")
         if config.dann:
@@ -213,6 +242,8 @@ class GraspSuccessModel(keras.Model):
             x = block(x, domain, training=training)
         last_conv = x
         x = self.pool(x)
+        if self.profile.readout == "keypoints":
+            x = tf.concat([x, embedded], axis=-1)
         for block in self.dense:
             x = block(x, domain, training=training)
         return tf.squeeze(self.output_layer(x), axis=-1), last_conv

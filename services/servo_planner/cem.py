@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from robots.config import GRASP_BAND_M
+
 NO_MOTION = np.array([0.0, 0.0, 0.0, 0.0, 1.0], dtype=np.float32)
 # (motions [K, 5], timeout_s) -> P(success) [K]; raises TimeoutError when the time runs out.
 Scorer = Callable[[np.ndarray, float], np.ndarray]
@@ -32,7 +34,9 @@ class CemParams:
     elites: int = 6
     iterations: int = 3
     max_yaw_rad: float = np.pi / 2
-    grasp_band_m: float = 0.03  # targets lie this close to the workspace floor; inf: anywhere
+    grasp_band_m: float = (
+        GRASP_BAND_M  # targets lie this close to the workspace floor; inf: anywhere
+    )
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from robots.config import GRASP_BAND_M
 from services.common.config import ConfigError, ServerConfig, check_address, setting
 
 
@@ -30,7 +31,7 @@ class PlannerConfig(ServerConfig):
         "Largest rotation a candidate may ask for, radians (a pinch grasp is symmetric at pi).",
     )
     grasp_band_m: float = setting(
-        0.03,
+        GRASP_BAND_M,
         "CEM grasp targets lie within this height of the workspace floor, metres (where "
         "training grasps closed).",
     )

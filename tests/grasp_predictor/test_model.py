@@ -14,6 +14,7 @@ from services.grasp_predictor.model import (
     LOGITS,
     DomainBatchNorm,
     ModelConfig,
+    SpatialSoftmax,
     build_model,
     reverse_gradient,
 )
@@ -81,6 +82,36 @@ def test_serving_signature_crops_raw_images_and_answers_b_by_k(dann_model):
     np.testing.assert_allclose(probability, expected, atol=1e-6)
     with pytest.raises(tf.errors.InvalidArgumentError, match="smaller than the 56px crop"):
         module.serve(_images(rng, 1, 40), _images(rng, 1, 40), motions[:1])
+
+
+def test_spatial_softmax_finds_each_channels_hot_spot():
+    height, width = 7, 9
+    maps = np.zeros((1, height, width, 2), np.float32)
+    maps[0, 1, 6, 0] = 50.0  # channel 0: row 1, column 6
+    maps[0, 5, 0, 1] = 50.0  # channel 1: row 5, column 0
+    keypoints = SpatialSoftmax()(tf.constant(maps)).numpy()[0]
+    xs, ys = np.linspace(-1, 1, width), np.linspace(-1, 1, height)
+    # (x of every channel, then y of every channel), in [-1, 1]
+    np.testing.assert_allclose(keypoints, [xs[6], xs[0], ys[1], ys[5]], atol=1e-4)
+
+
+def test_keypoints_readout_scores_k_motions_like_one_by_one():
+    keras.utils.set_random_seed(3)
+    model = build_model(ModelConfig(profile="default"))
+    rng = np.random.default_rng(4)
+    pairs = _batch(rng, [REAL, REAL])
+    motions = tf.constant(rng.normal(size=(2, 4, 5)), tf.float32)
+    together = model.success_probability(pairs[X0], pairs[XT], motions).numpy()
+    one_by_one = np.stack(
+        [
+            tf.sigmoid(model({**pairs, MOTION: motions[:, i]}, training=False)[LOGITS])
+            for i in range(4)
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(together, one_by_one, atol=1e-5)
+    # Different motions get different scores: the readout sees v, not only the images.
+    assert np.ptp(together, axis=1).min() > 0
 
 
 def test_dbn_normalizes_each_domain_with_its_own_statistics():

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from robots.config import WorldConfig
+from robots.config import Workspace, WorldConfig
 from robots.kinematics import wrap_yaw
 from robots.world import FINGER_TIPS, FLANGE, GraspWorld
 
@@ -40,16 +40,20 @@ def test_the_reported_pose_is_the_flange_and_the_yaw_is_the_closing_direction(wo
         )
 
 
-def test_the_far_corner_of_the_workspace_is_pulled_into_reach(world):
-    high = np.array(world.config.workspace.high)
-    for _ in range(8):
-        world.move(np.array([10.0, 10.0, 10.0, 0.0, 1.0]))
-    position = world.pose().position
-    assert position[2] == pytest.approx(high[2])
-    assert np.hypot(*position[:2]) < np.hypot(*high[:2]) - 0.03  # the box corner is out of reach
-    np.testing.assert_allclose(_link(world, FLANGE), position, atol=1e-5)
-    with pytest.raises(ValueError, match="reach"):
-        world.geometry.solve(np.array([1.5, 0.0, 0.1]), 0.0)
+def test_the_far_corner_of_the_workspace_is_pulled_into_reach():
+    # A workspace wider than the default, whose far top corner the arm cannot reach.
+    wide = Workspace(low=(0.45, -0.12, 0.10), high=(0.83, 0.27, 0.40))
+    with GraspWorld(WorldConfig(seed=1, motion_noise_cm=0.0, workspace=wide)) as world:
+        world.reset(seed=1)
+        for _ in range(8):
+            world.move(np.array([10.0, 10.0, 10.0, 0.0, 1.0]))
+        position = world.pose().position
+        assert position[2] == pytest.approx(wide.high[2])
+        # The box corner is out of reach.
+        assert np.hypot(*position[:2]) < np.hypot(*wide.high[:2]) - 0.03
+        np.testing.assert_allclose(_link(world, FLANGE), position, atol=1e-5)
+        with pytest.raises(ValueError, match="reach"):
+            world.geometry.solve(np.array([1.5, 0.0, 0.1]), 0.0)
 
 
 def test_geometry_is_the_iiwa(world):

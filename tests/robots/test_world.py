@@ -91,11 +91,16 @@ def test_the_gripper_stops_on_what_it_meets():
     with GraspWorld(WorldConfig(seed=1, motion_noise_cm=0.0)) as w:
         w.reset(seed=3)
         scan = scan_tray(w)
-        i, j = np.unravel_index(np.argmax(scan.height), scan.height.shape)
-        top = np.array([scan.xs[i], scan.ys[j]])  # the highest point of any object
         yaw = w.pose().yaw
-        # One finger right over it, then straight down as far as allowed.
+        # One finger right over the highest object point it can reach, then straight down.
         finger = w.fingertip_offset(yaw)[:2] + 0.069 * np.array([np.cos(yaw), np.sin(yaw)])
+        low, high = (np.array(c[:2]) for c in (w.config.workspace.low, w.config.workspace.high))
+        grid = np.stack(np.meshgrid(scan.xs, scan.ys, indexing="ij"), axis=-1)
+        reachable = np.all((grid - finger >= low) & (grid - finger <= high), axis=-1)
+        i, j = np.unravel_index(
+            np.argmax(np.where(reachable, scan.height, -1.0)), scan.height.shape
+        )
+        top = grid[i, j]
         for _ in range(4):
             w.move(np.array([*(top - finger - w.pose().position[:2]) * 100, 0.0, 0.0, 1.0]))
         for _ in range(6):
