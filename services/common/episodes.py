@@ -32,6 +32,11 @@ def pose_message(pose: Pose) -> common_pb2.Pose:
     )
 
 
+def driving_model(run) -> common_pb2.ModelRef | None:
+    """The model version that chose the first model-driven step of a run, if any did."""
+    return next((s.action.model for s in run.steps if s.action.model is not None), None)
+
+
 def to_record(
     run,
     *,

@@ -5,13 +5,14 @@
 2. Bootstraps: the sim-farm collects simulated grasps with random exploration.
 3. Trains a first grasp-success model on them and publishes it as version 1;
    the predictor picks it up by itself.
-4. Starts robot agents on the proxy-real arms of robots/fleet/, which grasp
+4. Measures CEM on that sim-only model against random grasping on held-out
+   objects in simulation, the same scenes for both.
+5. Starts robot agents on the proxy-real arms of robots/fleet/, which grasp
    with CEM on that model and stream every attempt to the store.
-5. Asks the trainer for a retraining run (DANN with domain-specific batch norm
+6. Asks the trainer for a retraining run (DANN with domain-specific batch norm
    on sim plus the agents' real episodes); a model that passes the gate is
    published as the canary, promoted to stable, and the agents, asking for
    "stable", grasp with it without being restarted.
-6. Measures CEM against random grasping on held-out objects in simulation.
 7. Prints a summary and writes a report folder (plot, image samples, table).
 """
 
@@ -66,9 +67,9 @@ PLANS = {
         eval_episodes=8,
     ),
     "default": Plan(
-        bootstrap_episodes=1200,
+        bootstrap_episodes=3000,
         validation_episodes=200,
-        train_steps=2000,
+        train_steps=4000,
         agent_episodes=25,
         retrain_steps=1000,
         eval_episodes=60,
@@ -217,6 +218,29 @@ def _run_agents(fleet: Fleet, robots: list[str], flags: dict, episodes: int) -> 
         fleet.processes.remove(agent)
 
 
+def _evaluate(farm: ServiceProcess, episodes: int) -> dict[str, tuple[int, int]]:
+    """Random exploration, then CEM on the serving model, on the same held-out sim scenes.
+
+    Returns:
+        {policy: (episodes, successes)}.
+    """
+    evaluation = {}
+    for name, kind in (("random", Policy.KIND_RANDOM), ("cem (sim-only model)", Policy.KIND_CEM)):
+        spec = sim_farm_pb2.CollectionSpec(
+            num_episodes=episodes,
+            num_shards=2,
+            max_steps=8,
+            domain=common_pb2.DOMAIN_SIM,
+            randomization=common_pb2.RANDOMIZATION_NONE,
+            object_set="test",
+            policy=Policy(kind=kind),
+            seed=99,  # the same seed and shards: both policies meet the same scenes
+        )
+        collection = _collect(farm, spec, f"eval-{kind}", f"eval {name}")
+        evaluation[name] = (collection.episodes_done, collection.successes)
+    return evaluation
+
+
 def _retrain(trainer: ServiceProcess, token: str, steps: int) -> int | None:
     """A DANN + DBN run through the trainer's API; promotes its canary to stable. Returns the version."""
     from graspfleet.v1 import trainer_pb2, trainer_pb2_grpc
@@ -332,7 +356,13 @@ def main(argv: list[str]) -> int:
         predictor.wait_ready(120)
         print("  grasp-predictor SERVING version 1", flush=True)
 
-        print(f"[4/7] robot agents on {', '.join(args.robots)} (proxy-real arms)", flush=True)
+        print(
+            "[4/7] CEM on the sim-only model against random grasping, held-out objects (sim)",
+            flush=True,
+        )
+        evaluation = _evaluate(farm, plan.eval_episodes)
+
+        print(f"[5/7] robot agents on {', '.join(args.robots)} (proxy-real arms)", flush=True)
         # ε-mix, as a fleet collects: half the commands from CEM on the model, half exploring.
         agent_flags = {
             "exploration": "eps-mix",
@@ -344,7 +374,7 @@ def main(argv: list[str]) -> int:
         _run_agents(fleet, args.robots, agent_flags, plan.agent_episodes)
 
         print(
-            "[5/7] retraining through the trainer API; the agents pick the new model up", flush=True
+            "[6/7] retraining through the trainer API; the agents pick the new model up", flush=True
         )
         token = secrets.token_hex(16)
         os.environ["GRASPFLEET_AUTH_TOKEN"] = (
@@ -367,22 +397,6 @@ def main(argv: list[str]) -> int:
             version = None
         if version is not None:
             _run_agents(fleet, args.robots, agent_flags, max(2, plan.agent_episodes // 2))
-
-        print("[6/7] CEM against random grasping on held-out objects (sim)", flush=True)
-        evaluation = {}
-        for name, kind in (("random", Policy.KIND_RANDOM), ("cem (stable model)", Policy.KIND_CEM)):
-            spec = sim_farm_pb2.CollectionSpec(
-                num_episodes=plan.eval_episodes,
-                num_shards=2,
-                max_steps=8,
-                domain=common_pb2.DOMAIN_SIM,
-                randomization=common_pb2.RANDOMIZATION_NONE,
-                object_set="test",
-                policy=Policy(kind=kind),
-                seed=99,
-            )
-            collection = _collect(farm, spec, f"eval-{kind}", f"eval {name}")
-            evaluation[name] = (collection.episodes_done, collection.successes)
 
         print("[7/7] report", flush=True)
         from graspfleet.v1 import episode_store_pb2

@@ -130,9 +130,7 @@ class Agent:
         if isinstance(policy, CanonicalizingPolicy):
             run = policy.attach(run)  # the store keeps the raw images and the canonical ones
         if run.steps:
-            first_model = next(
-                (s.action.model for s in run.steps if s.action.model is not None), None
-            )
+            first_model = episodes.driving_model(run)
             record = episodes.to_record(
                 run,
                 episode_id=f"{self.config.robot_id}-{uuid.uuid4().hex[:16]}",

@@ -107,6 +107,7 @@ def run_shard(job: ShardJob, progress, stop) -> None:
                     policy=policy.name,
                     object_set=job.object_set,
                     collection_id=job.collection_id,
+                    model=episodes.driving_model(run),
                     with_masks=job.render_masks,
                 )
                 uploader.submit(record)

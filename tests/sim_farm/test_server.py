@@ -11,8 +11,13 @@ from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_
 from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server as create_store
+from services.grasp_predictor.config import PredictorConfig
+from services.grasp_predictor.server import create_server as create_predictor
+from services.servo_planner.config import PlannerConfig
+from services.servo_planner.server import create_server as create_planner
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.server import create_server as create_farm
+from tests.fixtures import models
 
 Policy = sim_farm_pb2.CollectionPolicy
 DONE = {
@@ -88,6 +93,53 @@ def test_a_collection_lands_in_the_store_with_everything_training_needs(farm):
     assert len(full.header.object_ids) == 5 and full.header.seed
     assert full.outcome.result in (common_pb2.GRASP_RESULT_SUCCESS, common_pb2.GRASP_RESULT_FAILURE)
     assert sum(e.label.success for e in stored) == done.successes
+
+
+def test_cem_episodes_record_the_model_version_that_drove_them(tmp_path):
+    models.publish(tmp_path / "models", 1, bias=0.0)
+    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(tmp_path / "store")))
+    predictor = create_predictor(
+        PredictorConfig(port=0, model_base_path=str(tmp_path / "models"), settle_s=0)
+    )
+    planner = create_planner(PlannerConfig(port=0, predictor_address=predictor.address))
+    farm = create_farm(
+        SimFarmConfig(
+            port=0,
+            store_address=store.address,
+            planner_address=planner.address,
+            workers=1,
+            spool_dir=str(tmp_path / "spool"),
+        )
+    )
+    try:
+        with grpc.insecure_channel(farm.address) as channel:
+            stub = sim_farm_pb2_grpc.SimFarmStub(channel)
+            spec = sim_farm_pb2.CollectionSpec(
+                num_episodes=2,
+                max_steps=3,
+                domain=common_pb2.DOMAIN_SIM,
+                object_set="test",
+                policy=Policy(kind=Policy.KIND_CEM),
+                seed=5,
+            )
+            stub.StartCollection(
+                sim_farm_pb2.StartCollectionRequest(spec=spec, collection_id="cem")
+            )
+            done = _wait(stub, "cem")
+        assert done.state == sim_farm_pb2.COLLECTION_STATE_SUCCEEDED, done.error
+        channel, store_stub = client.connect(store.address)
+        with channel:
+            stored = list(
+                client.list_all(store_stub, episode_store_pb2.EpisodeFilter(collection_id="cem"))
+            )
+            stats = store_stub.Stats(episode_store_pb2.StatsRequest())
+        assert len(stored) == 2
+        # The episode names its model, so Stats (and Prometheus) count CEM apart from random.
+        assert {(e.model.name, e.model.version) for e in stored} == {("grasp_success", 1)}
+        assert [g.model.version for g in stats.groups] == [1]
+    finally:
+        for server in (farm, planner, predictor, store):
+            server.stop(grace_s=0)
 
 
 @pytest.mark.parametrize(
