@@ -1,6 +1,6 @@
 """Grasp-model quality on held-out objects: collect, train, CEM against random, a geometry bound.
 
-Four sub-commands, each printing markdown tables (and writing every number to
+Five sub-commands, each printing markdown tables (and writing every number to
 `--json PATH`), so one idea about the grasp model costs minutes to check:
 
     python -m bench.grasp_quality collect --data DIR [--train-episodes 600] [--test-episodes 200]
@@ -9,6 +9,7 @@ Four sub-commands, each printing markdown tables (and writing every number to
     python -m bench.grasp_quality train --data DIR --models DIR [--steps 1500] [--eval-every 150]
     python -m bench.grasp_quality evaluate --models DIR [--episodes 40] [--planner KEY=VALUE ...]
     python -m bench.grasp_quality geometry [--episodes 200] [--object-set train]
+    python -m bench.grasp_quality aiming [--episodes 60] [--object-set test]
 
 `collect` runs simulated episodes into an episode store folder: training
 episodes on the train objects (random exploration, optionally mixed with the
@@ -21,6 +22,8 @@ ones. `evaluate` starts the fleet's services on loopback and lets the sim-farm
 grasp held-out objects with CEM on the model and with random exploration, on
 the same scenes. `geometry` measures how well privileged geometry alone (the
 fingertips' distance to the nearest object) predicts random grasps' success.
+`aiming` measures what aiming is worth: the oracle's planned grasp, missed on
+purpose by set amounts, against random exploration on the same scenes.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import json
 import sys
 from pathlib import Path
 
+from bench.grasp_quality.aiming import aiming, print_aiming
 from bench.grasp_quality.collect import collect, print_collect
 from bench.grasp_quality.data import SPLITS, DataSettings
 from bench.grasp_quality.evaluate import evaluate, print_evaluate
@@ -123,6 +127,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--workers", type=_positive, default=1)
     g.add_argument("--max-steps", type=_positive, default=8)
     g.add_argument("--seed", type=int, default=7)
+
+    a = command("aiming", "the oracle's grasp missed on purpose against random, same scenes")
+    a.add_argument("--episodes", type=_positive, default=60, help="episodes per variant")
+    a.add_argument("--object-set", default="test", choices=sorted(SPLITS.values()))
+    a.add_argument("--workers", type=_positive, default=2)
+    a.add_argument("--max-steps", type=_positive, default=8)
+    a.add_argument("--seed", type=int, default=11)
     return parser.parse_args(argv)
 
 
@@ -149,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "evaluate":
         result = evaluate(args)
         print_evaluate(result)
+    elif args.command == "aiming":
+        result = aiming(args)
+        print_aiming(result)
     else:
         result = geometry(args)
         print_geometry(result)

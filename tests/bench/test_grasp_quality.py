@@ -97,3 +97,18 @@ def test_collect_reuse_train_and_geometry(tmp_path, capsys):
     shares = [row["share"] for row in geometry["thresholds"]]
     assert shares == sorted(shares) and all(0.0 <= s <= 1.0 for s in shares)
     assert all(_in_unit(row["success_within"]) for row in geometry["thresholds"])
+
+
+def test_aiming_runs_every_variant_on_the_same_scenes(tmp_path, capsys):
+    result = _run(capsys, tmp_path, "aiming", "--episodes", "3", "--workers", "1")
+    rows = {row["variant"]: row for row in result["variants"]}
+    assert set(rows) == {
+        "oracle plan",
+        "plan + 1 cm",
+        "plan + 2 cm",
+        "plan, random yaw",
+        "random exploration",
+    }
+    assert all(row["episodes"] == 3 and 0 <= row["successes"] <= 3 for row in rows.values())
+    # The exact plan is what proves grasps achievable: it must not fail on three scenes.
+    assert rows["oracle plan"]["successes"] >= 2
