@@ -79,6 +79,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     c.add_argument("--oracle-yaw-sigma", type=float, default=0.3, help="closing yaw noise, rad")
     c.add_argument("--max-steps", type=_positive, default=8)
     c.add_argument("--seed", type=int, default=1)
+    c.add_argument("--masks", action="store_true", help="store segmentation masks")
 
     t = command("train", "train the grasp model on a data folder, validated on held-out objects")
     t.add_argument("--data", required=True)
@@ -89,6 +90,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     t.add_argument("--learning-rate", type=float, default=1e-3)
     t.add_argument("--profile", default="default")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--scene-weight",
+        type=float,
+        default=0.0,
+        help="weight of the auxiliary scene loss (needs data collected with --masks)",
+    )
     t.add_argument("--train-episodes", type=_count, default=0, help="use the first N (0: all)")
     t.add_argument(
         "--train-eval-episodes",
@@ -148,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 oracle_sigma_m=args.oracle_sigma_m,
                 oracle_yaw_sigma_rad=args.oracle_yaw_sigma,
                 max_steps=args.max_steps,
+                masks=args.masks,
             )
         except ValueError as err:
             raise SystemExit(f"collect: {err}") from None

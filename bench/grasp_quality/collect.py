@@ -72,7 +72,7 @@ def collect_chunk(job: tuple[DataSettings, str, list[int]]) -> list:
             policy=name,
             object_set=SPLITS[split],
             collection_id=split,
-            with_masks=False,
+            with_masks=settings.masks,
         )
         record.header.attributes.update(attempt=str(attempt), policy_seed=str(policy_seed))
         records.append(record)

@@ -24,6 +24,7 @@ class DataSettings:
         oracle_yaw_sigma_rad: The noisy oracle's closing-direction noise (std, radians).
         max_steps: Steps per episode at most (the last one closes).
         objects_per_bin: Objects dropped into the tray per scene.
+        masks: Store the segmentation masks (needed by `train --scene-weight`).
     """
 
     seed: int = 1
@@ -33,6 +34,7 @@ class DataSettings:
     oracle_yaw_sigma_rad: float = 0.3
     max_steps: int = 8
     objects_per_bin: int = 5
+    masks: bool = False
 
     def __post_init__(self) -> None:
         if self.attempts < 1 or self.max_steps < 1 or not 1 <= self.objects_per_bin <= 20:

@@ -41,6 +41,7 @@ def training_curve(log_dir: Path) -> list[dict]:
                 "step": step,
                 "train_loss": batches.get("task_loss"),
                 "train_batch_accuracy": batches.get("accuracy"),
+                "train_scene_loss": batches.get("scene_loss"),
                 "validation_auc": metrics.get("auc"),
                 "validation_accuracy": metrics.get("accuracy"),
                 "validation_log_loss": metrics.get("log_loss"),
@@ -121,6 +122,7 @@ def train(args: argparse.Namespace) -> dict:
                 learning_rate=args.learning_rate,
                 seed=args.seed,
                 sim_fraction=1.0,
+                scene_weight=args.scene_weight,
                 eval_every=args.eval_every,
                 keep_best=not args.keep_last,
             )
@@ -176,6 +178,8 @@ def print_train(result: dict) -> None:
         "train_loss": "train loss",
         "train_batch_accuracy": "train batch accuracy",
     }
+    if any(row.get("train_scene_loss") for row in result["curve"]):
+        curve["train_scene_loss"] = "train scene loss"
     curve |= {"validation_auc": "validation AUC", "validation_accuracy": "validation accuracy"}
     print(table(curve, result["curve"]) + "\n")
     quality = {"samples": "samples", "success_rate": "success rate", "auc": "AUC"}

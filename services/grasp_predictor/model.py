@@ -29,6 +29,9 @@ MOTION_DIM = 5
 LOGITS = "logits"
 LAST_CONV = "last_conv"
 DOMAIN_LOGITS = "domain_logits"
+SCENE_LOGITS = "scene_logits"
+# Channels of the scene head: objects in x0, the arm in xt.
+SCENE_CHANNELS = 2
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,16 @@ class ModelConfig:
         dbn: Domain-specific batch norm: SIM and REAL samples get their own statistics.
         dann: Add the domain classifier behind a gradient reversal layer.
         dann_weight: Factor of the reversed gradient reaching the shared layers.
+        scene_head: Add a 1x1 conv on C1's output that predicts where the objects
+            are in x0 and where the arm is in xt (trained on simulated masks; not
+            part of serving).
     """
 
     profile: str = "default"
     dbn: bool = False
     dann: bool = False
     dann_weight: float = 0.1
+    scene_head: bool = False
 
     def __post_init__(self) -> None:
         profiles.profile(self.profile)
@@ -195,7 +202,8 @@ class GraspSuccessModel(keras.Model):
     """C(x0, xt, v): the probability that moving by v, then closing, grasps an object.
 
     Called on a batch dict {x0, xt (uint8 crops), motion [B, 5], domain [B]} it
-    returns {logits [B], last_conv, domain_logits [B] (with DANN)}.
+    returns {logits [B], last_conv, domain_logits [B] (with DANN), scene_logits
+    [B, h, w, 2] (with the scene head)}.
     `success_probability` scores K motions per image pair, running the image
     trunk once per pair.
     """
@@ -214,6 +222,8 @@ class GraspSuccessModel(keras.Model):
             self.pool = keras.layers.GlobalAveragePooling2D()
         self.dense = [_DenseBlock(u, p, dbn, name=f"fc{i}") for i, u in enumerate(p.dense_units)]
         self.output_layer = keras.layers.Dense(1, name="success_logit")
+        if config.scene_head:
+            self.scene = keras.layers.Conv2D(SCENE_CHANNELS, 1, name="scene_logits")
         if config.dann:
             self.reversal = GradientReversal(config.dann_weight)
             self.domain_classifier = keras.Sequential(
@@ -253,6 +263,8 @@ class GraspSuccessModel(keras.Model):
         features = self.image_features(inputs[X0], inputs[XT], domain, training=training)
         logits, last_conv = self.score(features, inputs[MOTION], domain, training=training)
         outputs = {LOGITS: logits, LAST_CONV: last_conv}
+        if self.model_config.scene_head:
+            outputs[SCENE_LOGITS] = self.scene(features)
         if self.model_config.dann:
             reversed_features = self.reversal(last_conv)
             outputs[DOMAIN_LOGITS] = tf.squeeze(

@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
 from services.episode_store import dataset
-from services.episode_store.dataset import DOMAIN, LABEL, X0, XT
+from services.episode_store.dataset import DOMAIN, LABEL, MASK, X0, X0_MASK, XT
 
 SIM = common_pb2.DOMAIN_SIM
 REAL = common_pb2.DOMAIN_REAL
@@ -70,15 +70,26 @@ def random_crop_pair(
     x0: tf.Tensor, xt: tf.Tensor, size: int, seed: tf.Tensor
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """One random size x size window, the same for x0 and xt ([H, W, 3] each)."""
-    stacked = tf.concat([x0, xt], axis=-1)
-    cropped = tf.image.stateless_random_crop(stacked, [size, size, 6], seed=seed)
-    return cropped[..., :3], cropped[..., 3:]
+    return tuple(random_crop_together([x0, xt], size, seed))
+
+
+def random_crop_together(images: list[tf.Tensor], size: int, seed: tf.Tensor) -> list[tf.Tensor]:
+    """One random size x size window, the same for every [H, W, C] image of `images`."""
+    channels = [int(image.shape[-1]) for image in images]
+    stacked = tf.concat(images, axis=-1)
+    cropped = tf.image.stateless_random_crop(stacked, [size, size, sum(channels)], seed=seed)
+    return tf.split(cropped, channels, axis=-1)
 
 
 def step_samples(
-    data_root: str | Path, episodes: Sequence[episode_store_pb2.EpisodeSummary]
+    data_root: str | Path,
+    episodes: Sequence[episode_store_pb2.EpisodeSummary],
+    include_masks: bool = False,
 ) -> tf.data.Dataset:
     """Uncropped samples {x0, xt, motion, label, domain} of every step of `episodes`.
+
+    With `include_masks`, also the segmentation masks of x0 and xt (x0_mask,
+    mask: [H, W, 1] class ids), which simulated episodes carry.
 
     Raises:
         ValueError: an episode is unlabeled or of neither domain, or none is given.
@@ -90,15 +101,18 @@ def step_samples(
             raise ValueError(f"episode {episode.episode_id} has no domain (SIM or REAL)")
 
     def to_sample(step: dict) -> dict:
-        return {
+        sample = {
             X0: step[X0],
             XT: step[XT],
             MOTION: grasp_motion(step[dataset.POSE], step[dataset.FINAL_POSE]),
             LABEL: step[LABEL],
             DOMAIN: step[DOMAIN],
         }
+        if include_masks:
+            sample[X0_MASK], sample[MASK] = step[X0_MASK], step[MASK]
+        return sample
 
-    return dataset.step_dataset(data_root, episodes).map(
+    return dataset.step_dataset(data_root, episodes, include_masks=include_masks).map(
         to_sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
 
@@ -137,11 +151,13 @@ def balanced_batches(
     positive_fraction: float = 0.5,
     seed: int = 0,
     shuffle_buffer: int = 1024,
+    include_masks: bool = False,
 ) -> tf.data.Dataset:
     """Endless training batches, each sample drawn from a (domain, label) bucket by weight.
 
     Buckets of weight 0 (e.g. SIM when sim_fraction is 0) are left out. x0 and
-    xt get the same random crop. Deterministic given `seed`.
+    xt (and, with `include_masks`, their masks) get the same random crop.
+    Deterministic given `seed`.
 
     Args:
         data_root: The store's data folder.
@@ -152,6 +168,7 @@ def balanced_batches(
         positive_fraction: Expected share of successful samples within each domain.
         seed: Seeds the episode order, shuffling, bucket draws and crops.
         shuffle_buffer: Steps shuffled together within a bucket.
+        include_masks: Also yield x0_mask and mask (every episode must have masks).
 
     Raises:
         ValueError: a bucket with a positive weight has no episodes.
@@ -171,15 +188,16 @@ def balanced_batches(
                 f"that bucket {weight:.0%} of every batch; add such episodes or change the recipe"
             )
         order.shuffle(members)
-        samples = step_samples(data_root, members)
+        samples = step_samples(data_root, members, include_masks)
         datasets.append(samples.shuffle(shuffle_buffer, seed=seed + index).repeat())
         shares.append(weight)
     mixed = tf.data.Dataset.sample_from_datasets(datasets, weights=shares, seed=seed)
 
     def crop(index: tf.Tensor, sample: dict) -> dict:
         crop_seed = tf.stack([tf.constant(seed, tf.int64), index])
-        x0, xt = random_crop_pair(sample[X0], sample[XT], crop_size, crop_seed)
-        return {**sample, X0: x0, XT: xt}
+        keys = [X0, XT, X0_MASK, MASK] if include_masks else [X0, XT]
+        cropped = random_crop_together([sample[k] for k in keys], crop_size, crop_seed)
+        return {**sample, **dict(zip(keys, cropped, strict=True))}
 
     return (
         mixed.enumerate()

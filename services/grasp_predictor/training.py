@@ -20,22 +20,23 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
-from graspfleet.v1 import episode_store_pb2
+from graspfleet.v1 import common_pb2, episode_store_pb2
 from services.common.config import check_ranges
 from services.episode_store.dataset import image_size, labeled
 from services.grasp_predictor import export, profiles, samples
 from services.grasp_predictor.model import (
     DOMAIN_LOGITS,
     LOGITS,
+    SCENE_LOGITS,
     GraspSuccessModel,
     ModelConfig,
     build_model,
 )
-from services.grasp_predictor.samples import DOMAIN, LABEL, REAL
+from services.grasp_predictor.samples import DOMAIN, LABEL, MASK, REAL, X0_MASK
 
 Summary = episode_store_pb2.EpisodeSummary
 ProgressHook = Callable[[int, int, dict[str, float]], None]
-TRAIN_METRICS = ("loss", "task_loss", "domain_loss", "accuracy")
+TRAIN_METRICS = ("loss", "task_loss", "domain_loss", "scene_loss", "accuracy")
 # What tf.summary.scalar writes, without needing the tensorboard package at training time.
 _SCALAR = summary_pb2.SummaryMetadata(
     plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
@@ -56,6 +57,10 @@ class TrainSpec:
         dbn: Domain-specific batch norm.
         dann: Domain-adversarial loss on the last conv layer.
         dann_weight: Factor of the reversed domain gradient reaching the shared layers.
+        scene_weight: Weight of the auxiliary scene loss: from C1's features, predict
+            where the objects are in x0 and where the arm is in xt, against the
+            simulated masks (SIM samples only). Dense supervision of *where* things
+            are, which a few thousand success labels teach poorly. 0 turns it off.
         sim_fraction: Expected share of SIM samples per batch (0 real-only, 1 sim-only).
         positive_fraction: Expected share of successful samples per domain.
         validation_fraction: Share of episodes `samples.split_episodes` holds out.
@@ -78,6 +83,7 @@ class TrainSpec:
     dbn: bool = False
     dann: bool = False
     dann_weight: float = 0.1
+    scene_weight: float = 0.0
     sim_fraction: float = 0.5
     positive_fraction: float = 0.5
     validation_fraction: float = 0.2
@@ -94,6 +100,7 @@ class TrainSpec:
             "batch_size": self.batch_size >= 2,
             "learning_rate": self.learning_rate > 0,
             "dann_weight": self.dann_weight >= 0,
+            "scene_weight": self.scene_weight >= 0,
             "sim_fraction": 0.0 <= self.sim_fraction <= 1.0,
             "positive_fraction": 0.0 < self.positive_fraction < 1.0,
             "validation_fraction": 0.0 <= self.validation_fraction < 1.0,
@@ -112,7 +119,9 @@ class TrainSpec:
     @property
     def model_config(self) -> ModelConfig:
         """The network this spec trains."""
-        return ModelConfig(self.profile, self.dbn, self.dann, self.dann_weight)
+        return ModelConfig(
+            self.profile, self.dbn, self.dann, self.dann_weight, scene_head=self.scene_weight > 0
+        )
 
 
 @dataclass(frozen=True)
@@ -184,6 +193,27 @@ def evaluate(model: GraspSuccessModel, batches: tf.data.Dataset) -> dict[str, fl
     return metrics
 
 
+def _scene_loss(batch: dict, logits: tf.Tensor) -> tf.Tensor:
+    """Pixelwise cross-entropy of the scene head against the masks, on SIM samples only.
+
+    Targets: the share of each feature cell covered by an object in x0's mask
+    and by the arm in xt's mask (area-downsampled to the head's resolution).
+    """
+    targets = tf.concat(
+        [
+            tf.cast(tf.equal(batch[X0_MASK], common_pb2.MASK_CLASS_OBJECT), tf.float32),
+            tf.cast(tf.equal(batch[MASK], common_pb2.MASK_CLASS_ARM), tf.float32),
+        ],
+        axis=-1,
+    )
+    targets = tf.image.resize(targets, tf.shape(logits)[1:3], method="area")
+    per_sample = tf.reduce_mean(
+        tf.nn.sigmoid_cross_entropy_with_logits(targets, logits), axis=[1, 2, 3]
+    )
+    is_sim = tf.cast(tf.not_equal(batch[DOMAIN], REAL), tf.float32)
+    return tf.reduce_sum(per_sample * is_sim) / tf.maximum(tf.reduce_sum(is_sim), 1.0)
+
+
 def fit(
     model: GraspSuccessModel,
     spec: TrainSpec,
@@ -229,12 +259,16 @@ def fit(
                 domain_loss = tf.reduce_mean(
                     tf.nn.sigmoid_cross_entropy_with_logits(is_real, outputs[DOMAIN_LOGITS])
                 )
+            scene_loss = tf.constant(0.0)
+            if SCENE_LOGITS in outputs and X0_MASK in batch:
+                scene_loss = _scene_loss(batch, outputs[SCENE_LOGITS])
             # The reversal layer makes minimizing the sum adversarial for the shared layers.
-            loss = task_loss + domain_loss
+            loss = task_loss + domain_loss + spec.scene_weight * scene_loss
         gradients = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
         correct = tf.equal(outputs[LOGITS] > 0, labels > 0.5)
-        values = (loss, task_loss, domain_loss, tf.reduce_mean(tf.cast(correct, tf.float32)))
+        accuracy = tf.reduce_mean(tf.cast(correct, tf.float32))
+        values = (loss, task_loss, domain_loss, scene_loss, accuracy)
         for name, value in zip(TRAIN_METRICS, values, strict=True):
             means[name].update_state(value)
 
@@ -348,6 +382,7 @@ def train(
         positive_fraction=spec.positive_fraction,
         seed=spec.seed,
         shuffle_buffer=spec.shuffle_buffer,
+        include_masks=spec.scene_weight > 0,
     )
     validation_batches = None
     if validation_episodes:

@@ -21,10 +21,12 @@ from services.grasp_predictor.model import ModelConfig, build_model
 from services.grasp_predictor.samples import (
     DOMAIN,
     LABEL,
+    MASK,
     MOTION,
     REAL,
     SIM,
     X0,
+    X0_MASK,
     XT,
     split_episodes,
 )
@@ -103,6 +105,46 @@ def test_balanced_batches_have_the_requested_domain_and_label_shares(store, sim_
     assert abs(np.mean(domain == SIM) - sim_fraction) < 0.04
     for value in (SIM, REAL):
         assert abs(label[domain == value].mean() - 0.5) < 0.07
+
+
+def test_masks_get_the_same_random_crop_as_their_images(store):
+    data_root, labeled, _ = store
+    sim = [e for e in labeled if e.domain == SIM]
+    batches = samples.balanced_batches(
+        data_root, sim, batch_size=8, crop_size=56, sim_fraction=1.0, seed=2, include_masks=True
+    )
+    plain = samples.balanced_batches(
+        data_root, sim, batch_size=8, crop_size=56, sim_fraction=1.0, seed=2
+    )
+    for batch, without in zip(batches.take(3), plain.take(3), strict=True):
+        assert batch[X0_MASK].shape == batch[MASK].shape == (8, 56, 56, 1)
+        assert set(np.unique(batch[MASK])) <= {0, 1, 2, 3}
+        # The synthetic episodes draw the arm in its own colour: where the cropped mask
+        # says arm, the cropped image is that colour, so both were cut from one window.
+        arms = batch[MASK].numpy()[..., 0] == common_pb2.MASK_CLASS_ARM
+        assert arms.any()
+        for image, arm in zip(batch[XT].numpy(), arms, strict=True):
+            colours = image[arm]
+            assert (colours == colours[:1]).all()
+        # Masks or not, the same samples in the same order.
+        np.testing.assert_array_equal(batch[MOTION], without[MOTION])
+
+
+def test_the_scene_loss_teaches_where_objects_and_the_arm_are(store):
+    data_root, labeled, _ = store
+    sim = [e for e in labeled if e.domain == SIM]
+    spec = TrainSpec(steps=60, batch_size=8, sim_fraction=1.0, scene_weight=1.0, log_every=20)
+    keras.utils.set_random_seed(0)
+    model = build_model(spec.model_config)
+    batches = samples.balanced_batches(
+        data_root, sim, batch_size=8, crop_size=56, sim_fraction=1.0, include_masks=True
+    )
+    logged = []
+    fit(model, spec, batches, on_progress=lambda s, t, m: logged.append(m), progress_bar=False)
+    scene = [m["scene_loss"] for m in logged if "scene_loss" in m]
+    assert scene[0] > 0 and scene[-1] < 0.7 * scene[0]
+    with pytest.raises(ValueError, match="scene_weight"):
+        TrainSpec(scene_weight=-1.0)
 
 
 def test_an_empty_bucket_is_a_clear_error(store):
