@@ -67,7 +67,7 @@ PLANS = {
         eval_episodes=8,
     ),
     "default": Plan(
-        bootstrap_episodes=3000,
+        bootstrap_episodes=4000,
         validation_episodes=200,
         train_steps=4000,
         agent_episodes=25,
@@ -159,13 +159,15 @@ def _train(store_dir: Path, store_address: str, model_base: Path, steps: int) ->
         ]
     train_set, validation = split_episodes(episodes, 0.15, seed=0)
     # Validating ten times lets the run keep the weights from before the network starts
-    # memorizing scenes (TrainSpec.keep_best).
+    # memorizing scenes (TrainSpec.keep_best). The simulated episodes carry masks, so the
+    # auxiliary scene loss can teach where objects and the arm are (docs/results.md).
     spec = TrainSpec(
         recipe="sim-only",
         profile="default",
         steps=steps,
         batch_size=32,
         sim_fraction=1.0,
+        scene_weight=1.0,
         seed=0,
         eval_every=max(steps // 10, 1),
     )
