@@ -11,6 +11,7 @@ is Levine et al.'s grasping network as drawn in the GraspGAN paper's Fig. 4c
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 READOUTS = ("average", "keypoints")
@@ -92,9 +93,8 @@ class Profile:
         return self.trunk[-1].filters
 
 
-# The CPU default reads C2's 14x14 map out as keypoints: on the same 4,000
-# random episodes it grasped held-out objects in 27 of 60 CEM episodes against
-# 21 of 60 for the globally pooled network, "default-average" (docs/results.md).
+# The CPU default reads C2's 14x14 map out as keypoints (Profile.readout; the
+# comparison with the pooled "default-average" is in docs/results.md).
 DEFAULT = Profile(
     name="default",
     image_height=64,
@@ -108,14 +108,10 @@ DEFAULT = Profile(
 
 # The same sizes with a global average pool after C2 (and one more pooling
 # layer), kept to reproduce the comparison.
-DEFAULT_AVERAGE = Profile(
+DEFAULT_AVERAGE = dataclasses.replace(
+    DEFAULT,
     name="default-average",
-    image_height=64,
-    image_width=64,
-    crop_size=56,
-    trunk=DEFAULT.trunk,
     head=(ConvSpec(32, 3, pool=2), ConvSpec(32, 3)),
-    dense_units=(64,),
     readout="average",
 )
 
