@@ -251,6 +251,9 @@ def _retrain(trainer: ServiceProcess, token: str, steps: int) -> int | None:
     spec = trainer_pb2.RunSpec(
         recipe=trainer_pb2.RECIPE_DANN,
         params=trainer_pb2.TrainingParams(steps=steps, batch_size=32),
+        # Simulated episodes of the train objects only: the store also holds the sim
+        # evaluation and validation on the held-out objects, which the gate's real set uses.
+        data=trainer_pb2.DataSelection(object_set="train"),
         gate=trainer_pb2.GateSpec(enabled=True, max_regression=0.05),
         description="make run: retrain on sim + the agents' real episodes",
     )

@@ -66,13 +66,6 @@ def center_crop(images: tf.Tensor, size: int) -> tf.Tensor:
     )
 
 
-def random_crop_pair(
-    x0: tf.Tensor, xt: tf.Tensor, size: int, seed: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """One random size x size window, the same for x0 and xt ([H, W, 3] each)."""
-    return tuple(random_crop_together([x0, xt], size, seed))
-
-
 def random_crop_together(images: list[tf.Tensor], size: int, seed: tf.Tensor) -> list[tf.Tensor]:
     """One random size x size window, the same for every [H, W, C] image of `images`."""
     channels = [int(image.shape[-1]) for image in images]

@@ -81,7 +81,7 @@ def test_x0_and_xt_get_the_same_random_crop():
     coded = tf.constant(np.stack([rows, cols, rows + cols], -1), tf.uint8)
     offsets = set()
     for i in range(5):
-        x0, xt = samples.random_crop_pair(coded, coded, 56, tf.constant([7, i]))
+        x0, xt = samples.random_crop_together([coded, coded], 56, tf.constant([7, i]))
         np.testing.assert_array_equal(x0, xt)
         offsets.add((int(x0[0, 0, 0]), int(x0[0, 0, 1])))
     assert len(offsets) > 1
