@@ -78,6 +78,11 @@ def _spec(args: argparse.Namespace):
     for name in ("since", "until"):
         if getattr(args, name):
             getattr(spec.data, name).FromJsonString(getattr(args, name))
+    if args.refiner:
+        if args.refiner.isdigit():
+            spec.refiner.version = int(args.refiner)
+        else:
+            spec.refiner.label = args.refiner
     if args.no_gate:
         spec.gate.enabled = False
     elif args.max_regression is not None:
@@ -240,6 +245,10 @@ def _submit_flags(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--since", help="episodes started at or after (RFC 3339)")
     sub.add_argument("--until", help="episodes started before (RFC 3339)")
     sub.add_argument("--validation-fraction", type=float, default=0.0)
+    sub.add_argument(
+        "--refiner",
+        help="generator version or label a refining recipe applies (default: its stable)",
+    )
     gate = sub.add_mutually_exclusive_group()
     gate.add_argument("--max-regression", type=float, help="gate: largest accuracy drop allowed")
     gate.add_argument("--no-gate", action="store_true", help="publish without the gate")

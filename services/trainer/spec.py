@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from graspfleet.v1 import common_pb2, trainer_pb2
-from services.common.errors import FailedPrecondition, InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.grasp_predictor import profiles
 from services.trainer import recipes
 from services.trainer.config import BACKENDS, TrainerConfig
@@ -90,10 +90,17 @@ def normalize(
             publish to; the message names the field.
         FailedPrecondition: the recipe needs a generator that has no stable
             version, or the backend is known but not configured.
+        NotFound: `refiner` names a generator version or label that does not exist.
     """
     spec = trainer_pb2.RunSpec.FromString(spec.SerializeToString())
     recipe = _recipe(spec.recipe)
-    generator(recipe, config, registry or Registry(Path(config.model_base)))
+    applied = generator(spec, recipe, config, registry or Registry(Path(config.model_base)))
+    if applied:  # the stored run shows the generator version it applies
+        spec.refiner.CopyFrom(
+            common_pb2.ModelRef(
+                name=applied["name"], version=applied["version"], label=applied["label"]
+            )
+        )
     _model_name(spec, recipe, config)
     spec.backend = spec.backend or config.default_backend
     if spec.backend not in BACKENDS:
@@ -135,22 +142,43 @@ def _recipe(value: int) -> Recipe:
     return recipes.RECIPES[value]
 
 
-def generator(recipe: Recipe, config: TrainerConfig, registry: Registry) -> dict | None:
-    """The generator version a recipe applies (its stable), as recorded in the run's job file.
+def generator(
+    run_spec: trainer_pb2.RunSpec, recipe: Recipe, config: TrainerConfig, registry: Registry
+) -> dict | None:
+    """The generator version a recipe applies, as recorded in the run's job file.
 
-    Resolved at submission, like the data: a queued run refines with the version
-    that was stable when it was accepted.
+    `run_spec.refiner` names it (a version or a label); unset, it is the one
+    labelled stable. Resolved at submission, like the data: a queued run refines
+    with the version that was chosen when it was accepted.
 
     Returns:
         {"kind", "name", "version", "label"}; None for recipes that apply none.
 
     Raises:
-        FailedPrecondition: the generator has no version, or none labelled stable;
-            the message says which recipe to run or which version to promote.
+        InvalidArgument: `refiner` set for a recipe that applies no generator, or
+            naming another model than the configured generator.
+        NotFound: the requested version or label does not exist.
+        FailedPrecondition: no `refiner` given and the generator has no version, or
+            none labelled stable; the message says which recipe to run or which
+            version to promote.
     """
+    wanted = run_spec.refiner
+    requested = bool(wanted.name or wanted.version or wanted.label)
     if not recipe.refiner:
+        if requested:
+            raise InvalidArgument(
+                f"recipe {recipe.name} applies no generator; leave refiner unset "
+                "(it is for the GraspGAN-refined and RCAN recipes)"
+            )
         return None
     name = config.generator_model_name(recipe.refiner)
+    if wanted.name and wanted.name != name:
+        raise InvalidArgument(
+            f"refiner.name {wanted.name!r}: this trainer's {recipe.refiner} generator is "
+            f"model {name!r}; leave the name empty or use that one"
+        )
+    if wanted.version or wanted.label:
+        return _requested_generator(recipe, name, wanted, registry)
     if not recipes.refiner_available(registry, name):
         versions = registry.version_numbers(name)
         producer = recipes.GENERATOR_RECIPES[recipe.refiner]
@@ -173,6 +201,33 @@ def generator(recipe: Recipe, config: TrainerConfig, registry: Registry) -> dict
         )
     version = registry.labels(name)[STABLE]
     return {"kind": recipe.refiner, "name": name, "version": version, "label": STABLE}
+
+
+def _requested_generator(
+    recipe: Recipe, name: str, wanted: common_pb2.ModelRef, registry: Registry
+) -> dict:
+    """The generator version `wanted` names by number or label; NotFound when it is not there."""
+    versions = registry.version_numbers(name)
+    if wanted.label:
+        labels = registry.labels(name)
+        if wanted.label not in labels:
+            raise NotFound(
+                f"generator {name!r} has no version labelled {wanted.label!r}; labels: "
+                f"{sorted(labels) or 'none'}"
+            )
+        version = labels[wanted.label]
+        if wanted.version and wanted.version != version:
+            raise InvalidArgument(
+                f"refiner asks for {name}:{wanted.version} and label {wanted.label!r}, which is "
+                f"version {version}; give one of the two"
+            )
+    else:
+        version = int(wanted.version)
+    if version not in versions:
+        raise NotFound(
+            f"generator {name!r} has no version {version}; published: {versions or 'none'}"
+        )
+    return {"kind": recipe.refiner, "name": name, "version": version, "label": wanted.label}
 
 
 def _model_name(spec: trainer_pb2.RunSpec, recipe: Recipe, config: TrainerConfig) -> None:

@@ -125,6 +125,11 @@ def test_refiner_recipes_are_refused_until_their_generator_is_stable(start_train
         spec = generator_spec(S.RECIPE_RCAN_GENERATOR)
         spec.data.robot_ids.append("kuka-01")
         assert "uses none" in refused(stub, spec).details()
+        spec = tiny_spec(S.RECIPE_DANN)
+        spec.refiner.version = 1
+        error = refused(stub, spec)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "applies no generator; leave refiner unset" in error.details()
 
 
 def test_graspgan_generator_then_grasp_models_on_refined_sim(start_trainer, tmp_path):
@@ -152,6 +157,26 @@ def test_graspgan_generator_then_grasp_models_on_refined_sim(start_trainer, tmp_
         error = refused(stub, grasp_spec(S.RECIPE_GRASPGAN_SIM_ONLY))
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "promote one (graspfleet models promote 1 --model graspgan)" in error.details()
+        # ... unless the run names a version or label itself, resolved when it is accepted.
+        chosen = grasp_spec(S.RECIPE_GRASPGAN_SIM_ONLY)
+        chosen.refiner.label = "canary"
+        run = submit(stub, chosen)
+        assert "applying graspgan:1" in run.message
+        assert run.spec.refiner == common_pb2.ModelRef(name="graspgan", version=1, label="canary")
+        stub.CancelRun(S.CancelRunRequest(run_id=run.run_id), metadata=AUTH)
+        for edit, code, reason in (
+            (lambda r: setattr(r, "version", 7), "NOT_FOUND", "has no version 7; published: [1]"),
+            (
+                lambda r: setattr(r, "label", "beta"),
+                "NOT_FOUND",
+                "labelled 'beta'; labels: ['canary']",
+            ),
+            (lambda r: setattr(r, "name", "other"), "INVALID_ARGUMENT", "leave the name empty"),
+        ):
+            wrong = grasp_spec(S.RECIPE_GRASPGAN_SIM_ONLY)
+            edit(wrong.refiner)
+            error = refused(stub, wrong)
+            assert error.code().name == code and reason in error.details(), error.details()
         promote(stub, "graspgan", 1)
 
         table_2 = submit(stub, grasp_spec(S.RECIPE_GRASPGAN_SIM_ONLY))

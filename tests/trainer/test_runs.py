@@ -180,6 +180,10 @@ def test_the_cli_submits_watches_lists_and_promotes(trainer, stable_v1, capsys):
     out = capsys.readouterr().out.splitlines()
     assert "QUEUED" in out[0] and "RUNNING" in out[2] and "step 24/24" in "\n".join(out)
     assert "REJECTED" in out[-2] and "exceeds max_regression" in out[-1]
+    # --refiner reaches the trainer, which says this recipe applies no generator.
+    assert cli.main([*submit[:-1], "--refiner", "3", *address, "--token", TOKEN]) == 1
+    refused = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in refused and "applies no generator" in refused
 
     assert cli.main(["train", "ls", *address]) == 0
     listing = capsys.readouterr().out
