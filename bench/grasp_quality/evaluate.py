@@ -46,9 +46,9 @@ def behaviour(stub, summaries: Sequence, max_steps: int) -> dict:
 
 def evaluate(args: argparse.Namespace) -> dict:
     """CEM on the newest model under --models against random exploration, same held-out scenes."""
-    from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2
+    from graspfleet.v1 import episode_store_pb2
     from services.episode_store import client
-    from services.fleet.run import Fleet, _collect
+    from services.fleet.run import Fleet, held_out_trial
     from services.grasp_predictor import export
 
     models = Path(args.models).resolve()
@@ -59,7 +59,6 @@ def evaluate(args: argparse.Namespace) -> dict:
         )
     planner_flags = dict(_key_value(item) for item in args.planner)
     work = Path(args.work) / time.strftime("%Y%m%d-%H%M%S")
-    Policy = sim_farm_pb2.CollectionPolicy
     fleet = Fleet(work)
     try:
         store = fleet.start("episode-store", ["store", "serve"], {"data_dir": str(work / "store")})
@@ -84,19 +83,15 @@ def evaluate(args: argparse.Namespace) -> dict:
             },
         )
         results = {}
-        for name, kind in (("cem", Policy.KIND_CEM), ("random", Policy.KIND_RANDOM)):
-            # Equal seeds and shard counts: both policies meet exactly the same scenes.
-            spec = sim_farm_pb2.CollectionSpec(
-                num_episodes=args.episodes,
-                num_shards=min(args.workers, args.episodes),
+        for name in ("cem", "random"):
+            collection = held_out_trial(
+                farm,
+                name,
+                args.episodes,
+                shards=args.workers,
                 max_steps=args.max_steps,
-                domain=common_pb2.DOMAIN_SIM,
-                randomization=common_pb2.RANDOMIZATION_NONE,
-                object_set="test",
-                policy=Policy(kind=kind),
                 seed=args.seed,
             )
-            collection = _collect(farm, spec, f"eval-{name}", f"{name} on held-out objects")
             channel, stub = client.connect(store.address)
             with channel:
                 found = list(

@@ -220,6 +220,35 @@ def _run_agents(fleet: Fleet, robots: list[str], flags: dict, episodes: int) -> 
         fleet.processes.remove(agent)
 
 
+def held_out_trial(
+    farm: ServiceProcess,
+    policy: str,
+    episodes: int,
+    *,
+    shards: int = 2,
+    max_steps: int = 8,
+    seed: int = 99,
+    label: str = "",
+) -> sim_farm_pb2.Collection:
+    """One policy ("random" or "cem") grasping held-out objects in simulation, to its end.
+
+    The same seed and shard count give every policy the same scenes, so their
+    outcomes pair up by episode seed. The collection id is "eval-<policy>".
+    """
+    kind = {"random": Policy.KIND_RANDOM, "cem": Policy.KIND_CEM}[policy]
+    spec = sim_farm_pb2.CollectionSpec(
+        num_episodes=episodes,
+        num_shards=min(shards, episodes),
+        max_steps=max_steps,
+        domain=common_pb2.DOMAIN_SIM,
+        randomization=common_pb2.RANDOMIZATION_NONE,
+        object_set="test",
+        policy=Policy(kind=kind),
+        seed=seed,
+    )
+    return _collect(farm, spec, f"eval-{policy}", label or f"{policy} on held-out objects")
+
+
 def _evaluate(farm: ServiceProcess, episodes: int) -> dict[str, tuple[int, int]]:
     """Random exploration, then CEM on the serving model, on the same held-out sim scenes.
 
@@ -227,18 +256,8 @@ def _evaluate(farm: ServiceProcess, episodes: int) -> dict[str, tuple[int, int]]
         {policy: (episodes, successes)}.
     """
     evaluation = {}
-    for name, kind in (("random", Policy.KIND_RANDOM), ("cem (sim-only model)", Policy.KIND_CEM)):
-        spec = sim_farm_pb2.CollectionSpec(
-            num_episodes=episodes,
-            num_shards=2,
-            max_steps=8,
-            domain=common_pb2.DOMAIN_SIM,
-            randomization=common_pb2.RANDOMIZATION_NONE,
-            object_set="test",
-            policy=Policy(kind=kind),
-            seed=99,  # the same seed and shards: both policies meet the same scenes
-        )
-        collection = _collect(farm, spec, f"eval-{kind}", f"eval {name}")
+    for policy, name in (("random", "random"), ("cem", "cem (sim-only model)")):
+        collection = held_out_trial(farm, policy, episodes, label=f"eval {name}")
         evaluation[name] = (collection.episodes_done, collection.successes)
     return evaluation
 

@@ -85,7 +85,7 @@ class Trainer:
             normalized, recipe = spec.normalize(
                 run_spec, self.config, tuple(self.backends), self.registry
             )
-            generator = spec.generator(normalized, recipe, self.config, self.registry)
+            generator = spec.applied_generator(normalized, recipe)
             selection = select(self.store, normalized, recipe)
             real = selection.description.get("real", {"train": 0, "validation": 0})
             held_out = (

@@ -145,7 +145,7 @@ def _recipe(value: int) -> Recipe:
 def generator(
     run_spec: trainer_pb2.RunSpec, recipe: Recipe, config: TrainerConfig, registry: Registry
 ) -> dict | None:
-    """The generator version a recipe applies, as recorded in the run's job file.
+    """Resolves the generator version a recipe applies (`normalize` records it in `refiner`).
 
     `run_spec.refiner` names it (a version or a label); unset, it is the one
     labelled stable. Resolved at submission, like the data: a queued run refines
@@ -201,6 +201,18 @@ def generator(
         )
     version = registry.labels(name)[STABLE]
     return {"kind": recipe.refiner, "name": name, "version": version, "label": STABLE}
+
+
+def applied_generator(normalized: trainer_pb2.RunSpec, recipe: Recipe) -> dict | None:
+    """The generator a normalized spec applies (resolved by `normalize`), for the job file.
+
+    Returns:
+        {"kind", "name", "version", "label"}; None for recipes that apply none.
+    """
+    if not recipe.refiner:
+        return None
+    ref = normalized.refiner
+    return {"kind": recipe.refiner, "name": ref.name, "version": ref.version, "label": ref.label}
 
 
 def _requested_generator(
