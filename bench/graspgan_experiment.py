@@ -14,8 +14,9 @@ folder, with no services to start:
    (`services/trainer/refine_dataset.py`, as the trainer's job does);
 5. train grasp models with identical settings on raw and on refined sim data
    (SIM_ONLY vs GRASPGAN_SIM_ONLY; with --dann also DANN vs GRASPGAN_DANN_DBN,
-   both with the same generator) and report accuracy, balanced accuracy and
-   AUC on the held-out proxy-real episodes;
+   both with the same generator), each with --grasp-seeds seeds, and report
+   accuracy, balanced accuracy and AUC on the held-out proxy-real episodes
+   (per seed, their mean, and refined minus raw paired by seed);
 6. train one small domain classifier to tell raw sim from real and one to tell
    refined sim from real, on disjoint train and test images (episodes split in
    two), and report their test accuracy (0.5: indistinguishable).
@@ -25,6 +26,13 @@ It prints a markdown table and writes it (results.md) and every number
 
     python -m bench.graspgan_experiment [--out DIR] [--quick] [--sim-episodes 1000]
         [--real-episodes 400] [--graspgan-steps 2000] [--grasp-steps 2000] [--dann]
+        [--sim-store DIR] [--scene-weight 1.0] [--grasp-seeds 1]
+
+`--sim-store` starts from an episode store folder collected before (for
+example `var/grasp-quality/masked-12k/store`, from `bench.grasp_quality
+collect --masks`): its simulated episodes on the train objects replace the
+collected ones (the folder is linked, never written), so the grasp models can
+be trained at the data scale where they generalize.
 """
 
 from __future__ import annotations
@@ -33,13 +41,18 @@ import argparse
 import datetime
 import json
 import multiprocessing
+import os
 import queue
+import shutil
+import sqlite3
 import sys
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
+
+SIM_OBJECTS = "train"  # the simulated episodes' objects; proxy-real uses its arm's held-out set
 
 QUICK = {
     "sim_episodes": 80,
@@ -53,7 +66,13 @@ QUICK = {
 
 @dataclass(frozen=True)
 class Settings:
-    """One experiment; the defaults take 20 to 30 minutes on 2 CPU cores."""
+    """One experiment; the defaults take 20 to 30 minutes on 2 CPU cores.
+
+    `scene_weight` is the grasp models' auxiliary scene loss (refined episodes
+    keep the sim masks); `classifier_episodes` bounds the sim episodes on each
+    side of a domain classifier; `sim_store` is a store folder whose sim
+    episodes (train objects, with masks) replace the `sim_episodes` collected.
+    """
 
     sim_episodes: int = 1000
     real_episodes: int = 400
@@ -64,7 +83,11 @@ class Settings:
     refiner_profile: str = "default"
     grasp_steps: int = 2000
     grasp_batch: int = 32
+    grasp_seeds: int = 1
+    scene_weight: float = 1.0
     classifier_steps: int = 300
+    classifier_episodes: int = 500
+    sim_store: str = ""
     dann: bool = False
     real_arm: str = "kuka-02"
     seed: int = 0
@@ -81,8 +104,9 @@ def collect(settings: Settings, store_address: str, spool_dir: Path) -> None:
     from services.sim_farm.worker import ShardJob, run_shard
 
     arm = find_arm(settings.real_arm)
+    sim_episodes = 0 if settings.sim_store else settings.sim_episodes
     plan = [
-        ("sim", settings.sim_episodes, "train", settings.seed, 64, 64),
+        ("sim", sim_episodes, SIM_OBJECTS, settings.seed, 64, 64),
         (
             "proxy-real",
             settings.real_episodes,
@@ -94,6 +118,8 @@ def collect(settings: Settings, store_address: str, spool_dir: Path) -> None:
     ]
     jobs = []
     for domain, count, object_set, seed, width, height in plan:
+        if count == 0:
+            continue
         shards = max(1, min(settings.workers, count))
         for shard in range(shards):
             first = shard * count // shards
@@ -150,6 +176,30 @@ def collect(settings: Settings, store_address: str, spool_dir: Path) -> None:
         process.join()
 
 
+def link_store(source: Path, target: Path) -> None:
+    """A store folder at `target` holding `source`'s episodes; `source` stays untouched.
+
+    Shards are written once and never changed, so they are hard-linked (copied
+    across file systems); the catalog is copied with SQLite's backup API, which
+    is consistent even while another process writes it.
+    """
+    catalog = source / "episodes.sqlite"
+    if not catalog.is_file():
+        raise SystemExit(f"--sim-store {source}: no episodes.sqlite there; give a store folder")
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    target.mkdir(parents=True)
+    if (source / "shards").is_dir():
+        shutil.copytree(source / "shards", target / "shards", copy_function=link)
+    with sqlite3.connect(catalog) as read, sqlite3.connect(target / "episodes.sqlite") as write:
+        read.backup(write)
+
+
 @dataclass(frozen=True)
 class Data:
     """The experiment's episodes (summaries), every side labeled."""
@@ -166,12 +216,15 @@ def split(stub, settings: Settings) -> Data:
     from services.episode_store.dataset import labeled
     from services.grasp_predictor.samples import split_episodes
 
-    def domain(value: int) -> list:
-        found = client.list_all(stub, episode_store_pb2.EpisodeFilter(domain=value))
+    def domain(value: int, object_set: str = "") -> list:
+        found = client.list_all(
+            stub, episode_store_pb2.EpisodeFilter(domain=value, object_set=object_set)
+        )
         # By id, not ingest order (two shards write at once): the same seeds, the same split.
         return sorted(labeled(found), key=lambda e: e.episode_id)
 
-    sim_train, sim_held_out = split_episodes(domain(common_pb2.DOMAIN_SIM), 0.1, settings.seed)
+    sim = domain(common_pb2.DOMAIN_SIM, SIM_OBJECTS)
+    sim_train, sim_held_out = split_episodes(sim, 0.1, settings.seed)
     real = domain(common_pb2.DOMAIN_REAL)
     real_train, real_validation = split_episodes(
         real, settings.real_validation_fraction, settings.seed
@@ -233,8 +286,14 @@ def train_generator(settings: Settings, data_root: str, data: Data, model_base: 
     }
 
 
-def grasp_model(settings: Settings, recipe_value: int, data_root: str, train, validation) -> dict:
-    """One grasp model of `recipe`'s regime, scored on the held-out proxy-real episodes."""
+def grasp_model(
+    settings: Settings, recipe_value: int, seed: int, data_root: str, train, validation
+) -> dict:
+    """One grasp model of `recipe`'s regime, scored on the held-out proxy-real episodes.
+
+    It trains a fixed number of steps and keeps the last weights: choosing a
+    step by the proxy-real scores would let real labels into the sim-only rows.
+    """
     from services.grasp_predictor import export, training
     from services.trainer import gate, recipes
 
@@ -243,7 +302,8 @@ def grasp_model(settings: Settings, recipe_value: int, data_root: str, train, va
         **recipes.train_spec_fields(recipe),
         steps=settings.grasp_steps,
         batch_size=settings.grasp_batch,
-        seed=settings.seed,
+        seed=seed,
+        scene_weight=settings.scene_weight,
         log_every=max(1, settings.grasp_steps // 10),
         shuffle_buffer=256,
     )
@@ -253,13 +313,50 @@ def grasp_model(settings: Settings, recipe_value: int, data_root: str, train, va
     serving = export.ServingModule(result.model)
     balanced, samples = gate.serving_accuracy(serving.serve, data_root, validation)
     return {
-        "recipe": recipe.name,
+        "seed": seed,
         "accuracy": result.metrics.get("accuracy"),
         "balanced_accuracy": balanced,
         "auc": result.metrics.get("auc"),
         "samples": samples,
         "seconds": time.perf_counter() - started,
     }
+
+
+SCORES = ("accuracy", "balanced_accuracy", "auc")
+
+
+def summarize(recipe: str, trained_on: str, seeds: list[dict]) -> dict:
+    """One row of grasp models: the per-seed scores, their mean and standard deviation."""
+    row: dict = {"recipe": recipe, "trained_on": trained_on, "seeds": seeds}
+    row["samples"] = seeds[0]["samples"]
+    for score in SCORES:
+        values = [s[score] for s in seeds if s[score] is not None]
+        row[score] = float(np.mean(values)) if values else None
+        row[f"{score}_sd"] = float(np.std(values, ddof=1)) if len(values) > 1 else None
+    return row
+
+
+def paired(raw: dict, refined: dict) -> dict:
+    """Refined minus raw, seed by seed: mean, standard error and the per-seed differences."""
+    result = {}
+    for score in SCORES:
+        differences = [
+            b[score] - a[score]
+            for a, b in zip(raw["seeds"], refined["seeds"], strict=True)
+            if a[score] is not None and b[score] is not None
+        ]
+        if differences:
+            se = (
+                np.std(differences, ddof=1) / np.sqrt(len(differences))
+                if len(differences) > 1
+                else None
+            )
+            result[score] = {
+                "mean": float(np.mean(differences)),
+                "se": None if se is None else float(se),
+                "per_seed": differences,
+            }
+    return result
 
 
 def images(data_root: str, episodes: list) -> np.ndarray:
@@ -318,18 +415,31 @@ def domain_classifier(
 
 
 def markdown(results: dict) -> str:
-    def number(value) -> str:
-        return "-" if value is None else f"{value:.3f}"
+    def number(value, sd=None) -> str:
+        if value is None:
+            return "-"
+        return f"{value:.3f}" if sd is None else f"{value:.3f} ± {sd:.3f}"
 
+    seeds = results["settings"]["grasp_seeds"]
     lines = [
-        "| grasp model | trained on | accuracy | balanced accuracy | AUC |",
-        "|---|---|---:|---:|---:|",
+        "| grasp model | trained on | accuracy | balanced accuracy | AUC | seeds |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for model in results["grasp_models"].values():
-        lines.append(
-            f"| {model['recipe']} | {model['trained_on']} | {number(model['accuracy'])} | "
-            f"{number(model['balanced_accuracy'])} | {number(model['auc'])} |"
-        )
+        scores = " | ".join(number(model[s], model[f"{s}_sd"]) for s in SCORES)
+        lines.append(f"| {model['recipe']} | {model['trained_on']} | {scores} | {seeds} |")
+    if results.get("refined_minus_raw"):
+        lines += [
+            "",
+            "| refined minus raw, paired by seed | accuracy | balanced accuracy | AUC |",
+            "|---|---:|---:|---:|",
+        ]
+        for pair, differences in results["refined_minus_raw"].items():
+            cells = " | ".join(
+                number(differences[s]["mean"], differences[s]["se"]) if s in differences else "-"
+                for s in SCORES
+            )
+            lines.append(f"| {pair} | {cells} |")
     scene = results["graspgan"]["scene"]
     lines += [
         "",
@@ -358,7 +468,7 @@ def run(settings: Settings, out: Path) -> dict:
     from services.episode_store import client
     from services.episode_store.config import EpisodeStoreConfig
     from services.episode_store.server import create_server
-    from services.trainer import refine_dataset
+    from services.trainer import recipes, refine_dataset
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=False)
@@ -369,10 +479,14 @@ def run(settings: Settings, out: Path) -> dict:
         results["timings"][f"{name}_done_s"] = round(time.perf_counter() - started, 1)
         write_atomically(out / "results.json", json.dumps(results, indent=1, sort_keys=True))
 
+    if settings.sim_store:
+        log(f"linking the store {settings.sim_store}")
+        link_store(Path(settings.sim_store), out / "store")
     store = create_server(EpisodeStoreConfig(port=0, data_dir=str(out / "store"), grace_s=0))
     data_root = store.config.data_dir
     try:
-        log(f"collecting {settings.sim_episodes} sim and {settings.real_episodes} proxy-real")
+        sim = "no" if settings.sim_store else str(settings.sim_episodes)
+        log(f"collecting {sim} sim and {settings.real_episodes} proxy-real episodes")
         collect(settings, store.address, out / "spool")
         channel, stub = client.connect(store.address)
         with channel:
@@ -400,18 +514,24 @@ def run(settings: Settings, out: Path) -> dict:
         )
     models: dict = {}
     for key, (recipe, trained_on, train) in runs.items():
-        log(f"training the grasp model {key} on {trained_on} ({settings.grasp_steps} steps)")
-        models[key] = {
-            **grasp_model(settings, recipe, data_root, train, data.real_validation),
-            "trained_on": trained_on,
-        }
-        stage("grasp_models", models)
+        trained = []
+        for seed in range(settings.seed, settings.seed + settings.grasp_seeds):
+            log(f"training the grasp model {key} on {trained_on}, seed {seed}")
+            trained.append(
+                grasp_model(settings, recipe, seed, data_root, train, data.real_validation)
+            )
+            models[key] = summarize(recipes.RECIPES[recipe].name, trained_on, trained)
+            stage("grasp_models", models)
+    pairs = {"graspgan_sim_only - sim_only": ("sim_only", "graspgan_sim_only")}
+    if settings.dann:
+        pairs["graspgan_dann_dbn - dann"] = ("dann", "graspgan_dann_dbn")
+    stage("refined_minus_raw", {k: paired(models[a], models[b]) for k, (a, b) in pairs.items()})
     log("training the domain classifiers")
-    half = len(data.sim_train) // 2
+    half = min(len(data.sim_train) // 2, settings.classifier_episodes)
     real = (images(data_root, data.real_train), images(data_root, data.real_validation))
     classifiers: dict = {}
     for name, sim in (("raw", data.sim_train), ("refined", refined_sim)):
-        pair = (images(data_root, sim[:half]), images(data_root, sim[half:]))
+        pair = (images(data_root, sim[:half]), images(data_root, sim[half : 2 * half]))
         classifiers[name] = domain_classifier(pair, real, settings.classifier_steps, settings.seed)
     results["finished"] = True
     results["timings"]["total_s"] = round(time.perf_counter() - started, 1)
@@ -436,7 +556,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = replace(Settings(), **QUICK) if args.quick else Settings()
     given = {f.name: getattr(args, f.name) for f in fields(Settings)}
-    settings = replace(settings, **{k: v for k, v in given.items() if v not in (None, False)})
+    # Store-true flags are False when absent; every other flag is None when absent.
+    settings = replace(
+        settings, **{k: v for k, v in given.items() if v is not None and v is not False}
+    )
     out = Path(args.out)
     results = run(settings, out)
     table = markdown(results)

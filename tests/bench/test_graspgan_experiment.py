@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bench import graspgan_experiment
 
 SIM, REAL = 24, 32
@@ -13,7 +15,7 @@ def test_the_experiment_collects_refines_trains_and_reports(tmp_path, capsys):
     out = tmp_path / "experiment"
     smallest = ["--sim-episodes", str(SIM), "--real-episodes", str(REAL), "--max-steps", "6"]
     smallest += ["--graspgan-steps", "2", "--refiner-profile", "tiny", "--grasp-steps", "5"]
-    smallest += ["--classifier-steps", "5"]
+    smallest += ["--classifier-steps", "5", "--grasp-seeds", "2", "--seed", "3"]
     assert graspgan_experiment.main(["--quick", *smallest, "--out", str(out)]) == 0
 
     results = json.loads((out / "results.json").read_text())
@@ -36,6 +38,14 @@ def test_the_experiment_collects_refines_trains_and_reports(tmp_path, capsys):
     for model in models.values():
         assert model["samples"] == data["real_validation"]["steps"]
         assert 0.0 <= model["accuracy"] <= 1.0 and 0.0 <= model["balanced_accuracy"] <= 1.0
+        # One model per seed, counted from --seed; the row is their mean.
+        assert [s["seed"] for s in model["seeds"]] == [3, 4]
+        assert model["accuracy"] == pytest.approx(sum(s["accuracy"] for s in model["seeds"]) / 2)
+    difference = results["refined_minus_raw"]["graspgan_sim_only - sim_only"]["accuracy"]
+    raw, refined = models["sim_only"]["seeds"], models["graspgan_sim_only"]["seeds"]
+    assert difference["per_seed"] == pytest.approx(
+        [b["accuracy"] - a["accuracy"] for a, b in zip(raw, refined, strict=True)]
+    )
     for classifier in results["domain_classifier"].values():
         assert 0.0 <= classifier["test_accuracy"] <= 1.0
         assert classifier["test_images"] > 0 and classifier["test_images"] % 2 == 0
