@@ -102,7 +102,8 @@ def step_dataset(
         data_root: The store's data folder (holding `shards/`).
         episodes: Summaries from ListEpisodes; all must share one image size.
         include_masks: Also yield `x0_mask` and `mask` ([H, W, 1] class ids);
-            only for episodes that have masks (simulated ones).
+            only for episodes collected with them (`render_masks`, simulated
+            ones); reading one without them fails.
         include_canonical: Also yield `x0_canonical` and `canonical` ([H, W, 3]
             RCAN canonical images); only for episodes collected with them
             (`render_canonical`); reading one without them fails.
@@ -173,28 +174,25 @@ def step_dataset(
             sample.pop("image_data"), sample.pop("image_encoding"), height, width, 3
         )
         if include_masks:
-            sample[X0_MASK] = decode_image(
-                sample.pop("x0_mask_data"), sample.pop("x0_mask_encoding"), height, width, 1
-            )
-            sample[MASK] = decode_image(
-                sample.pop("mask_data"), sample.pop("mask_encoding"), height, width, 1
-            )
+            for key in (X0_MASK, MASK):
+                missing = "has no masks; collect with render_masks to train on them"
+                sample[key] = decode_image(*stored(sample, key, missing), height, width, 1)
         if include_canonical:
             for key in (X0_CANONICAL, CANONICAL):
-                encoding = sample.pop(f"{key}_encoding")
-                # An episode collected without canonical images stores none: say so, not "bad JPEG".
-                present = tf.debugging.Assert(
-                    encoding > 0,
-                    [
-                        "episode",
-                        sample[EPISODE_ID],
-                        "has no canonical images; collect with render_canonical to train on them",
-                    ],
-                )
-                with tf.control_dependencies([present]):
-                    data = tf.identity(sample.pop(f"{key}_data"))
-                sample[key] = decode_image(data, encoding, height, width, 3)
+                missing = "has no canonical images; collect with render_canonical to train on them"
+                sample[key] = decode_image(*stored(sample, key, missing), height, width, 3)
         return sample
+
+    def stored(sample: dict, key: str, missing: str) -> tuple[tf.Tensor, tf.Tensor]:
+        """`key`'s bytes and encoding, popped from `sample`.
+
+        An episode collected without that image stores none (encoding 0): the
+        read fails naming the episode and `missing`, not with "bad JPEG".
+        """
+        encoding = sample.pop(f"{key}_encoding")
+        present = tf.debugging.Assert(encoding > 0, ["episode", sample[EPISODE_ID], missing])
+        with tf.control_dependencies([present]):
+            return tf.identity(sample.pop(f"{key}_data")), encoding
 
     steps = index.interleave(
         episode_steps, cycle_length=4, num_parallel_calls=num_parallel_calls, deterministic=True

@@ -269,7 +269,8 @@ def _retrain(trainer: ServiceProcess, token: str, steps: int) -> int | None:
     auth = [("authorization", f"Bearer {token}"), ("x-graspfleet-user", "make-run")]
     spec = trainer_pb2.RunSpec(
         recipe=trainer_pb2.RECIPE_DANN,
-        params=trainer_pb2.TrainingParams(steps=steps, batch_size=32),
+        # The scene loss, as the first model had it: the sim episodes carry masks.
+        params=trainer_pb2.TrainingParams(steps=steps, batch_size=32, weights={"scene": 1.0}),
         # Simulated episodes of the train objects only: the store also holds the sim
         # evaluation and validation on the held-out objects, which the gate's real set uses.
         data=trainer_pb2.DataSelection(object_set="train"),

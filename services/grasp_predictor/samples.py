@@ -110,6 +110,12 @@ def step_samples(
     )
 
 
+def with_blank_masks(sample: dict) -> dict:
+    """`sample` with background-only x0_mask and mask, the shape of its images."""
+    blank = tf.zeros_like(sample[X0][..., :1])  # x0 and xt share one size
+    return {**sample, X0_MASK: blank, MASK: blank}
+
+
 def bucket_name(bucket: Bucket) -> str:
     """'sim/success', 'real/failure', ... as used in errors and model metadata."""
     domain, success = bucket
@@ -161,7 +167,9 @@ def balanced_batches(
         positive_fraction: Expected share of successful samples within each domain.
         seed: Seeds the episode order, shuffling, bucket draws and crops.
         shuffle_buffer: Steps shuffled together within a bucket.
-        include_masks: Also yield x0_mask and mask (every episode must have masks).
+        include_masks: Also yield x0_mask and mask: SIM episodes' own (every one
+            must have masks), all background for REAL samples, which carry none
+            (the scene loss counts SIM samples only).
 
     Raises:
         ValueError: a bucket with a positive weight has no episodes.
@@ -181,7 +189,9 @@ def balanced_batches(
                 f"that bucket {weight:.0%} of every batch; add such episodes or change the recipe"
             )
         order.shuffle(members)
-        samples = step_samples(data_root, members, include_masks)
+        samples = step_samples(data_root, members, include_masks and bucket[0] == SIM)
+        if include_masks and bucket[0] != SIM:
+            samples = samples.map(with_blank_masks, num_parallel_calls=tf.data.AUTOTUNE)
         datasets.append(samples.shuffle(shuffle_buffer, seed=seed + index).repeat())
         shares.append(weight)
     mixed = tf.data.Dataset.sample_from_datasets(datasets, weights=shares, seed=seed)

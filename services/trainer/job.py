@@ -86,6 +86,7 @@ def write_inputs(
             "learning_rate": params.learning_rate,
             "seed": params.seed,
             "dann_weight": params.weights.get("dann", 0.1),
+            "scene_weight": params.weights.get("scene", 0.0),
             "validation_fraction": data.validation_fraction,
             "log_every": max(1, min(100, params.steps // 10)),
         }

@@ -17,6 +17,10 @@ from services.trainer.registry import STABLE, Registry
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RUN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 DANN_WEIGHT = {"dann": "factor of the reversed domain gradient (DANN recipes), default 0.1"}
+SCENE_WEIGHT = {
+    "scene": "auxiliary scene loss on the simulated samples' masks (grasp recipes that use sim "
+    "episodes, which must then be collected with render_masks), default 0: off"
+}
 # The loss weights of the generator recipes: GraspGANConfig's and RCANSpec's fields, where their
 # defaults are (services/refiner/graspgan.py, rcan.py); named here so the trainer needs no TensorFlow.
 GRASPGAN_LOSS_WEIGHTS = {
@@ -52,7 +56,7 @@ def known_weights(recipe: Recipe) -> dict[str, str]:
         return GRASPGAN_WEIGHTS
     if recipe.trains == RCAN:
         return RCAN_WEIGHTS
-    return DANN_WEIGHT if recipe.dann else {}
+    return {**(DANN_WEIGHT if recipe.dann else {}), **(SCENE_WEIGHT if recipe.uses_sim else {})}
 
 
 def check_run_id(run_id: str) -> None:

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
-from services.episode_store import client
+from services.episode_store import client, dataset
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.samples import sample_episode
 from services.episode_store.server import create_server
@@ -128,6 +128,42 @@ def test_masks_get_the_same_random_crop_as_their_images(store):
             assert (colours == colours[:1]).all()
         # Masks or not, the same samples in the same order.
         np.testing.assert_array_equal(batch[MOTION], without[MOTION])
+
+
+def test_real_episodes_without_masks_train_beside_sim_ones_under_the_scene_loss(tmp_path):
+    # Arms record no masks. The scene loss counts SIM samples only, so REAL ones get blank masks.
+    server = create_server(EpisodeStoreConfig(port=0, data_dir=str(tmp_path), grace_s=0))
+    channel, stub = client.connect(server.address)
+    with channel:
+        for seed in range(8):
+            real = seed % 2 == 1
+            record = sample_episode(
+                seed, domain=REAL if real else SIM, num_steps=3, with_masks=not real
+            )
+            success = (seed // 2) % 2 == 0
+            record.outcome.result = (
+                common_pb2.GRASP_RESULT_SUCCESS if success else common_pb2.GRASP_RESULT_FAILURE
+            )
+            client.write_episode(stub, record)
+        episodes = list(client.list_all(stub))
+    server.stop(grace_s=0)
+    real = [e for e in episodes if e.domain == REAL]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="has no masks; collect with"):
+        list(dataset.step_dataset(tmp_path, real, include_masks=True))
+
+    batches = samples.balanced_batches(
+        tmp_path, episodes, batch_size=16, crop_size=56, sim_fraction=0.5, include_masks=True
+    )
+    batch = next(iter(batches))
+    is_real = batch[DOMAIN].numpy() == REAL
+    assert is_real.any() and not is_real.all()
+    for key in (X0_MASK, MASK):
+        assert not batch[key].numpy()[is_real].any()
+    assert (batch[MASK].numpy()[~is_real] == common_pb2.MASK_CLASS_ARM).any()
+    spec = TrainSpec(steps=4, batch_size=16, sim_fraction=0.5, dann=True, scene_weight=1.0)
+    keras.utils.set_random_seed(0)
+    metrics, _, _ = fit(build_model(spec.model_config), spec, batches, progress_bar=False)
+    assert metrics["scene_loss"] > 0 and math.isfinite(metrics["loss"])
 
 
 def test_the_scene_loss_teaches_where_objects_and_the_arm_are(store):

@@ -36,13 +36,17 @@ def episode(
     randomization: int = 0,
     model: common_pb2.ModelRef | None = None,
 ):
-    """A 64x64 sample episode with the given label (the geometry's own outcome is overridden)."""
+    """A 64x64 sample episode with the given label (the geometry's own outcome is overridden).
+
+    Simulated episodes carry masks; real ones, as an arm records them, do not.
+    """
     record = sample_episode(
         seed,
         robot_id=robot_id or ("sim-01" if domain == SIM else f"kuka-0{seed % 2 + 1}"),
         domain=domain,
         num_steps=STEPS_PER_EPISODE,
         image_size=64,
+        with_masks=domain == SIM,
     )
     if randomization:
         record.header.randomization = randomization

@@ -67,6 +67,14 @@ INVALID = {
         ),
         "selects simulated episodes",
     ),
+    "scene loss on real-only": (
+        lambda s: (_set("recipe", S.RECIPE_REAL_ONLY)(s), s.params.weights.update(scene=1.0)),
+        "params.weights['scene'] is not a weight of REAL_ONLY",
+    ),
+    "negative scene loss": (
+        lambda s: s.params.weights.update(scene=-1.0),
+        "params.weights['scene'] must be in [0, 1000.0]",
+    ),
     "real amount on sim-only": (
         lambda s: (_set("recipe", S.RECIPE_SIM_ONLY)(s), _set("data.max_real_episodes", 3)(s)),
         "trains on no real labels",

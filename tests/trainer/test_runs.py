@@ -48,7 +48,10 @@ def trainer(tmp_path_factory, store):
 @pytest.fixture(scope="module")
 def first_run(trainer):
     _, stub, _ = trainer
-    run = stub.SubmitRun(S.SubmitRunRequest(spec=tiny_spec(S.RECIPE_DANN)), metadata=AUTH)
+    spec = tiny_spec(S.RECIPE_DANN)
+    # The scene loss learns from the sim masks; the real episodes have none.
+    spec.params.weights["scene"] = 1.0
+    run = stub.SubmitRun(S.SubmitRunRequest(spec=spec), metadata=AUTH)
     return run, watch(stub, run.run_id)
 
 
@@ -72,6 +75,7 @@ def test_a_run_streams_its_progress_and_publishes_a_canary(trainer, first_run):
 
     metadata = export.read_metadata(models / NAME / "1")
     assert metadata["trainer"]["run_id"] == run.run_id and metadata["model"]["dann"]
+    assert metadata["model"]["scene_head"] and run.metrics["scene_loss"] > 0
     assert metadata["trainer"]["recipe"] == "RECIPE_DANN"
     assert json.loads((models / NAME / LABELS_FILE).read_text()) == {"canary": 1}
     (version,) = stub.ListModelVersions(S.ListModelVersionsRequest(name=NAME)).versions
