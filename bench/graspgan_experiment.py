@@ -31,7 +31,7 @@ It prints a markdown table and writes it (results.md) and every number
 `--sim-store` starts from an episode store folder collected before (for
 example `var/grasp-quality/masked-12k/store`, from `bench.grasp_quality
 collect --masks`): its simulated episodes on the train objects replace the
-collected ones (the folder is linked, never written), so the grasp models can
+collected ones (its files are linked, never changed), so the grasp models can
 be trained at the data scale where they generalize.
 """
 
