@@ -346,14 +346,10 @@ def paired(raw: dict, refined: dict) -> dict:
             if a[score] is not None and b[score] is not None
         ]
         if differences:
-            se = (
-                np.std(differences, ddof=1) / np.sqrt(len(differences))
-                if len(differences) > 1
-                else None
-            )
+            n = len(differences)
             result[score] = {
                 "mean": float(np.mean(differences)),
-                "se": None if se is None else float(se),
+                "se": float(np.std(differences, ddof=1) / np.sqrt(n)) if n > 1 else None,
                 "per_seed": differences,
             }
     return result
