@@ -82,11 +82,22 @@ sim-12k: protos
 # classifier on raw and refined sim against real (about 65 minutes; results and
 # JSON under var/graspgan-experiment/; docs/results.md has the numbers).
 # A smoke run: python -m bench.graspgan_experiment --quick
-EXPERIMENT = --sim-store $(SIM_12K)/store --real-episodes 800 --graspgan-steps 3000 \
-	--grasp-steps 6000 --grasp-seeds 3
+GRASPGAN_PROTOCOL = --sim-store $(SIM_12K)/store --real-episodes 800 --graspgan-steps 3000 \
+	--grasp-steps 6000
+EXPERIMENT = $(GRASPGAN_PROTOCOL) --grasp-seeds 3
 .PHONY: experiment
 experiment: sim-12k
 	$(PY) -m bench.graspgan_experiment $(EXPERIMENT) $(ARGS)
+
+# The same protocol once per seed in REPLICATES, each with its own split and
+# generator and one grasp seed (about 50 minutes each; a finished replicate is
+# kept, so a rerun resumes), then refined minus raw across the replicates
+# (bench/graspgan_replicates.py; var/graspgan-experiment/replicates/summary.md).
+REPLICATES ?= 0 1 2 3
+.PHONY: experiment-replicates
+experiment-replicates: sim-12k
+	$(PY) -m bench.graspgan_replicates --root var/graspgan-experiment/replicates \
+		--seeds $(REPLICATES) -- $(GRASPGAN_PROTOCOL) --grasp-seeds 1 $(ARGS)
 
 # Grasp-model quality on held-out objects: a sim-only model with the scene loss
 # on the 12,000 episodes, CEM against random on the same held-out scenes (about

@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
 
-from bench import graspgan_experiment
+from bench import graspgan_experiment, graspgan_replicates
 
 SIM, REAL = 24, 32
+SMALLEST = ["--quick", "--sim-episodes", str(SIM), "--real-episodes", str(REAL)]
+SMALLEST += ["--max-steps", "6", "--graspgan-steps", "2", "--refiner-profile", "tiny"]
+SMALLEST += ["--grasp-steps", "5", "--classifier-steps", "5"]
 
 
-def test_the_experiment_collects_refines_trains_and_reports(tmp_path, capsys):
-    out = tmp_path / "experiment"
-    smallest = ["--sim-episodes", str(SIM), "--real-episodes", str(REAL), "--max-steps", "6"]
-    smallest += ["--graspgan-steps", "2", "--refiner-profile", "tiny", "--grasp-steps", "5"]
-    smallest += ["--classifier-steps", "5", "--grasp-seeds", "2", "--seed", "3"]
-    assert graspgan_experiment.main(["--quick", *smallest, "--out", str(out)]) == 0
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """One finished experiment (seed 3, two grasp seeds) and what it printed."""
+    out = tmp_path_factory.mktemp("graspgan") / "experiment"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = graspgan_experiment.main(
+            [*SMALLEST, "--grasp-seeds", "2", "--seed", "3"] + ["--out", str(out)]
+        )
+    assert code == 0
+    return out, printed.getvalue()
 
+
+def test_the_experiment_collects_refines_trains_and_reports(experiment):
+    out, printed = experiment
     results = json.loads((out / "results.json").read_text())
     assert results["finished"] and results["timings"]["total_s"] > 0
     data = results["data"]
@@ -51,5 +64,47 @@ def test_the_experiment_collects_refines_trains_and_reports(tmp_path, capsys):
         assert classifier["test_images"] > 0 and classifier["test_images"] % 2 == 0
 
     table = (out / "results.md").read_text()
-    assert table.strip() in capsys.readouterr().out
+    assert table.strip() in printed
     assert "| GRASPGAN_SIM_ONLY | refined sim |" in table and "| refined sim vs real |" in table
+
+
+def test_replicates_resume_check_one_protocol_and_summarize_refined_minus_raw(
+    experiment, tmp_path, capsys
+):
+    included, _ = experiment
+    root = tmp_path / "replicates"
+    # A replicate stopped midway is moved aside and run again, not mixed in.
+    (root / "seed-4").mkdir(parents=True)
+    (root / "seed-4" / "results.json").write_text(json.dumps({"finished": False}))
+    args = ["--root", str(root), "--seeds", "4", "--include", str(included)]
+    assert graspgan_replicates.main([*args, "--", *SMALLEST, "--grasp-seeds", "1"]) == 0
+    assert [p.name.split(".")[0] for p in root.glob("seed-4.unfinished-*")] == ["seed-4"]
+    ran = json.loads((root / "seed-4" / "results.json").read_text())
+    assert ran["finished"] and ran["settings"]["seed"] == 4
+
+    summary = json.loads((root / "summary.json").read_text())
+    pair = "graspgan_sim_only - sim_only"
+    replicates = [json.loads((f / "results.json").read_text()) for f in (included, root / "seed-4")]
+    rows = summary["replicates"]
+    assert [row["seed"] for row in rows] == [3, 4] and [r["grasp_seeds"] for r in rows] == [2, 1]
+    for score in graspgan_experiment.SCORES:
+        per_replicate = [r["refined_minus_raw"][pair][score]["mean"] for r in replicates]
+        across = summary["refined_minus_raw"][pair][score]
+        assert across["mean"] == pytest.approx(sum(per_replicate) / 2)
+        assert across["se"] == pytest.approx(abs(per_replicate[0] - per_replicate[1]) / 2)
+        assert across["ahead"] == sum(d > 0 for d in per_replicate) and across["n"] == 2
+    assert (root / "summary.md").read_text().strip() in capsys.readouterr().out
+
+    # A finished replicate is kept: running again runs nothing and gives the same numbers.
+    before = (root / "seed-4" / "results.json").stat().st_mtime_ns
+    assert graspgan_replicates.main([*args, "--", *SMALLEST, "--grasp-seeds", "1"]) == 0
+    assert (root / "seed-4" / "results.json").stat().st_mtime_ns == before
+    assert json.loads((root / "summary.json").read_text()) == summary
+
+    # Another protocol is refused, naming the setting that differs.
+    other = tmp_path / "other"
+    other.mkdir()
+    changed = {**ran, "settings": {**ran["settings"], "grasp_steps": 7, "seed": 9}}
+    (other / "results.json").write_text(json.dumps(changed))
+    with pytest.raises(SystemExit, match="grasp_steps differ"):
+        graspgan_replicates.main(["--root", str(root), "--include", str(included), str(other)])
