@@ -182,8 +182,13 @@ class LocalBackend:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.parse(handle)[0], os.WNOHANG)
 
+    def _running(self, handle: str) -> bool:
+        # An unreaped child keeps its pid, so its Popen knows better than /proc.
+        process = self._children.get(handle)
+        return process.poll() is None if process is not None else self._alive(handle)
+
     def cancel(self, handle: str) -> None:
-        if not self._alive(handle):
+        if not self._running(handle):
             return
         pid = self.parse(handle)[0]
         try:

@@ -116,6 +116,7 @@ def train_and_gate(run_dir: Path, job: dict, recipe: Recipe) -> Result:
             "spec": job["spec"],
         },
     }
+    jobfiles.raise_if_cancelled(run_dir)
     path = export.export_generator(
         trained.models.generator, job["model_base"], name, kind, (size.height, size.width), metadata
     )

@@ -105,6 +105,8 @@ def run(run_dir: Path) -> int:
             result = generator_job.train_and_gate(run_dir, job, recipe)
         else:
             result = _train_and_gate(run_dir, job, recipe)
+    except jobfiles.Cancelled as cancelled:
+        result = Result("CANCELLED", str(cancelled))
     except Exception as err:  # noqa: BLE001 - every failure must reach the trainer as a result
         log.exception("training job failed")
         result = Result("FAILED", f"{type(err).__name__}: {err}")
@@ -194,6 +196,7 @@ def _train_and_gate(run_dir: Path, job: dict, recipe: Recipe) -> Result:
             "spec": job["spec"],
         },
     }
+    jobfiles.raise_if_cancelled(run_dir)
     version, _ = export.export_model(
         trained.model, model_base, name, metadata, image_size=(size.height, size.width)
     )

@@ -5,7 +5,10 @@ the selected episodes (`train.binpb`, `validation.binpb`, each a serialized
 ListEpisodesResponse); from the job, `progress.json` (rewritten every few
 steps) and `result.json` (once, at the end), plus TensorBoard logs and, on the
 local backend, `job.log`; the trainer also notes the job's handle in
-`job.handle` the moment the job starts, before it records it in the database. Every JSON file is replaced atomically (temp file +
+`job.handle` the moment the job starts, before it records it in the database,
+and leaves `cancelled` when the run is cancelled: a job that outlives the
+cancel (a late signal, a pod still terminating) checks it before publishing
+and publishes nothing. Every JSON file is replaced atomically (temp file +
 rename), so a reader never sees half of one. Files rather than the database
 keep the trainer the run database's only writer and work the same whether the
 job is a local process or a Kubernetes pod sharing the folder.
@@ -27,6 +30,7 @@ PROGRESS_FILE = "progress.json"
 RESULT_FILE = "result.json"
 LOG_FILE = "job.log"
 HANDLE_FILE = "job.handle"
+CANCEL_FILE = "cancelled"
 TENSORBOARD_DIR = "tensorboard"
 
 # Phases a job reports; "validating" maps to RUN_STATE_VALIDATING.
@@ -50,7 +54,8 @@ class Result:
     """How a job ended.
 
     Attributes:
-        state: "SUCCEEDED", "REJECTED" or "FAILED".
+        state: "SUCCEEDED", "REJECTED", "FAILED" or "CANCELLED" (the run was cancelled
+            before the job published).
         message: A sentence a person can act on (the gate's numbers when rejected).
         metrics: Final training, validation and gate metrics.
         version: The version the job exported (SUCCEEDED only).
@@ -60,6 +65,26 @@ class Result:
     message: str
     metrics: dict[str, float] = field(default_factory=dict)
     version: int = 0
+
+
+class Cancelled(Exception):
+    """The run was cancelled while its job still ran; nothing may be published."""
+
+
+def mark_cancelled(run_dir: Path) -> None:
+    """Leaves the cancel marker in the run folder (a run without one has nothing to stop)."""
+    if run_dir.is_dir():
+        write_atomically(run_dir / CANCEL_FILE, "cancelled on request\n")
+
+
+def raise_if_cancelled(run_dir: Path) -> None:
+    """Raises Cancelled when the trainer has cancelled the run; jobs call it before publishing.
+
+    Raises:
+        Cancelled: the cancel marker is there.
+    """
+    if (run_dir / CANCEL_FILE).exists():
+        raise Cancelled("the run was cancelled before its job published; nothing was published")
 
 
 def write_json(path: Path, value: dict) -> None:

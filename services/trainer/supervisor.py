@@ -30,6 +30,7 @@ _RESULT_STATES = {
     "SUCCEEDED": trainer_pb2.RUN_STATE_SUCCEEDED,
     "REJECTED": trainer_pb2.RUN_STATE_REJECTED,
     "FAILED": trainer_pb2.RUN_STATE_FAILED,
+    "CANCELLED": trainer_pb2.RUN_STATE_CANCELLED,
 }
 
 
@@ -258,8 +259,13 @@ class Supervisor:
             return "CANCELLED"
 
         run = self.runs.update(run_id, apply)
+        if run.state != trainer_pb2.RUN_STATE_CANCELLED:
+            return run
+        # Marked before the job is signalled: a job that outlives the signal, or one
+        # `_start` launches just now, sees the marker before it publishes.
+        jobfiles.mark_cancelled(self.run_dir(run_id))
         backend = self.backends.get(run.spec.backend)
-        if run.state == trainer_pb2.RUN_STATE_CANCELLED and run.job and backend is not None:
+        if run.job and backend is not None:
             backend.cancel(run.job)
         self.wake()
         return run

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 
 import grpc
 import pytest
@@ -11,7 +14,8 @@ import pytest
 from graspfleet.v1 import trainer_pb2 as S
 from graspfleet.v1 import trainer_pb2_grpc
 from services.fleet.process import ServiceProcess
-from services.trainer.backends import LocalBackend
+from services.trainer import jobfiles
+from services.trainer.backends import JOB_ENV, RUNNING, JobSpec, LocalBackend
 from tests.trainer.conftest import (
     AUTH,
     REAL,
@@ -78,6 +82,47 @@ def test_runs_beyond_the_concurrency_limit_queue_and_cancel_stops_the_job(start_
         assert not stub.GetRun(S.GetRunRequest(run_id=second.run_id)).job  # never started
         again = stub.CancelRun(S.CancelRunRequest(run_id=first.run_id), metadata=AUTH)
         assert again.state == S.RUN_STATE_CANCELLED and again.finished_at == cancelled.finished_at
+
+
+def test_a_job_that_outlives_its_cancelled_run_publishes_nothing(start_trainer, tmp_path):
+    channel, stub = trainer_stub(start_trainer(max_concurrent_runs=1))
+    with channel:
+        busy = stub.SubmitRun(S.SubmitRunRequest(spec=_long_spec()), metadata=AUTH)
+        _training(stub, busy.run_id, min_step=0)  # holds the only slot: the next run waits
+        queued = stub.SubmitRun(
+            S.SubmitRunRequest(spec=tiny_spec(S.RECIPE_REAL_ONLY)), metadata=AUTH
+        )
+        cancelled = stub.CancelRun(S.CancelRunRequest(run_id=queued.run_id), metadata=AUTH)
+        assert cancelled.state == S.RUN_STATE_CANCELLED and not cancelled.job
+        stub.CancelRun(S.CancelRunRequest(run_id=busy.run_id), metadata=AUTH)
+    # Its job runs anyway, as one does that a late signal has not reached yet: it trains,
+    # then finds the marker the cancel left and publishes nothing.
+    run_dir = tmp_path / "trainer" / "runs" / queued.run_id
+    job = [sys.executable, "-m", "services.cli", "train", "job", "--run-dir", str(run_dir)]
+    ended = subprocess.run(job, capture_output=True, text=True, timeout=240)
+    assert ended.returncode == 0, ended.stderr[-2000:]
+    result = json.loads((run_dir / jobfiles.RESULT_FILE).read_text())
+    assert result["state"] == "CANCELLED", result
+    assert "nothing was published" in result["message"]
+    published = tmp_path / "models" / "grasp_success"
+    assert not [p for p in published.iterdir() if p.name.isdigit()]
+
+
+def test_cancel_stops_a_child_job_whose_proc_entry_does_not_name_it(tmp_path):
+    # The job's /proc environment no longer carries its name (as in the instant of its exec):
+    # the backend's own child is still stopped, by its process handle.
+    backend = LocalBackend(cancel_grace_s=5.0, program=("sh", "-c"))
+    handle = backend.start(JobSpec(name="unnamed", args=(f"exec env -u {JOB_ENV} sleep 60",)))
+    environ = f"/proc/{LocalBackend.parse(handle)[0]}/environ"
+
+    def unnamed() -> bool:
+        with open(environ, "rb") as file:
+            return f"{JOB_ENV}=unnamed".encode() not in file.read()
+
+    wait_for(unnamed, 10, "the exec to drop the job's name")
+    assert backend.poll(handle).state == RUNNING
+    backend.cancel(handle)
+    wait_for(lambda: backend.poll(handle).state != RUNNING, 10, "the job to stop")
 
 
 def test_a_restarted_trainer_re_adopts_the_running_job_and_it_finishes(start_trainer):
