@@ -93,7 +93,7 @@ experiment: sim-12k
 # generator and one grasp seed (about 50 minutes each; a finished replicate is
 # kept, so a rerun resumes), then refined minus raw across the replicates
 # (bench/graspgan_replicates.py; var/graspgan-experiment/replicates/summary.md).
-REPLICATES ?= 0 1 2 3
+REPLICATES ?= 0 1 2 3 4
 .PHONY: experiment-replicates
 experiment-replicates: sim-12k
 	$(PY) -m bench.graspgan_replicates --root var/graspgan-experiment/replicates \
