@@ -108,7 +108,7 @@ def test_a_job_that_outlives_its_cancelled_run_publishes_nothing(start_trainer, 
     assert not [p for p in published.iterdir() if p.name.isdigit()]
 
 
-def test_cancel_stops_a_child_job_whose_proc_entry_does_not_name_it(tmp_path):
+def test_cancel_stops_a_child_job_whose_proc_entry_does_not_name_it():
     # The job's /proc environment no longer carries its name (as in the instant of its exec):
     # the backend's own child is still stopped, by its process handle.
     backend = LocalBackend(cancel_grace_s=5.0, program=("sh", "-c"))
