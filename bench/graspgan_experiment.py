@@ -336,6 +336,13 @@ def summarize(recipe: str, trained_on: str, seeds: list[dict]) -> dict:
     return row
 
 
+def mean_se(values: list[float]) -> dict:
+    """Mean, standard error (None for one value) and count of independent values."""
+    n = len(values)
+    se = float(np.std(values, ddof=1) / np.sqrt(n)) if n > 1 else None
+    return {"mean": float(np.mean(values)), "se": se, "n": n}
+
+
 def paired(raw: dict, refined: dict) -> dict:
     """Refined minus raw, seed by seed: mean, standard error and the per-seed differences."""
     result = {}
@@ -346,12 +353,7 @@ def paired(raw: dict, refined: dict) -> dict:
             if a[score] is not None and b[score] is not None
         ]
         if differences:
-            n = len(differences)
-            result[score] = {
-                "mean": float(np.mean(differences)),
-                "se": float(np.std(differences, ddof=1) / np.sqrt(n)) if n > 1 else None,
-                "per_seed": differences,
-            }
+            result[score] = mean_se(differences) | {"per_seed": differences}
     return result
 
 

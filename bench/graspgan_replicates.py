@@ -31,9 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from bench.graspgan_experiment import SCORES, log
+from bench.graspgan_experiment import SCORES, log, mean_se
 
 # Settings that may differ between replicates of one protocol.
 PER_REPLICATE = {"seed", "grasp_seeds", "workers"}
@@ -114,22 +112,15 @@ def summarize(replicates: list[dict]) -> dict:
         across[pair] = {}
         for score in SCORES:
             values = [row["refined_minus_raw"][pair][score] for row in rows]
-            across[pair][score] = spread(values) | {"ahead": sum(v > 0 for v in values)}
+            across[pair][score] = mean_se(values) | {"ahead": sum(v > 0 for v in values)}
     return {
         "replicates": rows,
         "refined_minus_raw": across,
         "classifier": {
-            name: spread([row["classifier"][name] for row in rows]) for name in ("raw", "refined")
+            name: mean_se([row["classifier"][name] for row in rows]) for name in ("raw", "refined")
         },
-        "mask_iou_object": spread([row["scene"]["mask_iou_object"] for row in rows]),
+        "mask_iou_object": mean_se([row["scene"]["mask_iou_object"] for row in rows]),
     }
-
-
-def spread(values: list[float]) -> dict:
-    """Mean and standard error (None for one value) of independent replicates."""
-    n = len(values)
-    se = float(np.std(values, ddof=1) / np.sqrt(n)) if n > 1 else None
-    return {"mean": float(np.mean(values)), "se": se, "n": n}
 
 
 def markdown(summary: dict) -> str:
@@ -192,12 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--seed and --out are set per replicate; leave them out of the flags")
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
-    folders = [Path(f) for f in args.include]
-    for seed in args.seeds:
-        folder = root / f"seed-{seed}"
-        folders.append(folder if args.summarize_only else run_replicate(root, seed, flags))
     if args.summarize_only:
-        folders = [f for f in folders if finished(f)]
+        ran = [f for f in (root / f"seed-{s}" for s in args.seeds) if finished(f)]
+    else:
+        ran = [run_replicate(root, seed, flags) for seed in args.seeds]
+    folders = [Path(f) for f in args.include] + ran
     if not folders:
         parser.error("no replicates: give --seeds or --include")
     summary = summarize(load(folders))

@@ -108,3 +108,11 @@ def test_replicates_resume_check_one_protocol_and_summarize_refined_minus_raw(
     (other / "results.json").write_text(json.dumps(changed))
     with pytest.raises(SystemExit, match="grasp_steps differ"):
         graspgan_replicates.main(["--root", str(root), "--include", str(included), str(other)])
+    # The same replicate twice is not two replicates.
+    with pytest.raises(SystemExit, match="share a seed"):
+        graspgan_replicates.main(["--root", str(root), "--include", str(included), str(included)])
+    # --summarize-only runs nothing and summarizes the finished replicates it is given.
+    only = ["--root", str(root), "--include", str(included), "--summarize-only"]
+    assert graspgan_replicates.main([*only, "--seeds", "4", "5"]) == 0
+    assert not (root / "seed-5").exists()
+    assert json.loads((root / "summary.json").read_text()) == summary
