@@ -27,9 +27,28 @@ class SensorModel:
     blur_radius: float
     jpeg_quality: int
     background: np.ndarray  # [H, W, 3] uint8 texture behind the scene
+    replace_background: bool = True  # the textured background (part of the scene's look)
+    degrade: bool = True  # colour cast, gamma, noise, blur and JPEG (the sensor proper)
 
     @classmethod
-    def sample(cls, rng: np.random.Generator, height: int, width: int) -> SensorModel:
+    def sample(
+        cls,
+        rng: np.random.Generator,
+        height: int,
+        width: int,
+        *,
+        background: bool = True,
+        degrade: bool = True,
+    ) -> SensorModel:
+        """One episode's sensor; the draws are the same whichever parts apply.
+
+        Args:
+            rng: The episode's generator.
+            height: Image rows.
+            width: Image columns.
+            background: Put the textured background behind the scene.
+            degrade: Apply the colour cast, gamma, noise, blur and JPEG artifacts.
+        """
         return cls(
             colour_gain=rng.uniform([1.0, 0.85, 0.7], [1.2, 1.0, 0.9]),
             brightness=float(rng.uniform(0.75, 1.05)),
@@ -38,17 +57,24 @@ class SensorModel:
             blur_radius=float(rng.uniform(0.4, 1.0)),
             jpeg_quality=int(rng.integers(35, 70)),
             background=textured_background(rng, height, width),
+            replace_background=background,
+            degrade=degrade,
         )
 
     def apply(self, rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The frame as the proxy-real sensor would deliver it (mask: class ids of the render)."""
         image = rgb.astype(np.float32)
-        image[mask == BACKGROUND] = self.background[mask == BACKGROUND]
+        if self.replace_background:
+            image[mask == BACKGROUND] = self.background[mask == BACKGROUND]
+        # Drawn even when unused, so later draws (and so the scene) do not depend on it.
+        noise = rng.normal(0.0, self.noise_std, image.shape)
+        if not self.degrade:
+            return np.clip(image, 0, 255).astype(np.uint8)
         image = (
             255.0
             * (np.clip(image * self.colour_gain * self.brightness, 0, 255) / 255.0) ** self.gamma
         )
-        image += rng.normal(0.0, self.noise_std, image.shape)
+        image += noise
         pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
         pil = pil.filter(ImageFilter.GaussianBlur(self.blur_radius * max(rgb.shape[:2]) / 64))
         buffer = io.BytesIO()

@@ -12,6 +12,11 @@ RANDOMIZATIONS = ("none", "visual", "dynamics", "all")
 DEFAULT_SIZE_RANGE_M = (0.08, 0.15)
 DENSITY_KG_M3 = 400.0
 DOMAINS = ("sim", "proxy-real")
+# What makes the proxy-real domain differ from sim, each switchable for the gap decomposition:
+# "camera" (pose offset), "lighting" (light, colours of tray, arm and objects, the textured
+# background), "sensor" (colour cast, gamma, noise, blur, JPEG) and "physics" (object mass
+# and friction, grip force).
+PROXY_REAL_FACTORS = ("camera", "lighting", "sensor", "physics")
 PROFILES = {"default": (64, 64), "paper": (640, 512)}  # (width, height) of renders
 
 
@@ -93,7 +98,8 @@ class WorldConfig:
     Attributes:
         domain: "sim" or "proxy-real" (a different appearance and physics; domain REAL).
         randomization: "none", "visual", "dynamics" or "all" (the paper's modes).
-        object_set: "train" or "test" (the random_urdfs split), "procedural"
+        object_set: An object pool ("train", "sim-test", "real-train", "real-test";
+            robots.objects), "procedural"
             (generated on the fly), or a folder of URDF/mesh objects.
         objects_per_bin: Objects dropped into the tray each episode.
         object_size_range_m: Longest extent (low, high) that generated and mesh objects are
@@ -101,6 +107,9 @@ class WorldConfig:
         object_density_kg_m3: Density that gives generated and mesh objects their mass.
         motion_noise_cm: Std of the noise on horizontal motion commands (the paper: 1 cm in sim).
         seed: Seeds the world's own generator; episodes take seeds of their own.
+        proxy_real_factors: Which of PROXY_REAL_FACTORS a proxy-real world applies (all by
+            default). A subset isolates one part of the sim-to-real gap; the random draws
+            are the same whatever the subset, so every subset sees the same scenes.
     """
 
     domain: str = "sim"
@@ -114,10 +123,16 @@ class WorldConfig:
     motion_noise_cm: float = 1.0
     lift_height_m: float = 0.1
     seed: int = 0
+    proxy_real_factors: tuple[str, ...] = PROXY_REAL_FACTORS
 
     def __post_init__(self) -> None:
         if self.domain not in DOMAINS:
             raise ValueError(f"domain {self.domain!r}; use one of {DOMAINS}")
+        unknown = set(self.proxy_real_factors) - set(PROXY_REAL_FACTORS)
+        if unknown:
+            raise ValueError(
+                f"proxy_real_factors {sorted(unknown)} unknown; use some of {PROXY_REAL_FACTORS}"
+            )
         if self.randomization not in RANDOMIZATIONS:
             raise ValueError(f"randomization {self.randomization!r}; use one of {RANDOMIZATIONS}")
         if not 1 <= self.objects_per_bin <= 20:

@@ -6,9 +6,10 @@ Example (robots/fleet/kuka-01.yaml):
     driver: proxy-real          # sim | proxy-real | a registered hardware driver
     camera: {width: 64, height: 64, jitter_deg: 3}
     workspace: {low: [0.50, -0.065, 0.10], high: [0.78, 0.215, 0.40], max_step_cm: 10}
-    object_set: test            # train | test | procedural | a folder of objects
+    object_set: real-train      # train | sim-test | real-train | real-test | procedural | a folder
     randomization: none         # none | visual | dynamics | all (simulated arms)
     seed: 1
+    proxy_real_factors: [camera, lighting, sensor, physics]   # proxy-real arms; default all
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from robots.config import RANDOMIZATIONS, CameraConfig, WorldConfig
+from robots.config import PROXY_REAL_FACTORS, RANDOMIZATIONS, CameraConfig, WorldConfig
 from robots.config import Workspace as WorkspaceConfig
 from robots.objects import ObjectSet
 
@@ -33,6 +34,7 @@ KNOWN_KEYS = {
     "randomization",
     "objects_per_bin",
     "seed",
+    "proxy_real_factors",
 }
 CAMERA_KEYS = {"width", "height", "jitter_deg", "fov_deg"}
 WORKSPACE_KEYS = {"low", "high", "max_step_cm"}
@@ -62,7 +64,7 @@ class ArmConfig:
         )
 
 
-def _section(path: Path, data: dict, key: str, allowed: set[str]) -> dict:
+def _section(path: str, data: dict, key: str, allowed: set[str]) -> dict:
     section = data.get(key, {}) or {}
     if not isinstance(section, dict):
         raise InventoryError(f"{path}: {key} must be a mapping")
@@ -75,7 +77,7 @@ def _section(path: Path, data: dict, key: str, allowed: set[str]) -> dict:
 
 
 @contextlib.contextmanager
-def _field(path: Path, name: str) -> Iterator[None]:
+def _field(path: str, name: str) -> Iterator[None]:
     """Turns a bad value into an InventoryError naming the file and the field."""
     try:
         yield
@@ -99,11 +101,21 @@ def _vector(value: object, name: str) -> tuple[float, float, float]:
 
 def load_arm(path: Path) -> ArmConfig:
     """Reads and validates one arm's file."""
+    return parse_arm(Path(path).read_text(), str(path))
+
+
+def parse_arm(text: str, source: str) -> ArmConfig:
+    """Validates one arm's settings given as YAML text; `source` names it in errors.
+
+    Raises:
+        InventoryError: the text is not a valid arm configuration; the message
+            names the source and the field.
+    """
     from robots.drivers import DRIVERS
 
-    path = Path(path)
+    path = source
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise InventoryError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -144,8 +156,15 @@ def load_arm(path: Path) -> ArmConfig:
         objects_per_bin = _integer(data.get("objects_per_bin", 5))
         if not 1 <= objects_per_bin <= 20:
             raise ValueError(f"{objects_per_bin} objects; use 1..20")
+    factors = data.get("proxy_real_factors", list(PROXY_REAL_FACTORS))
+    if not isinstance(factors, list) or not set(factors) <= set(PROXY_REAL_FACTORS):
+        raise InventoryError(
+            f"{path}: proxy_real_factors must be a list of some of {list(PROXY_REAL_FACTORS)}, "
+            f"not {factors!r}"
+        )
     world = WorldConfig(
         domain="proxy-real" if driver == "proxy-real" else "sim",
+        proxy_real_factors=tuple(factors),
         randomization=randomization,
         object_set=str(object_set),
         objects_per_bin=objects_per_bin,
@@ -153,7 +172,7 @@ def load_arm(path: Path) -> ArmConfig:
         workspace=workspace_config,
         seed=seed,
     )
-    return ArmConfig(id=arm_id, driver=driver, world=world, source=str(path))
+    return ArmConfig(id=arm_id, driver=driver, world=world, source=source)
 
 
 def load_inventory(folder: Path = FLEET_DIR) -> list[ArmConfig]:

@@ -2,7 +2,10 @@
 
 Always varied (the paper's "none"): camera pose, bin location, background.
 "visual": tray texture, object colour and texture, arm colour, light direction
-and brightness. "dynamics": object mass and lateral, rolling and spinning
+and brightness. Its textures are a family of their own (saturated geometric
+patterns: stripes, checks, dots), never the proxy-real backgrounds' earthy
+noise (robots.appearance): a model trained with randomization must not have
+seen the test domain's textures. "dynamics": object mass and lateral, rolling and spinning
 friction. "all": both. The proxy-real domain has its own fixed camera offset,
 lighting and physics, and a sensor model (appearance.SensorModel).
 """
@@ -25,6 +28,7 @@ SIM_BACKGROUND = (0.75, 0.75, 0.72)
 TRAY_COLOUR = (0.55, 0.55, 0.55, 1.0)
 ARM_COLOUR = (1.0, 0.5, 0.1, 1.0)
 NUM_TEXTURES = 6
+PATTERNS = ("stripes", "checks", "dots")
 _TEXTURE_FILES: list[str] = []  # written once per process, loaded into every client that asks
 _TEXTURE_LOCK = threading.Lock()
 
@@ -49,10 +53,11 @@ class EpisodeLook:
     diffuse: float
     visual: bool
     dynamics: bool
-    proxy_real: bool
+    proxy_real: bool  # the proxy-real domain, whichever of its factors apply
     grip_force: float
     sensor: appearance.SensorModel | None
     textures: tuple[int, ...] = ()  # this world's texture ids, for the objects
+    factors: frozenset = frozenset()  # the proxy-real factors applied (config.PROXY_REAL_FACTORS)
 
     def apply_scene(self, sim, tray: int, arm: int, plane: int, table: int) -> None:
         for body in (plane, table):
@@ -70,7 +75,10 @@ class EpisodeLook:
             texture = int(rng.choice(textures)) if textures and rng.random() < 0.5 else -1
             sim.changeVisualShape(body, -1, rgbaColor=colour, textureUniqueId=texture)
         elif self.proxy_real:
-            sim.changeVisualShape(body, -1, rgbaColor=(*rng.uniform(0.2, 0.9, 3), 1.0))
+            # Drawn whether or not lighting applies: every factor subset sees the same scenes.
+            colour = (*rng.uniform(0.2, 0.9, 3), 1.0)
+            if "lighting" in self.factors:
+                sim.changeVisualShape(body, -1, rgbaColor=colour)
         if self.dynamics:
             mass = sim.getDynamicsInfo(body, -1)[0]
             sim.changeDynamics(
@@ -81,12 +89,50 @@ class EpisodeLook:
                 rollingFriction=rng.uniform(0.0, 0.01),
                 spinningFriction=rng.uniform(0.0, 0.01),
             )
-        elif self.proxy_real:
+        elif "physics" in self.factors:
             # The proxy-real world's own physics: slipperier and heavier than the default sim.
             mass = sim.getDynamicsInfo(body, -1)[0]
             sim.changeDynamics(
                 body, -1, mass=mass * 1.3, lateralFriction=0.6, spinningFriction=0.003
             )
+
+
+def pattern_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A visual-randomization texture: a saturated two-colour geometric pattern.
+
+    Args:
+        rng: Draws the pattern, its scale, angle and colours.
+        height: Rows of the texture.
+        width: Columns of the texture.
+
+    Returns:
+        [height, width, 3] uint8.
+    """
+    pattern = PATTERNS[int(rng.integers(len(PATTERNS)))]
+    period = rng.uniform(4.0, 16.0)
+    angle = rng.uniform(0.0, math.pi)
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    u = cols * math.cos(angle) + rows * math.sin(angle)
+    v = -cols * math.sin(angle) + rows * math.cos(angle)
+    if pattern == "stripes":
+        on = np.floor(u / period) % 2 == 0
+    elif pattern == "checks":
+        on = (np.floor(u / period) + np.floor(v / period)) % 2 == 0
+    else:
+        du, dv = (u / period) % 1.0 - 0.5, (v / period) % 1.0 - 0.5
+        on = du**2 + dv**2 < 0.09
+    colours = [_saturated(rng) for _ in range(2)]
+    return np.where(on[..., None], colours[0], colours[1]).astype(np.uint8)
+
+
+def _saturated(rng: np.random.Generator) -> np.ndarray:
+    """A vivid colour: one channel high, one low, one anywhere."""
+    channels = rng.permutation(3)
+    colour = np.empty(3)
+    colour[channels[0]] = rng.uniform(200, 255)
+    colour[channels[1]] = rng.uniform(0, 60)
+    colour[channels[2]] = rng.uniform(0, 255)
+    return colour
 
 
 def load_textures(sim) -> tuple[int, ...]:
@@ -101,14 +147,14 @@ def load_textures(sim) -> tuple[int, ...]:
             folder = Path(tempfile.mkdtemp(prefix="graspfleet-textures-"))
             for i in range(NUM_TEXTURES):
                 path = folder / f"texture-{i}.png"
-                Image.fromarray(appearance.textured_background(rng, 64, 64)).save(path)
+                Image.fromarray(pattern_texture(rng, 64, 64)).save(path)
                 _TEXTURE_FILES.append(str(path))
     return tuple(sim.loadTexture(path) for path in _TEXTURE_FILES)
 
 
-def _camera(sim, config: WorldConfig, rng: np.random.Generator, proxy_real: bool) -> Camera:
+def _camera(sim, config: WorldConfig, rng: np.random.Generator, offset_pose: bool) -> Camera:
     c = config.camera
-    offset = (6.0, 4.0, 0.05) if proxy_real else (0.0, 0.0, 0.0)  # the real camera sits elsewhere
+    offset = (6.0, 4.0, 0.05) if offset_pose else (0.0, 0.0, 0.0)  # the real camera sits elsewhere
     yaw = c.yaw_deg + offset[0] + rng.uniform(-c.jitter_deg, c.jitter_deg)
     pitch = c.pitch_deg + offset[1] + rng.uniform(-c.jitter_deg, c.jitter_deg)
     distance = c.distance_m + offset[2]
@@ -130,9 +176,10 @@ def draw_look(
         textures: Texture ids loaded into `sim` (load_textures).
     """
     proxy_real = config.domain == "proxy-real"
+    factors = frozenset(config.proxy_real_factors if proxy_real else ())
     visual = config.randomization in ("visual", "all")
     dynamics = config.randomization in ("dynamics", "all")
-    camera = _camera(sim, config, rng, proxy_real)
+    camera = _camera(sim, config, rng, "camera" in factors)
     tray_offset = np.array([rng.uniform(-0.02, 0.02), rng.uniform(-0.02, 0.02), 0.0])
     background = (*np.clip(np.array(SIM_BACKGROUND) + rng.uniform(-0.15, 0.15, 3), 0, 1), 1.0)
     tray_colour, tray_texture, arm_colour = TRAY_COLOUR, -1, ARM_COLOUR
@@ -146,14 +193,20 @@ def draw_look(
         brightness = rng.uniform(0.6, 1.3)
         light_colour = [brightness] * 3
         ambient, diffuse = rng.uniform(0.3, 0.8), rng.uniform(0.2, 0.7)
-    if proxy_real:
+    if "lighting" in factors:
         # Low, warm side light with hard shadows; a worn grey tray and a white-and-grey arm.
         light_direction, light_colour = [-1.5, 0.6, 1.0], [1.1, 0.95, 0.8]
         ambient, diffuse = 0.35, 0.75
         tray_colour, arm_colour = (0.35, 0.33, 0.3, 1.0), (0.85, 0.85, 0.88, 1.0)
     sensor = None
     if proxy_real:
-        sensor = appearance.SensorModel.sample(rng, config.camera.height, config.camera.width)
+        sensor = appearance.SensorModel.sample(
+            rng,
+            config.camera.height,
+            config.camera.width,
+            background="lighting" in factors,
+            degrade="sensor" in factors,
+        )
     return EpisodeLook(
         camera=camera,
         tray_offset=tray_offset,
@@ -168,7 +221,8 @@ def draw_look(
         visual=visual,
         dynamics=dynamics,
         proxy_real=proxy_real,
-        grip_force=25.0 if proxy_real else 30.0,
+        grip_force=25.0 if "physics" in factors else 30.0,
         sensor=sensor,
         textures=textures,
+        factors=factors,
     )

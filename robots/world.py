@@ -190,10 +190,16 @@ class GraspWorld:
             return self.sim.createMultiBody(spec.mass_kg, collision, visual, position, orientation)
         if spec.path.endswith(".obj"):
             collision = self.sim.createCollisionShape(
-                pybullet.GEOM_MESH, fileName=spec.path, meshScale=[spec.mesh_scale] * 3
+                pybullet.GEOM_MESH,
+                fileName=spec.path,
+                meshScale=[spec.mesh_scale] * 3,
+                collisionFramePosition=spec.mesh_offset,
             )
             visual = self.sim.createVisualShape(
-                pybullet.GEOM_MESH, fileName=spec.path, meshScale=[spec.mesh_scale] * 3
+                pybullet.GEOM_MESH,
+                fileName=spec.path,
+                meshScale=[spec.mesh_scale] * 3,
+                visualFramePosition=spec.mesh_offset,
             )
             return self.sim.createMultiBody(spec.mass_kg, collision, visual, position, orientation)
         return self.sim.loadURDF(spec.path, position, orientation)

@@ -9,7 +9,7 @@ Five sub-commands, each printing markdown tables (and writing every number to
     python -m bench.grasp_quality train --data DIR --models DIR [--steps 1500] [--eval-every 150]
     python -m bench.grasp_quality evaluate --models DIR [--episodes 40] [--planner KEY=VALUE ...]
     python -m bench.grasp_quality geometry [--episodes 200] [--object-set train]
-    python -m bench.grasp_quality aiming [--episodes 60] [--object-set test]
+    python -m bench.grasp_quality aiming [--episodes 60] [--object-set sim-test]
 
 `collect` runs simulated episodes into an episode store folder: training
 episodes on the train objects (random exploration, optionally mixed with the
@@ -137,7 +137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     a = command("aiming", "the oracle's grasp missed on purpose against random, same scenes")
     a.add_argument("--episodes", type=_positive, default=60, help="episodes per variant")
-    a.add_argument("--object-set", default="test", choices=sorted(SPLITS.values()))
+    a.add_argument("--object-set", default="sim-test", choices=sorted(SPLITS.values()))
     a.add_argument("--workers", type=_positive, default=2)
     a.add_argument("--max-steps", type=_positive, default=8)
     a.add_argument("--seed", type=int, default=11)

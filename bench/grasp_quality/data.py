@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-SPLITS = {"train": "train", "test": "test"}  # split -> object set
+SPLITS = {"train": "train", "test": "sim-test"}  # split -> object set (robots.objects pools)
 MANIFEST = "collection.json"
 
 

@@ -35,6 +35,10 @@ EPISODE_ID = "episode_id"
 STEP = "step"
 IS_LAST = "is_last"
 
+# Episodes run to score a model carry this attribute; they are never training data.
+PURPOSE = "purpose"
+EVALUATION = "evaluation"
+
 _CONTEXT = {
     Keys.X0: tf.io.FixedLenFeature([], tf.string),
     Keys.X0_ENCODING: tf.io.FixedLenFeature([], tf.int64),
@@ -110,8 +114,15 @@ def step_dataset(
         num_parallel_calls: Parallelism of shard reads and image decoding.
 
     Raises:
-        ValueError: no episodes, or episodes of different image sizes.
+        ValueError: no episodes, episodes of different image sizes, or an
+            evaluation episode (they are never read as training data).
     """
+    scoring = [e.episode_id for e in episodes if is_evaluation(e)]
+    if scoring:
+        raise ValueError(
+            f"{len(scoring)} evaluation episodes (e.g. {scoring[0]}) were given as training "
+            "data; evaluation episodes score models and are never learned from"
+        )
     height, width = image_size(episodes)
     root = Path(data_root)
     index = tf.data.Dataset.from_tensor_slices(
@@ -200,8 +211,22 @@ def step_dataset(
     return steps.map(decode, num_parallel_calls=num_parallel_calls, deterministic=True)
 
 
+def is_evaluation(episode: episode_store_pb2.EpisodeSummary) -> bool:
+    """Whether an episode was run to score a model (attribute purpose=evaluation)."""
+    return episode.attributes.get(PURPOSE) == EVALUATION
+
+
 def labeled(
     episodes: Iterable[episode_store_pb2.EpisodeSummary],
 ) -> list[episode_store_pb2.EpisodeSummary]:
-    """Only the episodes that carry a success/failure label."""
-    return [e for e in episodes if e.label.state != common_pb2.LABEL_STATE_UNLABELED]
+    """The episodes that may be learned from: labeled, and not evaluation episodes.
+
+    Every selection of training or validation data goes through here, so a
+    closed-loop evaluation's episodes (on objects no model may train on) never
+    become training data, whatever the query that found them.
+    """
+    return [
+        e
+        for e in episodes
+        if e.label.state != common_pb2.LABEL_STATE_UNLABELED and not is_evaluation(e)
+    ]

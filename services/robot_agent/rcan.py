@@ -38,13 +38,18 @@ class CanonicalizingPolicy:
         stub: RefinerStub of the refiner serving the RCAN generator.
         model: The RCAN model label or version to use.
         timeout_s: Deadline of one Refine call.
+        kind: The refiner kind that translates the images ("rcan"; any kind the
+            refiner serves, for evaluating other image transforms).
     """
 
-    def __init__(self, policy, stub, model: common_pb2.ModelRef, timeout_s: float) -> None:
+    def __init__(
+        self, policy, stub, model: common_pb2.ModelRef, timeout_s: float, kind: str = "rcan"
+    ) -> None:
         self.policy = policy
         self.stub = stub
         self.model = model
         self.timeout_s = timeout_s
+        self.kind = kind
         self.name = policy.name
         self._x0: Observation | None = None
         self._begin_args: tuple[int, int] = (0, 0)
@@ -70,7 +75,7 @@ class CanonicalizingPolicy:
     def _canonicalize(self, *images: np.ndarray) -> list[np.ndarray]:
         try:
             return client.refine(
-                self.stub, images, "rcan", model=self.model, timeout_s=self.timeout_s
+                self.stub, images, self.kind, model=self.model, timeout_s=self.timeout_s
             ).images
         except grpc.RpcError as err:
             raise RefinerUnavailable(f"refiner: {err.code().name}: {err.details()}") from None

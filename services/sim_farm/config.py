@@ -20,11 +20,16 @@ class SimFarmConfig(ServerConfig):
     )
     max_episodes: int = setting(1_000_000, "Largest collection accepted.")
     plan_timeout_s: float = setting(5.0, "Deadline of one PlanStep for CEM collection, seconds.")
+    refiner_address: str = setting(
+        "", "refiner host:port, for collections that transform images before planning (RCAN)."
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_address("store_address", self.store_address)
         if self.planner_address:
             check_address("planner_address", self.planner_address)
+        if self.refiner_address:
+            check_address("refiner_address", self.refiner_address)
         if self.workers < 1 or self.max_episodes < 1:
             raise ConfigError("workers and max_episodes must be at least 1")

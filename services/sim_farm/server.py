@@ -13,6 +13,7 @@ from prometheus_client import Counter
 
 from graspfleet.v1 import common_pb2, sim_farm_pb2, sim_farm_pb2_grpc
 from robots.config import PROFILES
+from robots.inventory import InventoryError, parse_arm
 from robots.objects import ObjectSet
 from services.common import clock, logs
 from services.common.config import load_config
@@ -82,8 +83,13 @@ def validate(spec: sim_farm_pb2.CollectionSpec, config: SimFarmConfig) -> None:
         )
     if spec.max_steps > MAX_STEPS_LIMIT:
         raise InvalidArgument(f"max_steps={spec.max_steps}; at most {MAX_STEPS_LIMIT}")
-    if spec.domain not in (common_pb2.DOMAIN_SIM, common_pb2.DOMAIN_REAL):
-        raise InvalidArgument("domain must be DOMAIN_SIM or DOMAIN_REAL (proxy-real arms)")
+    if not spec.arm_config_yaml and spec.domain not in (
+        common_pb2.DOMAIN_SIM,
+        common_pb2.DOMAIN_REAL,
+    ):
+        raise InvalidArgument(
+            "domain must be DOMAIN_SIM or DOMAIN_REAL (proxy-real arms), or give arm_config_yaml"
+        )
     if spec.randomization not in _RANDOMIZATION:
         raise InvalidArgument(f"randomization={spec.randomization} is not a known value")
     if spec.objects_per_bin > 20:
@@ -108,6 +114,33 @@ def validate(spec: sim_farm_pb2.CollectionSpec, config: SimFarmConfig) -> None:
         ObjectSet(spec.object_set or "train")
     except ValueError as err:
         raise InvalidArgument(f"object_set: {err}") from None
+    if spec.arm_config_yaml:
+        if len(spec.arm_config_yaml) > 65536:
+            raise InvalidArgument("arm_config_yaml is over 64 KiB; send one arm's settings")
+        try:
+            arm = parse_arm(spec.arm_config_yaml, "arm_config_yaml")
+        except InventoryError as err:
+            raise InvalidArgument(str(err)) from None
+        if arm.driver not in ("sim", "proxy-real"):
+            raise InvalidArgument(
+                f"arm_config_yaml: driver {arm.driver!r} is a hardware arm; the farm simulates "
+                "sim and proxy-real arms only"
+            )
+    if spec.transform.kind:
+        if spec.transform.kind != "rcan":
+            raise InvalidArgument(
+                f"transform.kind={spec.transform.kind!r}; the refiner transforms images before "
+                "planning with kind 'rcan'"
+            )
+        if not needs_planner:
+            raise InvalidArgument("transform applies to CEM and ε-mix collection only")
+        if not config.refiner_address:
+            raise FailedPrecondition(
+                "collections with an image transform need the refiner: start the farm with "
+                "--refiner-address"
+            )
+    if spec.policy.model.version < 0:
+        raise InvalidArgument(f"policy.model.version={spec.policy.model.version}; at least 0")
 
 
 class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
@@ -153,7 +186,7 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
             spec.max_steps = spec.max_steps or 8
             spec.objects_per_bin = spec.objects_per_bin or 5
             spec.object_set = spec.object_set or (
-                "test" if spec.domain == common_pb2.DOMAIN_REAL else "train"
+                "real-train" if spec.domain == common_pb2.DOMAIN_REAL else "train"
             )
             spec.profile = spec.profile or "default"
             if not spec.image_size.width:
@@ -181,6 +214,9 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
         shards, first = [], 0
         for index in range(spec.num_shards):
             count = base + (1 if index < extra else 0)
+            arm = (
+                parse_arm(spec.arm_config_yaml, "arm_config_yaml") if spec.arm_config_yaml else None
+            )
             job = ShardJob(
                 collection_id=collection_id,
                 shard=index,
@@ -188,7 +224,11 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
                 first_episode=first,
                 seed=spec.seed,
                 max_steps=spec.max_steps,
-                domain="sim" if spec.domain == common_pb2.DOMAIN_SIM else "proxy-real",
+                domain=arm.domain
+                if arm
+                else "sim"
+                if spec.domain == common_pb2.DOMAIN_SIM
+                else "proxy-real",
                 randomization=_RANDOMIZATION[spec.randomization],
                 object_set=spec.object_set,
                 objects_per_bin=spec.objects_per_bin,
@@ -203,6 +243,14 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
                 planner_address=self.config.planner_address,
                 plan_timeout_s=self.config.plan_timeout_s,
                 spool_dir=self.config.spool_dir,
+                model_version=spec.policy.model.version,
+                arm_config_yaml=spec.arm_config_yaml,
+                evaluation=spec.evaluation,
+                skip_stored=spec.skip_stored,
+                transform_kind=spec.transform.kind,
+                transform_label=spec.transform.model.label,
+                transform_version=spec.transform.model.version,
+                refiner_address=self.config.refiner_address,
             )
             status = sim_farm_pb2.ShardStatus(
                 index=index, state=State.COLLECTION_STATE_PENDING, episodes_target=count
@@ -324,7 +372,10 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
             shard = collection.shards[index]
             domain = shard.job.domain
             with collection.lock:
-                if kind == "episode":
+                if kind == "stored":  # collected by an earlier run of the same collection
+                    shard.status.episodes_done += 1
+                    shard.status.successes += int(detail)
+                elif kind == "episode":
                     shard.status.episodes_done += 1
                     shard.status.successes += int(detail)
                     EPISODES.labels(domain).inc()

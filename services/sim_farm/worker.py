@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from robots.config import CameraConfig, WorldConfig
 from robots.drivers import make_driver
-from robots.inventory import ArmConfig
+from robots.inventory import ArmConfig, parse_arm
 from robots.policies import OraclePolicy, RandomPolicy
 from services.common import episodes, logs, upstream
+from services.episode_store import dataset
 from services.episode_store.spool import EpisodeSpool, Uploader
 from services.robot_agent.control import PlannerPolicy, run_arm_episode
 
@@ -42,6 +43,19 @@ class ShardJob:
     planner_address: str
     plan_timeout_s: float
     spool_dir: str
+    model_version: int = 0  # with policy cem / eps-mix: this version; 0 resolves model_label
+    arm_config_yaml: str = ""  # an arm configuration's text; replaces the world fields above
+    evaluation: bool = False  # tag episodes purpose=evaluation: never training data
+    skip_stored: bool = False  # resume: episodes the store holds are not run again
+    transform_kind: str = ""  # refiner kind applied to images before planning ("rcan")
+    transform_label: str = ""
+    transform_version: int = 0
+    refiner_address: str = ""
+
+
+def episode_id(collection_id: str, shard: int, index: int) -> str:
+    """The deterministic id of a collection's episode: a rerun finds what is stored."""
+    return f"{collection_id}-s{shard:03d}-e{index:06d}"
 
 
 def episode_seed(collection_seed: int, shard: int, index: int) -> int:
@@ -55,24 +69,41 @@ def _policy(job: ShardJob, driver):
         return RandomPolicy(driver.world)
     if job.policy == "oracle":
         return OraclePolicy(driver.world)
-    from graspfleet.v1 import common_pb2, servo_planner_pb2_grpc
+    from graspfleet.v1 import common_pb2, refiner_pb2_grpc, servo_planner_pb2_grpc
     from services.common.images import encode_image
+    from services.robot_agent.rcan import CanonicalizingPolicy
 
     stub = servo_planner_pb2_grpc.ServoPlannerStub(upstream.channel(job.planner_address))
-    return PlannerPolicy(
+    model = common_pb2.ModelRef(name="grasp_success", version=job.model_version)
+    if not job.model_version:
+        model.label = job.model_label or "stable"
+    policy = PlannerPolicy(
         stub,
         driver.arm.id,
         driver.arm.world.workspace,
-        common_pb2.ModelRef(name="grasp_success", label=job.model_label or "stable"),
+        model,
         job.epsilon if job.policy == "eps-mix" else 0.0,
         job.plan_timeout_s,
         encode_image,
     )
+    if not job.transform_kind:
+        return policy
+    refiner = refiner_pb2_grpc.RefinerStub(upstream.channel(job.refiner_address))
+    transform_model = common_pb2.ModelRef(version=job.transform_version)
+    if not job.transform_version:
+        transform_model.label = job.transform_label or "stable"
+    return CanonicalizingPolicy(
+        policy, refiner, transform_model, job.plan_timeout_s, kind=job.transform_kind
+    )
 
 
-def run_shard(job: ShardJob, progress, stop) -> None:
-    """Runs a shard to its end or until `stop` is set; reports through `progress` (a queue)."""
-    logs.configure_logging("sim-farm-worker", "INFO", "json")
+def shard_arm(job: ShardJob) -> ArmConfig:
+    """The arm a shard drives: the job's arm configuration, or one built from its fields."""
+    if job.arm_config_yaml:
+        arm = parse_arm(job.arm_config_yaml, f"collection {job.collection_id}")
+        # The collection's seed makes the scenes: the same seed gives every model the same ones.
+        world = replace(arm.world, seed=job.seed)
+        return replace(arm, id=f"sim-farm-{job.shard}", world=world)
     world = WorldConfig(
         domain=job.domain,
         randomization=job.randomization,
@@ -81,16 +112,42 @@ def run_shard(job: ShardJob, progress, stop) -> None:
         camera=CameraConfig(width=job.width, height=job.height),
         seed=job.seed,
     )
-    arm = ArmConfig(id=f"sim-farm-{job.shard}", driver=job.domain, world=world)
+    return ArmConfig(id=f"sim-farm-{job.shard}", driver=job.domain, world=world)
+
+
+def _stored(job: ShardJob) -> dict[str, bool]:
+    """This collection's episodes already in the store, id -> success (empty unless resuming)."""
+    if not job.skip_stored:
+        return {}
+    from graspfleet.v1 import common_pb2, episode_store_pb2
+    from services.episode_store import client
+
+    channel, stub = client.connect(job.store_address)
+    with channel:
+        found = client.list_all(
+            stub, episode_store_pb2.EpisodeFilter(collection_id=job.collection_id)
+        )
+        return {e.episode_id: e.result == common_pb2.GRASP_RESULT_SUCCESS for e in found}
+
+
+def run_shard(job: ShardJob, progress, stop) -> None:
+    """Runs a shard to its end or until `stop` is set; reports through `progress` (a queue)."""
+    logs.configure_logging("sim-farm-worker", "INFO", "json")
+    arm = shard_arm(job)
     spool = EpisodeSpool(Path(job.spool_dir) / job.collection_id / f"shard-{job.shard}", arm.id)
     uploader = Uploader(spool, lambda: job.store_address).start()
     try:
+        stored = _stored(job)
         with make_driver(arm) as driver:
             driver.world.render_canonical = job.render_canonical
             policy = _policy(job, driver)
             for i in range(job.first_episode, job.first_episode + job.episodes):
                 if stop.is_set():
                     break
+                episode = episode_id(job.collection_id, job.shard, i)
+                if episode in stored:
+                    progress.put(("stored", job.collection_id, job.shard, stored[episode], 0, 0))
+                    continue
                 run = run_arm_episode(
                     driver, policy, episode_seed(job.seed, job.shard, i), job.max_steps, arm.id
                 )
@@ -98,18 +155,22 @@ def run_shard(job: ShardJob, progress, stop) -> None:
                     raise RuntimeError(
                         f"episode {i} aborted before its first step: {run.abort_reason}"
                     )
+                if hasattr(policy, "attach"):
+                    run = policy.attach(run)
                 record = episodes.to_record(
                     run,
-                    episode_id=f"{job.collection_id}-s{job.shard:03d}-e{i:06d}",
+                    episode_id=episode,
                     robot_id=arm.id,
-                    domain=job.domain,
-                    randomization=job.randomization,
+                    domain=arm.domain,
+                    randomization=arm.world.randomization,
                     policy=policy.name,
-                    object_set=job.object_set,
+                    object_set=arm.world.object_set,
                     collection_id=job.collection_id,
                     model=episodes.driving_model(run),
                     with_masks=job.render_masks,
                 )
+                if job.evaluation:
+                    record.header.attributes[dataset.PURPOSE] = dataset.EVALUATION
                 uploader.submit(record)
                 world_state = driver.world
                 progress.put(

@@ -11,7 +11,9 @@ from robots.inventory import InventoryError, load_arm, load_inventory
 def test_the_shipped_fleet_loads():
     arms = {arm.id: arm for arm in load_inventory()}
     assert {"kuka-01", "kuka-02", "sim-01"} <= set(arms)
-    assert arms["kuka-01"].domain == "proxy-real" and arms["kuka-01"].world.object_set == "test"
+    assert (
+        arms["kuka-01"].domain == "proxy-real" and arms["kuka-01"].world.object_set == "real-train"
+    )
     assert arms["sim-01"].domain == "sim"
 
 

@@ -118,7 +118,7 @@ def test_cem_episodes_record_the_model_version_that_drove_them(tmp_path):
                 num_episodes=2,
                 max_steps=3,
                 domain=common_pb2.DOMAIN_SIM,
-                object_set="test",
+                object_set="sim-test",
                 policy=Policy(kind=Policy.KIND_CEM),
                 seed=5,
             )

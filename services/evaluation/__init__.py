@@ -1,0 +1,1 @@
+"""Closed-loop evaluation: models grasping on an arm configuration, scored with intervals."""

@@ -1,0 +1,257 @@
+"""The closed-loop evaluator: contenders grasping the same scenes on one arm configuration.
+
+A contender is a command source: a grasp model version servoed by the
+servo-planner's own CEM and heuristics (optionally behind an image transform,
+the RCAN canonicalizer), random exploration (the floor), or the privileged
+oracle (the ceiling). Each contender runs as one sim-farm collection with the
+arm configuration, the scene seed and the shard count of the evaluation, so
+every contender meets exactly the same scenes: outcomes pair up by scene seed.
+The farm's worker processes run the shards (Kubernetes Jobs where the farm
+runs them there); the episodes are stored tagged purpose=evaluation, so no
+training run ever reads them. A stopped evaluation resumes: episode ids are
+deterministic and stored ones are not run again.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
+from robots.inventory import parse_arm
+from services.episode_store import client
+from services.evaluation.stats import PairedDifference, Rate, paired_difference, wilson
+
+Policy = sim_farm_pb2.CollectionPolicy
+POLICIES = {"cem": Policy.KIND_CEM, "random": Policy.KIND_RANDOM, "oracle": Policy.KIND_ORACLE}
+FINISHED = {
+    sim_farm_pb2.COLLECTION_STATE_SUCCEEDED,
+    sim_farm_pb2.COLLECTION_STATE_FAILED,
+    sim_farm_pb2.COLLECTION_STATE_STOPPED,
+}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Contender:
+    """One command source to score.
+
+    Attributes:
+        name: Row name, unique in the evaluation ([A-Za-z0-9._-], up to 63 characters).
+        policy: "cem" (a grasp model through the servo-planner), "random" or "oracle".
+        model_version: With "cem": the grasp_success version to plan with.
+        transform: With "cem": a refiner kind applied to every image before planning
+            ("rcan"), or "" for none.
+        transform_version: The refiner model version of the transform.
+    """
+
+    name: str
+    policy: str = "cem"
+    model_version: int = 0
+    transform: str = ""
+    transform_version: int = 0
+
+    def __post_init__(self) -> None:
+        if not NAME.match(self.name):
+            raise ValueError(f"contender name {self.name!r}: use 1-63 of [A-Za-z0-9._-]")
+        if self.policy not in POLICIES:
+            raise ValueError(f"contender {self.name}: policy {self.policy!r}; use {list(POLICIES)}")
+        if self.policy == "cem" and self.model_version < 1:
+            raise ValueError(f"contender {self.name}: cem needs a model version (1 or more)")
+        if self.policy != "cem" and (self.model_version or self.transform):
+            raise ValueError(f"contender {self.name}: {self.policy} takes no model or transform")
+        if self.transform and self.transform_version < 1:
+            raise ValueError(f"contender {self.name}: transform needs a refiner version")
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """The fixed list of paired scenes every contender grasps.
+
+    Attributes:
+        evaluation_id: Names the evaluation; collection ids are `<id>.<contender>`.
+        arm_config_yaml: The arm configuration's text (robots/evaluation/*.yaml).
+        scenes: Scenes (episodes) per contender.
+        seed: Scene seed: the same seed, scenes and shards give the same scenes.
+        shards: Shards per contender; part of the scene list's identity.
+        max_steps: Steps per episode at most (the last one closes).
+    """
+
+    evaluation_id: str
+    arm_config_yaml: str
+    scenes: int
+    seed: int
+    shards: int = 2
+    max_steps: int = 8
+
+    def __post_init__(self) -> None:
+        if not NAME.match(self.evaluation_id):
+            raise ValueError(f"evaluation id {self.evaluation_id!r}: use 1-63 of [A-Za-z0-9._-]")
+        parse_arm(self.arm_config_yaml, f"evaluation {self.evaluation_id}")
+        if not 1 <= self.shards <= self.scenes:
+            raise ValueError(f"shards={self.shards} must be 1..scenes ({self.scenes})")
+
+    @classmethod
+    def from_file(cls, evaluation_id: str, arm_config: str | Path, **kwargs) -> EvaluationSpec:
+        return cls(evaluation_id, Path(arm_config).read_text(), **kwargs)
+
+    def collection_id(self, contender: Contender) -> str:
+        return f"{self.evaluation_id}.{contender.name}"
+
+
+@dataclass(frozen=True)
+class ContenderResult:
+    """A contender's outcome per scene seed, and its rate."""
+
+    contender: Contender
+    outcomes: dict[int, bool] = field(repr=False)
+    rate: Rate
+    seconds: float
+
+
+def collection_spec(spec: EvaluationSpec, contender: Contender) -> sim_farm_pb2.CollectionSpec:
+    """The sim-farm collection that runs one contender on the evaluation's scenes."""
+    policy = Policy(kind=POLICIES[contender.policy])
+    if contender.model_version:
+        policy.model.CopyFrom(
+            common_pb2.ModelRef(name="grasp_success", version=contender.model_version)
+        )
+    collection = sim_farm_pb2.CollectionSpec(
+        num_episodes=spec.scenes,
+        num_shards=spec.shards,
+        max_steps=spec.max_steps,
+        policy=policy,
+        seed=spec.seed,
+        arm_config_yaml=spec.arm_config_yaml,
+        evaluation=True,
+        skip_stored=True,
+    )
+    if contender.transform:
+        collection.transform.kind = contender.transform
+        collection.transform.model.version = contender.transform_version
+    return collection
+
+
+def outcomes(store_stub, collection_id: str) -> dict[int, bool]:
+    """Scene seed -> success of a collection's stored episodes."""
+    found = client.list_all(
+        store_stub, episode_store_pb2.EpisodeFilter(collection_id=collection_id)
+    )
+    return {int(e.seed): e.result == common_pb2.GRASP_RESULT_SUCCESS for e in found}
+
+
+def run_contender(
+    farm_stub: sim_farm_pb2_grpc.SimFarmStub,
+    store_stub,
+    spec: EvaluationSpec,
+    contender: Contender,
+    on_progress: Callable[[str, int, int], None] | None = None,
+    poll_s: float = 1.0,
+) -> ContenderResult:
+    """Runs (or resumes) one contender to the end of the scene list.
+
+    Raises:
+        RuntimeError: the collection failed or was stopped; the message says why.
+    """
+    started = time.monotonic()
+    collection_id = spec.collection_id(contender)
+    farm_stub.StartCollection(
+        sim_farm_pb2.StartCollectionRequest(
+            spec=collection_spec(spec, contender), collection_id=collection_id
+        ),
+        timeout=60,
+    )
+    while True:
+        collection = farm_stub.GetCollection(
+            sim_farm_pb2.GetCollectionRequest(collection_id=collection_id), timeout=30
+        )
+        if on_progress:
+            on_progress(contender.name, collection.episodes_done, spec.scenes)
+        if collection.state in FINISHED:
+            break
+        time.sleep(poll_s)
+    if collection.state != sim_farm_pb2.COLLECTION_STATE_SUCCEEDED:
+        state = sim_farm_pb2.CollectionState.Name(collection.state)
+        raise RuntimeError(f"evaluation of {contender.name} ended {state}: {collection.error}")
+    found = outcomes(store_stub, collection_id)
+    if len(found) != spec.scenes:
+        raise RuntimeError(
+            f"evaluation of {contender.name}: {len(found)} distinct scenes stored of {spec.scenes}"
+        )
+    return ContenderResult(
+        contender,
+        found,
+        wilson(sum(found.values()), len(found)),
+        time.monotonic() - started,
+    )
+
+
+def evaluate(
+    farm_address: str,
+    store_address: str,
+    spec: EvaluationSpec,
+    contenders: Sequence[Contender],
+    on_progress: Callable[[str, int, int], None] | None = None,
+    on_result: Callable[[ContenderResult], None] | None = None,
+) -> list[ContenderResult]:
+    """Every contender on the evaluation's scenes, one after the other.
+
+    Raises:
+        ValueError: two contenders share a name.
+        RuntimeError: a contender's collection failed.
+    """
+    names = [c.name for c in contenders]
+    if len(set(names)) != len(names):
+        raise ValueError(f"contender names must be unique: {names}")
+    results = []
+    with grpc.insecure_channel(farm_address) as channel:
+        farm_stub = sim_farm_pb2_grpc.SimFarmStub(channel)
+        store_channel, store_stub = client.connect(store_address)
+        with store_channel:
+            for contender in contenders:
+                result = run_contender(farm_stub, store_stub, spec, contender, on_progress)
+                results.append(result)
+                if on_result:
+                    on_result(result)
+    return results
+
+
+def compare(a: ContenderResult, b: ContenderResult, seed: int = 0) -> PairedDifference:
+    """A minus B, paired by scene, with the bootstrap interval."""
+    return paired_difference(a.outcomes, b.outcomes, seed=seed)
+
+
+def report(spec: EvaluationSpec, results: Sequence[ContenderResult]) -> dict:
+    """JSON-ready results: each contender's rate, and every pair's paired difference."""
+    rows = [
+        {
+            "name": r.contender.name,
+            "policy": r.contender.policy,
+            "model_version": r.contender.model_version,
+            "transform": r.contender.transform,
+            "transform_version": r.contender.transform_version,
+            **r.rate.as_dict(),
+            "seconds": round(r.seconds, 1),
+        }
+        for r in results
+    ]
+    pairs = [
+        {"a": a.contender.name, "b": b.contender.name, **compare(a, b).as_dict()}
+        for i, a in enumerate(results)
+        for b in results[i + 1 :]
+    ]
+    return {
+        "evaluation_id": spec.evaluation_id,
+        "arm": parse_arm(spec.arm_config_yaml, spec.evaluation_id).id,
+        "scenes": spec.scenes,
+        "seed": spec.seed,
+        "shards": spec.shards,
+        "max_steps": spec.max_steps,
+        "contenders": rows,
+        "paired": pairs,
+    }

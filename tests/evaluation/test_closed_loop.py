@@ -1,0 +1,143 @@
+"""The closed-loop evaluator over real services: paired scenes, evaluation tags, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from graspfleet.v1 import episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
+from services.episode_store import client, dataset
+from services.episode_store.config import EpisodeStoreConfig
+from services.episode_store.server import create_server as create_store
+from services.evaluation import closed_loop
+from services.evaluation.closed_loop import Contender, EvaluationSpec
+from services.grasp_predictor.config import PredictorConfig
+from services.grasp_predictor.server import create_server as create_predictor
+from services.servo_planner.config import PlannerConfig
+from services.servo_planner.server import create_server as create_planner
+from services.sim_farm.config import SimFarmConfig
+from services.sim_farm.server import create_server as create_farm
+from tests.fixtures import models
+
+ARM = Path(__file__).parents[2] / "robots" / "evaluation" / "proxy-real-test.yaml"
+SCENES = 4
+
+
+@pytest.fixture
+def services(tmp_path):
+    """Store, predictor (one test model, version 1), planner; a farm factory on top."""
+    models.publish(tmp_path / "models", 1, bias=0.0)
+    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(tmp_path / "store")))
+    predictor = create_predictor(
+        PredictorConfig(port=0, model_base_path=str(tmp_path / "models"), settle_s=0)
+    )
+    planner = create_planner(PlannerConfig(port=0, predictor_address=predictor.address))
+    farms = []
+
+    def farm():
+        server = create_farm(
+            SimFarmConfig(
+                port=0,
+                store_address=store.address,
+                planner_address=planner.address,
+                workers=2,
+                spool_dir=str(tmp_path / "spool"),
+            )
+        )
+        farms.append(server)
+        return server
+
+    yield store, farm
+    for server in (*farms, planner, predictor, store):
+        server.stop(grace_s=0)
+
+
+def _episodes(store_address: str, collection_id: str) -> list:
+    channel, stub = client.connect(store_address)
+    with channel:
+        return list(
+            client.list_all(stub, episode_store_pb2.EpisodeFilter(collection_id=collection_id))
+        )
+
+
+def _x0(store_address: str, episode_id: str) -> bytes:
+    channel, stub = client.connect(store_address)
+    with channel:
+        response = stub.GetEpisode(
+            episode_store_pb2.GetEpisodeRequest(episode_id=episode_id, include_steps=True)
+        )
+    return response.header.x0.data
+
+
+def test_contenders_meet_the_same_scenes_tagged_as_evaluation_and_a_rerun_resumes(services):
+    store, farm = services
+    spec = EvaluationSpec.from_file("t1", ARM, scenes=SCENES, seed=11, shards=2)
+    contenders = [Contender("model-1", "cem", 1), Contender("random", "random")]
+    results = closed_loop.evaluate(farm().address, store.address, spec, contenders)
+
+    by_name = {r.contender.name: r for r in results}
+    assert set(by_name["model-1"].outcomes) == set(by_name["random"].outcomes)
+    assert len(by_name["random"].outcomes) == SCENES
+    for r in results:
+        assert r.rate.episodes == SCENES and 0 <= r.rate.low <= r.rate.rate <= r.rate.high <= 1
+    cem = {e.seed: e for e in _episodes(store.address, "t1.model-1")}
+    rnd = {e.seed: e for e in _episodes(store.address, "t1.random")}
+    for seed, episode in cem.items():
+        # The same scene: the same objects of the real-test pool, and the very same x0.
+        assert list(episode.object_ids) == list(rnd[seed].object_ids)
+        assert all(o.startswith("real-test:") for o in episode.object_ids)
+        assert _x0(store.address, episode.episode_id) == _x0(store.address, rnd[seed].episode_id)
+        assert episode.robot_id.startswith("sim-farm-") and episode.model.version == 1
+    everything = [*cem.values(), *rnd.values()]
+    assert all(dataset.is_evaluation(e) for e in everything)
+    assert dataset.labeled(everything) == []
+    with pytest.raises(ValueError, match="evaluation episodes"):
+        dataset.step_dataset(store.config.data_dir, everything)
+
+    # A new farm (the old one stopped) finds every episode stored and runs none again.
+    again = closed_loop.evaluate(farm().address, store.address, spec, contenders)
+    assert [r.outcomes for r in again] == [r.outcomes for r in results]
+    assert len(_episodes(store.address, "t1.model-1")) == SCENES
+
+    report = closed_loop.report(spec, results)
+    assert report["arm"] == "eval-proxy-real" and report["scenes"] == SCENES
+    (pair,) = report["paired"]
+    assert pair["a"] == "model-1" and pair["scenes"] == SCENES
+
+
+def test_a_stopped_evaluation_continues_where_it_stopped(services):
+    store, farm = services
+    spec = EvaluationSpec.from_file("t2", ARM, scenes=SCENES, seed=12, shards=1)
+    contender = Contender("random", "random")
+    first = farm()
+    with grpc.insecure_channel(first.address) as channel:
+        stub = sim_farm_pb2_grpc.SimFarmStub(channel)
+        stub.StartCollection(
+            sim_farm_pb2.StartCollectionRequest(
+                spec=closed_loop.collection_spec(spec, contender), collection_id="t2.random"
+            )
+        )
+        while len(_episodes(store.address, "t2.random")) < 1:
+            pass
+        stub.StopCollection(sim_farm_pb2.StopCollectionRequest(collection_id="t2.random"))
+    first.stop(grace_s=5)
+    partial = {e.episode_id for e in _episodes(store.address, "t2.random")}
+    assert 1 <= len(partial) < SCENES
+
+    (result,) = closed_loop.evaluate(farm().address, store.address, spec, [contender])
+    stored = _episodes(store.address, "t2.random")
+    assert result.rate.episodes == SCENES and len(stored) == SCENES
+    assert partial <= {e.episode_id for e in stored}
+
+
+def test_contenders_and_specs_refuse_what_cannot_be_run():
+    with pytest.raises(ValueError, match="model version"):
+        Contender("x", "cem")
+    with pytest.raises(ValueError, match="takes no model"):
+        Contender("x", "random", model_version=2)
+    with pytest.raises(ValueError, match="name"):
+        Contender("../x", "random")
+    with pytest.raises(ValueError, match="shards"):
+        EvaluationSpec.from_file("e", ARM, scenes=2, seed=1, shards=3)
