@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PROTO_SRC   := $(wildcard protos/graspfleet/v1/*.proto)
 PROTO_STAMP := protos/graspfleet/v1/.generated
 PYTEST_ARGS ?=
-LINT_PATHS  := $(wildcard services robots tests bench)
+LINT_PATHS  := $(wildcard services robots tests bench experiments)
 ARGS ?=
 
 .PHONY: all venv protos run quick test lint format bench sysdeps clean k8s-validate promtool-test images
@@ -108,6 +108,14 @@ grasp-quality: sim-12k
 		--scene-weight 1.0 --steps 9000 --eval-every 500 --json $(GQ)/train-12k.json
 	$(PY) -m bench.grasp_quality evaluate --models $(GQ)/models-12k --episodes 60 \
 		--json $(GQ)/evaluate-12k.json
+
+# The closed-loop sim-to-real table (experiments/sim2real): the paper's Tables II and
+# III and RCAN, every model scored by the proxy-real arm on the real-test objects.
+# Each stage is cached under var/sim2real keyed by its settings, so a stopped run
+# resumes; writes docs/results/sim2real.{json,md,png}. Hours on 2 cores (docs/results.md).
+.PHONY: sim2real
+sim2real: protos
+	$(PY) -m experiments.sim2real $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(PROTO_STAMP) protos/graspfleet/v1/*_pb2*.py* var reports

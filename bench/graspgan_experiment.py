@@ -211,6 +211,13 @@ class Data:
 
 
 def split(stub, settings: Settings) -> Data:
+    """Sim and proxy-real episodes, each split by object into training and held out.
+
+    Raises:
+        ObjectSplitError: shared objects link the sim or the proxy-real episodes
+            into groups too big for the split (`samples.split_episodes`); there is
+            no fallback to a split of the episodes themselves.
+    """
     from graspfleet.v1 import common_pb2, episode_store_pb2
     from services.episode_store import client
     from services.episode_store.dataset import labeled

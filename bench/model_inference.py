@@ -38,7 +38,10 @@ RECIPES = {
 
 
 def fill_store(data_root: Path, episodes: int, steps: int) -> list:
-    """Writes sample episodes (alternating domains and outcomes); returns their summaries."""
+    """Writes sample episodes (alternating domains and outcomes); returns their summaries.
+
+    Every sample episode has objects of its own, so the validation split holds out objects.
+    """
     server = create_server(EpisodeStoreConfig(port=0, data_dir=str(data_root)))
     try:
         channel, stub = client.connect(server.address)

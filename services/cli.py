@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import grpc
 
 from services.common import logs
+from services.evaluation import cli as evaluation_cli
 from services.refiner import cli as refiner_cli
 from services.trainer import cli as trainer_cli
 
@@ -174,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
             "serve", help=f"serve {help_text} (flags: serve --help)", add_help=False
         )
     refiner_cli.add_commands(service_commands["refiner"])
+    service_commands["store"].add_parser(
+        "rebuild-index",
+        help="index every shard the metadata lacks; safe to rerun (flags: rebuild-index --help)",
+        add_help=False,
+    )
 
     sim = commands.add_parser("sim", help="the simulated world")
     sim_commands = sim.add_subparsers(dest="sim_command", required=True)
@@ -221,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"episode store host:port (default {DEFAULT_STORE})",
         )
     trainer_cli.add_commands(commands)
+    evaluation_cli.add_commands(commands)
     return parser
 
 
@@ -235,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(argv) >= 2 and argv[0] in SERVICES and argv[1] == "serve":
         importlib.import_module(SERVICES[argv[0]][0]).main(argv[2:])
         return 0
+    if argv[:2] == ["store", "rebuild-index"]:
+        from services.episode_store import recovery
+
+        return recovery.main(argv[2:])
     args = build_parser().parse_args(argv)
     logs.configure_logging("graspfleet-cli", "WARNING", "text")
     try:

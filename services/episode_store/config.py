@@ -30,7 +30,9 @@ class EpisodeStoreConfig(ServerConfig):
         10.0, "How long a WriteEpisode waits for a write slot, seconds."
     )
     orphan_age_s: float = setting(
-        600.0, "Age after which a shard without metadata is deleted, seconds."
+        600.0,
+        "Age after which a shard without metadata is indexed (or quarantined) and a staging "
+        "file deleted, seconds.",
     )
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import psycopg
 from google.protobuf import timestamp_pb2
+from psycopg.conninfo import conninfo_to_dict
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
 
@@ -247,6 +248,11 @@ class MetadataStore(abc.ABC):
         except BaseException:
             self._pool.close()
             raise
+
+    @property
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Which database this is, for messages to a person (no password)."""
 
     @abc.abstractmethod
     def _connect(self) -> Any:
@@ -490,6 +496,10 @@ class SqliteMetadataStore(MetadataStore):
         self._busy_timeout_s = busy_timeout_s
         super().__init__(pool_size)
 
+    @property
+    def location(self) -> str:
+        return f"the SQLite file {self._path}"
+
     def _connect(self) -> sqlite3.Connection:
         # timeout= sets SQLite's busy_timeout. isolation_level=None: _begin starts transactions
         # explicitly. The pool hands a connection to one thread at a time, so it may move
@@ -536,6 +546,12 @@ class PostgresMetadataStore(MetadataStore):
         """
         self._dsn = dsn
         super().__init__(pool_size)
+
+    @property
+    def location(self) -> str:
+        params = conninfo_to_dict(self._dsn)
+        host = params.get("host") or "the default host"
+        return f"the PostgreSQL database {params.get('dbname', '(default)')!r} on {host}"
 
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(self._dsn, autocommit=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 from prometheus_client import Counter
@@ -14,11 +13,10 @@ from services.common import logs
 from services.common.config import load_config
 from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
 from services.common.server import ServiceServer
-from services.episode_store import shards, validation
+from services.episode_store import recovery, shards, validation
 from services.episode_store.config import EpisodeStoreConfig
-from services.episode_store.metadata import open_metadata_store
 from services.episode_store.shards import EpisodeRecord
-from services.episode_store.store import EpisodeStore
+from services.episode_store.store import EpisodeStore, open_episode_store
 
 log = logs.get_logger(__name__)
 
@@ -155,16 +153,19 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
 
 
 def open_store(config: EpisodeStoreConfig) -> EpisodeStore:
-    """Opens the metadata backend the config names and the shard folder, and sweeps orphans."""
-    root = Path(config.data_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    if config.postgres_dsn:
-        metadata = open_metadata_store(postgres_dsn=config.postgres_dsn)
-    else:
-        metadata = open_metadata_store(sqlite_path=str(root / "episodes.sqlite"))
-    shards.warm_up()
-    store = EpisodeStore(root, metadata, orphan_age_s=config.orphan_age_s)
-    store.sweep()
+    """Opens the metadata backend and the shard folder, checks they belong together, sweeps.
+
+    Raises:
+        recovery.MetadataMissing: The database holds no episode but the shard folder does.
+    """
+    store = open_episode_store(config)
+    try:
+        recovery.check_metadata_present(store)
+        shards.warm_up()
+        recovery.sweep(store)
+    except BaseException:
+        store.close()
+        raise
     return store
 
 
@@ -193,5 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     """`graspfleet store serve`: runs the store until SIGTERM."""
     config = load_config(EpisodeStoreConfig, "graspfleet store serve", argv)
     logs.configure_logging("episode-store", config.log_level, config.log_format)
-    server = create_server(config)
+    try:
+        server = create_server(config)
+    except recovery.MetadataMissing as err:
+        log.error("the store refuses to start", extra={"reason": str(err)})
+        raise SystemExit(2) from None
     server.wait()

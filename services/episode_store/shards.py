@@ -10,20 +10,23 @@ messages exactly; training reads only the tensors.
 A shard is written to a staging file, fsynced, then renamed into place, so a
 crash never leaves a half-written shard under its final name. Its name carries
 the episode's digest, so two different episodes sent under one id can never
-overwrite each other.
+overwrite each other. A shard the store cannot index is moved to `quarantine/`
+with the reason beside it, never deleted.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from graspfleet.v1 import common_pb2
-from services.common.files import replace_durably
+from services.common.files import fsync_dir, replace_durably, write_atomically
 
 FORMAT_VERSION = 1
 SHARD_SUFFIX = ".tfrecord"
+REASON_SUFFIX = ".reason"
 
 
 class Keys:
@@ -242,6 +245,7 @@ class ShardDirectory:
         self.root = root
         self.shards = root / "shards"
         self.staging = root / "staging"
+        self.quarantined = root / "quarantine"
         self.shards.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(parents=True, exist_ok=True)
 
@@ -277,6 +281,40 @@ class ShardDirectory:
     def remove(self, relative: str) -> None:
         (self.root / relative).unlink(missing_ok=True)
 
+    def quarantine(self, relative: str, reason: str) -> Path | None:
+        """Moves a shard from `shards/` to `quarantine/`, with `reason` in a file beside it.
+
+        Nothing reads `quarantine/`: the shard waits there for a person to inspect it, move
+        it back (then `graspfleet store rebuild-index`) or delete it.
+
+        Args:
+            relative: The shard, relative to the data root (`shards/...`).
+            reason: Why it cannot be indexed, for the person who finds it.
+
+        Returns:
+            Where the shard is now, or None when it was gone already (another replica
+            quarantined it first).
+        """
+        source = self.root / relative
+        target = self.quarantined / Path(relative).relative_to("shards")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A shard quarantined before under the same name keeps its place and its reason.
+        base, n = target, 0
+        while target.exists() or target.with_name(target.name + REASON_SUFFIX).exists():
+            n += 1
+            target = base.with_name(f"{base.name}.{n}")
+        # The reason goes first: a crash in between leaves a reason without a shard, never a
+        # quarantined shard without its reason.
+        write_atomically(target.with_name(target.name + REASON_SUFFIX), reason + "\n")
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            target.with_name(target.name + REASON_SUFFIX).unlink(missing_ok=True)
+            return None
+        fsync_dir(target.parent)
+        fsync_dir(source.parent)
+        return target
+
     def files(self) -> list[tuple[str, float]]:
         """Every shard file as (relative path, modification time)."""
         return [
@@ -285,4 +323,5 @@ class ShardDirectory:
         ]
 
     def staging_files(self) -> list[tuple[Path, float]]:
+        """Every file in the staging folder as (path, modification time)."""
         return [(p, p.stat().st_mtime) for p in self.staging.iterdir()]

@@ -3,16 +3,17 @@
 Ingest order makes a crash harmless: the shard is written and renamed into place
 first, then the metadata row is committed in one transaction. Until that commit
 the episode is invisible (every read goes through the metadata); a shard left
-without a row by a crash is an orphan that `sweep` removes.
+without a row by a crash is an orphan that `recovery.sweep` indexes later.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import threading
-import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf import timestamp_pb2
 
@@ -24,14 +25,21 @@ from services.episode_store.metadata import (
     EpisodeConflict,
     EpisodeNotFound,
     MetadataStore,
+    open_metadata_store,
 )
-from services.episode_store.validation import check_enum
+from services.episode_store.validation import check_enum, check_timestamp
+
+if TYPE_CHECKING:
+    from services.episode_store.config import EpisodeStoreConfig
 
 log = logs.get_logger(__name__)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 _LOCK_STRIPES = 64
+# Sequences are signed 64-bit integers in both backends; a token past that was never issued.
+_MAX_SEQUENCE = 2**63 - 1
+_TOKEN_SEQUENCE = re.compile(r"[0-9]{1,19}")
 
 
 def episode_digest(record: shards.EpisodeRecord) -> str:
@@ -66,9 +74,10 @@ def label_from_outcome(
     )
 
 
-def _summary(
-    record: shards.EpisodeRecord, shard: str, stored_bytes: int, now
+def summarize(
+    record: shards.EpisodeRecord, shard: str, stored_bytes: int, now: timestamp_pb2.Timestamp
 ) -> episode_store_pb2.EpisodeSummary:
+    """The metadata of an episode stored in `shard`, ingested at `now`."""
     header, outcome = record.header, record.outcome
     step_models: dict[tuple[str, int], common_pb2.ModelRef] = {}
     for step in record.steps:
@@ -110,12 +119,13 @@ def decode_page_token(token: str) -> int:
         return 0
     try:
         kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
-        if kind == "after" and value.isdigit():
-            return int(value)
     except (ValueError, UnicodeDecodeError):
-        pass
+        kind = value = ""
+    if kind == "after" and _TOKEN_SEQUENCE.fullmatch(value) and int(value) <= _MAX_SEQUENCE:
+        return int(value)
+    # Only the start is quoted: the whole token may not fit in the status message.
     raise InvalidArgument(
-        f"page_token {token!r} is not one this store issued; start again without it"
+        f"page_token {token[:64]!r} is not one this store issued; start again without it"
     )
 
 
@@ -125,9 +135,9 @@ class EpisodeStore:
     Args:
         data_root: Folder holding `shards/` and `staging/`.
         metadata: The metadata backend (SQLite or PostgreSQL).
-        orphan_age_s: Shards and staging files without metadata are removed by
-            `sweep` once older than this; younger ones may belong to an ingest in
-            progress (in this or another replica).
+        orphan_age_s: Shards without metadata are indexed, and staging files
+            removed, by `recovery.sweep` once older than this; younger ones may
+            belong to an ingest in progress (in this or another replica).
     """
 
     def __init__(
@@ -158,10 +168,13 @@ class EpisodeStore:
             now = clock.now()
             try:
                 result = self.metadata.insert(
-                    _summary(record, relative, size, now), digest, label_from_outcome(record, now)
+                    summarize(record, relative, size, now), digest, label_from_outcome(record, now)
                 )
             except EpisodeConflict:
-                # Another replica stored a different episode under this id meanwhile.
+                # Another replica stored a different episode under this id meanwhile. The
+                # shard this call just wrote is provably garbage: its name carries its own
+                # digest, the id's one row holds another, and the client is told nothing
+                # was stored.
                 self.files.remove(relative)
                 raise AlreadyExists(self._conflict_message(episode_id)) from None
         summary = result.summary
@@ -258,37 +271,42 @@ class EpisodeStore:
         check_filter(request.filter)
         return self.metadata.stats(request.filter)
 
-    def sweep(self) -> int:
-        """Removes staging files and orphan shards older than `orphan_age_s`; returns how many."""
-        cutoff = time.time() - self.orphan_age_s
-        removed = 0
-        for path, mtime in self.files.staging_files():
-            if mtime < cutoff:
-                path.unlink(missing_ok=True)
-                removed += 1
-        referenced = self.metadata.shards()
-        for relative, mtime in self.files.files():
-            if relative not in referenced and mtime < cutoff:
-                self.files.remove(relative)
-                removed += 1
-        if removed:
-            log.info("swept orphan files", extra={"removed": removed})
-        return removed
-
     def close(self) -> None:
         self.metadata.close()
 
 
 def check_filter(flt: episode_store_pb2.EpisodeFilter) -> None:
-    """Refuses unknown enum values in a query filter."""
+    """Refuses unknown enum values, out-of-range times and an empty time window in a filter."""
     check_enum("filter.domain", common_pb2.Domain, flt.domain, allow_unspecified=True)
     check_enum("filter.label_state", common_pb2.LabelState, flt.label_state, allow_unspecified=True)
     check_enum(
         "filter.randomization", common_pb2.Randomization, flt.randomization, allow_unspecified=True
     )
+    for name in ("since", "until"):
+        if flt.HasField(name):
+            check_timestamp(f"filter.{name}", getattr(flt, name))
     if (
         flt.HasField("since")
         and flt.HasField("until")
         and flt.until.ToNanoseconds() <= flt.since.ToNanoseconds()
     ):
         raise InvalidArgument("filter.until must be after filter.since")
+
+
+def open_episode_store(config: EpisodeStoreConfig) -> EpisodeStore:
+    """Opens the shard folder and the metadata backend that `config` names; checks nothing.
+
+    Args:
+        config: Where the shards live (`data_dir`) and which database holds the metadata
+            (`postgres_dsn`, else `episodes.sqlite` in `data_dir`).
+
+    Returns:
+        The store, before any consistency check (see `recovery`).
+    """
+    root = Path(config.data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    if config.postgres_dsn:
+        metadata = open_metadata_store(postgres_dsn=config.postgres_dsn)
+    else:
+        metadata = open_metadata_store(sqlite_path=str(root / "episodes.sqlite"))
+    return EpisodeStore(root, metadata, orphan_age_s=config.orphan_age_s)

@@ -10,11 +10,17 @@ import math
 import re
 from dataclasses import dataclass
 
+from google.protobuf import timestamp_pb2
+
 from graspfleet.v1 import common_pb2
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.images import check_image
 
 EPISODE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
+# Outside it protobuf refuses to convert the value, so the store refuses it on arrival.
+MIN_TIMESTAMP_SECONDS = -62_135_596_800
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,21 @@ def check_pose(field: str, pose: common_pb2.Pose) -> None:
         raise InvalidArgument(f"{field}.gripper_closure={pose.gripper_closure}; expected 0..1")
 
 
+def check_timestamp(field: str, timestamp: timestamp_pb2.Timestamp) -> None:
+    """Refuses a Timestamp outside protobuf's range (years 1 to 9999, nanos 0 to 999,999,999)."""
+    if not MIN_TIMESTAMP_SECONDS <= timestamp.seconds <= MAX_TIMESTAMP_SECONDS:
+        raise InvalidArgument(
+            f"{field}.seconds={timestamp.seconds} is outside the Timestamp range "
+            f"({MIN_TIMESTAMP_SECONDS} to {MAX_TIMESTAMP_SECONDS}, years 1 to 9999); "
+            "send seconds since the Unix epoch"
+        )
+    if not 0 <= timestamp.nanos <= 999_999_999:
+        raise InvalidArgument(
+            f"{field}.nanos={timestamp.nanos}; expected 0 to 999999999 "
+            "(a negative time carries negative seconds and positive nanos)"
+        )
+
+
 def check_model(field: str, model: common_pb2.ModelRef) -> None:
     if model.version < 0:
         raise InvalidArgument(f"{field}.version={model.version} is negative")
@@ -77,6 +98,8 @@ def check_header(header: common_pb2.EpisodeHeader, limits: Limits) -> None:
         allow_unspecified=True,
     )
     check_model("header.model", header.model)
+    if header.HasField("started_at"):
+        check_timestamp("header.started_at", header.started_at)
     if not header.HasField("x0"):
         raise InvalidArgument(
             "header.x0 is missing: every episode needs the image before the arm enters the view"
@@ -141,6 +164,8 @@ def check_step(
     if step.HasField("predicted_success") and not 0.0 <= step.predicted_success <= 1.0:
         raise InvalidArgument(f"{field}.predicted_success={step.predicted_success}; expected 0..1")
     check_model(f"{field}.model", step.model)
+    if step.HasField("time"):
+        check_timestamp(f"{field}.time", step.time)
 
 
 def check_outcome(outcome: common_pb2.EpisodeOutcome, num_steps: int) -> None:
@@ -154,3 +179,5 @@ def check_outcome(outcome: common_pb2.EpisodeOutcome, num_steps: int) -> None:
     if num_steps == 0:
         raise InvalidArgument("the episode has no steps; send at least one step before the outcome")
     check_pose("outcome.final_pose", outcome.final_pose)
+    if outcome.HasField("ended_at"):
+        check_timestamp("outcome.ended_at", outcome.ended_at)

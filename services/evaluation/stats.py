@@ -60,15 +60,16 @@ class PairedDifference:
 
 
 def paired_difference(
-    a: Mapping[int, bool],
-    b: Mapping[int, bool],
+    a: Mapping[int, float],
+    b: Mapping[int, float],
     *,
     resamples: int = 10_000,
     seed: int = 0,
 ) -> PairedDifference:
     """A's success rate minus B's over the scenes (keys) both have, paired by scene.
 
-    The interval is the 95% percentile bootstrap over scenes: scenes are drawn
+    Outcomes are successes (bool) or, for a row of several models, the share of
+    them that succeeded on the scene. The interval is the 95% percentile bootstrap over scenes: scenes are drawn
     with replacement and the difference recomputed, so the scene-to-scene
     correlation of the two outcomes is kept.
 
@@ -78,7 +79,7 @@ def paired_difference(
     scenes = sorted(a.keys() & b.keys())
     if not scenes:
         raise ValueError("the two evaluations share no scene: they cannot be paired")
-    delta = np.array([int(a[s]) - int(b[s]) for s in scenes], dtype=np.float64)
+    delta = np.array([float(a[s]) - float(b[s]) for s in scenes], dtype=np.float64)
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(delta), size=(resamples, len(delta)))
     means = delta[draws].mean(axis=1)

@@ -142,22 +142,46 @@ def _collect(
     return collection
 
 
-def _train(store_dir: Path, store_address: str, model_base: Path, steps: int) -> dict:
+def _train(
+    store_dir: Path,
+    store_address: str,
+    model_base: Path,
+    steps: int,
+    *,
+    train_collection: str,
+    validation_collection: str,
+) -> dict:
+    """The first grasp model: trained on one sim collection, validated on another.
+
+    The validation collection grasps another object set, so validation holds
+    out objects however much the training scenes share theirs (splitting the
+    bootstrap episodes by object may not be possible).
+
+    Raises:
+        RuntimeError: the two collections share an object.
+    """
     from graspfleet.v1 import episode_store_pb2
     from services.episode_store import client
-    from services.grasp_predictor.samples import split_episodes
     from services.grasp_predictor.training import TrainSpec, train
+
+    def labeled(**selection) -> list:
+        found = client.list_all(
+            stub, episode_store_pb2.EpisodeFilter(domain=common_pb2.DOMAIN_SIM, **selection)
+        )
+        return [e for e in found if e.label.state != common_pb2.LABEL_STATE_UNLABELED]
 
     channel, stub = client.connect(store_address)
     with channel:
-        episodes = [
-            e
-            for e in client.list_all(
-                stub, episode_store_pb2.EpisodeFilter(domain=common_pb2.DOMAIN_SIM)
-            )
-            if e.label.state != common_pb2.LABEL_STATE_UNLABELED
-        ]
-    train_set, validation = split_episodes(episodes, 0.15, seed=0)
+        train_set = labeled(collection_id=train_collection, object_set="train")
+        validation = labeled(collection_id=validation_collection)
+    shared = {o for e in train_set for o in e.object_ids} & {
+        o for e in validation for o in e.object_ids
+    }
+    if shared:
+        raise RuntimeError(
+            f"collections {train_collection} and {validation_collection} share "
+            f"{len(shared)} objects (e.g. {sorted(shared)[0]}); validate on another object set"
+        )
     # Validating ten times lets the run keep the weights from before the network starts
     # memorizing scenes (TrainSpec.keep_best). The simulated episodes carry masks, so the
     # auxiliary scene loss can teach where objects and the arm are (docs/results.md).
@@ -242,7 +266,7 @@ def held_out_trial(
         max_steps=max_steps,
         domain=common_pb2.DOMAIN_SIM,
         randomization=common_pb2.RANDOMIZATION_NONE,
-        object_set="test",
+        object_set="sim-test",
         policy=Policy(kind=kind),
         seed=seed,
     )
@@ -363,7 +387,7 @@ def main(argv: list[str]) -> int:
         held_out.CopyFrom(bootstrap)
         held_out.num_episodes, held_out.object_set, held_out.seed = (
             plan.validation_episodes,
-            "test",
+            "sim-test",
             2,
         )
         _collect(farm, held_out, "validation", "sim collection (random, held-out objects)")
@@ -372,7 +396,14 @@ def main(argv: list[str]) -> int:
             f"[3/7] training a first grasp model ({plan.train_steps} steps, sim data only)",
             flush=True,
         )
-        metrics = _train(store_dir, store.address, models, plan.train_steps)
+        metrics = _train(
+            store_dir,
+            store.address,
+            models,
+            plan.train_steps,
+            train_collection="bootstrap",
+            validation_collection="validation",
+        )
         print(
             f"  published grasp_success version {metrics['version']}: validation accuracy "
             f"{metrics.get('accuracy', float('nan')):.3f}, AUC {metrics.get('auc', float('nan')):.3f}"

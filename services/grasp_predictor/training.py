@@ -341,6 +341,7 @@ def train(
     on_progress: ProgressHook | None = None,
     progress_bar: bool = True,
     data_selection: dict | None = None,
+    initial_weights: str | Path | None = None,
 ) -> TrainResult:
     """Trains one model on store episodes and publishes it as the next version.
 
@@ -356,6 +357,8 @@ def train(
         on_progress: Progress hook, see `fit`.
         progress_bar: Show a tqdm bar.
         data_selection: How the episodes were chosen (e.g. the store filter), for the metadata.
+        initial_weights: Start from these weights (a Keras weights file of a model of
+            the same spec, e.g. `TrainResult.model.save_weights`): fine-tuning.
 
     Raises:
         ValueError: no labeled training episodes, mixed image sizes, images
@@ -373,6 +376,8 @@ def train(
         )
     keras.utils.set_random_seed(spec.seed)
     model = build_model(spec.model_config)
+    if initial_weights is not None:
+        model.load_weights(str(initial_weights))
     train_batches = samples.balanced_batches(
         data_root,
         train_episodes,
@@ -400,6 +405,7 @@ def train(
     )
     metadata = {
         "recipe": asdict(spec),
+        "initial_weights": str(initial_weights) if initial_weights else None,
         "data": {
             "selection": data_selection or {},
             "train": samples.data_counts(train_episodes),

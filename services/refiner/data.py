@@ -1,8 +1,8 @@
 """Training data of the refiner, straight from the episode store's shards.
 
 GraspGAN learns from two streams: simulated steps with their masks and labels
-(x0, xt, x0_mask, mask, motion, label, domain) and real steps (x0, xt; with
-motion and label when the recipe uses real labels). RCAN learns from
+(x0, xt, x0_mask, mask, motion, label, domain) and real steps (x0, xt, motion;
+with label and domain when the recipe uses real labels). RCAN learns from
 (randomized image, canonical image, mask) triples of simulated episodes
 collected with canonical renders. Samples keep the episode's full image size:
 the generator is size-agnostic, and the task network takes its own crops.
@@ -125,10 +125,12 @@ def real_batches(
     seed: int = 0,
     shuffle_buffer: int = 1024,
 ) -> tf.data.Dataset:
-    """Endless batches of real steps: {x0, xt}, plus {motion, label, domain} `with_labels`.
+    """Endless batches of real steps: {x0, xt, motion}, plus {label, domain} `with_labels`.
 
     Without labels every REAL episode is used, labeled or not (the paper's
-    Table II trains G on unlabeled real images).
+    Table II trains G on unlabeled real images). Every step carries its motion
+    either way: the pose and final pose are recorded whatever the outcome, and
+    a DANN head could tell the domains apart by a made-up real motion alone.
 
     Raises:
         ValueError: no REAL episodes, or (with labels) no labeled successes or failures.
@@ -151,7 +153,15 @@ def real_batches(
         random.Random(seed).shuffle(real)
         stream = (
             dataset.step_dataset(data_root, real)
-            .map(lambda s: {X0: s[X0], XT: s[XT]})
+            .map(
+                lambda s: {
+                    X0: s[X0],
+                    XT: s[XT],
+                    MOTION: grasp_motion(s[dataset.POSE], s[dataset.FINAL_POSE]),
+                },
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
             .shuffle(shuffle_buffer, seed=seed)
             .repeat()
         )

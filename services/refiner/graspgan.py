@@ -127,6 +127,35 @@ def crop_windows(images: list[tf.Tensor], size: int, seed: tf.Tensor) -> list[tf
     return [cropped[..., 3 * i : 3 * (i + 1)] for i in range(len(images))]
 
 
+def real_task_samples(
+    real: dict, crop_size: int, seed: tf.Tensor, real_labels: bool
+) -> tuple[dict, tf.Tensor, tf.Tensor]:
+    """Real samples as C sees them beside the refined ones in (2): (batch, labels, weights).
+
+    Every real sample carries its own step's motion, labeled or not: a motion
+    no real step has (v = 0) would let C's DANN head tell the domains apart by
+    v alone. Real labels count in the task loss only with `real_labels`;
+    without, the samples serve DBN and DANN and weigh 0.
+
+    Args:
+        real: A `data.real_batches` batch: x0 and xt uint8 [B, H, W, 3],
+            motion [B, 5], and label [B] with `real_labels`.
+        crop_size: Side of C's square crop.
+        seed: The step's crop seed.
+        real_labels: Whether real labels count in the task loss.
+
+    Returns:
+        ({x0, xt, motion, domain} with float-pixel crops, labels [B], weights [B]).
+    """
+    x0, xt = crop_windows(
+        [tf.cast(real[X0], tf.float32), tf.cast(real[XT], tf.float32)], crop_size, seed
+    )
+    count = tf.shape(x0)[0]
+    batch = {X0: x0, XT: xt, MOTION: real[MOTION], DOMAIN: tf.fill([count], REAL)}
+    labels = real[LABEL] if real_labels else tf.zeros([count])
+    return batch, labels, tf.fill([count], float(real_labels))
+
+
 class GraspGANStep:
     """One alternating optimization step, compiled once: `step(sim, real, step_number)`.
 
@@ -181,18 +210,12 @@ class GraspGANStep:
             if use_real:
                 # Real samples go through C with the refined ones: DBN keeps their statistics
                 # apart, and DANN needs both domains in one batch.
-                r0, rt = crop_windows(
-                    [tf.cast(real[X0], tf.float32), tf.cast(real[XT], tf.float32)],
-                    self.crop_size,
-                    seed,
+                real_batch, real_labels, real_weights = real_task_samples(
+                    real, self.crop_size, seed, self.real_labels
                 )
-                count = tf.shape(r0)[0]
-                motion = real[MOTION] if self.real_labels else tf.zeros([count, 5])
-                real_batch = self._task_batch(r0, rt, motion, REAL)
                 batch = {k: tf.concat([batch[k], real_batch[k]], 0) for k in batch}
-                real_labels = real[LABEL] if self.real_labels else tf.zeros([count])
                 labels = tf.concat([labels, real_labels], 0)
-                weights = tf.concat([weights, tf.fill([count], float(self.real_labels))], 0)
+                weights = tf.concat([weights, real_weights], 0)
             outputs = m.task_model(batch, training=True)
             per_sample = tf.nn.sigmoid_cross_entropy_with_logits(labels, outputs[LOGITS])
             task = tf.reduce_sum(per_sample * weights) / tf.reduce_sum(weights)

@@ -52,7 +52,11 @@ class Agent:
         self.config = config
         self.arm = find_arm(config.robot_id, Path(config.inventory_dir))
         self.domain = self.arm.domain
-        self.spool = EpisodeSpool(Path(config.spool_dir) / config.robot_id, config.robot_id)
+        self.spool = EpisodeSpool(
+            Path(config.spool_dir) / config.robot_id,
+            config.robot_id,
+            max_bytes=config.spool_max_bytes,
+        )
         self.uploader = Uploader(self.spool, lambda: config.store_address)
         self.channel = upstream.channel(config.planner_address)
         self.planner = servo_planner_pb2_grpc.ServoPlannerStub(self.channel)
@@ -117,12 +121,33 @@ class Agent:
                         self._set_state(robot_agent_pb2.AGENT_STATE_PAUSED)
                         self._resume.wait(0.5)
                         continue
+                    if self._spool_full():
+                        continue
+                    if self.state == robot_agent_pb2.AGENT_STATE_PAUSED:
+                        self._set_state(robot_agent_pb2.AGENT_STATE_RUNNING)
                     self._episode(driver, policy)
         except Exception as err:  # noqa: BLE001 - report, never leave the status lying
             self.last_error = f"{type(err).__name__}: {err}"
             log.exception("agent loop failed", extra={"robot_id": self.config.robot_id})
         finally:
             self._set_state(robot_agent_pb2.AGENT_STATE_STOPPED)
+
+    def _spool_full(self) -> bool:
+        """Back-pressure: with the spool at its cap the arm pauses rather than fill the disk."""
+        if not self.spool.full():
+            return False
+        if self.state != robot_agent_pb2.AGENT_STATE_PAUSED:
+            self.last_error = (
+                f"spool full ({self.spool.size_bytes()} of {self.config.spool_max_bytes} bytes): "
+                "collecting pauses until the store takes the waiting episodes"
+            )
+            log.warning(
+                "spool full: arm pauses collecting",
+                extra={"robot_id": self.config.robot_id, "spool_bytes": self.spool.size_bytes()},
+            )
+            self._set_state(robot_agent_pb2.AGENT_STATE_PAUSED)
+        self._stop.wait(0.5)
+        return True
 
     def _episode(self, driver, policy) -> None:
         seed = int(self.rng.integers(1 << 62))

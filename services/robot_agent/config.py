@@ -40,6 +40,12 @@ class AgentConfig(ServerConfig):
     spool_dir: str = setting(
         "var/agent-spool", "Episodes wait here until the store has them; a folder per robot."
     )
+    spool_max_bytes: int = setting(
+        4 * 1024**3,
+        "Spool size (waiting and rejected episodes) at which the arm pauses collecting until "
+        "the store has taken some; leave one episode of room below the disk's free space, "
+        "bytes.",
+    )
     max_steps: int = setting(8, "Most control steps in one grasp attempt.")
     episodes: int = setting(0, "Stop after this many episodes; 0 runs until SIGTERM.")
     plan_timeout_s: float = setting(
@@ -71,6 +77,8 @@ class AgentConfig(ServerConfig):
             check_address("refiner_address", self.refiner_address)
         if not self.model_name:
             raise ConfigError("model_name must name the grasp model to plan with")
+        if self.spool_max_bytes < 1:
+            raise ConfigError(f"spool_max_bytes={self.spool_max_bytes} must be at least 1")
         if self.spool_drain_s < 0:
             raise ConfigError(f"spool_drain_s={self.spool_drain_s} must not be negative")
         if not 1 <= self.max_steps <= 50 or self.episodes < 0:

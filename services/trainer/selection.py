@@ -89,8 +89,9 @@ def select(
     recipe's are, so G never sees the real images later runs validate on.
 
     Raises:
-        InvalidArgument: nothing (or not enough) matches the selection; the
-            message says which part came up empty.
+        InvalidArgument: nothing (or not enough) matches the selection, or the
+            matching episodes cannot be split by object; the message says which
+            part and why.
         Unavailable: the store did not answer.
     """
     data, seed = spec.data, spec.params.seed
@@ -129,16 +130,15 @@ def select(
 def _split(
     episodes: list[Summary], fraction: float, seed: int, what: str
 ) -> tuple[list[Summary], list[Summary]]:
-    """(train, held out) by object; refuses a split that holds out nothing."""
-    from services.grasp_predictor.samples import split_episodes
+    """(train, held out) by object; a split that cannot be made is refused with the reason."""
+    from services.grasp_predictor.samples import ObjectSplitError, split_episodes
 
-    train, held_out = split_episodes(episodes, fraction, seed)
-    if not held_out:
+    try:
+        return split_episodes(episodes, fraction, seed)
+    except ObjectSplitError as err:
         raise InvalidArgument(
-            f"holding out {fraction:.0%} of {len(episodes)} matching {what} episodes by object "
-            f"left no validation episodes: add {what} episodes or raise data.validation_fraction"
-        )
-    return train, held_out
+            f"{what} validation split (data.validation_fraction={fraction:g}): {err}"
+        ) from None
 
 
 def _real(

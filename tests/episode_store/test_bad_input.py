@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -156,6 +159,26 @@ CASES = {
         INVALID,
         "header.x0 is missing",
     ),
+    "start time past year 9999": (
+        lambda: _stream(R, header=_copy(R.header, started_at__seconds=253402300800)),
+        INVALID,
+        "header.started_at.seconds=253402300800 is outside the Timestamp range",
+    ),
+    "start time with negative nanos": (
+        lambda: _stream(R, header=_copy(R.header, started_at__nanos=-1)),
+        INVALID,
+        "header.started_at.nanos=-1",
+    ),
+    "step time before year 1": (
+        lambda: _stream(R, steps=_with_step(R, 2, _copy(R.steps[2], time__seconds=-(10**12)))),
+        INVALID,
+        "steps[2].time.seconds=-1000000000000",
+    ),
+    "end time with a second of nanos": (
+        lambda: _stream(R, outcome=_copy(R.outcome, ended_at__nanos=10**9)),
+        INVALID,
+        "outcome.ended_at.nanos=1000000000",
+    ),
     "oversized message": (
         lambda: _stream(R, header=_copy(R.header, x0__data=b"\0" * (5 * 1024 * 1024))),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -173,12 +196,15 @@ def stored(store_stub):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_stream_is_refused_and_nothing_is_harmed(case, store_stub, stored):
+def test_bad_stream_is_refused_and_nothing_is_harmed(case, store_stub, store_flags, stored):
     make, code, fragment = CASES[case]
+    shards_before = sorted((Path(store_flags["data_dir"]) / "shards").rglob("*"))
     with pytest.raises(grpc.RpcError) as refused:
         store_stub.WriteEpisode(make(), timeout=10)
     assert refused.value.code() == code, refused.value.details()
     assert fragment in (refused.value.details() or "")
+    # Refused before anything was written: no shard left behind without metadata.
+    assert sorted((Path(store_flags["data_dir"]) / "shards").rglob("*")) == shards_before
     # The store is still up, stored nothing new, and the earlier episode is intact.
     stats = store_stub.Stats(episode_store_pb2.StatsRequest())
     assert stats.episodes == 1
@@ -230,3 +256,49 @@ def test_bad_queries(store_stub, stored):
             )
         )
     assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _filter_with(**times) -> episode_store_pb2.EpisodeFilter:
+    flt = episode_store_pb2.EpisodeFilter()
+    for path, value in times.items():
+        name, field = path.split("__")
+        setattr(getattr(flt, name), field, value)
+    return flt
+
+
+@pytest.mark.parametrize(
+    ("times", "fragment"),
+    [
+        ({"until__seconds": 10**12}, "filter.until.seconds=1000000000000"),
+        ({"since__seconds": -(10**12)}, "filter.since.seconds=-1000000000000"),
+        ({"since__nanos": 10**9}, "filter.since.nanos=1000000000"),
+        ({"until__nanos": -1}, "filter.until.nanos=-1"),
+    ],
+)
+def test_out_of_range_times_in_a_filter_are_invalid_arguments(store_stub, stored, times, fragment):
+    flt = _filter_with(**times)
+    for call, request in (
+        (store_stub.Stats, episode_store_pb2.StatsRequest(filter=flt)),
+        (store_stub.ListEpisodes, episode_store_pb2.ListEpisodesRequest(filter=flt)),
+    ):
+        with pytest.raises(grpc.RpcError) as bad:
+            call(request, timeout=10)
+        assert bad.value.code() == INVALID, bad.value.details()
+        assert fragment in bad.value.details()
+
+
+@pytest.mark.parametrize(
+    "value", ["9" * 30, str(2**63), "-1", "\u0661\u0662", " 1", "1e3", ""], ids=repr
+)
+def test_page_tokens_this_store_never_issued_are_invalid_arguments(store_stub, stored, value):
+    token = base64.urlsafe_b64encode(f"after:{value}".encode()).decode()
+    with pytest.raises(grpc.RpcError) as bad:
+        store_stub.ListEpisodes(episode_store_pb2.ListEpisodesRequest(page_token=token), timeout=10)
+    assert bad.value.code() == INVALID, bad.value.details()
+    assert "page_token" in bad.value.details() and "start again without it" in bad.value.details()
+
+
+def test_the_largest_page_token_is_a_valid_empty_page(store_stub, stored):
+    token = base64.urlsafe_b64encode(f"after:{2**63 - 1}".encode()).decode()
+    page = store_stub.ListEpisodes(episode_store_pb2.ListEpisodesRequest(page_token=token))
+    assert not page.episodes and not page.next_page_token

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import threading
 
 import keras
@@ -28,6 +29,7 @@ from services.grasp_predictor.samples import (
     X0,
     X0_MASK,
     XT,
+    ObjectSplitError,
     split_episodes,
 )
 from services.grasp_predictor.training import TrainSpec, evaluate, fit, train
@@ -362,19 +364,56 @@ def test_training_is_deterministic_given_the_seed():
         np.testing.assert_array_equal(first, second)
 
 
-def test_split_falls_back_to_episodes_when_bins_share_every_object():
-    from graspfleet.v1 import episode_store_pb2
-    from services.grasp_predictor.samples import split_episodes
-
-    # Five objects per bin out of a few: every episode is linked to every other.
-    episodes = [
-        episode_store_pb2.EpisodeSummary(
-            episode_id=f"e{i}", object_ids=[f"o{(i + k) % 6}" for k in range(5)]
-        )
-        for i in range(20)
+def _scenes(object_ids: list[list[str]]) -> list[episode_store_pb2.EpisodeSummary]:
+    return [
+        episode_store_pb2.EpisodeSummary(episode_id=f"e{i}", object_ids=ids)
+        for i, ids in enumerate(object_ids)
     ]
-    train, validation = split_episodes(episodes, 0.25, seed=3)
-    assert len(validation) == 5 and len(train) == 15
-    assert not {e.episode_id for e in train} & {e.episode_id for e in validation}
-    # A fraction too small for one episode holds out none, as asked.
-    assert split_episodes(episodes, 0.01, seed=3)[1] == []
+
+
+def test_a_split_that_objects_make_impossible_is_an_error_naming_why():
+    # Five of 100 objects per scene, as the sim-farm's bins were: shared objects
+    # link (nearly) every episode into one group, so no object split exists.
+    draw = random.Random(0)
+    pooled = _scenes([[f"o{n}" for n in draw.sample(range(100), 5)] for _ in range(100)])
+    with pytest.raises(ObjectSplitError) as refused:
+        split_episodes(pooled, 0.2, seed=0)
+    message = str(refused.value)
+    assert "of 100 episodes" in message and "into 1 object group," in message
+    assert "the largest holding 100% of the episodes" in message
+    assert "collect validation episodes on a disjoint object set" in message
+    assert "draw scenes from object bins" in message
+    assert isinstance(refused.value, ValueError)
+    # Two halves are too coarse for 20% (10-30%): holding out one is as wrong as none.
+    halves = _scenes([["a"]] * 50 + [["b"]] * 50)
+    with pytest.raises(ObjectSplitError, match="2 object groups, the largest holding 50%"):
+        split_episodes(halves, 0.2, seed=0)
+    with pytest.raises(ObjectSplitError, match="held out 50 "):
+        split_episodes(halves, 0.4, seed=0, tolerance=0.2)
+
+
+def test_scenes_drawn_from_object_bins_split_by_bin():
+    # Ten bins of ten objects, five from one bin per scene: a group per bin.
+    draw = random.Random(1)
+    scenes = []
+    for _ in range(100):
+        bin_start = 10 * draw.randrange(10)
+        scenes.append([f"o{bin_start + n}" for n in draw.sample(range(10), 5)])
+    summaries = _scenes(scenes)
+    for seed in range(5):
+        train_part, validation = split_episodes(summaries, 0.2, seed=seed)
+        assert 10 <= len(validation) <= 30 and len(train_part) + len(validation) == 100
+        held_out_bins = {int(o[1:]) // 10 for e in validation for o in e.object_ids}
+        assert not held_out_bins & {int(o[1:]) // 10 for e in train_part for o in e.object_ids}
+
+
+def test_a_split_too_fine_for_the_episodes_is_an_error_and_no_fraction_holds_out_none():
+    disjoint = _scenes([[f"o{i}"] for i in range(10)])
+    with pytest.raises(ObjectSplitError, match="add episodes or change the validation fraction"):
+        split_episodes(disjoint, 0.01, seed=3)
+    with pytest.raises(ObjectSplitError, match="of 0 episodes"):
+        split_episodes([], 0.2, seed=3)
+    assert split_episodes(disjoint, 0.0, seed=3) == (disjoint, [])
+    for fraction in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="validation_fraction"):
+            split_episodes(disjoint, fraction, seed=3)

@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from graspfleet.v1 import common_pb2
+from graspfleet.v1 import common_pb2, episode_store_pb2
+from services.common.images import decode_image
+from services.episode_store import client
+from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.dataset import DOMAIN, LABEL, MASK, X0, X0_MASK, XT
-from services.grasp_predictor.samples import MOTION, SIM
+from services.episode_store.samples import sample_episode
+from services.episode_store.server import create_server
+from services.episode_store.shards import pose_vector
+from services.grasp_predictor.samples import MOTION, REAL, SIM, grasp_motion
 from services.refiner import data, export, losses
-from services.refiner.graspgan import GraspGANConfig
+from services.refiner.graspgan import GraspGANConfig, real_task_samples
 from services.refiner.graspgan_training import GraspGANSpec, train_graspgan
 
 
@@ -70,7 +76,7 @@ def test_sim_and_real_batches_from_the_store(refiner_store):
     assert set(np.unique(sim[MASK].numpy())) <= {0, 1, 2, 3}
     assert sim[MOTION].shape == (4, 5) and set(sim[DOMAIN].numpy()) == {SIM}
     unlabeled = next(iter(data.real_batches(data_root, summaries, batch_size=4, with_labels=False)))
-    assert set(unlabeled) == {X0, XT}
+    assert set(unlabeled) == {X0, XT, MOTION} and unlabeled[MOTION].shape == (4, 5)
     labeled = next(iter(data.real_batches(data_root, summaries, batch_size=4, with_labels=True)))
     assert {MOTION, LABEL, DOMAIN} <= set(labeled)
     sims_only = [e for e in summaries if e.domain == common_pb2.DOMAIN_SIM]
@@ -79,6 +85,51 @@ def test_sim_and_real_batches_from_the_store(refiner_store):
     failures = [e for e in sims_only if not e.label.success]
     with pytest.raises(ValueError, match="no labeled sim/success"):
         data.sim_batches(data_root, failures, batch_size=4)
+
+
+def test_unlabeled_real_samples_reach_c_with_their_episodes_motions(tmp_path):
+    """Without real labels, C still sees each real step's own motion, never v = 0."""
+    store = create_server(EpisodeStoreConfig(port=0, data_dir=str(tmp_path), grace_s=0))
+    expected = {}  # (x0, xt) pixels -> v from the poses GetEpisode returns
+    try:
+        channel, stub = client.connect(store.address)
+        with channel:
+            for seed in range(3):
+                record = sample_episode(seed, domain=REAL, num_steps=3, with_masks=False)
+                record.outcome.result = common_pb2.GRASP_RESULT_ABORTED  # stored unlabeled
+                client.write_episode(stub, record)
+            summaries = list(client.list_all(stub))
+            for summary in summaries:
+                stored = stub.GetEpisode(
+                    episode_store_pb2.GetEpisodeRequest(
+                        episode_id=summary.episode_id, include_steps=True
+                    )
+                )
+                x0 = decode_image(stored.header.x0).tobytes()
+                final_pose = pose_vector(stored.outcome.final_pose)
+                for step in stored.steps:
+                    motion = grasp_motion(pose_vector(step.pose), final_pose).numpy()
+                    expected[(x0, decode_image(step.image).tobytes())] = motion
+    finally:
+        store.stop(grace_s=0)
+    assert all(e.label.state == common_pb2.LABEL_STATE_UNLABELED for e in summaries)
+    assert len(expected) == 9 and not any(np.allclose(v, 0) for v in expected.values())
+
+    real = next(iter(data.real_batches(tmp_path, summaries, batch_size=9, with_labels=False)))
+    batch, labels, weights = real_task_samples(
+        real, crop_size=48, seed=tf.constant([0, 1], tf.int64), real_labels=False
+    )
+    seen = [
+        (x0.tobytes(), xt.tobytes())
+        for x0, xt in zip(real[X0].numpy(), real[XT].numpy(), strict=True)
+    ]
+    assert sorted(seen) == sorted(expected)  # every step once
+    np.testing.assert_allclose(real[MOTION].numpy(), [expected[k] for k in seen], atol=1e-5)
+    np.testing.assert_array_equal(batch[MOTION].numpy(), real[MOTION].numpy())
+    assert batch[X0].shape == batch[XT].shape == (9, 48, 48, 3)
+    assert set(batch[DOMAIN].numpy()) == {REAL}
+    # Unlabeled samples serve DBN and DANN only: their placeholder labels weigh nothing.
+    assert not weights.numpy().any() and labels.shape == (9,)
 
 
 def test_a_few_graspgan_steps_train_all_three_networks_and_export_g(refiner_store, tmp_path):

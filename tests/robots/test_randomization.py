@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import pybullet
+import pytest
 from PIL import Image
 from pybullet_utils import bullet_client
 

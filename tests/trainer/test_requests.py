@@ -7,7 +7,10 @@ import pytest
 
 from graspfleet.v1 import common_pb2
 from graspfleet.v1 import trainer_pb2 as S
-from tests.trainer.conftest import AUTH, TOKEN, tiny_spec, trainer_stub
+from services.episode_store import client
+from services.episode_store.config import EpisodeStoreConfig
+from services.episode_store.server import create_server as create_store
+from tests.trainer.conftest import AUTH, REAL, TOKEN, episode, tiny_spec, trainer_stub
 
 
 @pytest.fixture
@@ -84,7 +87,7 @@ INVALID = {
             _set("data.robot_ids", ["kuka-01"])(s),
             _set("data.validation_fraction", 0.01)(s),
         ),
-        "left no validation episodes",
+        "no whole number of episodes is that share",
     ),
     "window backwards": (
         lambda s: (s.data.since.FromSeconds(2_000_000_000), s.data.until.FromSeconds(1)),
@@ -100,6 +103,34 @@ def test_bad_run_specs_are_invalid_arguments_with_the_reason(stub, case):
         stub.SubmitRun(S.SubmitRunRequest(spec=_spec(edit)), metadata=AUTH)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
     assert reason in refused.value.details()
+
+
+def test_real_episodes_that_share_objects_are_refused_not_split_by_episode(start_trainer, tmp_path):
+    # Every real episode shares a mug with the others: no split holds out unseen objects.
+    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(tmp_path / "linked"), grace_s=0))
+    try:
+        channel, store_stub = client.connect(store.address)
+        with channel:
+            for seed in range(12):
+                record = episode(seed, REAL, seed % 2 == 0)
+                record.header.object_ids.append("mug")
+                client.write_episode(store_stub, record)
+        trainer = start_trainer(
+            max_concurrent_runs=1,
+            store_address=store.address,
+            store_data_dir=store.config.data_dir,
+        )
+        channel, stub = trainer_stub(trainer)
+        spec = tiny_spec(S.RECIPE_REAL_ONLY)  # real episodes only: nothing else to refuse
+        with channel, pytest.raises(grpc.RpcError) as refused:
+            stub.SubmitRun(S.SubmitRunRequest(spec=spec), metadata=AUTH)
+    finally:
+        store.stop(grace_s=0)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = refused.value.details()
+    assert "real validation split (data.validation_fraction=0.25)" in details
+    assert "12 episodes by object" in details and "into 1 object group," in details
+    assert "collect validation episodes on a disjoint object set" in details
 
 
 @pytest.mark.parametrize(

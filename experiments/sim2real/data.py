@@ -1,0 +1,199 @@
+"""The table's data: collections through the sim-farm into one store, and the real splits."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from experiments.sim2real.protocol import Settings
+from experiments.sim2real.stages import Stages, key, log
+from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
+from robots.inventory import FLEET_DIR
+from services.episode_store import client
+from services.episode_store.dataset import labeled
+from services.evaluation.closed_loop import FINISHED
+from services.fleet.run import Fleet
+from services.grasp_predictor.samples import split_episodes
+
+Policy = sim_farm_pb2.CollectionPolicy
+Summary = episode_store_pb2.EpisodeSummary
+REAL_ARM = FLEET_DIR / "kuka-01.yaml"
+
+
+@dataclass(frozen=True)
+class Data:
+    """The episodes every row draws from (summaries of the data store)."""
+
+    data_root: Path
+    sim: list[Summary]
+    randomized: list[Summary]
+    sim_validation: list[Summary]
+    real_all: list[Summary]
+    real_low: list[Summary]
+    real_validation: list[Summary]
+
+
+def collections(settings: Settings) -> dict[str, sim_farm_pb2.CollectionSpec]:
+    """The four collections, by id."""
+    common = dict(
+        num_shards=settings.shards,
+        max_steps=settings.max_steps,
+        policy=Policy(kind=Policy.KIND_RANDOM),
+        skip_stored=True,
+    )
+    sim = dict(domain=common_pb2.DOMAIN_SIM, render_masks=True, **common)
+    return {
+        "sim": sim_farm_pb2.CollectionSpec(
+            num_episodes=settings.sim_episodes,
+            randomization=common_pb2.RANDOMIZATION_NONE,
+            object_set="train",
+            seed=settings.data_seed,
+            **sim,
+        ),
+        "sim-randomized": sim_farm_pb2.CollectionSpec(
+            num_episodes=settings.sim_episodes,
+            randomization=common_pb2.RANDOMIZATION_VISUAL,
+            object_set="train",
+            render_canonical=True,
+            seed=settings.data_seed + 1,
+            **sim,
+        ),
+        "sim-validation": sim_farm_pb2.CollectionSpec(
+            num_episodes=settings.sim_validation_episodes,
+            randomization=common_pb2.RANDOMIZATION_NONE,
+            object_set="sim-test",
+            seed=settings.data_seed + 2,
+            **sim,
+        ),
+        "real": sim_farm_pb2.CollectionSpec(
+            num_episodes=settings.real_episodes,
+            arm_config_yaml=REAL_ARM.read_text(),
+            seed=settings.data_seed + 3,
+            **common,
+        ),
+    }
+
+
+@contextlib.contextmanager
+def data_fleet(root: Path, workers: int) -> Iterator[tuple[str, str]]:
+    """A store and a sim-farm for collecting; yields (store address, farm address)."""
+    fleet = Fleet(root / "data")
+    try:
+        store = fleet.start(
+            "episode-store", ["store", "serve"], {"data_dir": str(root / "data" / "store")}
+        )
+        farm = fleet.start(
+            "sim-farm",
+            ["sim-farm", "serve"],
+            {
+                "store_address": store.address,
+                "spool_dir": str(root / "data" / "spool"),
+                "workers": str(workers),
+            },
+        )
+        yield store.address, farm.address
+    finally:
+        fleet.stop()
+
+
+def collect(farm_address: str, collection_id: str, spec: sim_farm_pb2.CollectionSpec) -> dict:
+    """Runs (or resumes) one collection to its end; its counts."""
+    with grpc.insecure_channel(farm_address) as channel:
+        stub = sim_farm_pb2_grpc.SimFarmStub(channel)
+        stub.StartCollection(
+            sim_farm_pb2.StartCollectionRequest(spec=spec, collection_id=collection_id),
+            timeout=60,
+        )
+        last = -1
+        while True:
+            collection = stub.GetCollection(
+                sim_farm_pb2.GetCollectionRequest(collection_id=collection_id), timeout=30
+            )
+            if collection.episodes_done // 500 != last:
+                last = collection.episodes_done // 500
+                log(f"  {collection_id}: {collection.episodes_done}/{spec.num_episodes}")
+            if collection.state in FINISHED:
+                break
+            time.sleep(2.0)
+    if collection.state != sim_farm_pb2.COLLECTION_STATE_SUCCEEDED:
+        raise RuntimeError(f"collection {collection_id} failed: {collection.error}")
+    return {"episodes": collection.episodes_done, "successes": collection.successes}
+
+
+def _stratified(episodes: list[Summary], count: int, seed: int) -> list[Summary]:
+    """`count` episodes with the success share of `episodes` (at least one of each label)."""
+    successes = [e for e in episodes if e.label.success]
+    failures = [e for e in episodes if not e.label.success]
+    if count < 2 or not successes or not failures:
+        raise ValueError(
+            f"a budget of {count} real episodes from {len(successes)} successes and "
+            f"{len(failures)} failures cannot hold both labels"
+        )
+    wanted = min(max(1, round(count * len(successes) / len(episodes))), count - 1)
+    rng = random.Random(seed)
+    chosen = {e.episode_id for e in rng.sample(successes, min(wanted, len(successes)))}
+    chosen |= {e.episode_id for e in rng.sample(failures, count - len(chosen))}
+    return [e for e in episodes if e.episode_id in chosen]
+
+
+def prepare(settings: Settings, root: Path, stages: Stages) -> Data:
+    """Collects what is missing, then splits the real episodes by object bin."""
+    specs = collections(settings)
+    # The id carries the spec's key: a collection of other settings never mixes with this one.
+    ids = {name: f"{name}-{key(_spec_settings(spec))}" for name, spec in specs.items()}
+    with data_fleet(root, settings.shards) as (store, farm):
+        for name, spec in specs.items():
+            stages.run(
+                f"collect-{name}",
+                _spec_settings(spec),
+                lambda name=name, spec=spec: collect(farm, ids[name], spec),
+            )
+        channel, stub = client.connect(store)
+        with channel:
+            found = {
+                name: labeled(
+                    client.list_all(stub, episode_store_pb2.EpisodeFilter(collection_id=ids[name]))
+                )
+                for name in specs
+            }
+    real_train, real_validation = split_episodes(
+        found["real"], settings.real_validation_fraction, settings.data_seed
+    )
+    low = _stratified(real_train, settings.low_real_episodes, settings.data_seed)
+    return Data(
+        data_root=root / "data" / "store",
+        sim=found["sim"],
+        randomized=found["sim-randomized"],
+        sim_validation=found["sim-validation"],
+        real_all=real_train,
+        real_low=low,
+        real_validation=real_validation,
+    )
+
+
+def _spec_settings(spec: sim_farm_pb2.CollectionSpec) -> dict:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(spec)
+
+
+def describe(data: Data) -> dict:
+    """Episodes and successes of each part, for the report."""
+
+    def count(episodes: list[Summary]) -> dict:
+        return {"episodes": len(episodes), "successes": sum(e.label.success for e in episodes)}
+
+    return {
+        "sim": count(data.sim),
+        "sim_randomized": count(data.randomized),
+        "sim_validation": count(data.sim_validation),
+        "real_all": count(data.real_all),
+        "real_low": count(data.real_low),
+        "real_validation": count(data.real_validation),
+    }

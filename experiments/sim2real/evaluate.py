@@ -1,0 +1,145 @@
+"""Closed-loop scores of the table's models, and the gap decomposition, with the product's evaluator.
+
+Every grasp model is linked into one evaluation model repository under a
+version number fixed on first use (versions.json), so a resumed run serves the
+same model under the same version. The main evaluation runs every model, random
+exploration and the oracle on the proxy-real arm grasping the real-test objects;
+the gap decomposition runs the sim-only model with none, then each one, of the
+proxy-real factors switched on, on the same scenes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from experiments.sim2real.protocol import Settings
+from experiments.sim2real.stages import Stages, log
+from services.evaluation.closed_loop import Contender, EvaluationSpec, evaluate
+from services.evaluation.local import local_fleet
+from services.evaluation.stats import wilson
+
+EVALUATION_ARM = Path(__file__).parents[2] / "robots" / "evaluation" / "proxy-real-test.yaml"
+GRASP_MODEL = "grasp_success"
+RCAN_MODEL = "rcan"
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A model to score: its contender name, exported version folder, and RCAN generator."""
+
+    name: str
+    path: str
+    rcan_path: str = ""
+
+
+class Evaluations:
+    """Runs evaluations into `<root>/eval`, each contender's outcomes cached as a stage."""
+
+    def __init__(self, settings: Settings, root: Path, stages: Stages) -> None:
+        self.settings = settings
+        self.root = root / "eval"
+        self.stages = stages
+        self.models = self.root / "models"
+        self.refiners = self.root / "refiners"
+        self.registry = self.root / "versions.json"
+
+    def _version(self, path: str, model: str, base: Path) -> int:
+        """The evaluation repository's version of an exported folder (linked on first use)."""
+        registry = json.loads(self.registry.read_text()) if self.registry.exists() else {}
+        versions = registry.setdefault(model, {})
+        if path not in versions:
+            versions[path] = len(versions) + 1
+            self.registry.parent.mkdir(parents=True, exist_ok=True)
+            self.registry.write_text(json.dumps(registry, indent=2))
+        version = versions[path]
+        link = base / model / str(version)
+        if not link.exists():
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(Path(path).resolve(), link)
+        return version
+
+    def arm(self, factors: tuple[str, ...] | None) -> str:
+        """The evaluation arm's YAML, with only `factors` of the proxy-real domain (None: all)."""
+        text = EVALUATION_ARM.read_text()
+        if factors is None:
+            return text
+        arm = yaml.safe_load(text)
+        arm["proxy_real_factors"] = list(factors)
+        return yaml.safe_dump(arm, sort_keys=False)
+
+    def run(self, evaluation_id: str, arm_yaml: str, scored: list[Scored], baselines: bool) -> dict:
+        """Scores `scored` (and random and the oracle) on the arm; {name: outcome record}."""
+        s = self.settings
+        spec = EvaluationSpec(
+            evaluation_id,
+            arm_yaml,
+            scenes=s.scenes,
+            seed=s.scene_seed,
+            shards=s.shards,
+            max_steps=s.max_steps,
+        )
+        contenders = []
+        if baselines:
+            contenders += [Contender("random", "random"), Contender("oracle", "oracle")]
+        for model in scored:
+            version = self._version(model.path, GRASP_MODEL, self.models)
+            if model.rcan_path:
+                rcan = self._version(model.rcan_path, RCAN_MODEL, self.refiners)
+                contenders.append(Contender(model.name, "cem", version, "rcan", rcan))
+            else:
+                contenders.append(Contender(model.name, "cem", version))
+        settings = {"spec": repr(spec), "v": 1}
+        results = {}
+        todo = []
+        for contender in contenders:
+            done = self.stages.done(
+                f"eval-{evaluation_id}-{contender.name}", _key(settings, contender)
+            )
+            if done is None:
+                todo.append(contender)
+            else:
+                results[contender.name] = done
+        if todo:
+            versions = sorted({c.model_version for c in todo if c.model_version})
+            refiner = self.refiners if any(c.transform for c in todo) else None
+            with local_fleet(
+                self.root / "fleet", self.models, versions, refiner_base=refiner, workers=s.shards
+            ) as fleet:
+
+                def record(result) -> None:
+                    name = result.contender.name
+                    outcome = {
+                        **result.rate.as_dict(),
+                        "outcomes": {str(k): v for k, v in sorted(result.outcomes.items())},
+                        "seconds": round(result.seconds, 1),
+                    }
+                    self.stages.run(
+                        f"eval-{evaluation_id}-{name}",
+                        _key(settings, result.contender),
+                        lambda: outcome,
+                    )
+                    results[name] = outcome
+                    log(f"  {evaluation_id} {name}: {result.rate.successes}/{result.rate.episodes}")
+
+                evaluate(fleet.farm_address, fleet.store_address, spec, todo, on_result=record)
+        return results
+
+
+def _key(settings: dict, contender: Contender) -> dict:
+    return {**settings, "contender": repr(contender)}
+
+
+def outcomes(record: dict) -> dict[int, bool]:
+    """A cached outcome record's per-scene outcomes."""
+    return {int(k): bool(v) for k, v in record["outcomes"].items()}
+
+
+def rate(record: dict) -> dict:
+    """The record's rate with its Wilson interval, recomputed from its outcomes."""
+    found = outcomes(record)
+    return wilson(sum(found.values()), len(found)).as_dict()
