@@ -12,6 +12,7 @@ every phase.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from experiments.sim2real.protocol import QUICK, Row, Settings, table_rows
 from experiments.sim2real.stages import Stages, log
 
 FIRST = ("sim-only", "real-only-all")
+RANDOMIZED = ("randomized", "rcan")  # rows whose simulated data is the randomized collection
 
 
 def phases(rows: list[Row]) -> list[list[Row]]:
@@ -35,15 +37,15 @@ def phases(rows: list[Row]) -> list[list[Row]]:
 
 def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
     stages = Stages(root)
-    data = prepare(settings, root, stages)
-    log(f"data: {describe(data)}")
-    models = Models(settings, root, stages, data)
     evaluations = Evaluations(settings, root, stages)
     rows = [r for r in table_rows() if r.name in settings.rows]
     trained: dict[str, dict] = {}
     scores: dict[str, dict] = {}
     gap: dict[str, dict] = {}
     for index, phase in enumerate(phases(rows)):
+        data = prepare(settings, root, stages, any(r.sim in RANDOMIZED for r in phase))
+        log(f"data: {describe(data)}")
+        models = Models(settings, root, stages, data)
         scored = []
         for row in phase:
             seeds = settings.graspgan_seeds if row.name == "graspgan" else settings.seeds
@@ -75,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         "--rows", nargs="+", help="only these rows (default: every row of the protocol)"
     )
     args = parser.parse_args(argv)
+    # A stop (SIGTERM, or the end of a session) unwinds like Ctrl-C: the services this run
+    # started are stopped, and the stages done so far stay cached for the next run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = QUICK if args.quick else Settings()
     if args.rows:
         unknown = set(args.rows) - {r.name for r in table_rows()}

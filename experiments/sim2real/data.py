@@ -48,7 +48,7 @@ def collections(settings: Settings) -> dict[str, sim_farm_pb2.CollectionSpec]:
         skip_stored=True,
     )
     sim = dict(domain=common_pb2.DOMAIN_SIM, render_masks=True, **common)
-    return {
+    specs = {
         "sim": sim_farm_pb2.CollectionSpec(
             num_episodes=settings.sim_episodes,
             randomization=common_pb2.RANDOMIZATION_NONE,
@@ -78,6 +78,8 @@ def collections(settings: Settings) -> dict[str, sim_farm_pb2.CollectionSpec]:
             **common,
         ),
     }
+    # The rows that need randomized data come last: collect it last.
+    return {name: specs[name] for name in ("sim", "sim-validation", "real", "sim-randomized")}
 
 
 @contextlib.contextmanager
@@ -142,9 +144,19 @@ def _stratified(episodes: list[Summary], count: int, seed: int) -> list[Summary]
     return [e for e in episodes if e.episode_id in chosen]
 
 
-def prepare(settings: Settings, root: Path, stages: Stages) -> Data:
-    """Collects what is missing, then splits the real episodes by object bin."""
+def prepare(settings: Settings, root: Path, stages: Stages, randomized: bool) -> Data:
+    """Collects what is missing, then splits the real episodes by object bin.
+
+    Args:
+        settings: The protocol.
+        root: The experiment's folder.
+        stages: The stage cache.
+        randomized: Also collect the randomized simulated episodes (only rows that
+            train on them need them; without, `Data.randomized` is empty).
+    """
     specs = collections(settings)
+    if not randomized:
+        del specs["sim-randomized"]
     # The id carries the spec's key: a collection of other settings never mixes with this one.
     ids = {name: f"{name}-{key(_spec_settings(spec))}" for name, spec in specs.items()}
     with data_fleet(root, settings.shards) as (store, farm):
@@ -169,7 +181,7 @@ def prepare(settings: Settings, root: Path, stages: Stages) -> Data:
     return Data(
         data_root=root / "data" / "store",
         sim=found["sim"],
-        randomized=found["sim-randomized"],
+        randomized=found.get("sim-randomized", []),
         sim_validation=found["sim-validation"],
         real_all=real_train,
         real_low=low,

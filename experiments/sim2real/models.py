@@ -203,13 +203,21 @@ class Models:
                 "steps_per_s": result.steps_per_s,
             }
 
-        settings = {"spec": repr(spec), "row": repr(row), "data": self._data_key(), "v": 1}
+        settings = {"spec": repr(spec), "row": repr(row), "data": self._row_key(row), "v": 1}
         return self.stages.run(f"grasp-{name}", settings, work)
 
-    def _data_key(self, episodes: list[Summary] | None = None) -> str:
-        if episodes is None:
-            d = self.data
-            episodes = [*d.sim, *d.randomized, *d.real_all, *d.real_low, *d.real_validation]
+    def _row_key(self, row: Row) -> str:
+        """The identity of the data a row draws from (not of data it does not use)."""
+        d = self.data
+        sim = {"plain": d.sim, "graspgan": d.sim, "randomized": d.randomized, "rcan": d.randomized}
+        real = {"none": [], "low": d.real_low, "all": d.real_all}[row.budget]
+        parts = [sim.get(row.sim, []), d.sim_validation, real]
+        if row.uses_real_labels or row.sim == "graspgan":
+            parts.append(d.real_validation)
+        return "|".join(self._data_key(p) for p in parts)
+
+    @staticmethod
+    def _data_key(episodes: list[Summary]) -> str:
         return json.dumps([len(episodes), episodes[0].episode_id if episodes else ""])
 
 

@@ -33,12 +33,35 @@ def encode_image(
     )
 
 
-def decode_image(image: common_pb2.Image) -> np.ndarray:
-    """The pixels of an Image message as uint8 HxWxC (HxW for one channel)."""
+def decode_image(image: common_pb2.Image, field: str = "image") -> np.ndarray:
+    """The pixels of an Image message as uint8 HxWxC (HxW for one channel).
+
+    `check_image` reads only a PNG's or JPEG's header; this decodes the whole
+    data, so a truncated or corrupted image is found here.
+
+    Raises:
+        InvalidArgument: the data does not decode to the declared size and channels.
+    """
+    shape = (image.height, image.width) + ((image.channels,) if image.channels > 1 else ())
     if image.encoding == common_pb2.Image.ENCODING_RAW:
-        shape = (image.height, image.width) + ((image.channels,) if image.channels > 1 else ())
+        if len(image.data) != int(np.prod(shape)):
+            raise InvalidArgument(
+                f"{field}: RAW {image.width}x{image.height}x{image.channels} needs "
+                f"{int(np.prod(shape))} bytes, got {len(image.data)}"
+            )
         return np.frombuffer(image.data, dtype=np.uint8).reshape(shape)
-    return np.asarray(PilImage.open(io.BytesIO(image.data)))
+    try:
+        pixels = np.asarray(PilImage.open(io.BytesIO(image.data)))
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for damaged data
+        raise InvalidArgument(
+            f"{field}: the image data is damaged and does not decode ({type(err).__name__}: "
+            f"{str(err)[:120]}); send the whole, unmodified encoded image"
+        ) from None
+    if pixels.shape != shape or pixels.dtype != np.uint8:
+        raise InvalidArgument(
+            f"{field}: decodes to {pixels.dtype} {pixels.shape}, not the declared uint8 {shape}"
+        )
+    return pixels
 
 
 def check_image(

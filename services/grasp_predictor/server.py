@@ -179,7 +179,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
                 f"(signatures: {sorted(loaded.signatures)})"
             )
         signature = loaded.signatures[signature_name]
-        inputs = {name: tensors.to_array(name, proto) for name, proto in request.inputs.items()}
+        limit = self.predictor.config.max_message_bytes
+        inputs = {
+            name: tensors.to_array(name, proto, limit) for name, proto in request.inputs.items()
+        }
         tensors.check_inputs(signature, inputs, signature_name)
         if {"x0", "xt", "motions"} == set(inputs):
             check_grasp_request(inputs, self.predictor.config)

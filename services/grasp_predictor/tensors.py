@@ -7,7 +7,7 @@ import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from services.common.errors import InvalidArgument
+from services.common.errors import InvalidArgument, ResourceExhausted
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -17,8 +17,30 @@ def input_specs(signature) -> dict[str, tf.TensorSpec]:
     return dict(signature.structured_input_signature[1])
 
 
-def to_array(name: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """Decodes one request tensor; malformed protos become INVALID_ARGUMENT."""
+def to_array(name: str, proto: tensor_pb2.TensorProto, max_bytes: int) -> np.ndarray:
+    """Decodes one request tensor; malformed protos become INVALID_ARGUMENT.
+
+    A TensorProto may declare far more elements than it carries (the decoder
+    repeats the last value), so the declared size is bounded before decoding:
+    a few bytes on the wire must not become gigabytes in memory.
+
+    Raises:
+        InvalidArgument: a malformed proto or negative dimension.
+        ResourceExhausted: the tensor would decode to more than `max_bytes`.
+    """
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise InvalidArgument(f"input {name!r} declares a negative dimension {dims}")
+    try:
+        itemsize = tf.dtypes.as_dtype(proto.dtype).size if proto.dtype != tf.string else 1
+    except TypeError:
+        raise InvalidArgument(f"input {name!r} has an unknown dtype {proto.dtype}") from None
+    declared = int(np.prod(dims, dtype=np.float64)) * itemsize
+    if declared > max_bytes:
+        raise ResourceExhausted(
+            f"input {name!r} declares shape {dims}, {declared} bytes once decoded; this "
+            f"predictor decodes at most {max_bytes} bytes per input (max_message_bytes)"
+        )
     try:
         return tf.make_ndarray(proto)
     except Exception as err:  # noqa: BLE001 - TF raises several types for bad protos

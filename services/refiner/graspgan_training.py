@@ -145,7 +145,7 @@ def fit_graspgan(
         models: Built G, D, C and optimizers; trained in place.
         spec: Steps, loss weights, cadence.
         sim_batches: {x0, xt, x0_mask, mask, motion, label, domain} (`data.sim_batches`).
-        real_batches: {x0, xt} and, with spec.real_labels, {motion, label, domain}.
+        real_batches: {x0, xt, motion} and, with spec.real_labels, {label, domain}.
         log_dir: TensorBoard logs; None for none.
         checkpoint_dir: Resume from and save checkpoints here; None for none.
         on_progress: Called as (step, total, metrics) per logging window.

@@ -224,7 +224,7 @@ def decode_request(request: refiner_pb2.RefineRequest, config: RefinerConfig) ->
             f"{len(images)} images of {first.width}x{first.height} exceed {config.max_pixels} "
             "pixels per request; split the batch"
         )
-    return np.stack([decode_image(image) for image in images])
+    return np.stack([decode_image(image, f"images[{i}]") for i, image in enumerate(images)])
 
 
 class RefinerServicer(refiner_pb2_grpc.RefinerServicer):

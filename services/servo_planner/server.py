@@ -127,8 +127,8 @@ class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
             predict.model_spec.version.value = model.version
         else:
             predict.model_spec.version_label = model.label or self.config.default_label
-        predict.inputs["x0"].CopyFrom(tf.make_tensor_proto(decode_image(request.x0)[None]))
-        predict.inputs["xt"].CopyFrom(tf.make_tensor_proto(decode_image(request.xt)[None]))
+        predict.inputs["x0"].CopyFrom(tf.make_tensor_proto(decode_image(request.x0, "x0")[None]))
+        predict.inputs["xt"].CopyFrom(tf.make_tensor_proto(decode_image(request.xt, "xt")[None]))
         served = common_pb2.ModelRef(name=model.name, label=predict.model_spec.version_label)
 
         def score(motions: np.ndarray, timeout_s: float) -> np.ndarray:

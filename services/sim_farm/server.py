@@ -18,6 +18,7 @@ from robots.objects import ObjectSet
 from services.common import clock, logs
 from services.common.config import load_config
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.names import check_name
 from services.common.server import ServiceServer
 from services.episode_store.spool import EpisodeSpool, Uploader
 from services.sim_farm.config import SimFarmConfig
@@ -178,7 +179,10 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
         spec = sim_farm_pb2.CollectionSpec()
         spec.CopyFrom(request.spec)
         validate(spec, self.config)
-        collection_id = request.collection_id or f"col-{uuid.uuid4().hex[:10]}"
+        # The id names the shard's spool folder and prefixes every episode id (<= 128).
+        collection_id = check_name(
+            "collection_id", request.collection_id or f"col-{uuid.uuid4().hex[:10]}", 100
+        )
         with self.lock:
             if collection_id in self.collections:
                 return self._snapshot(self.collections[collection_id])

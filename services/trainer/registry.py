@@ -24,6 +24,7 @@ from pathlib import Path
 from graspfleet.v1 import common_pb2, trainer_pb2
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.files import write_atomically
+from services.common.names import check_name, inside
 from services.grasp_predictor.repository import DEFAULT_LABEL, LABELS_FILE, METADATA_FILE
 
 HISTORY_FILE = "labels_history.jsonl"
@@ -57,7 +58,12 @@ class Registry:
         self._lock = threading.Lock()
 
     def folder(self, name: str) -> Path:
-        return self.model_base / name
+        """The folder of model `name`; a name that could leave the model base is refused.
+
+        Raises:
+            InvalidArgument: `name` breaks `names.check_name`'s rule.
+        """
+        return inside(self.model_base, check_name("model name", name))
 
     def model_names(self) -> list[str]:
         """Models that have a folder under the base."""

@@ -44,7 +44,7 @@ def test_collect_reuse_train_and_geometry(tmp_path, capsys):
     data, models = tmp_path / "data", tmp_path / "models"
     collect = ["collect", "--data", str(data), "--workers", "1", "--attempts", "2"]
     collect += ["--train-episodes", str(TRAIN), "--test-episodes", str(TEST)]
-    collect += ["--oracle-fraction", "0.5", "--oracle-sigma-m", "0.02"]
+    collect += ["--oracle-fraction", "0.75", "--oracle-sigma-m", "0.005"]
     first = _run(capsys, tmp_path, *collect)
     assert first["new_episodes"] == TRAIN + TEST
     rows = first["splits"]

@@ -288,6 +288,16 @@ BAD = {
         grpc.StatusCode.INVALID_ARGUMENT,
         "at most 32",
     ),
+    "a few bytes declaring gigabytes": (
+        lambda r: r.inputs["x0"].CopyFrom(_declared_only((4, 2048, 2048, 3))),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        "declares shape [4, 2048, 2048, 3]",
+    ),
+    "a negative dimension": (
+        lambda r: r.inputs["xt"].CopyFrom(_declared_only((1, -5, 3, 3))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "negative dimension",
+    ),
     "NaN motion": (
         lambda r: r.inputs["motions"].CopyFrom(
             tf.make_tensor_proto(np.full((1, 8, 5), np.nan, np.float32))
@@ -296,6 +306,15 @@ BAD = {
         "NaN",
     ),
 }
+
+
+def _declared_only(shape: tuple[int, ...]):
+    """A uint8 TensorProto declaring `shape` and carrying one value (the decoder repeats it)."""
+    proto = tf.make_tensor_proto(np.zeros((1,), np.uint8))
+    proto.tensor_shape.Clear()
+    for size in shape:
+        proto.tensor_shape.dim.add(size=size)
+    return proto
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

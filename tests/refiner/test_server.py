@@ -17,6 +17,7 @@ from services.refiner import client, export
 from services.refiner.config import RefinerConfig
 from services.refiner.server import create_server
 from tests.fixtures import refiner_models
+from tests.fixtures.images import damaged_png
 
 GRASPGAN, RCAN = refiner_pb2.REFINER_MODE_GRASPGAN, refiner_pb2.REFINER_MODE_RCAN
 RAW, PNG = common_pb2.Image.ENCODING_RAW, common_pb2.Image.ENCODING_PNG
@@ -203,6 +204,16 @@ BAD_REQUESTS = {
         refiner_pb2.RefineRequest(mode=GRASPGAN, images=[_bad_bytes()]),
         Code.INVALID_ARGUMENT,
         "not a readable PNG",
+    ),
+    "truncated png": (
+        refiner_pb2.RefineRequest(mode=GRASPGAN, images=[damaged_png("truncated", 32)]),
+        Code.INVALID_ARGUMENT,
+        "images[0]: the image data is damaged",
+    ),
+    "bit-flipped png": (
+        refiner_pb2.RefineRequest(mode=GRASPGAN, images=[damaged_png("bit-flip", 32)]),
+        Code.INVALID_ARGUMENT,
+        "images[0]: the image data is damaged",
     ),
     "short raw": (
         refiner_pb2.RefineRequest(

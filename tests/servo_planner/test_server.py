@@ -13,6 +13,7 @@ from services.grasp_predictor.server import create_server as create_predictor
 from services.servo_planner.config import PlannerConfig
 from services.servo_planner.server import create_server as create_planner
 from tests.fixtures import models
+from tests.fixtures.images import damaged_png
 
 Kind = common_pb2.Command
 
@@ -113,6 +114,8 @@ def test_predictor_down_is_unavailable_and_the_planner_stays_up(fleet):
         ),
         (dict(epsilon=2.0), grpc.StatusCode.INVALID_ARGUMENT, "epsilon=2.0"),
         (dict(xt=common_pb2.Image()), grpc.StatusCode.INVALID_ARGUMENT, "xt.encoding is not set"),
+        (dict(xt=damaged_png("truncated")), grpc.StatusCode.INVALID_ARGUMENT, "xt: the image data"),
+        (dict(x0=damaged_png("bit-flip")), grpc.StatusCode.INVALID_ARGUMENT, "x0: the image data"),
         (
             dict(cem=servo_planner_pb2.CemParams(population=4, elites=9)),
             grpc.StatusCode.INVALID_ARGUMENT,

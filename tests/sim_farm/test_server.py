@@ -189,3 +189,18 @@ def test_bad_collection_requests(farm, spec, code, fragment):
     with pytest.raises(grpc.RpcError) as missing:
         stub.GetCollection(sim_farm_pb2.GetCollectionRequest(collection_id="nope"))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("collection_id", ["/abs/path", "../up", "a/b", "x" * 600, ".hidden"])
+def test_collection_ids_that_could_become_paths_are_refused(farm, tmp_path, collection_id):
+    stub, _ = farm
+    spec = sim_farm_pb2.CollectionSpec(
+        num_episodes=1, domain=common_pb2.DOMAIN_SIM, policy=Policy(kind=Policy.KIND_RANDOM)
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.StartCollection(
+            sim_farm_pb2.StartCollectionRequest(spec=spec, collection_id=collection_id)
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "collection_id" in refused.value.details() and len(refused.value.details()) < 400
+    assert not stub.ListCollections(sim_farm_pb2.ListCollectionsRequest()).collections

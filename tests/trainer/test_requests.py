@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -219,3 +221,18 @@ def test_submit_is_idempotent_on_run_id_and_list_pages_by_state(stub):
             grpc.StatusCode.NOT_FOUND,
             grpc.StatusCode.INVALID_ARGUMENT,
         )
+
+
+@pytest.mark.parametrize("name", ["../canary/gf", "/tmp/elsewhere", "a/b", "n" * 600, ".."])
+def test_model_names_that_could_become_paths_are_refused(stub, tmp_path, name):
+    for request in (
+        S.SetVersionLabelRequest(name=name, version=1, label="stable"),
+        S.RollbackVersionLabelRequest(name=name, label="stable"),
+        S.ListModelVersionsRequest(name=name),
+    ):
+        method = type(request).__name__.removesuffix("Request")
+        with pytest.raises(grpc.RpcError) as refused:
+            getattr(stub, method)(request, metadata=AUTH)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, method
+        assert "model name" in refused.value.details()
+    assert not (tmp_path / "canary").exists() and not Path("/tmp/elsewhere").exists()
