@@ -17,14 +17,13 @@ import sys
 from pathlib import Path
 
 from experiments.sim2real import report
-from experiments.sim2real.data import describe, prepare
-from experiments.sim2real.evaluate import Evaluations, Scored
+from experiments.sim2real.data import describe, needs, prepare
+from experiments.sim2real.evaluate import Evaluations, Job, Scored
 from experiments.sim2real.models import Models
 from experiments.sim2real.protocol import QUICK, Row, Settings, table_rows
 from experiments.sim2real.stages import Stages, log
 
 FIRST = ("sim-only", "real-only-all")
-RANDOMIZED = ("randomized", "rcan")  # rows whose simulated data is the randomized collection
 
 
 def phases(rows: list[Row]) -> list[list[Row]]:
@@ -43,7 +42,7 @@ def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
     scores: dict[str, dict] = {}
     gap: dict[str, dict] = {}
     for index, phase in enumerate(phases(rows)):
-        data = prepare(settings, root, stages, any(r.sim in RANDOMIZED for r in phase))
+        data = prepare(settings, root, stages, needs(phase))
         log(f"data: {describe(data)}")
         models = Models(settings, root, stages, data)
         scored = []
@@ -54,15 +53,16 @@ def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
                 trained[name] = models.grasp_model(row, seed)
                 rcan = models.rcan()["path"] if row.sim == "rcan" else ""
                 scored.append(Scored(name, trained[name]["path"], rcan))
-        scores |= evaluations.run("main", evaluations.arm(None), scored, baselines=index == 0)
-        sim_only = [s for s in scored if s.name.startswith("sim-only-")]
-        if sim_only:
-            for factors in [(), *[(f,) for f in settings.factors]]:
-                tag = "-".join(factors) or "none"
-                found = evaluations.run(
-                    f"gap-{tag}", evaluations.arm(factors), sim_only[:1], baselines=False
-                )
-                gap[tag] = found[sim_only[0].name]
+        jobs = [Job("main", evaluations.arm(None), scored, baselines=index == 0)]
+        # The gap decomposition: the sim-only model with none, then each one, of the factors.
+        sim_only = [s for s in scored if s.name.startswith("sim-only-")][:1]
+        subsets = [(), *[(f,) for f in settings.factors]] if sim_only else []
+        tags = {f"gap-{'-'.join(f) or 'none'}": "-".join(f) or "none" for f in subsets}
+        jobs += [Job(i, evaluations.arm(f), sim_only) for i, f in zip(tags, subsets, strict=True)]
+        found = evaluations.run(jobs)
+        scores |= found["main"]
+        for evaluation_id, tag in tags.items():
+            gap[tag] = found[evaluation_id][sim_only[0].name]
         result = report.build(settings, describe(data), rows, trained, scores, gap, command)
         report.write(result, out)
     return result

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from experiments.sim2real.protocol import Settings
+from experiments.sim2real.protocol import Row, Settings
 from experiments.sim2real.stages import Stages, key, log
 from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
 from robots.inventory import FLEET_DIR
@@ -144,19 +144,33 @@ def _stratified(episodes: list[Summary], count: int, seed: int) -> list[Summary]
     return [e for e in episodes if e.episode_id in chosen]
 
 
-def prepare(settings: Settings, root: Path, stages: Stages, randomized: bool) -> Data:
+def needs(rows: list[Row]) -> set[str]:
+    """What of the data beyond plain sim `rows` use: "randomized", "real", "low"."""
+    wanted = set()
+    if any(r.sim in ("randomized", "rcan") for r in rows):
+        wanted.add("randomized")
+    if any(r.uses_real_labels or r.sim == "graspgan" for r in rows):
+        wanted.add("real")
+    if any(r.budget == "low" for r in rows):
+        wanted.add("low")
+    return wanted
+
+
+def prepare(settings: Settings, root: Path, stages: Stages, wanted: set[str]) -> Data:
     """Collects what is missing, then splits the real episodes by object bin.
 
     Args:
         settings: The protocol.
         root: The experiment's folder.
         stages: The stage cache.
-        randomized: Also collect the randomized simulated episodes (only rows that
-            train on them need them; without, `Data.randomized` is empty).
+        wanted: The data beyond plain sim to provide (`needs`); what is not wanted
+            is neither collected nor split, and stays empty in the result.
     """
     specs = collections(settings)
-    if not randomized:
+    if "randomized" not in wanted:
         del specs["sim-randomized"]
+    if not wanted & {"real", "low"}:
+        del specs["real"]
     # The id carries the spec's key: a collection of other settings never mixes with this one.
     ids = {name: f"{name}-{key(_spec_settings(spec))}" for name, spec in specs.items()}
     with data_fleet(root, settings.shards) as (store, farm):
@@ -174,10 +188,13 @@ def prepare(settings: Settings, root: Path, stages: Stages, randomized: bool) ->
                 )
                 for name in specs
             }
-    real_train, real_validation = split_episodes(
-        found["real"], settings.real_validation_fraction, settings.data_seed
-    )
-    low = _stratified(real_train, settings.low_real_episodes, settings.data_seed)
+    real_train, real_validation, low = [], [], []
+    if "real" in specs:
+        real_train, real_validation = split_episodes(
+            found["real"], settings.real_validation_fraction, settings.data_seed
+        )
+    if "low" in wanted:
+        low = _stratified(real_train, settings.low_real_episodes, settings.data_seed)
     return Data(
         data_root=root / "data" / "store",
         sim=found["sim"],

@@ -72,10 +72,9 @@ class Evaluations:
         arm["proxy_real_factors"] = list(factors)
         return yaml.safe_dump(arm, sort_keys=False)
 
-    def run(self, evaluation_id: str, arm_yaml: str, scored: list[Scored], baselines: bool) -> dict:
-        """Scores `scored` (and random and the oracle) on the arm; {name: outcome record}."""
+    def spec(self, evaluation_id: str, arm_yaml: str) -> EvaluationSpec:
         s = self.settings
-        spec = EvaluationSpec(
+        return EvaluationSpec(
             evaluation_id,
             arm_yaml,
             scenes=s.scenes,
@@ -83,6 +82,9 @@ class Evaluations:
             shards=s.shards,
             max_steps=s.max_steps,
         )
+
+    def contenders(self, scored: list[Scored], baselines: bool) -> list[Contender]:
+        """Random and the oracle (with `baselines`), then each model behind its version."""
         contenders = []
         if baselines:
             contenders += [Contender("random", "random"), Contender("oracle", "oracle")]
@@ -93,41 +95,60 @@ class Evaluations:
                 contenders.append(Contender(model.name, "cem", version, "rcan", rcan))
             else:
                 contenders.append(Contender(model.name, "cem", version))
-        settings = {"spec": repr(spec), "v": 1}
-        results = {}
-        todo = []
-        for contender in contenders:
-            done = self.stages.done(
-                f"eval-{evaluation_id}-{contender.name}", _key(settings, contender)
-            )
-            if done is None:
-                todo.append(contender)
-            else:
-                results[contender.name] = done
-        if todo:
-            versions = sorted({c.model_version for c in todo if c.model_version})
-            refiner = self.refiners if any(c.transform for c in todo) else None
-            with local_fleet(
-                self.root / "fleet", self.models, versions, refiner_base=refiner, workers=s.shards
-            ) as fleet:
+        return contenders
 
-                def record(result) -> None:
-                    name = result.contender.name
-                    outcome = {
-                        **result.rate.as_dict(),
-                        "outcomes": {str(k): v for k, v in sorted(result.outcomes.items())},
-                        "seconds": round(result.seconds, 1),
-                    }
-                    self.stages.run(
-                        f"eval-{evaluation_id}-{name}",
-                        _key(settings, result.contender),
-                        lambda: outcome,
-                    )
-                    results[name] = outcome
-                    log(f"  {evaluation_id} {name}: {result.rate.successes}/{result.rate.episodes}")
+    def run(self, jobs: list[Job]) -> dict[str, dict]:
+        """Scores every job's contenders; {evaluation id: {contender name: outcome record}}.
 
-                evaluate(fleet.farm_address, fleet.store_address, spec, todo, on_result=record)
+        Contenders scored before are read from their stages; the rest run in one
+        local evaluation fleet, whatever their evaluation's arm.
+        """
+        results: dict[str, dict] = {job.evaluation_id: {} for job in jobs}
+        todo: list[tuple[EvaluationSpec, Contender, dict]] = []
+        for job in jobs:
+            spec = self.spec(job.evaluation_id, job.arm_yaml)
+            settings = {"spec": repr(spec), "v": 1}
+            for contender in self.contenders(job.scored, job.baselines):
+                stage = f"eval-{job.evaluation_id}-{contender.name}"
+                done = self.stages.done(stage, _key(settings, contender))
+                if done is None:
+                    todo.append((spec, contender, settings))
+                else:
+                    results[job.evaluation_id][contender.name] = done
+        if not todo:
+            return results
+        versions = sorted({c.model_version for _, c, _ in todo if c.model_version})
+        refiner = self.refiners if any(c.transform for _, c, _ in todo) else None
+        with local_fleet(
+            self.root / "fleet",
+            self.models,
+            versions,
+            refiner_base=refiner,
+            workers=self.settings.shards,
+        ) as fleet:
+            for spec, contender, settings in todo:
+                (result,) = evaluate(fleet.farm_address, fleet.store_address, spec, [contender])
+                outcome = {
+                    **result.rate.as_dict(),
+                    "outcomes": {str(k): v for k, v in sorted(result.outcomes.items())},
+                    "seconds": round(result.seconds, 1),
+                }
+                stage = f"eval-{spec.evaluation_id}-{contender.name}"
+                self.stages.run(stage, _key(settings, contender), lambda outcome=outcome: outcome)
+                results[spec.evaluation_id][contender.name] = outcome
+                rate = result.rate
+                log(f"  {spec.evaluation_id} {contender.name}: {rate.successes}/{rate.episodes}")
         return results
+
+
+@dataclass(frozen=True)
+class Job:
+    """One evaluation: its id, arm, the models to score, and whether the baselines run too."""
+
+    evaluation_id: str
+    arm_yaml: str
+    scored: list[Scored]
+    baselines: bool = False
 
 
 def _key(settings: dict, contender: Contender) -> dict:

@@ -18,19 +18,22 @@ SMALLEST += ["--grasp-steps", "5", "--classifier-steps", "5"]
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory):
-    """One finished experiment (seed 3, two grasp seeds) and what it printed."""
-    out = tmp_path_factory.mktemp("graspgan") / "experiment"
+    """One finished replicate (seed 3, two grasp seeds), run once through the replicates
+    runner over a replicate left unfinished, and the folder that holds it."""
+    root = tmp_path_factory.mktemp("graspgan") / "replicates"
+    (root / "seed-3").mkdir(parents=True)
+    (root / "seed-3" / "results.json").write_text(json.dumps({"finished": False}))
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = graspgan_experiment.main(
-            [*SMALLEST, "--grasp-seeds", "2", "--seed", "3"] + ["--out", str(out)]
+        code = graspgan_replicates.main(
+            ["--root", str(root), "--seeds", "3", "--", *SMALLEST, "--grasp-seeds", "2"]
         )
     assert code == 0
-    return out, printed.getvalue()
+    return root / "seed-3", root
 
 
 def test_the_experiment_collects_refines_trains_and_reports(experiment):
-    out, printed = experiment
+    out, _ = experiment
     results = json.loads((out / "results.json").read_text())
     assert results["finished"] and results["timings"]["total_s"] > 0
     data = results["data"]
@@ -64,55 +67,58 @@ def test_the_experiment_collects_refines_trains_and_reports(experiment):
         assert classifier["test_images"] > 0 and classifier["test_images"] % 2 == 0
 
     table = (out / "results.md").read_text()
-    assert table.strip() in printed
     assert "| GRASPGAN_SIM_ONLY | refined sim |" in table and "| refined sim vs real |" in table
 
 
 def test_replicates_resume_check_one_protocol_and_summarize_refined_minus_raw(
     experiment, tmp_path, capsys
 ):
-    included, _ = experiment
-    root = tmp_path / "replicates"
-    # A replicate stopped midway is moved aside and run again, not mixed in.
-    (root / "seed-4").mkdir(parents=True)
-    (root / "seed-4" / "results.json").write_text(json.dumps({"finished": False}))
-    args = ["--root", str(root), "--seeds", "4", "--include", str(included)]
-    assert graspgan_replicates.main([*args, "--", *SMALLEST, "--grasp-seeds", "1"]) == 0
-    assert [p.name.split(".")[0] for p in root.glob("seed-4.unfinished-*")] == ["seed-4"]
-    ran = json.loads((root / "seed-4" / "results.json").read_text())
-    assert ran["finished"] and ran["settings"]["seed"] == 4
+    ran_folder, root = experiment
+    # The replicate left unfinished was moved aside and run again, not mixed in.
+    assert [p.name.split(".")[0] for p in root.glob("seed-3.unfinished-*")] == ["seed-3"]
+    ran = json.loads((ran_folder / "results.json").read_text())
+    assert ran["finished"] and ran["settings"]["seed"] == 3
+
+    # A second replicate of the same protocol (its numbers shifted), to summarize across.
+    other = tmp_path / "seed-9"
+    other.mkdir()
+    pair = "graspgan_sim_only - sim_only"
+    shifted = json.loads(json.dumps(ran))
+    shifted["settings"]["seed"] = 9
+    for score in graspgan_experiment.SCORES:
+        shifted["refined_minus_raw"][pair][score]["mean"] += 0.1
+    (other / "results.json").write_text(json.dumps(shifted))
+    args = ["--root", str(root), "--seeds", "3", "--include", str(other)]
+    before = (ran_folder / "results.json").stat().st_mtime_ns
+    # A finished replicate is kept: running again runs nothing.
+    assert graspgan_replicates.main([*args, "--", *SMALLEST, "--grasp-seeds", "2"]) == 0
+    assert (ran_folder / "results.json").stat().st_mtime_ns == before
 
     summary = json.loads((root / "summary.json").read_text())
-    pair = "graspgan_sim_only - sim_only"
-    replicates = [json.loads((f / "results.json").read_text()) for f in (included, root / "seed-4")]
     rows = summary["replicates"]
-    assert [row["seed"] for row in rows] == [3, 4] and [r["grasp_seeds"] for r in rows] == [2, 1]
+    assert [row["seed"] for row in rows] == [9, 3] and [r["grasp_seeds"] for r in rows] == [2, 2]
     for score in graspgan_experiment.SCORES:
-        per_replicate = [r["refined_minus_raw"][pair][score]["mean"] for r in replicates]
+        per_replicate = [r["refined_minus_raw"][pair][score]["mean"] for r in (shifted, ran)]
         across = summary["refined_minus_raw"][pair][score]
         assert across["mean"] == pytest.approx(sum(per_replicate) / 2)
         assert across["se"] == pytest.approx(abs(per_replicate[0] - per_replicate[1]) / 2)
         assert across["ahead"] == sum(d > 0 for d in per_replicate) and across["n"] == 2
     assert (root / "summary.md").read_text().strip() in capsys.readouterr().out
 
-    # A finished replicate is kept: running again runs nothing and gives the same numbers.
-    before = (root / "seed-4" / "results.json").stat().st_mtime_ns
-    assert graspgan_replicates.main([*args, "--", *SMALLEST, "--grasp-seeds", "1"]) == 0
-    assert (root / "seed-4" / "results.json").stat().st_mtime_ns == before
-    assert json.loads((root / "summary.json").read_text()) == summary
-
     # Another protocol is refused, naming the setting that differs.
-    other = tmp_path / "other"
-    other.mkdir()
-    changed = {**ran, "settings": {**ran["settings"], "grasp_steps": 7, "seed": 9}}
-    (other / "results.json").write_text(json.dumps(changed))
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    different = {**ran, "settings": {**ran["settings"], "grasp_steps": 7, "seed": 11}}
+    (changed / "results.json").write_text(json.dumps(different))
     with pytest.raises(SystemExit, match="grasp_steps differ"):
-        graspgan_replicates.main(["--root", str(root), "--include", str(included), str(other)])
+        graspgan_replicates.main(["--root", str(root), "--include", str(ran_folder), str(changed)])
     # The same replicate twice is not two replicates.
     with pytest.raises(SystemExit, match="share a seed"):
-        graspgan_replicates.main(["--root", str(root), "--include", str(included), str(included)])
+        graspgan_replicates.main(
+            ["--root", str(root), "--include", str(ran_folder), str(ran_folder)]
+        )
     # --summarize-only runs nothing and summarizes the finished replicates it is given.
-    only = ["--root", str(root), "--include", str(included), "--summarize-only"]
-    assert graspgan_replicates.main([*only, "--seeds", "4", "5"]) == 0
+    only = ["--root", str(root), "--include", str(other), "--summarize-only"]
+    assert graspgan_replicates.main([*only, "--seeds", "3", "5"]) == 0
     assert not (root / "seed-5").exists()
     assert json.loads((root / "summary.json").read_text()) == summary
