@@ -96,9 +96,9 @@ def test_replicates_resume_check_one_protocol_and_summarize_refined_minus_raw(
 
     summary = json.loads((root / "summary.json").read_text())
     rows = summary["replicates"]
-    assert [row["seed"] for row in rows] == [9, 3] and [r["grasp_seeds"] for r in rows] == [2, 2]
+    assert [row["seed"] for row in rows] == [3, 9] and [r["grasp_seeds"] for r in rows] == [2, 2]
     for score in graspgan_experiment.SCORES:
-        per_replicate = [r["refined_minus_raw"][pair][score]["mean"] for r in (shifted, ran)]
+        per_replicate = [r["refined_minus_raw"][pair][score]["mean"] for r in (ran, shifted)]
         across = summary["refined_minus_raw"][pair][score]
         assert across["mean"] == pytest.approx(sum(per_replicate) / 2)
         assert across["se"] == pytest.approx(abs(per_replicate[0] - per_replicate[1]) / 2)
