@@ -7,11 +7,17 @@ from pathlib import Path
 
 import numpy as np
 from prometheus_client import Gauge
-from tensorflow_serving.apis import (
+
+# The *_pb2 modules of the two services are imported for their descriptors alone: the
+# *_pb2_grpc stubs do not load them, and server reflection can only describe a service
+# whose file is in the default descriptor pool.
+from tensorflow_serving.apis import (  # noqa: F401 - model_service_pb2, prediction_service_pb2
     get_model_metadata_pb2,
     get_model_status_pb2,
+    model_service_pb2,
     model_service_pb2_grpc,
     predict_pb2,
+    prediction_service_pb2,
     prediction_service_pb2_grpc,
 )
 

@@ -1,0 +1,71 @@
+"""Every service a server lists through reflection can be described through reflection alone."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pool
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from services.episode_store.config import EpisodeStoreConfig
+from services.episode_store.server import create_server as create_store
+from services.grasp_predictor.config import PredictorConfig
+from services.grasp_predictor.server import create_server as create_predictor
+from services.refiner.config import RefinerConfig
+from services.refiner.server import create_server as create_refiner
+from services.servo_planner.config import PlannerConfig
+from services.servo_planner.server import create_server as create_planner
+from services.sim_farm.config import SimFarmConfig
+from services.sim_farm.server import create_server as create_farm
+from tests.fixtures import models
+
+
+def _describe_every_service(address: str) -> dict[str, list[str]]:
+    """What a client that knows no .proto learns: each listed service and its methods."""
+    with grpc.insecure_channel(address) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        pool = descriptor_pool.DescriptorPool(database)
+        return {
+            name: [m.name for m in pool.FindServiceByName(name).methods]
+            for name in database.get_services()
+        }
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("reflection")
+    models.publish(tmp / "models", 1, bias=0.0)
+    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(tmp / "store")))
+    predictor = create_predictor(
+        PredictorConfig(port=0, model_base_path=str(tmp / "models"), settle_s=0)
+    )
+    planner = create_planner(PlannerConfig(port=0, predictor_address=predictor.address))
+    farm = create_farm(
+        SimFarmConfig(port=0, store_address=store.address, spool_dir=str(tmp / "spool"))
+    )
+    refiner = create_refiner(RefinerConfig(port=0, model_base_path=str(tmp / "refiners")))
+    started = {
+        "episode-store": (store, "graspfleet.v1.EpisodeStore", "WriteEpisode"),
+        "grasp-predictor": (predictor, "tensorflow.serving.PredictionService", "Predict"),
+        "servo-planner": (planner, "graspfleet.v1.ServoPlanner", "PlanStep"),
+        "sim-farm": (farm, "graspfleet.v1.SimFarm", "StartCollection"),
+        "refiner": (refiner, "graspfleet.v1.Refiner", "Refine"),
+    }
+    yield started
+    for server, _, _ in started.values():
+        server.stop(grace_s=0)
+
+
+@pytest.mark.parametrize(
+    "name", ["episode-store", "grasp-predictor", "servo-planner", "sim-farm", "refiner"]
+)
+def test_reflection_describes_every_listed_service(servers, name):
+    server, service, method = servers[name]
+    described = _describe_every_service(server.address)
+    assert service in described and method in described[service]
+    assert "grpc.health.v1.Health" in described
+    assert all(methods for methods in described.values())
+    if name == "grasp-predictor":
+        assert "GetModelStatus" in described["tensorflow.serving.ModelService"]
