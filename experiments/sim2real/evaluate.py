@@ -58,9 +58,13 @@ class Evaluations:
             self.registry.write_text(json.dumps(registry, indent=2))
         version = versions[path]
         link = base / model / str(version)
-        if not link.exists():
-            link.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(Path(path).resolve(), link)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        # Relative, so the experiment's folder can move (or be linked from elsewhere).
+        target = os.path.relpath(Path(path).resolve(), link.parent.resolve())
+        if link.is_symlink() and os.readlink(link) != target:
+            link.unlink()  # a link, never a model: the model stays where it was trained
+        if not link.is_symlink():
+            os.symlink(target, link)
         return version
 
     def arm(self, factors: tuple[str, ...] | None) -> str:
