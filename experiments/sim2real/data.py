@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,9 @@ from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_
 from robots.inventory import FLEET_DIR
 from services.episode_store import client
 from services.episode_store.dataset import labeled
-from services.evaluation.closed_loop import FINISHED
 from services.fleet.run import Fleet
 from services.grasp_predictor.samples import split_episodes
+from services.sim_farm.client import run_collection
 
 Policy = sim_farm_pb2.CollectionPolicy
 Summary = episode_store_pb2.EpisodeSummary
@@ -106,25 +105,16 @@ def data_fleet(root: Path, workers: int) -> Iterator[tuple[str, str]]:
 
 def collect(farm_address: str, collection_id: str, spec: sim_farm_pb2.CollectionSpec) -> dict:
     """Runs (or resumes) one collection to its end; its counts."""
+    shown = [-1]
+
+    def progress(collection: sim_farm_pb2.Collection) -> None:
+        if collection.episodes_done // 500 != shown[0]:
+            shown[0] = collection.episodes_done // 500
+            log(f"  {collection_id}: {collection.episodes_done}/{spec.num_episodes}")
+
     with grpc.insecure_channel(farm_address) as channel:
         stub = sim_farm_pb2_grpc.SimFarmStub(channel)
-        stub.StartCollection(
-            sim_farm_pb2.StartCollectionRequest(spec=spec, collection_id=collection_id),
-            timeout=60,
-        )
-        last = -1
-        while True:
-            collection = stub.GetCollection(
-                sim_farm_pb2.GetCollectionRequest(collection_id=collection_id), timeout=30
-            )
-            if collection.episodes_done // 500 != last:
-                last = collection.episodes_done // 500
-                log(f"  {collection_id}: {collection.episodes_done}/{spec.num_episodes}")
-            if collection.state in FINISHED:
-                break
-            time.sleep(2.0)
-    if collection.state != sim_farm_pb2.COLLECTION_STATE_SUCCEEDED:
-        raise RuntimeError(f"collection {collection_id} failed: {collection.error}")
+        collection = run_collection(stub, collection_id, spec, progress, poll_s=2.0)
     return {"episodes": collection.episodes_done, "successes": collection.successes}
 
 

@@ -26,14 +26,10 @@ from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_
 from robots.inventory import parse_arm
 from services.episode_store import client
 from services.evaluation.stats import PairedDifference, Rate, paired_difference, wilson
+from services.sim_farm.client import run_collection
 
 Policy = sim_farm_pb2.CollectionPolicy
 POLICIES = {"cem": Policy.KIND_CEM, "random": Policy.KIND_RANDOM, "oracle": Policy.KIND_ORACLE}
-FINISHED = {
-    sim_farm_pb2.COLLECTION_STATE_SUCCEEDED,
-    sim_farm_pb2.COLLECTION_STATE_FAILED,
-    sim_farm_pb2.COLLECTION_STATE_STOPPED,
-}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -160,24 +156,15 @@ def run_contender(
     """
     started = time.monotonic()
     collection_id = spec.collection_id(contender)
-    farm_stub.StartCollection(
-        sim_farm_pb2.StartCollectionRequest(
-            spec=collection_spec(spec, contender), collection_id=collection_id
-        ),
-        timeout=60,
-    )
-    while True:
-        collection = farm_stub.GetCollection(
-            sim_farm_pb2.GetCollectionRequest(collection_id=collection_id), timeout=30
-        )
+
+    def progress(collection: sim_farm_pb2.Collection) -> None:
         if on_progress:
             on_progress(contender.name, collection.episodes_done, spec.scenes)
-        if collection.state in FINISHED:
-            break
-        time.sleep(poll_s)
-    if collection.state != sim_farm_pb2.COLLECTION_STATE_SUCCEEDED:
-        state = sim_farm_pb2.CollectionState.Name(collection.state)
-        raise RuntimeError(f"evaluation of {contender.name} ended {state}: {collection.error}")
+
+    try:
+        run_collection(farm_stub, collection_id, collection_spec(spec, contender), progress, poll_s)
+    except RuntimeError as err:
+        raise RuntimeError(f"evaluation of {contender.name}: {err}") from None
     found = outcomes(store_stub, collection_id)
     if len(found) != spec.scenes:
         raise RuntimeError(

@@ -38,13 +38,9 @@ from graspfleet.v1 import (
 )
 from services.fleet import report
 from services.fleet.process import ServiceProcess
+from services.sim_farm.client import run_collection
 
 Policy = sim_farm_pb2.CollectionPolicy
-FINISHED = {
-    sim_farm_pb2.COLLECTION_STATE_SUCCEEDED,
-    sim_farm_pb2.COLLECTION_STATE_FAILED,
-    sim_farm_pb2.COLLECTION_STATE_STOPPED,
-}
 
 
 @dataclass(frozen=True)
@@ -118,28 +114,18 @@ class Fleet:
 def _collect(
     farm: ServiceProcess, spec: sim_farm_pb2.CollectionSpec, collection_id: str, label: str
 ):
-    with grpc.insecure_channel(farm.address) as channel:
-        stub = sim_farm_pb2_grpc.SimFarmStub(channel)
-        stub.StartCollection(
-            sim_farm_pb2.StartCollectionRequest(spec=spec, collection_id=collection_id)
-        )
-        with tqdm(total=spec.num_episodes, desc=label, unit="ep") as bar:
-            while True:
-                collection = stub.GetCollection(
-                    sim_farm_pb2.GetCollectionRequest(collection_id=collection_id)
-                )
-                bar.update(collection.episodes_done - bar.n)
-                bar.set_postfix(
-                    success=f"{collection.successes / max(collection.episodes_done, 1):.0%}"
-                )
-                if collection.state in FINISHED:
-                    break
-                time.sleep(1.0)
-    if collection.state != sim_farm_pb2.COLLECTION_STATE_SUCCEEDED:
-        raise RuntimeError(
-            f"collection {collection_id} ended {collection.state}: {collection.error}"
-        )
-    return collection
+    with (
+        grpc.insecure_channel(farm.address) as channel,
+        tqdm(total=spec.num_episodes, desc=label, unit="ep") as bar,
+    ):
+
+        def progress(collection: sim_farm_pb2.Collection) -> None:
+            bar.update(collection.episodes_done - bar.n)
+            bar.set_postfix(
+                success=f"{collection.successes / max(collection.episodes_done, 1):.0%}"
+            )
+
+        return run_collection(sim_farm_pb2_grpc.SimFarmStub(channel), collection_id, spec, progress)
 
 
 def _train(
