@@ -145,7 +145,9 @@ class Models:
 
     def spec(self, row: Row, seed: int) -> TrainSpec:
         s = self.settings
-        has_sim = row.sim != "none" and not row.finetune
+        # A fine-tune keeps its parent's network (scene head included) to load its weights;
+        # on real samples alone the scene loss counts nothing.
+        has_sim = row.sim != "none"
         if row.finetune:
             sim_fraction = 0.0
         elif not row.uses_real_labels:
