@@ -21,7 +21,6 @@ from experiments.sim2real.protocol import Settings
 from experiments.sim2real.stages import Stages, log
 from services.evaluation.closed_loop import Contender, EvaluationSpec, evaluate
 from services.evaluation.local import local_fleet
-from services.evaluation.stats import wilson
 
 EVALUATION_ARM = Path(__file__).parents[2] / "robots" / "evaluation" / "proxy-real-test.yaml"
 GRASP_MODEL = "grasp_success"
@@ -163,8 +162,3 @@ def outcomes(record: dict) -> dict[int, bool]:
     """A cached outcome record's per-scene outcomes."""
     return {int(k): bool(v) for k, v in record["outcomes"].items()}
 
-
-def rate(record: dict) -> dict:
-    """The record's rate with its Wilson interval, recomputed from its outcomes."""
-    found = outcomes(record)
-    return wilson(sum(found.values()), len(found)).as_dict()
