@@ -161,4 +161,3 @@ def _key(settings: dict, contender: Contender) -> dict:
 def outcomes(record: dict) -> dict[int, bool]:
     """A cached outcome record's per-scene outcomes."""
     return {int(k): bool(v) for k, v in record["outcomes"].items()}
-
