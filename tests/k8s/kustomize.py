@@ -1,10 +1,13 @@
 """Builds every overlay × component combination of k8s/ and validates each object strictly.
 
 One implementation for `make k8s-validate` (`python -m tests.k8s.kustomize`)
-and tests/k8s/test_manifests.py. Builds use `kubectl kustomize`; objects are
-checked with kubernetes-validate's strict schemas (unknown fields are errors)
-for every Kubernetes minor version in SUPPORTED_VERSIONS. Identical objects
-produced by several combinations are validated once.
+and tests/k8s/test_manifests.py. A combination is an overlay with components
+added to its own `components:` list, as docs/operations.md tells SREs to add
+them. Builds use `kubectl kustomize`; objects are checked with
+kubernetes-validate's strict schemas (unknown fields are errors) for every
+Kubernetes minor version in SUPPORTED_VERSIONS, and every namespaced object
+must land in NAMESPACE (not in the kubectl context's namespace). Identical
+objects produced by several combinations are validated once.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ COMPONENTS = (
     "postgres",
     "prometheus-operator",
     "tensorflow-serving",
+    "tls",
 )
 # The Kubernetes minor versions the manifests are supported on: 1.29 (the
 # oldest with every API used here GA, gRPC probes included) to the newest the
@@ -54,6 +58,34 @@ OPERATOR_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"),
+}
+# Every object of the fleet that is namespaced lives here.
+NAMESPACE = "graspfleet"
+CLUSTER_SCOPED_KINDS = {
+    "Namespace",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "PersistentVolume",
+    "StorageClass",
+}
+NAMESPACED_KINDS = {
+    "ConfigMap",
+    "DaemonSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "Job",
+    "NetworkPolicy",
+    "PersistentVolumeClaim",
+    "PodDisruptionBudget",
+    "PodMonitor",
+    "PrometheusRule",
+    "Role",
+    "RoleBinding",
+    "Secret",
+    "Service",
+    "ServiceAccount",
+    "ServiceMonitor",
+    "StatefulSet",
 }
 
 
@@ -123,18 +155,23 @@ def build(path: Path) -> list[dict]:
 
 
 def build_combination(combination: Combination) -> list[dict]:
-    """Builds an overlay with extra components through a throwaway kustomization beside k8s/."""
+    """Builds an overlay with the combination's components listed in its own `components:`.
+
+    A throwaway copy of the overlay beside it (same relative paths) gets the
+    extra components, as an SRE adds one (docs/operations.md, "Components").
+    """
+    overlay = K8S / "overlays" / combination.overlay
     if not combination.components:
-        return build(K8S / "overlays" / combination.overlay)
-    # Inside k8s/ so that the relative paths stay within kustomize's load root.
-    with tempfile.TemporaryDirectory(dir=K8S, prefix=".combination-") as folder:
-        kustomization = {
-            "apiVersion": "kustomize.config.k8s.io/v1beta1",
-            "kind": "Kustomization",
-            "resources": [f"../overlays/{combination.overlay}"],
-            "components": [f"../components/{c}" for c in combination.components],
-        }
-        (Path(folder) / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        return build(overlay)
+    with tempfile.TemporaryDirectory(dir=overlay.parent, prefix=f".{overlay.name}-") as folder:
+        shutil.copytree(overlay, folder, dirs_exist_ok=True)
+        path = Path(folder) / "kustomization.yaml"
+        kustomization = yaml.safe_load(path.read_text())
+        kustomization["components"] = [
+            *kustomization.get("components", []),
+            *(f"../../components/{c}" for c in combination.components),
+        ]
+        path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
         return build(Path(folder))
 
 
@@ -172,6 +209,28 @@ def validate(objects: Iterable[dict], versions: Iterable[str]) -> list[str]:
     return errors
 
 
+def namespace_errors(objects: Iterable[dict]) -> list[str]:
+    """Objects outside NAMESPACE; [] when every namespaced object is in it.
+
+    A namespaced object without a namespace would go to the kubectl context's
+    namespace on apply. A kind in neither CLUSTER_SCOPED_KINDS nor
+    NAMESPACED_KINDS is an error, so a new kind is never passed unchecked.
+    """
+    errors = []
+    for obj in objects:
+        kind, namespace = obj.get("kind"), obj.get("metadata", {}).get("namespace")
+        if kind in CLUSTER_SCOPED_KINDS:
+            if namespace is not None:
+                errors.append(f"{describe(obj)}: cluster-scoped but has namespace {namespace!r}")
+        elif kind not in NAMESPACED_KINDS:
+            errors.append(
+                f"{describe(obj)}: unknown kind, add it to CLUSTER_SCOPED_KINDS or NAMESPACED_KINDS"
+            )
+        elif namespace != NAMESPACE:
+            errors.append(f"{describe(obj)}: namespace {namespace!r}, not {NAMESPACE!r}")
+    return errors
+
+
 def unique(objects: Iterable[dict]) -> list[dict]:
     """Objects without repeats (identical objects validate identically)."""
     seen: dict[str, dict] = {}
@@ -192,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     errors = validate(distinct, versions)
     for combination, objects in built.items():
         print(f"{combination.name}: {len(objects)} objects")
+        errors += [f"{combination.name}: {e}" for e in namespace_errors(objects)]
     for error in errors:
         print(f"ERROR {error}")
     print(

@@ -1,10 +1,11 @@
 """Every overlay × component combination of k8s/ builds, validates strictly, and is what an SRE expects.
 
-The combinations, the builds and the strict schema validation are
-tests/k8s/kustomize.py's (the same code `make k8s-validate` runs); the rest
-checks properties of the built objects: hardened pods, probes, resources,
-labels, settings the services really have, ports, storage, RBAC, and
-NetworkPolicies that allow exactly the connections the settings make.
+The combinations, the builds, the strict schema validation and the namespace
+check are tests/k8s/kustomize.py's (the same code `make k8s-validate` runs);
+the rest checks properties of the built objects: hardened pods, probes,
+resources, labels, settings the services really have, ports, storage, RBAC,
+autoscaling and disruption budgets. NetworkPolicies, the robot agents, GPU
+training and TLS have files of their own.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
-from robots.inventory import load_inventory
 from services import cli
+from services.common import upstream
 from services.common.config import ConfigError, ServerConfig, config_from
+from services.common.server import LIVENESS
 from services.trainer.kubernetes_backend import NONROOT_UID
 from tests.k8s import kustomize
 from tests.k8s import manifests as m
@@ -35,6 +36,28 @@ RECOMMENDED = (
     "app.kubernetes.io/part-of",
     "app.kubernetes.io/managed-by",
 )
+# The volume types the "restricted" Pod Security Standard allows (the namespace enforces it).
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
+# GRASPFLEET_ variables that are no setting of a service's config: the clients read them.
+CLIENT_ENV = {upstream.TLS_CA_ENV}
+# The Secret whose key `token` holds the bearer token each service's auth_token setting reads.
+TOKEN_SECRETS = {
+    "trainer": "graspfleet-trainer-token",
+    "store": "graspfleet-store-token",
+    "agent": "graspfleet-agent-token",
+}
 
 
 def every(built: dict) -> list[tuple[str, list[dict]]]:
@@ -44,7 +67,7 @@ def every(built: dict) -> list[tuple[str, list[dict]]]:
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=lambda c: c.name)
 def test_every_combination_builds_and_validates_strictly(built, combination):
     objects = built[combination]
-    assert m.of_kind(objects, "Deployment") and m.of_kind(objects, "DaemonSet")
+    assert m.of_kind(objects, "Deployment") and m.of_kind(objects, "StatefulSet")
     fresh = []
     for obj in objects:
         digest = hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
@@ -52,6 +75,29 @@ def test_every_combination_builds_and_validates_strictly(built, combination):
             fresh.append(obj)
             _validated.add(digest)
     assert kustomize.validate(fresh, VERSIONS) == []
+
+
+@pytest.mark.parametrize(
+    "combination", [*COMBINATIONS, kustomize.Combination("root")], ids=lambda c: c.name
+)
+def test_every_namespaced_object_lands_in_the_graspfleet_namespace(built, combination):
+    """`kubectl apply -k` must not put anything in the kubectl context's namespace."""
+    assert kustomize.namespace_errors(built[combination]) == []
+
+
+def test_the_namespace_check_refuses_strays():
+    stray = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
+    elsewhere = {"kind": "Service", "metadata": {"name": "s", "namespace": "default"}}
+    cluster = {"kind": "ClusterRole", "metadata": {"name": "r", "namespace": "graspfleet"}}
+    unknown = {"kind": "Gadget", "metadata": {"name": "g", "namespace": "graspfleet"}}
+    errors = kustomize.namespace_errors([stray, elsewhere, cluster, unknown])
+    assert len(errors) == 4 and "ConfigMap/c: namespace None" in errors[0]
+    assert (
+        kustomize.namespace_errors(
+            [{**stray, "metadata": {"name": "c", "namespace": "graspfleet"}}]
+        )
+        == []
+    )
 
 
 def test_k8s_root_is_the_dev_overlay(built):
@@ -78,7 +124,9 @@ def test_every_pod_is_hardened(built):
             assert ctx["runAsNonRoot"] is True, where
             assert ctx["seccompProfile"]["type"] == "RuntimeDefault", where
             assert not pod.get("hostNetwork") and not pod.get("hostPID"), where
-            assert not any("hostPath" in v for v in pod.get("volumes", [])), where
+            for volume in pod.get("volumes", []):
+                kinds = set(volume) - {"name"}
+                assert kinds <= RESTRICTED_VOLUMES, f"{where}: {volume['name']} is {kinds}"
             tmp_volumes = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
             for container in m.containers(workload):
                 at = f"{where} container {container['name']}"
@@ -104,29 +152,72 @@ def test_graspfleet_pods_run_as_the_images_user(built):
                 assert ctx["runAsUser"] == ctx["runAsGroup"] == NONROOT_UID, name
 
 
-def test_servers_have_native_grpc_probes_on_their_grpc_port(built):
+def readiness_services() -> dict[str, str]:
+    """`graspfleet <name> serve` -> the health service name its readiness is reported under.
+
+    The services' own constants, so that renaming one breaks the probe test. Imported here
+    rather than at the top: most server modules load TensorFlow.
+    """
+    from services.episode_store.server import SERVICE_NAME as STORE
+    from services.grasp_predictor.server import PREDICTION_SERVICE
+    from services.refiner.server import SERVICE_NAME as REFINER
+    from services.robot_agent.server import SERVICE_NAME as AGENT
+    from services.servo_planner.server import SERVICE_NAME as PLANNER
+    from services.sim_farm.server import SERVICE_NAME as SIM_FARM
+    from services.trainer.server import SERVICE_NAME as TRAINER
+
+    return {
+        "store": STORE,
+        "predictor": PREDICTION_SERVICE,
+        "planner": PLANNER,
+        "sim-farm": SIM_FARM,
+        "agent": AGENT,
+        "trainer": TRAINER,
+        "refiner": REFINER,
+    }
+
+
+def test_servers_have_native_grpc_probes_on_liveness_and_their_own_readiness(built):
+    """Startup and liveness ask the health service `liveness` (SERVING while the server listens:
+    a store without its database or a planner without a predictor is not restarted for it);
+    readiness asks the service's own name. On the gRPC port, or on the plaintext health port
+    when the server speaks TLS (tests/k8s/test_tls.py)."""
+    services = readiness_services()
+    assert set(services) == set(cli.SERVICES), "every service needs its readiness name here"
+    probed = set()
     for name, objects in every(built):
         for workload in m.workloads(objects):
             for container in m.containers(workload, init=False):
                 at = f"{name}: {kustomize.describe(workload)}"
-                for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                for probe in PROBES:
                     assert probe in container, f"{at}: no {probe}"
+                ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+                if "grpc" not in ports:
+                    continue
                 if not m.is_graspfleet(container):
+                    # TensorFlow Serving has no gRPC health service: TCP on its gRPC port.
+                    for probe in PROBES:
+                        tcp = container[probe].get("tcpSocket")
+                        assert tcp == {"port": ports["grpc"]}, f"{at}: {probe}"
                     continue
                 env = m.env(container)
                 port = int(env["GRASPFLEET_PORT"])
-                ports = {p["name"]: p["containerPort"] for p in container["ports"]}
                 assert ports["grpc"] == port, at
                 assert ports["metrics"] == int(env["GRASPFLEET_METRICS_PORT"]), at
                 assert env["GRASPFLEET_HOST"] == "0.0.0.0", at
-                # Readiness is the service's own health status.
-                assert container["readinessProbe"]["grpc"]["port"] == port, at
-                # Services that are NOT_SERVING until a model loads must not be killed for it.
-                liveness = container["livenessProbe"]
-                if m.graspfleet_command(container)[1] in ("predictor", "refiner"):
-                    assert liveness["tcpSocket"]["port"] == port, at
-                else:
-                    assert liveness["grpc"]["port"] == port, at
+                probe_port = int(env.get("GRASPFLEET_HEALTH_PORT", port))
+                command = m.graspfleet_command(container)[1]
+                expected = {
+                    "startupProbe": LIVENESS,
+                    "livenessProbe": LIVENESS,
+                    "readinessProbe": services[command],
+                }
+                for probe, service in expected.items():
+                    assert container[probe]["grpc"] == {"port": probe_port, "service": service}, (
+                        f"{at}: {probe}"
+                    )
+                probed.add(command)
+    assert probed == set(cli.SERVICES)
 
 
 def _config_class(command: str) -> type[ServerConfig] | None:
@@ -159,7 +250,11 @@ def test_every_setting_in_the_manifests_exists_and_is_accepted(built):
                     continue  # the refiner's service is not merged yet
                 fields = {f.upper() for f in cls.__dataclass_fields__}
                 env = {k: v for k, v in m.env(container).items() if k.startswith("GRASPFLEET_")}
-                unknown = {k for k in env if k.removeprefix("GRASPFLEET_") not in fields}
+                unknown = {
+                    k
+                    for k in env
+                    if k.removeprefix("GRASPFLEET_") not in fields and k not in CLIENT_ENV
+                }
                 assert not unknown, f"{name}: {kustomize.describe(workload)} sets unknown {unknown}"
                 if "GRASPFLEET_AUTH_TOKEN" in env:
                     env["GRASPFLEET_AUTH_TOKEN"] = "secret"
@@ -174,6 +269,36 @@ def test_every_setting_in_the_manifests_exists_and_is_accepted(built):
                     pytest.fail(f"{name}: {kustomize.describe(workload)}: {err}")
                 checked.add(words[1])
     assert checked >= {"store", "predictor", "planner", "sim-farm", "agent", "trainer"}
+
+
+def test_calls_that_change_state_need_the_token_from_its_secret(built):
+    """Every service with an auth_token setting (the trainer; the store's Relabel; the agents'
+    Pause and Resume) reads it from its Secret: optional in dev (without it the service runs
+    unauthenticated and logs so), required in the fleet (the pod does not start without it)."""
+    for name, objects in every(built):
+        guarded = set()
+        for workload in m.workloads(objects):
+            for container in m.containers(workload, init=False):
+                words = m.graspfleet_command(container)
+                if not words:
+                    continue
+                at = f"{name}: {kustomize.describe(workload)}"
+                cls = _config_class(words[1])
+                tokens = [e for e in container["env"] if e["name"] == "GRASPFLEET_AUTH_TOKEN"]
+                if cls is None or "auth_token" not in cls.__dataclass_fields__:
+                    assert not tokens, at
+                    continue
+                assert words[1] in TOKEN_SECRETS, f"{at}: which Secret holds its token?"
+                assert len(tokens) == 1, f"{at}: GRASPFLEET_AUTH_TOKEN is not set once"
+                (token,) = tokens
+                assert "value" not in token, f"{at}: a token in the manifest"
+                assert token["valueFrom"]["secretKeyRef"] == {
+                    "name": TOKEN_SECRETS[words[1]],
+                    "key": "token",
+                    "optional": not name.startswith("fleet"),
+                }, at
+                guarded.add(words[1])
+        assert guarded == set(TOKEN_SECRETS), name
 
 
 def test_recommended_labels_and_selectors(built):
@@ -193,16 +318,16 @@ def test_recommended_labels_and_selectors(built):
 def test_services_reach_their_pods_on_named_ports(built):
     for name, objects in every(built):
         for service in m.of_kind(objects, "Service"):
-            (target,) = [
-                w
-                for w in m.workloads(objects)
-                if m.selects({"matchLabels": service["spec"]["selector"]}, m.pod_labels(w))
-            ]
-            ports = m.container_ports(target)
-            for port in service["spec"]["ports"]:
-                assert port["targetPort"] in ports, f"{name}: {kustomize.describe(service)} {port}"
-                if port["name"] == "grpc":
-                    assert ports["grpc"] == port["port"], f"{name}: {kustomize.describe(service)}"
+            targets = m.backing(service, m.workloads(objects))
+            # Only the agents' headless Service (one name per arm's pod) has several.
+            assert len(targets) == 1 or service["spec"].get("clusterIP") == "None", name
+            for target in targets:
+                ports = m.container_ports(target)
+                for port in service["spec"]["ports"]:
+                    at = f"{name}: {kustomize.describe(service)} {port}"
+                    assert port["targetPort"] in ports, at
+                    if port["name"] == "grpc":
+                        assert ports["grpc"] == port["port"], at
 
 
 def test_addresses_name_services_and_their_ports(built):
@@ -210,107 +335,9 @@ def test_addresses_name_services_and_their_ports(built):
         services = {s["metadata"]["name"]: s for s in m.of_kind(objects, "Service")}
         for workload in m.workloads(objects):
             for container in m.containers(workload):
-                for setting, host, port in m.addresses(container):
+                for setting, host, port in m.upstreams(container):
                     assert host in services, f"{name}: {setting}={host}:{port}"
                     assert port in [p["port"] for p in services[host]["spec"]["ports"]]
-
-
-def test_network_policies_allow_exactly_the_data_flow(built):
-    """Default deny; every connection the settings make is allowed at both ends; every port is reachable."""
-    combos = [c for c in built if "network-policies" in c.components or c.overlay == "fleet"]
-    assert combos
-    for combination in combos:
-        objects = built[combination]
-        policies = m.of_kind(objects, "NetworkPolicy")
-        deny = m.named(objects, "NetworkPolicy", "default-deny")["spec"]
-        assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
-        services = {s["metadata"]["name"]: s for s in m.of_kind(objects, "Service")}
-        workloads = m.workloads(objects)
-
-        edges = 0
-        for client in workloads:
-            for container in m.containers(client):
-                for setting, host, port in m.addresses(container):
-                    for server in m.backing(services[host], workloads):
-                        at = f"{combination.name}: {setting} of {kustomize.describe(client)}"
-                        assert m.ingress_allowed(policies, server, m.pod_labels(client), port), at
-                        assert m.egress_allowed(policies, client, m.pod_labels(server), port), at
-                        edges += 1
-        assert edges >= 6
-        # Every Service port is open to someone: its clients, operators, or Prometheus.
-        client = {"graspfleet.io/client": "true"}
-        for service in services.values():
-            for server in m.backing(service, workloads):
-                for port in service["spec"]["ports"]:
-                    number = m.container_ports(server).get(port["targetPort"], port["port"])
-                    assert any(
-                        m.ingress_allowed(policies, server, labels, number)
-                        for labels in (client, {"app.kubernetes.io/name": "episode-store"})
-                    ) or _scrapable(policies, server, port), f"{kustomize.describe(service)} {port}"
-        # Nothing else reaches the store: a pod with no role is refused.
-        store = m.backing(services["episode-store"], workloads)[0]
-        assert not m.ingress_allowed(policies, store, {"app.kubernetes.io/name": "x"}, 50051)
-
-
-def _scrapable(policies: list[dict], server: dict, port: dict) -> bool:
-    if port["name"] != "metrics":
-        return False
-    for policy in m.policies_for(policies, m.pod_labels(server), "Ingress"):
-        for rule in policy["spec"].get("ingress", []):
-            sources = rule.get("from", [])
-            monitoring = any(
-                s.get("namespaceSelector", {})
-                .get("matchLabels", {})
-                .get("kubernetes.io/metadata.name")
-                == "monitoring"
-                for s in sources
-            )
-            if monitoring and {"port": "metrics", "protocol": "TCP"} in rule.get("ports", []):
-                return True
-    return False
-
-
-def test_robot_agents_run_on_robot_controllers_and_find_their_arm(built):
-    for name, objects in every(built):
-        agent = m.named(objects, "DaemonSet", "robot-agent")
-        pod = m.pod_spec(agent)
-        assert pod["nodeSelector"] == {"graspfleet.io/robot-controller": "true"}, name
-        assert pod["automountServiceAccountToken"] is False
-        (init,) = pod["initContainers"]
-        assert init["command"][-1].endswith("node_robot_id.py")
-        node = [e for e in init["env"] if e["name"] == "NODE_NAME"][0]
-        assert node["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
-        (main,) = pod["containers"]
-        for handover in ("ROBOT_ID_FILE", "MODEL_LABEL_FILE"):
-            assert m.env(init)[handover] == m.env(main)[handover]
-        assert "--model-label" in m.graspfleet_command(main)
-        assert m.graspfleet_command(main)[:3] == ["graspfleet", "agent", "serve"]
-        # Only the init step mounts the API token.
-        token = "/var/run/secrets/kubernetes.io/serviceaccount"
-        assert token in {v["mountPath"] for v in init["volumeMounts"]}
-        assert token not in {v["mountPath"] for v in main["volumeMounts"]}
-        inventory = [v for v in pod["volumes"] if v["name"] == "inventory"][0]
-        cm = m.named(objects, "ConfigMap", inventory["configMap"]["name"])
-        assert sorted(cm["data"]) == sorted(
-            p.name for p in (kustomize.ROOT / "robots/fleet").glob("*.yaml")
-        )
-        role = m.named(objects, "ClusterRole", "graspfleet-robot-agent")
-        assert role["rules"] == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]}]
-
-
-def test_the_inventory_configmap_is_robots_fleet(tmp_path):
-    """k8s/base/robots/ is a copy of robots/fleet/ (kustomize cannot read outside k8s/)."""
-    source = {p.name: p.read_bytes() for p in (kustomize.ROOT / "robots/fleet").glob("*.yaml")}
-    copy_ = {p.name: p.read_bytes() for p in (kustomize.K8S / "base/robots").glob("*.yaml")}
-    assert copy_ == source, "copy robots/fleet/*.yaml to k8s/base/robots/ (docs/operations.md)"
-    base = yaml.safe_load((kustomize.K8S / "base/kustomization.yaml").read_text())
-    (generator,) = [g for g in base["configMapGenerator"] if g["name"] == "robot-inventory"]
-    assert sorted(generator["files"]) == sorted(f"robots/{n}" for n in source)
-    assert len(load_inventory(kustomize.K8S / "base/robots")) == len(source)
-    kind = yaml.safe_load((kustomize.K8S / "overlays/dev/kind.yaml").read_text())
-    ids = {a.id for a in load_inventory(kustomize.K8S / "base/robots")}
-    labelled = [n["labels"]["graspfleet.io/robot-id"] for n in kind["nodes"] if "labels" in n]
-    assert labelled and set(labelled) <= ids
 
 
 def test_storage(built):
@@ -377,7 +404,7 @@ def test_trainer_may_run_its_jobs_and_nothing_more(built):
         assert (env.get("GRASPFLEET_K8S_GPUS") == "1") == gpu, name
 
 
-def test_autoscalers_and_disruption_budgets(built):
+def test_autoscalers(built):
     for name, objects in every(built):
         hpas = {
             h["spec"]["scaleTargetRef"]["name"]: h
@@ -389,15 +416,58 @@ def test_autoscalers_and_disruption_budgets(built):
             assert "replicas" not in deployment["spec"], f"{name}: {target} fights its HPA"
             assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
             assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+
+
+def _fewest_replicas(objects: list[dict], workload: dict) -> int:
+    """The fewest pods a Deployment or StatefulSet runs: its HPA's minimum, else its replicas."""
+    for hpa in m.of_kind(objects, "HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]
+        if (target["kind"], target["name"]) == (workload["kind"], workload["metadata"]["name"]):
+            return hpa["spec"]["minReplicas"]
+    return workload["spec"].get("replicas", 1)
+
+
+def test_disruption_budgets_protect_replicated_workloads_and_only_them(built):
+    """A budget over one replica protects nothing (or blocks every drain): replicated
+    workloads get one that keeps a replica serving, spread over nodes; single ones none."""
+    for name, objects in every(built):
         pdbs = m.of_kind(objects, "PodDisruptionBudget")
+        covered = set()
+        replicated = set()
         for workload in m.workloads(objects):
-            if workload["kind"] in ("Deployment", "StatefulSet"):
-                covering = [
-                    p for p in pdbs if m.selects(p["spec"]["selector"], m.pod_labels(workload))
-                ]
-                assert len(covering) == 1, (
-                    f"{name}: {kustomize.describe(workload)} has {len(covering)} PDBs"
-                )
+            if workload["kind"] not in ("Deployment", "StatefulSet"):
+                continue
+            at = f"{name}: {kustomize.describe(workload)}"
+            labels = m.pod_labels(workload)
+            covering = [p for p in pdbs if m.selects(p["spec"]["selector"], labels)]
+            covered |= {p["metadata"]["name"] for p in covering}
+            fewest = _fewest_replicas(objects, workload)
+            if fewest < 2:
+                assert covering == [], f"{at}: {fewest} replica, budget protects nothing"
+                continue
+            replicated.add(workload["metadata"]["name"])
+            (pdb,) = covering
+            spec = pdb["spec"]
+            if "minAvailable" in spec:
+                assert 1 <= spec["minAvailable"] <= fewest - 1, at
+            else:
+                assert 1 <= spec["maxUnavailable"] <= fewest - 1, at
+            # Unready replicas (no model yet) must not block drains.
+            assert spec.get("unhealthyPodEvictionPolicy") == "AlwaysAllow", at
+            spread = [
+                c
+                for c in m.pod_spec(workload).get("topologySpreadConstraints", [])
+                if c["topologyKey"] == "kubernetes.io/hostname"
+            ]
+            assert len(spread) == 1, f"{at}: replicas not spread over nodes"
+            (spread,) = spread
+            assert spread["maxSkew"] == 1 and spread["whenUnsatisfiable"] == "DoNotSchedule", at
+            assert m.selects(spread["labelSelector"], labels), at
+            # Tainted nodes (robot controllers, GPU nodes) take no replica: no domain.
+            assert spread["nodeTaintsPolicy"] == "Honor", at
+        assert covered == {p["metadata"]["name"] for p in pdbs}, f"{name}: a budget covers nothing"
+        if name == "fleet":
+            assert replicated == {"grasp-predictor", "servo-planner", "refiner"}
 
 
 def test_monitors_find_every_metrics_port(built):
@@ -421,9 +491,15 @@ def test_monitors_find_every_metrics_port(built):
             "refiner",
         }
         pods = m.named(objects, "PodMonitor", "robot-agent")["spec"]
-        agent = m.named(objects, "DaemonSet", "robot-agent")
-        assert m.selects(pods["selector"], m.pod_labels(agent))
-        assert pods["podMetricsEndpoints"][0]["port"] in m.container_ports(agent)
+        agents = [
+            s
+            for s in m.of_kind(objects, "StatefulSet")
+            if s["metadata"]["name"].startswith("robot-agent-")
+        ]
+        assert agents
+        for agent in agents:
+            assert m.selects(pods["selector"], m.pod_labels(agent))
+            assert pods["podMetricsEndpoints"][0]["port"] in m.container_ports(agent)
         dashboard = m.named(objects, "ConfigMap", "graspfleet-dashboard")
         assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert json.loads(dashboard["data"]["graspfleet.json"])["uid"] == "graspfleet"
@@ -456,6 +532,11 @@ def test_images_are_pinned(built):
                 if m.is_graspfleet(container):
                     assert image.endswith(f":{version}"), f"{name}: {image} is not {version}"
                     assert m.pod_labels(workload)["app.kubernetes.io/version"] == version
+                # The training Jobs' image, too.
+                job_image = m.env(container).get("GRASPFLEET_K8S_IMAGE")
+                if job_image:
+                    assert m.repository(job_image) in (m.IMAGE, m.GPU_IMAGE), f"{name}: {job_image}"
+                    assert job_image.endswith(f":{version}"), f"{name}: {job_image}"
     dockerfile = (kustomize.ROOT / "Dockerfile").read_text()
     bases = re.findall(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)
     assert bases and re.fullmatch(

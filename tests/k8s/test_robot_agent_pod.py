@@ -1,11 +1,12 @@
-"""The robot agent's pod as the DaemonSet runs it: the init step finds the arm and the model
-label from the node's labels through a small real API server on 127.0.0.1, then the agent
-container's own command starts the agent for that arm."""
+"""The robot agent's pod as its arm's StatefulSet runs it: the init step finds the arm and the
+model label from the node's labels through a small real API server on 127.0.0.1, then the
+agent container's own command starts the agent for that arm."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -22,7 +23,17 @@ from tests.k8s import kustomize
 from tests.k8s import manifests as m
 
 SCRIPT = kustomize.K8S / "base" / "robot-agent" / "node_robot_id.py"
-INVENTORY = kustomize.K8S / "base" / "robots"
+ARMS = kustomize.K8S / "base" / "arms"
+
+
+@pytest.fixture
+def inventory(tmp_path: Path) -> Path:
+    """The arms' files as the pods see them (each mounts its own; here all of them)."""
+    folder = tmp_path / "robots"
+    folder.mkdir()
+    for arm in ARMS.iterdir():
+        shutil.copy(arm / f"{arm.name}.yaml", folder)
+    return folder
 
 
 class Nodes:
@@ -107,14 +118,16 @@ def nodes():
     server.server.shutdown()
 
 
-def _init(node: str, nodes: Nodes, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
+def _init(
+    node: str, nodes: Nodes, tmp_path: Path, inventory: Path
+) -> tuple[subprocess.CompletedProcess, Path]:
     """Runs the init step for `node`; returns its result and the robot-id file."""
     out = tmp_path / "robot-id"
     env = {
         **os.environ,
         "KUBECONFIG": str(nodes.kubeconfig(tmp_path)),
         "NODE_NAME": node,
-        "GRASPFLEET_INVENTORY_DIR": str(INVENTORY),
+        "GRASPFLEET_INVENTORY_DIR": str(inventory),
         "ROBOT_ID_FILE": str(out),
         "MODEL_LABEL_FILE": str(tmp_path / "model-label"),
     }
@@ -129,34 +142,38 @@ def _init(node: str, nodes: Nodes, tmp_path: Path) -> tuple[subprocess.Completed
     return result, out
 
 
-def test_init_step_refuses_nodes_without_a_known_arm(nodes, tmp_path):
-    result, out = _init("controller-x", nodes, tmp_path)
+def test_init_step_refuses_nodes_without_a_known_arm(nodes, tmp_path, inventory):
+    result, out = _init("controller-x", nodes, tmp_path, inventory)
     assert result.returncode == 2 and not out.exists()
     assert "kubectl label node controller-x graspfleet.io/robot-id=" in result.stderr
-    result, out = _init("controller-9", nodes, tmp_path)
+    result, out = _init("controller-9", nodes, tmp_path, inventory)
     assert result.returncode == 2 and "kuka-99" in result.stderr and not out.exists()
-    result, out = _init("controller-b", nodes, tmp_path)
+    assert "k8s/base/arms/" in result.stderr
+    result, out = _init("controller-b", nodes, tmp_path, inventory)
     assert result.returncode == 2 and "model-label=stable --overwrite" in result.stderr
     assert not out.exists()
 
 
-def test_init_step_defaults_to_the_stable_model(nodes, tmp_path):
-    result, out = _init("controller-1", nodes, tmp_path)
+def test_init_step_defaults_to_the_stable_model(nodes, tmp_path, inventory):
+    result, out = _init("controller-1", nodes, tmp_path, inventory)
     assert result.returncode == 0, result.stderr
     assert out.read_text() == "kuka-01\n"
     assert (tmp_path / "model-label").read_text() == "stable\n"
 
 
-def test_the_daemonset_starts_the_agent_of_its_nodes_arm(nodes, tmp_path):
-    result, robot_id_file = _init("controller-2", nodes, tmp_path)
+def test_the_statefulset_starts_the_agent_of_its_nodes_arm(nodes, tmp_path, inventory):
+    result, robot_id_file = _init("controller-2", nodes, tmp_path, inventory)
     assert result.returncode == 0, result.stderr
     assert robot_id_file.read_text() == "kuka-02\n"
     assert (tmp_path / "model-label").read_text() == "canary\n"
 
     # The agent container exactly as the dev overlay runs it, on loopback.
-    agent = m.named(kustomize.build(kustomize.K8S / "overlays" / "dev"), "DaemonSet", "robot-agent")
+    agent = m.named(
+        kustomize.build(kustomize.K8S / "overlays" / "dev"), "StatefulSet", "robot-agent-kuka-02"
+    )
     (container,) = m.pod_spec(agent)["containers"]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    # Values from Secrets (the optional auth token) are left out, as when the Secret is absent.
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     port_file = tmp_path / "agent.port"
     env.update(
         ROBOT_ID_FILE=str(robot_id_file),
@@ -165,7 +182,7 @@ def test_the_daemonset_starts_the_agent_of_its_nodes_arm(nodes, tmp_path):
         GRASPFLEET_PORT="0",
         GRASPFLEET_METRICS_PORT="-1",
         GRASPFLEET_PORT_FILE=str(port_file),
-        GRASPFLEET_INVENTORY_DIR=str(INVENTORY),
+        GRASPFLEET_INVENTORY_DIR=str(inventory),
         GRASPFLEET_SPOOL_DIR=str(tmp_path / "spool"),
         # Nobody listens there: the arm explores randomly and spools its episodes.
         GRASPFLEET_PLANNER_ADDRESS="127.0.0.1:9",

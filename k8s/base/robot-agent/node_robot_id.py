@@ -1,9 +1,10 @@
 """Init step of a robot agent's pod: which arm this node drives, from its graspfleet.io/robot-id label.
 
-The downward API exposes the pod's node name but not the node's labels, so
-this step reads the labels through the API server (the pod's service account
-may only `get` nodes), checks that the arm is in the inventory, and writes its
-id to ROBOT_ID_FILE for the agent container. The node's
+Each arm's StatefulSet is pinned to the node carrying its robot-id label. The
+downward API exposes the pod's node name but not the node's labels, so this
+step reads the labels through the API server (the pod's service account may
+only `get` nodes), checks that the arm is in the inventory mounted into the
+pod, and writes its id to ROBOT_ID_FILE for the agent container. The node's
 graspfleet.io/model-label label (default "stable") names the model label the
 arm grasps with, written to MODEL_LABEL_FILE: labelling a few controllers
 "canary" makes them the canary arms. It exits 2 with a message that says what
@@ -59,8 +60,9 @@ def main() -> int:
         find_arm(robot_id, inventory)
     except InventoryError as err:
         print(
-            f"node {node_name} is labelled {LABEL}={robot_id}, but {err}: add the arm's file "
-            "to k8s/base/robots/ (see docs/operations.md, 'Add an arm')",
+            f"node {node_name} is labelled {LABEL}={robot_id}, but {err}: this pod's arm "
+            "folder k8s/base/arms/<arm>/ must hold the arm's file (docs/operations.md, "
+            "'Add an arm')",
             file=sys.stderr,
         )
         return 2

@@ -1,0 +1,144 @@
+"""NetworkPolicies allow exactly the connections the services' settings make, and nothing else.
+
+The edges are derived from the built manifests, never listed here: every
+GRASPFLEET_*_ADDRESS variable, --*-address flag and the store's PostgreSQL DSN
+names a Service; the Service names its pods. To those the policies add only
+Prometheus scraping `metrics` ports, an operator's toolbox pod calling gRPC
+APIs, DNS, and the Kubernetes API for the pods that hold an API token. Every
+pod the fleet runs (the workloads, a training Job as the trainer creates it,
+the toolbox, Prometheus) is checked against every port of every workload.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from tests.k8s import manifests as m
+
+OPERATOR = m.Pod("operator toolbox", {"graspfleet.io/client": "true"})
+PROMETHEUS = m.Pod("prometheus", {"app.kubernetes.io/name": "prometheus"}, namespace="monitoring")
+KUBE_DNS = m.Pod("kube-dns", {"k8s-app": "kube-dns"}, namespace="kube-system")
+STRANGER = m.Pod("a pod of no role", {"app.kubernetes.io/name": "x"})
+OTHER_SYSTEM_POD = m.Pod("metrics-server", {"k8s-app": "metrics-server"}, namespace="kube-system")
+AGENT_UPSTREAMS = {("episode-store", 50051), ("servo-planner", 50053), ("refiner", 50055)}
+
+
+def with_policies(built: dict) -> list[tuple[str, list[dict]]]:
+    found = [(c.name, o) for c, o in built.items() if m.of_kind(o, "NetworkPolicy")]
+    assert {"dev+network-policies", "fleet"} <= {name for name, _ in found}
+    return found
+
+
+def derived_edges(objects: list[dict]) -> set[tuple[str, str, int]]:
+    """(client pod, server pod, container port) of every connection the settings make."""
+    services = {s["metadata"]["name"]: s for s in m.of_kind(objects, "Service")}
+    workloads = m.workloads(objects)
+    edges = set()
+    for client in workloads:
+        for container in m.containers(client):
+            for _, host, port in m.upstreams(container):
+                for server in m.backing(services[host], workloads):
+                    target = m.service_target(services[host], port, server)
+                    edges.add((client["metadata"]["name"], server["metadata"]["name"], target))
+    return edges
+
+
+def expected_edges(objects: list[dict]) -> set[tuple[str, str, int]]:
+    """The derived edges plus the operator's gRPC calls and Prometheus' scrapes."""
+    edges = derived_edges(objects)
+    for server in m.workloads(objects):
+        ports = m.container_ports(server)
+        if "grpc" in ports:
+            edges.add((OPERATOR.name, server["metadata"]["name"], ports["grpc"]))
+        if "metrics" in ports and m.pod_labels(server).get("app.kubernetes.io/part-of"):
+            edges.add((PROMETHEUS.name, server["metadata"]["name"], ports["metrics"]))
+    return edges
+
+
+def test_the_edges_come_from_the_settings(built):
+    """The derivation sees what the code calls: every arm calls the store, the planner and
+    (RCAN) the refiner, the store its database; nobody calls the refiner for training."""
+    objects = built[next(c for c in built if c.name == "fleet")]
+    arms = {
+        s["metadata"]["name"]
+        for s in m.of_kind(objects, "StatefulSet")
+        if s["metadata"]["name"].startswith("robot-agent-")
+    }
+    assert len(arms) == 3
+    by_arm = {(arm, server, port) for arm in arms for server, port in AGENT_UPSTREAMS}
+    assert derived_edges(objects) == by_arm | {
+        ("sim-farm", "episode-store", 50051),
+        ("sim-farm", "servo-planner", 50053),
+        ("sim-farm", "refiner", 50055),
+        ("servo-planner", "grasp-predictor", 8500),
+        ("trainer", "episode-store", 50051),
+        ("episode-store", "postgres", 5432),
+    }
+
+
+def test_network_policies_allow_exactly_the_data_flow(built):
+    for name, objects in with_policies(built):
+        policies = m.of_kind(objects, "NetworkPolicy")
+        deny = m.named(objects, "NetworkPolicy", "default-deny")["spec"]
+        assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
+        servers = [m.workload_pod(w) for w in m.workloads(objects)]
+        job = m.training_job(objects)
+        clients = [
+            *servers,
+            m.Pod("training job", job["spec"]["template"]["metadata"]["labels"]),
+            OPERATOR,
+            PROMETHEUS,
+            STRANGER,
+        ]
+        expected = expected_edges(objects)
+        for client in clients:
+            for server in servers:
+                for port in sorted(set(server.ports.values())):
+                    allowed = m.connection_allowed(policies, client, server, port)
+                    edge = (client.name, server.name, port)
+                    assert allowed == (edge in expected), (
+                        f"{name}: {client.name} -> {server.name}:{port} is "
+                        f"{'allowed' if allowed else 'refused'}"
+                    )
+
+
+def test_every_pod_resolves_names_and_only_api_clients_leave_the_cluster(built):
+    for name, objects in with_policies(built):
+        policies = m.of_kind(objects, "NetworkPolicy")
+        workloads = m.workloads(objects)
+        job = m.training_job(objects)
+        pods = [(m.workload_pod(w), m.mounts_api_token(w)) for w in workloads]
+        pods.append(
+            (
+                m.Pod("training job", job["spec"]["template"]["metadata"]["labels"]),
+                job["spec"]["template"]["spec"]["automountServiceAccountToken"],
+            )
+        )
+        callers = {p.name for p, token in pods if token}
+        assert {"trainer", "robot-agent-kuka-01"} <= callers, name
+        for pod, token in pods:
+            for protocol in ("UDP", "TCP"):
+                assert m.connection_allowed(policies, pod, KUBE_DNS, 53, protocol), pod.name
+            assert not m.connection_allowed(policies, pod, OTHER_SYSTEM_POD, 53), pod.name
+            for port in (443, 6443):
+                assert m.connection_allowed(policies, pod, m.EXTERNAL, port) == token, (
+                    f"{name}: {pod.name} to the Kubernetes API ({port})"
+                )
+            for port in (53, 80, 5432, 8080, 50051):
+                assert not m.connection_allowed(policies, pod, m.EXTERNAL, port), (
+                    f"{name}: {pod.name} leaves the cluster on {port}"
+                )
+
+
+def test_the_fleet_narrows_the_kubernetes_api_to_the_clusters_addresses(built):
+    """The component cannot know the API server's address; the fleet overlay sets it."""
+    objects = built[next(c for c in built if c.name == "fleet")]
+    policy = m.named(objects, "NetworkPolicy", "allow-kubernetes-api")["spec"]
+    (rule,) = policy["egress"]
+    assert {(p["protocol"], p["port"]) for p in rule["ports"]} == {("TCP", 443), ("TCP", 6443)}
+    destinations = rule.get("to", [])
+    assert destinations, "any address may be reached on the API's ports"
+    assert all(set(peer) == {"ipBlock"} for peer in destinations)
+    for peer in destinations:
+        network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+        assert network.is_private and network.prefixlen >= 8, network
