@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from services.common import logs
+from services.common import auth, logs
 from services.evaluation import cli as evaluation_cli
 from services.refiner import cli as refiner_cli
 from services.trainer import cli as trainer_cli
@@ -139,6 +139,7 @@ def _episodes_relabel(args: argparse.Namespace) -> int:
                 reason=args.reason,
                 source=args.source,
             ),
+            metadata=auth.bearer(args.token),
             timeout=30,
         )
     print(
@@ -219,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     outcome.add_argument("--failure", dest="success", action="store_false")
     relabel.add_argument("--reason", required=True)
     relabel.add_argument("--source", required=True, help="who corrects it, e.g. user:alice")
+    auth.add_token_flag(relabel)
     relabel.set_defaults(handler=_episodes_relabel)
     for sub in list(episode_commands.choices.values()):
         sub.add_argument(

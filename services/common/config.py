@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 ENV_PREFIX = "GRASPFLEET_"
+# The certificate and key in a server's tls_dir: the keys of a kubernetes.io/tls Secret.
+TLS_FILES = ("tls.crt", "tls.key")
 
 C = TypeVar("C")
 
@@ -96,6 +98,16 @@ class ServerConfig:
         "Close client connections after this many seconds (with a grace of grace_s) so "
         "clients reconnect and spread over new replicas; 0 keeps them open.",
     )
+    tls_dir: str = setting(
+        "",
+        "Folder holding tls.crt and tls.key (a mounted kubernetes.io/tls Secret): the server "
+        "then accepts TLS only, and re-reads them when they change; empty serves plaintext.",
+    )
+    health_port: int = setting(
+        -1,
+        "Plaintext port serving only the gRPC health service, for kubelet grpc probes (they "
+        "cannot speak TLS); 0 picks a free one, -1 disables.",
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR.")
     log_format: str = setting("json", "json (one object a line) or text.")
 
@@ -104,6 +116,8 @@ class ServerConfig:
         check_port("port", self.port)
         if self.metrics_port != -1:
             check_port("metrics_port", self.metrics_port)
+        if self.health_port != -1:
+            check_port("health_port", self.health_port)
         if self.max_message_bytes < 1024:
             raise ConfigError(f"max_message_bytes={self.max_message_bytes} is below 1024 bytes")
         if self.max_workers < 1 or self.max_concurrent_rpcs < 1:

@@ -7,7 +7,12 @@ from collections.abc import Iterator
 import grpc
 
 from graspfleet.v1 import episode_store_pb2, episode_store_pb2_grpc
+from services.common import upstream
 from services.episode_store.shards import EpisodeRecord
+
+# Trailing metadata of a refusal that is about the store's load, not the episode: the
+# milliseconds to wait before sending it again.
+RETRY_AFTER_KEY = "retry-after-ms"
 
 
 def episode_requests(record: EpisodeRecord) -> Iterator[episode_store_pb2.WriteEpisodeRequest]:
@@ -23,6 +28,15 @@ def write_episode(
 ) -> episode_store_pb2.WriteEpisodeResponse:
     """Streams one episode; safe to call again with the same record after any failure."""
     return stub.WriteEpisode(episode_requests(record), timeout=timeout_s)
+
+
+def retry_after_s(err: grpc.RpcError) -> float | None:
+    """The wait a refusal asks for when the store is busy (the episode is fine), else None."""
+    trailing = getattr(err, "trailing_metadata", lambda: None)()
+    for key, value in trailing or ():
+        if key == RETRY_AFTER_KEY and value.isdigit():
+            return int(value) / 1000.0
+    return None
 
 
 def list_all(
@@ -49,12 +63,6 @@ def list_all(
 def connect(
     address: str, max_message_bytes: int = 16 * 1024 * 1024
 ) -> tuple[grpc.Channel, episode_store_pb2_grpc.EpisodeStoreStub]:
-    """A channel and stub for the store at host:port."""
-    channel = grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.max_receive_message_length", max_message_bytes),
-        ],
-    )
+    """A channel and stub for the store at host:port (TLS as `upstream.channel` decides)."""
+    channel = upstream.channel(address, max_message_bytes)
     return channel, episode_store_pb2_grpc.EpisodeStoreStub(channel)

@@ -24,10 +24,25 @@ class EpisodeStoreConfig(ServerConfig):
         256 * 1024 * 1024, "Largest episode accepted, bytes over all its messages."
     )
     max_concurrent_writes: int = setting(
-        16, "WriteEpisode streams handled at once; more wait, then get RESOURCE_EXHAUSTED."
+        8,
+        "WriteEpisode streams received at once; more get RESOURCE_EXHAUSTED at once, with a "
+        "retry hint. Below max_workers, so health checks and reads always find a thread.",
     )
-    write_queue_timeout_s: float = setting(
-        10.0, "How long a WriteEpisode waits for a write slot, seconds."
+    write_idle_timeout_s: float = setting(
+        30.0,
+        "A WriteEpisode stream that sends no message for this long is ended with ABORTED "
+        "(nothing stored; the client sends the episode again), so idle clients cannot keep "
+        "the write slots, seconds.",
+    )
+    health_check_period_s: float = setting(
+        5.0,
+        "Seconds between readiness checks of the metadata database and the shard folder "
+        "(NOT_SERVING while one fails); a check that takes longer fails.",
+    )
+    auth_token: str = setting(
+        "",
+        "Bearer token Relabel (it changes training labels) must send; empty disables "
+        "authentication (logged loudly).",
     )
     orphan_age_s: float = setting(
         600.0,
@@ -42,5 +57,13 @@ class EpisodeStoreConfig(ServerConfig):
         for name in ("max_steps", "max_image_side", "max_episode_bytes", "max_concurrent_writes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1")
-        if self.write_queue_timeout_s < 0 or self.orphan_age_s < 0:
-            raise ConfigError("write_queue_timeout_s and orphan_age_s must not be negative")
+        if self.max_concurrent_writes >= self.max_workers:
+            raise ConfigError(
+                f"max_concurrent_writes={self.max_concurrent_writes} must be below "
+                f"max_workers={self.max_workers}: idle or slow uploads would take every thread, "
+                "and health checks and reads would time out"
+            )
+        if self.write_idle_timeout_s <= 0 or self.health_check_period_s <= 0:
+            raise ConfigError("write_idle_timeout_s and health_check_period_s must be positive")
+        if self.orphan_age_s < 0:
+            raise ConfigError(f"orphan_age_s={self.orphan_age_s} must not be negative")

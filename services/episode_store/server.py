@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 
@@ -10,10 +11,11 @@ from prometheus_client import Counter
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, episode_store_pb2_grpc
 from services.common import logs
+from services.common.auth import BearerAuth
 from services.common.config import load_config
 from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
 from services.common.server import ServiceServer
-from services.episode_store import recovery, shards, validation
+from services.episode_store import client, recovery, shards, validation
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.shards import EpisodeRecord
 from services.episode_store.store import EpisodeStore, open_episode_store
@@ -35,10 +37,93 @@ WRITES_REFUSED = Counter(
     "WriteEpisode streams refused, by gRPC status code.",
     ["code"],
 )
+REFUSED_EPISODES = Counter(
+    "graspfleet_store_refused_episodes_total",
+    "WriteEpisode calls refused for what the client sent (bad data, an id clash, too large), "
+    "by gRPC status code; neither refusals for load or time nor duplicate resends count.",
+    ["code"],
+)
+# The codes of a refused episode: sending the same bytes again gets the same answer.
+EPISODE_REFUSALS = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # over a limit: steps, image size, bytes
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+)
+for _code in EPISODE_REFUSALS:
+    # Exported as 0 from the start, so that an alert on its increase sees the first refusal.
+    REFUSED_EPISODES.labels(_code.name)
+# What a busy store asks a client to wait before sending an episode again.
+BUSY_RETRY_AFTER_S = 1.0
 
 
 class _Cancelled(ServiceError):
     code = grpc.StatusCode.CANCELLED
+
+
+class _IdleTimeout(ServiceError):
+    # The store ended the stream: not DEADLINE_EXCEEDED or CANCELLED, which would blame the
+    # client's deadline or the client; ABORTED says "nothing done, do it again".
+    code = grpc.StatusCode.ABORTED
+
+
+_END = object()
+
+
+class _IdleLimit:
+    """A request stream that ends with ABORTED when no message arrives within `timeout_s`.
+
+    gRPC's request iterator waits with no time limit, and a waiting handler holds one of the
+    server's worker threads. Here a helper thread reads one message at a time when asked,
+    and the handler waits for it with a timeout. Once the call has ended, gRPC ends the
+    iterator, and the helper with it.
+    """
+
+    def __init__(self, requests: Iterator, timeout_s: float) -> None:
+        self._requests = requests
+        self.timeout_s = timeout_s
+        self._asked: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._arrived: queue.SimpleQueue[tuple[object, BaseException | None]] = queue.SimpleQueue()
+        self._ended = False
+        threading.Thread(target=self._read, name="write-episode-reader", daemon=True).start()
+
+    def _read(self) -> None:
+        while self._asked.get():
+            try:
+                self._arrived.put((next(self._requests), None))
+            except StopIteration:
+                self._arrived.put((_END, None))
+                return
+            except BaseException as err:  # noqa: BLE001 - handed to the handler's thread
+                self._arrived.put((_END, err))
+                return
+
+    def __iter__(self) -> _IdleLimit:
+        return self
+
+    def __next__(self) -> episode_store_pb2.WriteEpisodeRequest:
+        if self._ended:
+            raise StopIteration
+        self._asked.put(True)
+        try:
+            request, error = self._arrived.get(timeout=self.timeout_s)
+        except queue.Empty:
+            self._ended = True
+            raise _IdleTimeout(
+                f"no message arrived for {self.timeout_s:g} s (write_idle_timeout_s): the "
+                "store ended the stream and stored nothing; send the whole episode again"
+            ) from None
+        if request is _END:
+            self._ended = True
+            if error is not None:
+                raise error
+            raise StopIteration
+        return request
+
+    def close(self) -> None:
+        """Lets the helper thread end as soon as a read it is in returns."""
+        self._asked.put(False)
 
 
 class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
@@ -53,6 +138,9 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
             max_episode_bytes=config.max_episode_bytes,
         )
         self._write_slots = threading.BoundedSemaphore(config.max_concurrent_writes)
+        self.auth = BearerAuth(
+            config.auth_token, "episode store", "relabel episodes, changing training labels"
+        )
 
     def open(self, store: EpisodeStore) -> None:
         """Starts answering calls with `store`."""
@@ -69,19 +157,30 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         return self._store
 
     def WriteEpisode(self, request_iterator, context):
-        if not self._write_slots.acquire(timeout=self.config.write_queue_timeout_s):
+        # Refused at once, not queued: a waiting stream would hold a worker thread, and health
+        # checks and reads need those (max_concurrent_writes is below max_workers).
+        if not self._write_slots.acquire(blocking=False):
             WRITES_REFUSED.labels("RESOURCE_EXHAUSTED").inc()
-            raise ResourceExhausted(
-                f"the store is writing {self.config.max_concurrent_writes} episodes already; "
-                "retry with backoff"
+            context.set_trailing_metadata(
+                ((client.RETRY_AFTER_KEY, str(round(BUSY_RETRY_AFTER_S * 1000))),)
             )
+            raise ResourceExhausted(
+                f"the store is receiving {self.config.max_concurrent_writes} episodes already "
+                f"and stored nothing; send the episode again in {BUSY_RETRY_AFTER_S:g} s or later"
+            )
+        requests = _IdleLimit(request_iterator, self.config.write_idle_timeout_s)
         try:
-            record = self._receive(request_iterator, context)
+            record = self._receive(requests, context)
             response = self.store.ingest(record)
         except ServiceError as err:
             WRITES_REFUSED.labels(err.code.name).inc()
+            if err.code in EPISODE_REFUSALS:
+                REFUSED_EPISODES.labels(err.code.name).inc()
+            elif isinstance(err, _IdleTimeout):
+                log.warning("idle WriteEpisode stream ended", extra={"peer": context.peer()})
             raise
         finally:
+            requests.close()
             self._write_slots.release()
         EPISODES_WRITTEN.labels(
             common_pb2.Domain.Name(record.header.domain), str(response.duplicate).lower()
@@ -146,6 +245,7 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         return self.store.list(request)
 
     def Relabel(self, request, context):
+        self.auth.check(context)
         return self.store.relabel(request)
 
     def Stats(self, request, context):
@@ -170,7 +270,7 @@ def open_store(config: EpisodeStoreConfig) -> EpisodeStore:
 
 
 def create_server(config: EpisodeStoreConfig) -> ServiceServer:
-    """Starts the store's gRPC server; SERVING once the metadata backend and shards are open."""
+    """Starts the store's gRPC server; SERVING while its metadata backend and shards work."""
     servicer = EpisodeStoreServicer(config)
     server = ServiceServer(
         "episode-store",
@@ -182,11 +282,12 @@ def create_server(config: EpisodeStoreConfig) -> ServiceServer:
         on_stop=servicer.close,
     )
     try:
-        servicer.open(open_store(config))
+        store = open_store(config)
     except Exception:
         server.stop(grace_s=0)
         raise
-    server.set_serving(True)
+    servicer.open(store)
+    server.watch_readiness(store.check, config.health_check_period_s)
     return server
 
 

@@ -49,10 +49,12 @@ REFUSED = frozenset(
         grpc.StatusCode.OUT_OF_RANGE,
     }
 )
-# Any other failure (INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED for a limit or a full queue, ...)
-# may be the episode's fault or the store's. It counts against the episode only when the
-# store stored other episodes in the same pass; after this many such strikes the episode is
-# moved aside.
+# A refusal with a retry hint (client.retry_after_s: RESOURCE_EXHAUSTED while the store
+# receives all the episodes it can) is about the store's load: it counts as the store away.
+# Any other failure (INTERNAL, UNKNOWN, RESOURCE_EXHAUSTED for a limit, ABORTED when the store
+# ended a stream that went idle, ...) may be the episode's fault or the store's: the episode
+# stays and is sent again. It counts against the episode only when the store stored other
+# episodes in the same pass; after this many such strikes the episode is moved aside.
 MAX_STRIKES = 5
 
 SPOOL_DEPTH = Gauge(
@@ -205,7 +207,7 @@ class EpisodeSpool:
             How many episodes the store acknowledged.
 
         Raises:
-            grpc.RpcError: The store is away, or failed on every episode it was sent: what
+            grpc.RpcError: The store is away or busy, or failed on every episode it was sent: what
                 is left stays spooled, and no episode is blamed.
         """
         sent = 0
@@ -220,7 +222,7 @@ class EpisodeSpool:
                 try:
                     write(record)
                 except grpc.RpcError as err:
-                    if err.code() in STORE_AWAY:
+                    if err.code() in STORE_AWAY or client.retry_after_s(err) is not None:
                         raise
                     if err.code() in REFUSED:
                         self.reject(path, f"{err.code().name}: {err.details()}")
@@ -319,7 +321,7 @@ class Uploader:
                 self._wake.clear()
             except grpc.RpcError as err:
                 self.last_error = f"{err.code().name}: {err.details()}"
-                self._stop.wait(delay)
+                self._stop.wait(max(delay, client.retry_after_s(err) or 0.0))
                 delay = min(delay * 2, self.retry_s[1])
 
     def wait_idle(self, timeout_s: float) -> bool:

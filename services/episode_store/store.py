@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
 import threading
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,6 +42,8 @@ _LOCK_STRIPES = 64
 # Sequences are signed 64-bit integers in both backends; a token past that was never issued.
 _MAX_SEQUENCE = 2**63 - 1
 _TOKEN_SEQUENCE = re.compile(r"[0-9]{1,19}")
+# The episode id the readiness check looks up: any id does, found or not.
+_CHECK_EPISODE_ID = "readiness-check"
 
 
 def episode_digest(record: shards.EpisodeRecord) -> str:
@@ -270,6 +274,29 @@ class EpisodeStore:
     def stats(self, request: episode_store_pb2.StatsRequest) -> episode_store_pb2.StatsResponse:
         check_filter(request.filter)
         return self.metadata.stats(request.filter)
+
+    def check(self) -> str | None:
+        """Why the store cannot store and serve episodes now, or None when it can.
+
+        Cheap enough for every few seconds: the shard folders exist and take a file, and the
+        metadata database answers a lookup by primary key.
+        """
+        for folder in (self.files.shards, self.files.staging):
+            if not folder.is_dir():
+                return f"the shard folder {folder} is missing (is its volume mounted?)"
+            if not os.access(folder, os.W_OK | os.X_OK):
+                return f"the shard folder {folder} is not writable"
+        probe = self.files.staging / f"check-{uuid.uuid4().hex}.tmp"
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()  # one left by a failure here is swept like any staging file
+        except OSError as err:
+            return f"cannot write to the shard volume: {err}"
+        try:
+            self.metadata.digest(_CHECK_EPISODE_ID)
+        except Exception as err:  # noqa: BLE001 - any failure means the database is unusable
+            return f"the metadata database {self.metadata.location} fails: {err}"
+        return None
 
     def close(self) -> None:
         self.metadata.close()

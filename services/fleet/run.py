@@ -36,6 +36,7 @@ from graspfleet.v1 import (
     sim_farm_pb2,
     sim_farm_pb2_grpc,
 )
+from services.common.auth import USER_HEADER, bearer
 from services.fleet import report
 from services.fleet.process import ServiceProcess
 from services.sim_farm.client import run_collection
@@ -276,7 +277,7 @@ def _retrain(trainer: ServiceProcess, token: str, steps: int) -> int | None:
     """A DANN + DBN run through the trainer's API; promotes its canary to stable. Returns the version."""
     from graspfleet.v1 import trainer_pb2, trainer_pb2_grpc
 
-    auth = [("authorization", f"Bearer {token}"), ("x-graspfleet-user", "make-run")]
+    auth = [*bearer(token), (USER_HEADER, "make-run")]
     spec = trainer_pb2.RunSpec(
         recipe=trainer_pb2.RECIPE_DANN,
         # The scene loss, as the first model had it: the sim episodes carry masks.
@@ -336,6 +337,10 @@ def main(argv: list[str]) -> int:
     )
     started = time.monotonic()
     fleet = Fleet(workdir)
+    # One token guards every call that changes state (the trainer's, Relabel, Pause and
+    # Resume); the services read it from the environment, so it stays out of `ps`.
+    token = secrets.token_hex(16)
+    os.environ["GRASPFLEET_AUTH_TOKEN"] = token
     try:
         print("[1/7] services", flush=True)
         store = fleet.start("episode-store", ["store", "serve"], {"data_dir": str(store_dir)})
@@ -417,10 +422,6 @@ def main(argv: list[str]) -> int:
 
         print(
             "[6/7] retraining through the trainer API; the agents pick the new model up", flush=True
-        )
-        token = secrets.token_hex(16)
-        os.environ["GRASPFLEET_AUTH_TOKEN"] = (
-            token  # the trainer reads its token from the environment
         )
         trainer = fleet.start(
             "trainer",

@@ -42,6 +42,20 @@ STATE = Gauge(
     "AgentState enum value (2 running, 3 paused, 4 safe stop).",
     ["robot_id"],
 )
+# The state above flickers between safe stop and running while the arm retries
+# every safe_stop_retry_s; this one holds 1 for the whole outage.
+SAFE_STOPPED = Gauge(
+    "graspfleet_agent_safe_stopped",
+    "1 from a safe stop until the arm next ends an episode with a known outcome (or pauses), "
+    "else 0.",
+    ["robot_id"],
+)
+SPOOL_MAX_BYTES = Gauge(
+    "graspfleet_agent_spool_max_bytes",
+    "The spool's byte cap (spool_max_bytes): at it the arm pauses collecting. The spool label "
+    "is the one of graspfleet_spool_bytes.",
+    ["spool"],
+)
 DOMAIN_NAMES = {"sim": "sim", "proxy-real": "real", "real": "real"}
 
 
@@ -75,12 +89,19 @@ class Agent:
         self.succeeded = 0
         self.model = common_pb2.ModelRef()
         self.last_error = ""
+        SPOOL_MAX_BYTES.labels(self.spool.name).set(config.spool_max_bytes)
         self._set_state(robot_agent_pb2.AGENT_STATE_STARTING)
 
     def _set_state(self, state: int) -> None:
         with self._lock:
             self.state = state
         STATE.labels(self.config.robot_id).set(state)
+        if state == robot_agent_pb2.AGENT_STATE_SAFE_STOP:
+            SAFE_STOPPED.labels(self.config.robot_id).set(1)
+        elif state != robot_agent_pb2.AGENT_STATE_RUNNING:
+            # Starting, paused or stopped: not held by a safe stop. Running after a
+            # safe stop is the retry; only a finished grasp ends the outage.
+            SAFE_STOPPED.labels(self.config.robot_id).set(0)
 
     def start(self) -> Agent:
         self.uploader.start()
@@ -177,6 +198,7 @@ class Agent:
             if run.success is None:
                 ABORTED.labels(self.config.robot_id).inc()
             else:
+                SAFE_STOPPED.labels(self.config.robot_id).set(0)
                 ATTEMPTS.labels(self.config.robot_id, version, domain).inc()
                 # inc(0) still creates the series, so a robot with no success yet reads 0, not nothing.
                 SUCCESSES.labels(self.config.robot_id, version, domain).inc(int(run.success))

@@ -20,6 +20,10 @@ class AgentConfig(ServerConfig):
     )
     planner_address: str = setting("", "servo-planner host:port.", required=True)
     store_address: str = setting("", "episode-store host:port.", required=True)
+    auth_token: str = setting(
+        "",
+        "Bearer token Pause and Resume must send; empty disables authentication (logged loudly).",
+    )
     exploration: str = setting(
         "cem", "cem, random or eps-mix (CEM with random commands at rate epsilon)."
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from graspfleet.v1 import robot_agent_pb2, robot_agent_pb2_grpc
 from services.common import logs
+from services.common.auth import BearerAuth
 from services.common.config import load_config
 from services.common.server import ServiceServer
 from services.robot_agent.agent import Agent
@@ -14,30 +15,37 @@ log = logs.get_logger(__name__)
 
 
 class RobotAgentServicer(robot_agent_pb2_grpc.RobotAgentServicer):
-    def __init__(self, agent: Agent) -> None:
+    """The agent's status API; Pause and Resume need the bearer token."""
+
+    def __init__(self, agent: Agent, auth: BearerAuth) -> None:
         self.agent = agent
+        self.auth = auth
 
     def GetStatus(self, request, context):
         return self.agent.status()
 
     def Pause(self, request, context):
-        log.info("pause requested", extra={"reason": request.reason})
+        by = self.auth.check(context)
+        log.info("pause requested", extra={"reason": request.reason, "by": by})
         self.agent.pause()
         return self.agent.status()
 
     def Resume(self, request, context):
+        by = self.auth.check(context)
+        log.info("resume requested", extra={"by": by})
         self.agent.resume()
         return self.agent.status()
 
 
 def create_server(config: AgentConfig) -> tuple[ServiceServer, Agent]:
     """Starts the agent and its API; SERVING once the arm is connected and the loop runs."""
+    auth = BearerAuth(config.auth_token, "robot agent", "pause and resume the arm")
     agent = Agent(config)
     server = ServiceServer(
         f"robot-agent-{config.robot_id}",
         config,
         lambda grpc_server: robot_agent_pb2_grpc.add_RobotAgentServicer_to_server(
-            RobotAgentServicer(agent), grpc_server
+            RobotAgentServicer(agent, auth), grpc_server
         ),
         [SERVICE_NAME],
         on_stop=agent.stop,

@@ -37,6 +37,11 @@ class PlannerConfig(ServerConfig):
     )
     budget_ms: int = setting(500, "Planning time per step when a request sets none, milliseconds.")
     max_image_side: int = setting(1024, "Largest image side accepted, pixels.")
+    health_check_period_s: float = setting(
+        5.0,
+        "Seconds between readiness checks that the grasp-predictor answers (NOT_SERVING while "
+        "none does); a check that takes longer fails.",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,5 +54,9 @@ class PlannerConfig(ServerConfig):
             raise ConfigError(f"grasp_band_m={self.grasp_band_m} must be positive")
         if self.iterations < 1 or self.budget_ms < 1:
             raise ConfigError("iterations and budget_ms must be at least 1")
+        if self.health_check_period_s <= 0:
+            raise ConfigError(
+                f"health_check_period_s={self.health_check_period_s} must be positive"
+            )
         if not 0 < self.raise_ratio <= self.close_ratio <= 1:
             raise ConfigError("need 0 < raise_ratio <= close_ratio <= 1")

@@ -19,10 +19,9 @@ def _stub(args: argparse.Namespace):
 
 
 def _metadata(args: argparse.Namespace) -> list[tuple[str, str]]:
-    metadata = [("x-graspfleet-user", os.environ.get("USER", "cli"))]
-    if args.token:
-        metadata.append(("authorization", f"Bearer {args.token}"))
-    return metadata
+    from services.common import auth
+
+    return [(auth.USER_HEADER, os.environ.get("USER", "cli")), *auth.bearer(args.token)]
 
 
 def _state(run) -> str:
@@ -214,11 +213,9 @@ def _connection(sub: argparse.ArgumentParser, mutating: bool) -> None:
     default = os.environ.get("GRASPFLEET_TRAINER", DEFAULT_TRAINER)
     sub.add_argument("--trainer", default=default, help=f"trainer host:port (default {default})")
     if mutating:
-        sub.add_argument(
-            "--token",
-            default=os.environ.get("GRASPFLEET_TOKEN", ""),
-            help="bearer token (default: env GRASPFLEET_TOKEN)",
-        )
+        from services.common.auth import add_token_flag
+
+        add_token_flag(sub)
 
 
 def _submit_flags(sub: argparse.ArgumentParser) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from graspfleet.v1 import trainer_pb2
+
 RUNS = Gauge("graspfleet_trainer_runs", "Runs in the trainer's database, by state.", ["state"])
 RUN_SECONDS = Histogram(
     "graspfleet_trainer_run_duration_seconds",
@@ -25,3 +27,14 @@ AUTO_PROMOTIONS = Counter(
 AUTO_RUNS = Counter(
     "graspfleet_trainer_auto_runs_total", "Runs submitted by automatic retraining.", ["outcome"]
 )
+RUNS_ENDED = Counter(
+    "graspfleet_trainer_runs_ended_total",
+    "Runs that reached an end state (SUCCEEDED, REJECTED, FAILED, CANCELLED), by recipe, "
+    "whether or not their job ever started.",
+    ["recipe", "state"],
+)
+# Every recipe's failures start at 0, so that the first failure after a start is an
+# increase Prometheus sees (a series that appears at 1 shows none).
+for _recipe in trainer_pb2.Recipe.values():
+    if _recipe:
+        RUNS_ENDED.labels(trainer_pb2.Recipe.Name(_recipe).removeprefix("RECIPE_"), "FAILED")

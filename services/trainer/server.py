@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 from pathlib import Path
-
-import grpc
 
 from graspfleet.v1 import trainer_pb2, trainer_pb2_grpc
 from services.common import logs
+from services.common.auth import BearerAuth
 from services.common.config import load_config
-from services.common.errors import PermissionDenied, Unauthenticated
 from services.common.server import ServiceServer
 from services.episode_store.client import connect
 from services.trainer.backends import JobBackend, LocalBackend
@@ -24,35 +21,17 @@ log = logs.get_logger(__name__)
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
 DATABASE = "trainer.sqlite"
-# Optional metadata naming the person behind a call; recorded, not authenticated.
-USER_HEADER = "x-graspfleet-user"
 
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     """Adapts gRPC calls to `Trainer`; mutating calls need the bearer token."""
 
-    def __init__(self, trainer: Trainer, token: str) -> None:
+    def __init__(self, trainer: Trainer, auth: BearerAuth) -> None:
         self.trainer = trainer
-        self.token = token
-
-    def _caller(self, context: grpc.ServicerContext) -> str:
-        """Checks the bearer token of a mutating call; returns who to record as its author."""
-        metadata = dict(context.invocation_metadata())
-        user = metadata.get(USER_HEADER, "")
-        if not self.token:
-            return user or "anonymous"
-        value = metadata.get("authorization", "")
-        if not value:
-            raise Unauthenticated("this call changes state: send 'authorization: Bearer <token>'")
-        scheme, _, given = value.partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise Unauthenticated("authorization metadata must read 'Bearer <token>'")
-        if not hmac.compare_digest(given.strip().encode(), self.token.encode()):
-            raise PermissionDenied("the bearer token is not accepted by this trainer")
-        return user or "token"
+        self.auth = auth
 
     def SubmitRun(self, request, context):
-        by = self._caller(context)
+        by = self.auth.check(context)
         return self.trainer.submit(request.spec, request.run_id, by)
 
     def GetRun(self, request, context):
@@ -65,18 +44,18 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         yield from self.trainer.watch(request.run_id, context.is_active)
 
     def CancelRun(self, request, context):
-        self._caller(context)
+        self.auth.check(context)
         return self.trainer.cancel(request.run_id)
 
     def ListModelVersions(self, request, context):
         return trainer_pb2.ListModelVersionsResponse(versions=self.trainer.versions(request.name))
 
     def SetVersionLabel(self, request, context):
-        by = self._caller(context)
+        by = self.auth.check(context)
         return self.trainer.set_label(request.name, request.version, request.label, by)
 
     def RollbackVersionLabel(self, request, context):
-        by = self._caller(context)
+        by = self.auth.check(context)
         return self.trainer.rollback(request.name, request.label, by)
 
 
@@ -106,12 +85,7 @@ def create_server(config: TrainerConfig, *, kubernetes_api=None) -> ServiceServe
         kubernetes_api: A `kubernetes.client.ApiClient` to use instead of the one
             `config.k8s_api` describes (tests aim it at a local API server).
     """
-    if not config.auth_token:
-        log.warning(
-            "AUTHENTICATION DISABLED: auth_token is empty, so anyone who can reach this port "
-            "can submit and cancel runs and move model labels; set --auth-token or "
-            "GRASPFLEET_AUTH_TOKEN"
-        )
+    auth = BearerAuth(config.auth_token, "trainer", "submit and cancel runs and move model labels")
     for folder in (Path(config.state_dir), config.runs_path, Path(config.model_base)):
         folder.mkdir(parents=True, exist_ok=True)
     channel, store = connect(config.store_address, config.max_message_bytes)
@@ -134,7 +108,7 @@ def create_server(config: TrainerConfig, *, kubernetes_api=None) -> ServiceServe
         channel.close()
         runs.close()
 
-    servicer = TrainerServicer(trainer, config.auth_token)
+    servicer = TrainerServicer(trainer, auth)
     server = ServiceServer(
         "trainer",
         config,

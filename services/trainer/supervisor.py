@@ -272,7 +272,8 @@ class Supervisor:
 
     @staticmethod
     def _observe(run: Run) -> None:
+        recipe = trainer_pb2.Recipe.Name(run.spec.recipe).removeprefix("RECIPE_")
+        metrics.RUNS_ENDED.labels(recipe, state_name(run.state)).inc()
         if run.HasField("started_at"):
             seconds = run.finished_at.ToNanoseconds() - run.started_at.ToNanoseconds()
-            recipe = trainer_pb2.Recipe.Name(run.spec.recipe).removeprefix("RECIPE_")
             metrics.RUN_SECONDS.labels(recipe, state_name(run.state)).observe(seconds / 1e9)

@@ -14,11 +14,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from graspfleet.v1 import episode_store_pb2
 from services.common.config import ServerConfig
-from services.common.server import ServiceServer
+from services.common.server import LIVENESS, ServiceServer
 from services.episode_store import client, samples
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import SERVICE_NAME, create_server
 from services.fleet.process import ServiceProcess
+from tests.fixtures.waiting import until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -53,6 +54,39 @@ def test_not_serving_until_ready_then_serving():
         assert _health(server.address) == SERVING
         assert _health(server.address, "x.Probe") == SERVING
     finally:
+        server.stop(grace_s=0)
+
+
+def test_liveness_stays_serving_while_readiness_follows_its_check():
+    """Readiness ("" and each service) follows a periodic check; a hung check counts as failed."""
+    server = ServiceServer(
+        "probe", ServerConfig(port=0), register=lambda s: None, service_names=["x.Probe"]
+    )
+    state = {"reason": "warming up"}
+    unblock = threading.Event()
+
+    def check() -> str | None:
+        if state["reason"] == "hang":
+            unblock.wait()
+        return state["reason"]
+
+    def readiness() -> set[int]:  # one status, except while it flips
+        return {_health(server.address, service) for service in ("", "x.Probe")}
+
+    try:
+        assert _health(server.address, LIVENESS) == SERVING  # alive as soon as it listens
+        server.watch_readiness(check, period_s=0.2)
+        assert readiness() == {NOT_SERVING}
+        state["reason"] = None
+        assert until(lambda: readiness() == {SERVING}, 30)
+        state["reason"] = "hang"  # a database that never answers
+        assert until(lambda: readiness() == {NOT_SERVING}, 30)
+        state["reason"] = None
+        unblock.set()
+        assert until(lambda: readiness() == {SERVING}, 30)
+        assert _health(server.address, LIVENESS) == SERVING
+    finally:
+        unblock.set()
         server.stop(grace_s=0)
 
 

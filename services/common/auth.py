@@ -1,0 +1,83 @@
+"""Bearer-token authentication of the calls that change state, shared by every service."""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import os
+
+import grpc
+
+from services.common import logs
+from services.common.errors import PermissionDenied, Unauthenticated
+
+log = logs.get_logger(__name__)
+
+AUTHORIZATION = "authorization"
+# Optional metadata naming the person behind a call; recorded, not authenticated.
+USER_HEADER = "x-graspfleet-user"
+# Where the command-line clients take the token they send from (their --token default).
+TOKEN_ENV = "GRASPFLEET_TOKEN"
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    """The call metadata that presents `token`; none for an empty token."""
+    return [(AUTHORIZATION, f"Bearer {token}")] if token else []
+
+
+def add_token_flag(parser: argparse.ArgumentParser) -> None:
+    """Adds `--token`, the bearer token a command that changes state sends (default: env)."""
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV, ""),
+        help=f"bearer token (default: env {TOKEN_ENV})",
+    )
+
+
+class BearerAuth:
+    """Checks the bearer token of a service's mutating calls; reads stay open.
+
+    Constructed at a server's start: an empty token disables authentication and
+    says so in the log as a warning.
+
+    Args:
+        token: What callers must send as `authorization: Bearer <token>`; empty
+            lets every call through.
+        service: The service's name, for the messages callers get ("episode store").
+        guarded: What the guarded calls do, completing "anyone who can reach this
+            port can ..." in the warning.
+    """
+
+    def __init__(self, token: str, service: str, guarded: str) -> None:
+        self._token = token.encode()
+        self.service = service
+        if not token:
+            log.warning(
+                f"AUTHENTICATION DISABLED: auth_token is empty, so anyone who can reach this "
+                f"port can {guarded}; set --auth-token or GRASPFLEET_AUTH_TOKEN"
+            )
+
+    def check(self, context: grpc.ServicerContext) -> str:
+        """Lets a mutating call through or refuses it; returns who to record as its author.
+
+        Returns:
+            The caller's `x-graspfleet-user` metadata, else "token" when it
+            authenticated and "anonymous" when authentication is disabled.
+
+        Raises:
+            Unauthenticated: The call carries no `authorization: Bearer <token>`.
+            PermissionDenied: The token is not this service's.
+        """
+        metadata = dict(context.invocation_metadata())
+        user = metadata.get(USER_HEADER, "")
+        if not self._token:
+            return user or "anonymous"
+        value = metadata.get(AUTHORIZATION, "")
+        if not value:
+            raise Unauthenticated("this call changes state: send 'authorization: Bearer <token>'")
+        scheme, _, given = value.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise Unauthenticated("authorization metadata must read 'Bearer <token>'")
+        if not hmac.compare_digest(given.strip().encode(), self._token):
+            raise PermissionDenied(f"the bearer token is not accepted by this {self.service}")
+        return user or "token"
