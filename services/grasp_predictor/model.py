@@ -157,6 +157,35 @@ class _ConvBlock(keras.layers.Layer):
         x = tf.nn.relu(self.norm(self.conv(inputs), domain, training=training))
         return self.pool(x) if self.pool is not None else x
 
+    def call_with_offsets(
+        self, features: tf.Tensor, offsets: tf.Tensor, domain: tf.Tensor
+    ) -> tf.Tensor:
+        """Inference on `repeat(features, K)` plus one spatially constant offset per copy.
+
+        Equal to `self(tf.repeat(features, K, axis=0) + offsets[:, None, None, :], domain)`
+        for features [B, h, w, c] and offsets [B * K, c] (K per row, in row order), at a
+        fraction of the cost: the convolution is linear and has no bias, so the features
+        are convolved once per row, and the convolution of a constant map is, at each
+        output pixel, the kernel taps that fall inside the image (a border sees fewer)
+        applied to the offset.
+        """
+        kernel = self.conv.kernel  # [kh, kw, c_in, c_out]
+        kh, kw, c_in, c_out = kernel.shape
+        convolved = self.conv(features)  # [B, h', w', c_out]
+        # taps[i, j, t] = 1 where kernel tap t falls inside the image at output pixel (i, j):
+        # the layer's own convolution (strides, "same" padding) of an all-ones image.
+        one_hot_taps = tf.reshape(tf.eye(kh * kw, dtype=features.dtype), [kh, kw, 1, kh * kw])
+        taps = tf.nn.conv2d(
+            tf.ones_like(features[:1, :, :, :1]), one_hot_taps, self.conv.strides, "SAME"
+        )[0]
+        shape = tf.shape(convolved)
+        per_tap = tf.einsum("nc,tco->nto", offsets, tf.reshape(kernel, [kh * kw, c_in, c_out]))
+        per_tap = tf.reshape(per_tap, [shape[0], -1, kh * kw, c_out])  # [B, K, taps, c_out]
+        x = convolved[:, None] + tf.einsum("ijt,bkto->bkijo", taps, per_tap)
+        x = tf.reshape(x, [-1, shape[1], shape[2], c_out])
+        x = tf.nn.relu(self.norm(x, domain, training=False))
+        return self.pool(x) if self.pool is not None else x
+
 
 class _DenseBlock(keras.layers.Layer):
     """Dense (no bias) -> batch norm -> ReLU."""
@@ -183,14 +212,16 @@ class SpatialSoftmax(keras.layers.Layer):
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
         shape = tf.shape(inputs)
         height, width, channels = shape[1], shape[2], inputs.shape[-1]
-        logits = tf.reshape(tf.transpose(inputs, [0, 3, 1, 2]), [-1, channels, height * width])
-        weights = tf.nn.softmax(logits / self.temperature, axis=-1)
+        logits = tf.reshape(inputs, [-1, height * width, channels]) / self.temperature
+        # The softmax unnormalized, then one matmul for the weighted sums of x, y and 1
+        # (the normalizer): a third of the passes over the map of softmax, multiply, sum.
+        weights = tf.exp(logits - tf.reduce_max(logits, axis=1, keepdims=True))  # [B, hw, C]
         ys, xs = tf.meshgrid(
             tf.linspace(-1.0, 1.0, height), tf.linspace(-1.0, 1.0, width), indexing="ij"
         )
-        x = tf.reduce_sum(weights * tf.reshape(xs, [1, 1, -1]), axis=-1)
-        y = tf.reduce_sum(weights * tf.reshape(ys, [1, 1, -1]), axis=-1)
-        return tf.concat([x, y], axis=-1)
+        xs, ys = tf.reshape(xs, [-1]), tf.reshape(ys, [-1])
+        moments = tf.matmul(tf.stack([xs, ys, tf.ones_like(xs)]), weights)  # [B, 3, C]
+        return tf.reshape(moments[:, :2] / moments[:, 2:], [-1, 2 * channels])
 
 
 def normalize_images(images: tf.Tensor) -> tf.Tensor:
@@ -205,7 +236,8 @@ class GraspSuccessModel(keras.Model):
     returns {logits [B], last_conv, domain_logits [B] (with DANN), scene_logits
     [B, h, w, 2] (with the scene head)}.
     `success_probability` scores K motions per image pair, running the image
-    trunk once per pair.
+    trunk once per pair; `image_features` and `score_features` are its two
+    halves, for callers that score several sets of motions for the same images.
     """
 
     def __init__(self, config: ModelConfig, **kwargs) -> None:
@@ -250,13 +282,18 @@ class GraspSuccessModel(keras.Model):
         x = features + embedded[:, None, None, :]
         for block in self.head:
             x = block(x, domain, training=training)
-        last_conv = x
-        x = self.pool(x)
+        return self._readout(x, embedded, domain, training), x
+
+    def _readout(
+        self, last_conv: tf.Tensor, embedded: tf.Tensor, domain: tf.Tensor, training: bool
+    ) -> tf.Tensor:
+        """C2's last feature map (and the motion embedding) to success logits [N]."""
+        x = self.pool(last_conv)
         if self.profile.readout == "keypoints":
             x = tf.concat([x, embedded], axis=-1)
         for block in self.dense:
             x = block(x, domain, training=training)
-        return tf.squeeze(self.output_layer(x), axis=-1), last_conv
+        return tf.squeeze(self.output_layer(x), axis=-1)
 
     def call(self, inputs: dict, training: bool = False) -> dict:
         domain = tf.cast(inputs[DOMAIN], tf.int32)
@@ -278,16 +315,32 @@ class GraspSuccessModel(keras.Model):
         """P(success) [B, K] of K candidate motions [B, K, 5] per cropped image pair.
 
         Inference mode; statistics of `domain` (REAL, as in serving). C1 runs
-        once per pair and its features are repeated for the K motions.
+        once per pair (`image_features`), C2 once per motion (`score_features`).
+        """
+        features = self.image_features(x0, xt, tf.fill([tf.shape(x0)[0]], domain), training=False)
+        return self.score_features(features, motions, domain)
+
+    def score_features(
+        self, features: tf.Tensor, motions: tf.Tensor, domain: int = REAL
+    ) -> tf.Tensor:
+        """P(success) [B, K] of K motions [B, K, 5] per pair's C1 features [B, h, w, c].
+
+        The second half of `success_probability`, so a caller that scores several
+        sets of motions for the same images (CEM's iterations) runs C1 once. It
+        computes what `score` does in inference mode, but convolves the features
+        for C2's first layer once per pair rather than once per motion
+        (`_ConvBlock.call_with_offsets`): with the default profile's two C2
+        layers, that halves the convolutions of scoring K motions.
         """
         batch, k = tf.shape(motions)[0], tf.shape(motions)[1]
-        features = self.image_features(x0, xt, tf.fill([batch], domain), training=False)
-        logits, _ = self.score(
-            tf.repeat(features, k, axis=0),
-            tf.reshape(motions, [-1, MOTION_DIM]),
-            tf.fill([batch * k], domain),
-            training=False,
+        domains = tf.fill([batch * k], domain)
+        embedded = self.motion_embedding(
+            tf.reshape(tf.cast(motions, tf.float32), [-1, MOTION_DIM]), domains, training=False
         )
+        x = self.head[0].call_with_offsets(features, embedded, domains)
+        for block in self.head[1:]:
+            x = block(x, domains, training=False)
+        logits = self._readout(x, embedded, domains, training=False)
         return tf.reshape(tf.sigmoid(logits), [batch, k])
 
 

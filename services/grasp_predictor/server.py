@@ -6,7 +6,7 @@ import concurrent.futures
 from pathlib import Path
 
 import numpy as np
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 # The *_pb2 modules of the two services are imported for their descriptors alone: the
 # *_pb2_grpc stubs do not load them, and server reflection can only describe a service
@@ -43,6 +43,25 @@ SERVED_VERSION = Gauge(
 )
 LABEL_VERSION = Gauge(
     "graspfleet_predictor_label_version", "The version a label points to.", ["model", "label"]
+)
+MODEL_VERSIONS = Gauge(
+    "graspfleet_predictor_model_versions",
+    "Version folders of each model in the repository, served or not: 0 on a fleet with no "
+    "model yet.",
+    ["model"],
+)
+PREDICT_REQUESTS = Counter(
+    "graspfleet_predictor_predict_requests_total",
+    "Predict requests that reached a model, by signature.",
+    ["model", "signature"],
+)
+
+# Signatures of the grasp model whose concurrent requests are merged into one model call
+# (the planner's per-step traffic); any other signature runs request by request.
+BATCHED_SIGNATURES = (
+    tensors.DEFAULT_SIGNATURE,
+    tensors.FEATURES_SIGNATURE,
+    tensors.SCORE_FEATURES_SIGNATURE,
 )
 
 _STATE = {
@@ -83,6 +102,7 @@ class Predictor:
             for name in config.model_names
         }
         self.on_ready_change = lambda ready: None
+        self._count_versions()
 
     def ready(self) -> bool:
         """True when every configured model has a version serving."""
@@ -103,14 +123,18 @@ class Predictor:
 
     def _changed(self, repo: ModelRepository) -> None:
         for loaded in repo.loaded():
-            if "batcher" not in loaded.resources and self.config.enable_batching:
-                loaded.resources["batcher"] = DynamicBatcher(
-                    _run_signature(loaded, tensors.DEFAULT_SIGNATURE),
-                    repo.name,
-                    self.config.max_batch_size,
-                    self.config.batch_timeout_ms / 1000.0,
-                    self.config.max_queue,
-                )
+            if "batchers" not in loaded.resources and self.config.enable_batching:
+                loaded.resources["batchers"] = {
+                    name: DynamicBatcher(
+                        _run_signature(loaded, name),
+                        repo.name,
+                        self.config.max_batch_size,
+                        self.config.batch_timeout_ms / 1000.0,
+                        self.config.max_queue,
+                    )
+                    for name in BATCHED_SIGNATURES
+                    if name in loaded.signatures
+                }
         SERVED_VERSION.clear()
         LABEL_VERSION.clear()
         for name, each in self.repositories.items():
@@ -118,12 +142,17 @@ class Predictor:
                 SERVED_VERSION.labels(name, str(loaded.version)).set(1)
             for label, version in each.labels().items():
                 LABEL_VERSION.labels(name, label).set(version)
+        self._count_versions()
         self.on_ready_change(self.ready())
+
+    def _count_versions(self) -> None:
+        """What tells a fleet with no model yet from a model that does not serve."""
+        for name, repo in self.repositories.items():
+            MODEL_VERSIONS.labels(name).set(len(repo.available_versions()))
 
     @staticmethod
     def _unloaded(loaded: LoadedModel) -> None:
-        batcher = loaded.resources.pop("batcher", None)
-        if batcher is not None:
+        for batcher in loaded.resources.pop("batchers", {}).values():
             batcher.close()
 
     def predict(
@@ -133,8 +162,9 @@ class Predictor:
         inputs: dict[str, np.ndarray],
         timeout_s: float | None,
     ):
-        batcher = loaded.resources.get("batcher")
-        if batcher is None or signature_name != tensors.DEFAULT_SIGNATURE:
+        PREDICT_REQUESTS.labels(loaded.name, signature_name).inc()
+        batcher = loaded.resources.get("batchers", {}).get(signature_name)
+        if batcher is None:
             return run_timed(_run_signature(loaded, signature_name), inputs, loaded.name)
         future = batcher.submit(inputs)
         try:
@@ -147,29 +177,46 @@ class Predictor:
 
 
 def check_grasp_request(inputs: dict[str, np.ndarray], config: PredictorConfig) -> None:
-    """The grasp signature's own rules: one pair per row, K candidates, bounded sizes."""
-    x0, xt, motions = inputs["x0"], inputs["xt"], inputs["motions"]
-    if x0.shape != xt.shape:
+    """The grasp signatures' own rules: one pair per row, K candidates, bounded sizes.
+
+    Applies to requests of `serving_default` (x0, xt, motions), `image_features`
+    (x0, xt) and `score_features` (features, motions).
+    """
+    if "features" in inputs:
+        pairs, what = inputs["features"], "features"
+        if not np.isfinite(pairs).all():
+            raise InvalidArgument("features contain NaN or infinite values")
+    else:
+        x0, xt = inputs["x0"], inputs["xt"]
+        if x0.shape != xt.shape:
+            raise InvalidArgument(
+                f"x0 {list(x0.shape)} and xt {list(xt.shape)} must have the same shape"
+            )
+        pairs, what = x0, "x0"
+    rows = pairs.shape[0]
+    motions = inputs.get("motions")
+    if motions is not None and motions.shape[0] != rows:
         raise InvalidArgument(
-            f"x0 {list(x0.shape)} and xt {list(xt.shape)} must have the same shape"
+            f"motions has {motions.shape[0]} rows but {what} has {rows}; send one row of motions per image pair"
         )
-    rows = x0.shape[0]
-    if motions.shape[0] != rows:
-        raise InvalidArgument(
-            f"motions has {motions.shape[0]} rows but x0 has {rows}; send one row of motions per image pair"
-        )
-    if rows == 0 or motions.shape[1] == 0:
+    if rows == 0 or (motions is not None and motions.shape[1] == 0):
         raise InvalidArgument("the request is empty: send at least one image pair and one motion")
     if rows > config.max_batch_size:
         raise InvalidArgument(
             f"{rows} image pairs in one request; this predictor takes at most {config.max_batch_size}"
         )
+    if motions is None:
+        return
     if motions.shape[1] > config.max_candidates:
         raise InvalidArgument(
             f"{motions.shape[1]} motions per pair; this predictor takes at most {config.max_candidates}"
         )
     if not np.isfinite(motions).all():
         raise InvalidArgument("motions contain NaN or infinite values")
+
+
+# The inputs of the grasp signatures, which check_grasp_request knows.
+_GRASP_INPUTS = ({"x0", "xt", "motions"}, {"x0", "xt"}, {"features", "motions"})
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -190,7 +237,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             name: tensors.to_array(name, proto, limit) for name, proto in request.inputs.items()
         }
         tensors.check_inputs(signature, inputs, signature_name)
-        if {"x0", "xt", "motions"} == set(inputs):
+        if set(inputs) in _GRASP_INPUTS:
             check_grasp_request(inputs, self.predictor.config)
         outputs = self.predictor.predict(loaded, signature_name, inputs, context.time_remaining())
         wanted = list(request.output_filter) or list(outputs)

@@ -10,6 +10,10 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from services.common.errors import InvalidArgument, ResourceExhausted
 
 DEFAULT_SIGNATURE = "serving_default"
+# serving_default of the grasp model in two halves (export.ServingModule): the image
+# trunk once per image pair, then the motions scored against its features per call.
+FEATURES_SIGNATURE = "image_features"
+SCORE_FEATURES_SIGNATURE = "score_features"
 
 
 def input_specs(signature) -> dict[str, tf.TensorSpec]:

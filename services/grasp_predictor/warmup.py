@@ -24,9 +24,13 @@ def image_size(loaded: LoadedModel, default: int) -> tuple[int, int]:
 def grasp_warm_up(loaded: LoadedModel, default_size: int) -> None:
     """Runs the serving signature on random scenes and motions.
 
+    A version that also has the feature signatures (`image_features`,
+    `score_features`) must give the same probabilities through them.
+
     Raises:
         ValueError: the signature is missing, takes other inputs, or returns
-            anything but finite probabilities of shape [pairs, motions].
+            anything but finite probabilities of shape [pairs, motions]; or
+            the feature signatures come alone or disagree with it.
     """
     import tensorflow as tf
 
@@ -68,4 +72,35 @@ def grasp_warm_up(loaded: LoadedModel, default_size: int) -> None:
     if not np.isfinite(value).all() or value.min() < 0 or value.max() > 1:
         raise ValueError(
             f"output {name!r} is not a probability: range [{value.min()}, {value.max()}]"
+        )
+    _check_feature_signatures(loaded, images, motions, value)
+
+
+def _check_feature_signatures(
+    loaded: LoadedModel, images: np.ndarray, motions: np.ndarray, expected: np.ndarray
+) -> None:
+    import tensorflow as tf
+
+    split = (tensors.FEATURES_SIGNATURE, tensors.SCORE_FEATURES_SIGNATURE)
+    present = [name for name in split if name in loaded.signatures]
+    if not present:
+        return
+    if len(present) == 1:
+        raise ValueError(f"signature {present[0]!r} without its other half (need both of {split})")
+    (features,) = loaded.signatures[tensors.FEATURES_SIGNATURE](
+        x0=tf.constant(images), xt=tf.constant(images[::-1])
+    ).values()
+    (scored,) = loaded.signatures[tensors.SCORE_FEATURES_SIGNATURE](
+        features=features, motions=tf.constant(motions)
+    ).values()
+    scored = scored.numpy()
+    if scored.shape != expected.shape:
+        raise ValueError(
+            f"{split[1]!r} returns shape {list(scored.shape)}; "
+            f"{tensors.DEFAULT_SIGNATURE!r} returns {list(expected.shape)}"
+        )
+    gap = float(np.max(np.abs(scored - expected)))
+    if gap > 1e-5:
+        raise ValueError(
+            f"{split[0]!r} + {split[1]!r} disagree with {tensors.DEFAULT_SIGNATURE!r} by up to {gap:.2g}"
         )
