@@ -2,7 +2,9 @@
 
 Backgrounds with photographic-like texture, a colour cast, other lighting,
 sensor noise, blur and JPEG compression artifacts: enough that a model trained
-on clean renders meets a measurable domain gap, as with a real arm.
+on clean renders meets a measurable domain gap, as with a real arm. Noise, blur
+and JPEG happen at the camera's own resolution (`sensor_width`); the frame is
+then resized to the model's input, as a real pipeline downsamples its camera.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ class SensorModel:
     colour_gain: np.ndarray  # [3] per-channel gain: colour cast
     brightness: float
     gamma: float
-    noise_std: float  # in 0..255 units
-    blur_radius: float
+    noise_std: float  # in 0..255 units, per sensor pixel
+    blur_radius: float  # Gaussian sigma in sensor pixels: a focused lens, a pixel or so
     jpeg_quality: int
     background: np.ndarray  # [H, W, 3] uint8 texture behind the scene
+    sensor_scale: int = 1  # sensor columns per image column
     replace_background: bool = True  # the textured background (part of the scene's look)
     degrade: bool = True  # colour cast, gamma, noise, blur and JPEG (the sensor proper)
 
@@ -37,6 +40,7 @@ class SensorModel:
         height: int,
         width: int,
         *,
+        sensor_width: int = 0,
         background: bool = True,
         degrade: bool = True,
     ) -> SensorModel:
@@ -46,6 +50,8 @@ class SensorModel:
             rng: The episode's generator.
             height: Image rows.
             width: Image columns.
+            sensor_width: The camera's own columns (0: the image's); rounded to a whole
+                multiple of `width`.
             background: Put the textured background behind the scene.
             degrade: Apply the colour cast, gamma, noise, blur and JPEG artifacts.
         """
@@ -59,27 +65,35 @@ class SensorModel:
             background=textured_background(rng, height, width),
             replace_background=background,
             degrade=degrade,
+            sensor_scale=max(1, round(sensor_width / width)) if sensor_width else 1,
         )
 
     def apply(self, rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """The frame as the proxy-real sensor would deliver it (mask: class ids of the render)."""
+        height, width = rgb.shape[:2]
+        scale = self.sensor_scale
         image = rgb.astype(np.float32)
         if self.replace_background:
             image[mask == BACKGROUND] = self.background[mask == BACKGROUND]
         # Drawn even when unused, so later draws (and so the scene) do not depend on it.
-        noise = rng.normal(0.0, self.noise_std, image.shape)
+        noise = rng.normal(0.0, self.noise_std, (height * scale, width * scale, 3))
         if not self.degrade:
             return np.clip(image, 0, 255).astype(np.uint8)
         image = (
             255.0
             * (np.clip(image * self.colour_gain * self.brightness, 0, 255) / 255.0) ** self.gamma
         )
-        image += noise
         pil = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
-        pil = pil.filter(ImageFilter.GaussianBlur(self.blur_radius * max(rgb.shape[:2]) / 64))
+        if scale > 1:
+            pil = pil.resize((width * scale, height * scale), Image.BICUBIC)
+        pil = Image.fromarray(np.clip(np.asarray(pil, np.float32) + noise, 0, 255).astype(np.uint8))
+        pil = pil.filter(ImageFilter.GaussianBlur(self.blur_radius))
         buffer = io.BytesIO()
         pil.save(buffer, format="JPEG", quality=self.jpeg_quality)
-        return np.asarray(Image.open(buffer).convert("RGB"))
+        pil = Image.open(buffer).convert("RGB")
+        if scale > 1:
+            pil = pil.resize((width, height), Image.BOX)  # the pipeline's area downsampling
+        return np.asarray(pil)
 
 
 def textured_background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

@@ -33,11 +33,20 @@ class CameraConfig:
     fov_deg: float = 20.0
     jitter_deg: float = 3.0
     fov_jitter_deg: float = 2.0
+    # Columns of the camera's own sensor. The proxy-real sensor adds its noise, blur and
+    # JPEG artifacts at this resolution, and the frame is then resized to width x height,
+    # as a real pipeline downsamples its camera; 0 degrades the frame at width x height.
+    sensor_width: int = 0
 
     def __post_init__(self) -> None:
         if not (8 <= self.width <= 2048 and 8 <= self.height <= 2048):
             raise ValueError(
                 f"camera size {self.width}x{self.height}: each side must be 8..2048 pixels"
+            )
+        if self.sensor_width and not self.width <= self.sensor_width <= 4096:
+            raise ValueError(
+                f"sensor_width={self.sensor_width}: use 0 (the image size) or "
+                f"{self.width}..4096 columns, at least the image's width"
             )
         if self.jitter_deg < 0 or self.fov_jitter_deg < 0:
             raise ValueError("camera jitter must not be negative")

@@ -4,7 +4,7 @@ Example (robots/fleet/kuka-01.yaml):
 
     id: kuka-01
     driver: proxy-real          # sim | proxy-real | a registered hardware driver
-    camera: {width: 64, height: 64, jitter_deg: 3}
+    camera: {width: 64, height: 64, jitter_deg: 3, sensor_width: 256}  # sensor_width: proxy-real
     workspace: {low: [0.50, -0.065, 0.10], high: [0.78, 0.215, 0.40], max_step_cm: 10}
     object_set: real-train      # train | sim-test | real-train | real-test | procedural | a folder
     randomization: none         # none | visual | dynamics | all (simulated arms)
@@ -36,7 +36,7 @@ KNOWN_KEYS = {
     "seed",
     "proxy_real_factors",
 }
-CAMERA_KEYS = {"width", "height", "jitter_deg", "fov_deg"}
+CAMERA_KEYS = {"width", "height", "jitter_deg", "fov_deg", "sensor_width"}
 WORKSPACE_KEYS = {"low", "high", "max_step_cm"}
 FLEET_DIR = Path(__file__).parent / "fleet"
 

@@ -204,6 +204,7 @@ def draw_look(
             rng,
             config.camera.height,
             config.camera.width,
+            sensor_width=config.camera.sensor_width,
             background="lighting" in factors,
             degrade="sensor" in factors,
         )
