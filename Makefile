@@ -9,10 +9,13 @@ STAMP  := $(VENV)/.installed
 PROTO_SRC   := $(wildcard protos/graspfleet/v1/*.proto)
 PROTO_STAMP := protos/graspfleet/v1/.generated
 PYTEST_ARGS ?=
+# make test's pytest workers (pytest-xdist), each test file on one worker so that its
+# module fixtures are built once; PYTEST_WORKERS=0 runs everything in one process.
+PYTEST_WORKERS ?= 2
 LINT_PATHS  := $(wildcard services robots tests bench experiments)
 ARGS ?=
 
-.PHONY: all venv protos run quick test lint format bench sysdeps clean k8s-validate promtool-test images
+.PHONY: all venv protos run quick test lint format bench fuzz sysdeps clean k8s-validate promtool-test images
 
 all: test
 
@@ -51,7 +54,7 @@ quick: protos
 
 # k8s-validate and promtool-test run tests/k8s; the full run leaves them out.
 test: protos sysdeps lint k8s-validate promtool-test
-	$(PY) -m pytest --ignore=tests/k8s $(PYTEST_ARGS)
+	$(PY) -m pytest --ignore=tests/k8s -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check $(LINT_PATHS)
@@ -66,6 +69,13 @@ BENCHES ?= ingest model_inference predictor
 # Each benchmark prints a markdown table; docs/benchmarks.md records them with their commands.
 bench: protos sysdeps
 	@for b in $(BENCHES); do echo "== bench.$$b"; $(PY) -m bench.$$b || exit 1; done
+
+# The RPC fuzz of tests/fuzz with a bigger budget: FUZZ_EXAMPLES requests per method
+# (make test sends 12), FUZZ_SEED to reproduce or vary a run.
+FUZZ_EXAMPLES ?= 300
+FUZZ_SEED ?= 20261202
+fuzz: protos
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q tests/fuzz
 
 # 12,000 random-exploration sim episodes with masks on the train objects and
 # 400 on the held-out ones (about 25 minutes on 2 cores; a rerun collects only
@@ -122,9 +132,10 @@ clean:
 
 # Every overlay x component combination of k8s/ built with kustomize and every
 # object validated strictly for each supported Kubernetes version
-# (tests/k8s/kustomize.py), plus what the built objects must say.
+# (tests/k8s/kustomize.py), plus what the built objects must say (every
+# tests/k8s file but the rules' tests).
 k8s-validate: protos
-	$(PY) -m pytest -q tests/k8s/test_manifests.py tests/k8s/test_robot_agent_pod.py
+	$(PY) -m pytest -q tests/k8s --ignore=tests/k8s/test_rules.py
 
 # promtool check and unit tests of the Prometheus rules in k8s/.
 promtool-test: sysdeps $(STAMP)
@@ -132,10 +143,22 @@ promtool-test: sysdeps $(STAMP)
 
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= graspfleet:$(VERSION)
+# The GPU variant (the Dockerfile's runtime-gpu stage: TensorFlow with CUDA) that
+# k8s/components/gpu-training runs training Jobs with.
+IMAGE_GPU ?= graspfleet-gpu:$(VERSION)
+# Which images `make images` builds: cpu, gpu or both (IMAGE_VARIANTS="cpu gpu").
+IMAGE_VARIANTS ?= cpu
 
-# The service image from the Dockerfile, with docker or podman when one runs here.
+# The images from the Dockerfile, with docker or podman when one runs here.
 images:
 	@if command -v hadolint >/dev/null; then hadolint Dockerfile; fi
-	@if docker info >/dev/null 2>&1; then docker build -t $(IMAGE) .; \
-	elif podman info >/dev/null 2>&1; then podman build -t $(IMAGE) .; \
-	else echo "make images: no running docker or podman on this machine; build $(IMAGE) where one runs: docker build -t $(IMAGE) ."; exit 1; fi
+	@if docker info >/dev/null 2>&1; then engine=docker; \
+	elif podman info >/dev/null 2>&1; then engine=podman; \
+	else echo "make images: no running docker or podman on this machine; build where one runs: docker build --target runtime -t $(IMAGE) . (GPU: --target runtime-gpu -t $(IMAGE_GPU))"; exit 1; fi; \
+	for variant in $(IMAGE_VARIANTS); do \
+		case $$variant in \
+		cpu) $$engine build --target runtime -t $(IMAGE) . || exit 1 ;; \
+		gpu) $$engine build --target runtime-gpu -t $(IMAGE_GPU) . || exit 1 ;; \
+		*) echo "make images: IMAGE_VARIANTS has $$variant; use cpu, gpu or both"; exit 2 ;; \
+		esac; \
+	done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -11,6 +12,22 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with_parent(parent: int) -> None:
+    """Runs in the child before exec: a SIGTERM reaches it when its parent dies.
+
+    A test run killed by its timeout or an experiment killed with SIGKILL would
+    otherwise leave its services running, holding ports, CPU and files. (The
+    signal follows the parent thread that started the child: fleets are
+    started from the main thread.)
+    """
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        return  # not Linux, or refused: the old behaviour, no worse
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent died before prctl took effect
 
 
 class ServiceProcess:
@@ -55,7 +72,14 @@ class ServiceProcess:
             argv += [f"--{key.replace('_', '-')}", str(value)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        parent = os.getpid()
+        self.process = subprocess.Popen(
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=(lambda: _end_with_parent(parent)) if sys.platform == "linux" else None,
+        )
         log.close()
         self.port = None
         self.wait_ready(timeout_s, require_serving)
