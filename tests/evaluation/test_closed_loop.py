@@ -20,6 +20,7 @@ from services.servo_planner.server import create_server as create_planner
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.server import create_server as create_farm
 from tests.fixtures import models
+from tests.fixtures.waiting import until
 
 ARM = Path(__file__).parents[2] / "robots" / "evaluation" / "proxy-real-test.yaml"
 SCENES = 4
@@ -119,8 +120,8 @@ def test_a_stopped_evaluation_continues_where_it_stopped(services):
                 spec=closed_loop.collection_spec(spec, contender), collection_id="t2.random"
             )
         )
-        while len(_episodes(store.address, "t2.random")) < 1:
-            pass
+        # Polled, not spun: a busy loop here takes a core from the shard it waits for.
+        assert until(lambda: len(_episodes(store.address, "t2.random")) >= 1, timeout_s=120)
         stub.StopCollection(sim_farm_pb2.StopCollectionRequest(collection_id="t2.random"))
     first.stop(grace_s=5)
     partial = {e.episode_id for e in _episodes(store.address, "t2.random")}

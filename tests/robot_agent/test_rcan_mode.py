@@ -52,11 +52,18 @@ def _publish_brightness_model(base: Path) -> None:
     (folder / "graspfleet_model.json").write_text(json.dumps({"image_size": [64, 64]}))
 
 
-@pytest.fixture
-def fleet(tmp_path):
-    models = tmp_path / "models"
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """The brightness grasp model and the RCAN generator, exported once: the services only read
+    them."""
+    models = tmp_path_factory.mktemp("models")
     _publish_brightness_model(models)
     refiner_models.publish(models, export.KIND_RCAN, shift=SHIFT)
+    return models
+
+
+@pytest.fixture
+def fleet(models, tmp_path):
     services = {"store": create_store(EpisodeStoreConfig(port=0, data_dir=str(tmp_path / "store")))}
     services["predictor"] = create_predictor(
         PredictorConfig(port=0, model_base_path=str(models), settle_s=0)

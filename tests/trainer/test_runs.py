@@ -106,17 +106,24 @@ def test_promotion_by_hand_moves_the_label(trainer, stable_v1):
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_the_gate_rejects_a_candidate_that_must_beat_stable_by_more_than_possible(
-    trainer, stable_v1
-):
-    _, stub, models = trainer
+def test_the_cli_submits_a_run_the_gate_rejects_then_lists_and_promotes(trainer, stable_v1, capsys):
+    from services import cli
+
+    server, stub, models = trainer
+    address = ["--trainer", server.address]
     rejections = _count("graspfleet_trainer_gate_rejections_total", model=NAME)
-    # max_regression -1: the candidate must be 100 points more accurate than stable on the
-    # same held-out samples, which no model can be unless stable scores 0 and it scores 1.
-    spec = tiny_spec(S.RECIPE_NAIVE_MIX, enabled=True, max_regression=-1.0)
-    run = stub.SubmitRun(S.SubmitRunRequest(spec=spec), metadata=AUTH)
-    final = watch(stub, run.run_id)[-1].run
-    assert final.state == S.RUN_STATE_REJECTED, final.message
+    # The researcher's path: submit and watch to the end. max_regression -1: the candidate
+    # must be 100 points more accurate than stable on the same held-out samples, which no
+    # model can be unless stable scores 0 and it scores 1; so it is rejected, no label moves.
+    submit = ["train", "submit", "--recipe", "naive-mix", "--steps", "24", "--batch-size", "16"]
+    submit += ["--learning-rate", "0.003", "--seed", "1"]
+    submit += ["--max-regression", "-1", "--validation-fraction", "0.25", "--watch"]
+    assert cli.main([*submit, *address, "--token", TOKEN]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert "QUEUED" in out[0] and "RUNNING" in out[2] and "step 24/24" in "\n".join(out)
+    assert "REJECTED" in out[-2] and "exceeds max_regression" in out[-1]
+    (final,) = stub.ListRuns(S.ListRunsRequest(state=S.RUN_STATE_REJECTED)).runs
+    assert final.spec.recipe == S.RECIPE_NAIVE_MIX
     assert (
         "vs stable version 1" in final.message and "exceeds max_regression -1.0000" in final.message
     )
@@ -125,6 +132,23 @@ def test_the_gate_rejects_a_candidate_that_must_beat_stable_by_more_than_possibl
     assert not final.HasField("published")
     assert export.versions(models / NAME) == [1]
     assert _count("graspfleet_trainer_gate_rejections_total", model=NAME) == rejections + 1
+    # --refiner reaches the trainer, which says this recipe applies no generator.
+    assert cli.main([*submit[:-1], "--refiner", "3", *address, "--token", TOKEN]) == 1
+    refused = capsys.readouterr().err
+    assert "INVALID_ARGUMENT" in refused and "applies no generator" in refused
+
+    assert cli.main(["train", "ls", *address]) == 0
+    listing = capsys.readouterr().out
+    assert "SUCCEEDED" in listing and "REJECTED" in listing and "grasp_success:1" in listing
+    assert cli.main(["train", "ls", *address, "--state", "rejected"]) == 0
+    assert "SUCCEEDED" not in capsys.readouterr().out
+    assert cli.main(["models", "ls", *address]) == 0
+    assert "stable" in capsys.readouterr().out
+    promote = ["models", "promote", "1", "--label", "canary", *address]
+    assert cli.main([*promote, "--token", "wrong"]) == 1
+    assert "PERMISSION_DENIED" in capsys.readouterr().err
+    assert cli.main([*promote, "--token", TOKEN]) == 0
+    assert "grasp_success:1 is now canary" in capsys.readouterr().out
 
 
 def test_a_second_version_is_promoted_automatically_then_rolled_back(
@@ -170,37 +194,6 @@ def test_a_second_version_is_promoted_automatically_then_rolled_back(
         )
     assert nothing_before.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no version before 1" in nothing_before.value.details()
-
-
-def test_the_cli_submits_watches_lists_and_promotes(trainer, stable_v1, capsys):
-    from services import cli
-
-    server, _, _ = trainer
-    address = ["--trainer", server.address]
-    # The researcher's path: submit and watch to the end (rejected here, so no label moves).
-    submit = ["train", "submit", "--recipe", "naive-mix", "--steps", "24", "--batch-size", "16"]
-    submit += ["--max-regression", "-1", "--validation-fraction", "0.25", "--watch"]
-    assert cli.main([*submit, *address, "--token", TOKEN]) == 1
-    out = capsys.readouterr().out.splitlines()
-    assert "QUEUED" in out[0] and "RUNNING" in out[2] and "step 24/24" in "\n".join(out)
-    assert "REJECTED" in out[-2] and "exceeds max_regression" in out[-1]
-    # --refiner reaches the trainer, which says this recipe applies no generator.
-    assert cli.main([*submit[:-1], "--refiner", "3", *address, "--token", TOKEN]) == 1
-    refused = capsys.readouterr().err
-    assert "INVALID_ARGUMENT" in refused and "applies no generator" in refused
-
-    assert cli.main(["train", "ls", *address]) == 0
-    listing = capsys.readouterr().out
-    assert "SUCCEEDED" in listing and "REJECTED" in listing and "grasp_success:1" in listing
-    assert cli.main(["train", "ls", *address, "--state", "rejected"]) == 0
-    assert "SUCCEEDED" not in capsys.readouterr().out
-    assert cli.main(["models", "ls", *address]) == 0
-    assert "stable" in capsys.readouterr().out
-    promote = ["models", "promote", "1", "--label", "canary", *address]
-    assert cli.main([*promote, "--token", "wrong"]) == 1
-    assert "PERMISSION_DENIED" in capsys.readouterr().err
-    assert cli.main([*promote, "--token", TOKEN]) == 0
-    assert "grasp_success:1 is now canary" in capsys.readouterr().out
 
 
 def _count(name: str, **labels) -> float:
