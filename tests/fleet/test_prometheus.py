@@ -20,11 +20,7 @@ import pytest
 
 from graspfleet.v1 import episode_store_pb2, robot_agent_pb2, robot_agent_pb2_grpc
 from services.episode_store import client
-from services.episode_store.config import EpisodeStoreConfig
-from services.episode_store.server import create_server as create_store
 from services.fleet.process import ServiceProcess
-from services.grasp_predictor.config import PredictorConfig
-from services.grasp_predictor.server import create_server as create_predictor
 from services.servo_planner.config import PlannerConfig
 from services.servo_planner.server import create_server as create_planner
 from tests.fixtures import models
@@ -69,18 +65,31 @@ def _dashboard_queries() -> list[str]:
     ]
 
 
+def _scraped(name: str, command: list[str], flags: dict[str, str], tmp_path) -> ServiceProcess:
+    """A service in its own process, with a metrics port for Prometheus."""
+    flags = {**flags, "metrics_port": "0", "log_format": "text"}
+    return ServiceProcess(name, command, flags, tmp_path / "logs")
+
+
 def test_recorded_success_rate_equals_the_store(tmp_path):
     models.publish(tmp_path / "models", 1, bias=0.0)
-    # The store, predictor and planner share this process and its metrics endpoint.
-    store = create_store(
-        EpisodeStoreConfig(port=0, metrics_port=0, data_dir=str(tmp_path / "store"))
+    # The store and the predictor that Prometheus scrapes run in processes of their own, as
+    # deployed: this process's metrics registry also counts the stores and agents that
+    # earlier tests ran in it. The planner is not scraped.
+    store = _scraped(
+        "episode-store", ["store", "serve"], {"data_dir": str(tmp_path / "store")}, tmp_path
     )
-    predictor = create_predictor(
-        PredictorConfig(port=0, model_base_path=str(tmp_path / "models"), settle_s=0)
+    predictor = _scraped(
+        "grasp-predictor",
+        ["predictor", "serve"],
+        {"model_base_path": str(tmp_path / "models"), "settle_s": "0"},
+        tmp_path,
     )
-    planner = create_planner(PlannerConfig(port=0, predictor_address=predictor.address))
-    agents, prometheus = [], None
+    planner, agents, prometheus = None, [], None
     try:
+        store.start(timeout_s=120)
+        predictor.start(timeout_s=120)
+        planner = create_planner(PlannerConfig(port=0, predictor_address=predictor.address))
         for robot in ROBOTS:
             agent = ServiceProcess(
                 f"agent-{robot}",
@@ -108,6 +117,8 @@ def test_recorded_success_rate_equals_the_store(tmp_path):
             f"  - job_name: robot-agent\n    static_configs:\n      - targets: {json.dumps(targets)}\n"
             "  - job_name: episode-store\n    static_configs:\n"
             f"      - targets: ['127.0.0.1:{store.metrics_port}']\n"
+            "  - job_name: grasp-predictor\n    static_configs:\n"
+            f"      - targets: ['127.0.0.1:{predictor.metrics_port}']\n"
         )
         web_port = _free_port()
         prometheus = subprocess.Popen(
@@ -193,5 +204,7 @@ def test_recorded_success_rate_equals_the_store(tmp_path):
             prometheus.wait(30)
         for agent in agents:
             agent.stop()
-        for server in (planner, predictor, store):
-            server.stop(grace_s=0)
+        if planner is not None:
+            planner.stop(grace_s=0)
+        predictor.stop()
+        store.stop()
