@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import grpc
 import psycopg
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from services.common.server import LIVENESS
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import SERVICE_NAME, create_server
+from tests.fixtures.health import NOT_SERVING, SERVING, health, readiness
 from tests.fixtures.waiting import until
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _health(address: str, service: str) -> int:
-    with grpc.insecure_channel(address) as channel:
-        request = health_pb2.HealthCheckRequest(service=service)
-        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
-
-
-def _readiness(address: str) -> set[int]:
-    """The statuses of the server as a whole and of the store: one, except while it flips."""
-    return {_health(address, service) for service in ("", SERVICE_NAME)}
 
 
 def _ready_gauge() -> float | None:
@@ -43,13 +28,13 @@ def test_not_ready_while_the_shard_folder_is_gone_then_ready_again(tmp_path):
     server = _store(tmp_path / "store")
     shards, away = tmp_path / "store" / "shards", tmp_path / "shards-away"
     try:
-        assert _readiness(server.address) == {SERVING} and _ready_gauge() == 1
+        assert readiness(server.address, SERVICE_NAME) == {SERVING} and _ready_gauge() == 1
         shards.rename(away)  # the volume unmounted, or someone removed the folder
-        assert until(lambda: _readiness(server.address) == {NOT_SERVING}, 60)
-        assert _health(server.address, LIVENESS) == SERVING  # alive: no reason to restart it
+        assert until(lambda: readiness(server.address, SERVICE_NAME) == {NOT_SERVING}, 60)
+        assert health(server.address, LIVENESS) == SERVING  # alive: no reason to restart it
         assert _ready_gauge() == 0
         away.rename(shards)
-        assert until(lambda: _readiness(server.address) == {SERVING}, 60)
+        assert until(lambda: readiness(server.address, SERVICE_NAME) == {SERVING}, 60)
         assert _ready_gauge() == 1
     finally:
         server.stop(grace_s=0)
@@ -72,12 +57,12 @@ def test_not_ready_while_the_metadata_database_refuses_connections(postgres_data
 
     server = _store(tmp_path / "store", postgres_dsn=postgres_database)
     try:
-        assert _readiness(server.address) == {SERVING}
+        assert readiness(server.address, SERVICE_NAME) == {SERVING}
         allow_connections(False)  # the database down, or its credentials revoked
-        assert until(lambda: _readiness(server.address) == {NOT_SERVING}, 60)
-        assert _health(server.address, LIVENESS) == SERVING
+        assert until(lambda: readiness(server.address, SERVICE_NAME) == {NOT_SERVING}, 60)
+        assert health(server.address, LIVENESS) == SERVING
         allow_connections(True)
-        assert until(lambda: _readiness(server.address) == {SERVING}, 60)
+        assert until(lambda: readiness(server.address, SERVICE_NAME) == {SERVING}, 60)
     finally:
         allow_connections(True)
         server.stop(grace_s=0)
