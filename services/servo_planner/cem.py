@@ -84,18 +84,24 @@ def optimize(
     params: CemParams,
     rng: np.random.Generator,
     time_left: Callable[[], float],
+    first_time_left: Callable[[], float] | None = None,
 ) -> CemResult:
     """Runs CEM until its iterations are done or time is up; one `score` call per iteration.
 
+    Args:
+        time_left: Seconds left of the planning budget; no iteration starts past it.
+        first_time_left: Seconds the first iteration may take (the caller's own
+            deadline), when a plan that arrives late beats no plan; `time_left` if None.
+
     Raises:
-        TimeoutError: not even the first iteration fitted in the time given.
+        TimeoutError: not even the first iteration fitted in the time it was given.
     """
     low, high = grasp_box(workspace, params)
     best_motion, best_success, no_motion_success = NO_MOTION, -1.0, None
     mean = std = None
     done = 0
     for iteration in range(params.iterations):
-        remaining = time_left()
+        remaining = (first_time_left or time_left)() if iteration == 0 else time_left()
         if remaining <= 0:
             break
         if iteration == 0:

@@ -249,12 +249,13 @@ class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
     def PlanStep(self, request, context):
         _check_request(request, self.config)
         started = time.monotonic()
-        budget_s = (request.budget_ms or self.config.budget_ms) / 1000.0
-        deadline = started + budget_s
+        deadline = started + (request.budget_ms or self.config.budget_ms) / 1000.0
+        # The features and the first CEM iteration may run past the budget up to the
+        # caller's own deadline: a late plan is better than none. Leave a little of
+        # that deadline for the answer to travel back.
         grpc_left = context.time_remaining()
-        if grpc_left is not None:
-            # Leave a little of the caller's deadline for the answer to travel back.
-            deadline = min(deadline, started + grpc_left * 0.9)
+        hard_deadline = deadline if grpc_left is None else started + grpc_left * 0.9
+        deadline = min(deadline, hard_deadline)
         rng = np.random.default_rng(request.seed or None)
         position = _vec(request.current_pose.position_m)
         workspace = cem.Workspace(_vec(request.workspace.min_m), _vec(request.workspace.max_m))
@@ -289,9 +290,15 @@ class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
         x0 = decode_image(request.x0, "x0")[None]
         xt = decode_image(request.xt, "xt")[None]
         try:
-            score = self.scoring.scorer(spec, x0, xt, deadline - time.monotonic())
+            score = self.scoring.scorer(spec, x0, xt, hard_deadline - time.monotonic())
             result = cem.optimize(
-                score, position, workspace, params, rng, lambda: deadline - time.monotonic()
+                score,
+                position,
+                workspace,
+                params,
+                rng,
+                time_left=lambda: deadline - time.monotonic(),
+                first_time_left=lambda: hard_deadline - time.monotonic(),
             )
         except TimeoutError as err:
             raise DeadlineExceeded(str(err)) from None

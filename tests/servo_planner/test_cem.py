@@ -58,6 +58,19 @@ def test_deadline_returns_the_best_so_far():
     assert result.iterations == 1 and result.deadline_reached
 
 
+def test_the_first_iteration_runs_on_its_own_time():
+    result = cem.optimize(
+        peaked,
+        POSITION,
+        WORKSPACE,
+        cem.CemParams(),
+        np.random.default_rng(1),
+        time_left=lambda: 0.0,
+        first_time_left=lambda: 1.0,
+    )
+    assert result.iterations == 1 and result.deadline_reached
+
+
 def test_no_time_at_all_is_an_error():
     with pytest.raises(TimeoutError):
         cem.optimize(
