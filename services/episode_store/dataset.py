@@ -15,7 +15,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
-from services.episode_store.shards import Keys
+from services.episode_store.shards import EVALUATION, PURPOSE, Keys
 
 # Sample keys, declared once.
 X0 = "x0"
@@ -34,10 +34,6 @@ DOMAIN = "domain"
 EPISODE_ID = "episode_id"
 STEP = "step"
 IS_LAST = "is_last"
-
-# Episodes run to score a model carry this attribute; they are never training data.
-PURPOSE = "purpose"
-EVALUATION = "evaluation"
 
 _CONTEXT = {
     Keys.X0: tf.io.FixedLenFeature([], tf.string),

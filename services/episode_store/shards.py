@@ -28,6 +28,10 @@ FORMAT_VERSION = 1
 SHARD_SUFFIX = ".tfrecord"
 REASON_SUFFIX = ".reason"
 
+# Episodes run to score a model carry this header attribute; they are never training data.
+PURPOSE = "purpose"
+EVALUATION = "evaluation"
+
 
 class Keys:
     """Feature keys of the shard format, declared once."""

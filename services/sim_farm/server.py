@@ -247,6 +247,8 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
                 planner_address=self.config.planner_address,
                 plan_timeout_s=self.config.plan_timeout_s,
                 spool_dir=self.config.spool_dir,
+                spool_max_bytes=max(1, self.config.spool_max_bytes // self.config.workers),
+                upload_stall_s=self.config.upload_stall_s,
                 model_version=spec.policy.model.version,
                 arm_config_yaml=spec.arm_config_yaml,
                 evaluation=spec.evaluation,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from robots.drivers import make_driver
 from robots.inventory import ArmConfig, parse_arm
 from robots.policies import OraclePolicy, RandomPolicy
 from services.common import episodes, logs, upstream
-from services.episode_store import dataset
+from services.episode_store.shards import EVALUATION, PURPOSE
 from services.episode_store.spool import EpisodeSpool, Uploader
 from services.robot_agent.control import PlannerPolicy, run_arm_episode
 
@@ -43,6 +45,8 @@ class ShardJob:
     planner_address: str
     plan_timeout_s: float
     spool_dir: str
+    spool_max_bytes: int = 0  # this shard's spool cap: at it the shard waits for the store
+    upload_stall_s: float = 300.0  # the store taking nothing this long fails the shard
     model_version: int = 0  # with policy cem / eps-mix: this version; 0 resolves model_label
     arm_config_yaml: str = ""  # an arm configuration's text; replaces the world fields above
     evaluation: bool = False  # tag episodes purpose=evaluation: never training data
@@ -130,11 +134,47 @@ def _stored(job: ShardJob) -> dict[str, bool]:
         return {e.episode_id: e.result == common_pb2.GRASP_RESULT_SUCCESS for e in found}
 
 
+class StoreStalled(RuntimeError):
+    """The store took none of a shard's spooled episodes for `upload_stall_s`."""
+
+
+def _wait_for_store(
+    job: ShardJob, uploader: Uploader, spool: EpisodeSpool, stop, ready: Callable[[], bool]
+) -> bool:
+    """Waits until `ready()` while the store drains the spool; False when stopped first.
+
+    What is spooled stays on disk whatever happens: a stopped or failed shard's
+    episodes are sent when the farm next starts.
+
+    Raises:
+        StoreStalled: the spool did not shrink for `job.upload_stall_s`.
+    """
+    depth, since = spool.depth(), time.monotonic()
+    while not ready():
+        if stop.is_set():
+            return False
+        uploader.wait_idle(min(1.0, job.upload_stall_s))
+        if spool.depth() < depth:
+            depth, since = spool.depth(), time.monotonic()
+        elif time.monotonic() - since > job.upload_stall_s:
+            raise StoreStalled(
+                f"the episode store at {job.store_address} took none of this shard's "
+                f"{spool.depth()} spooled episodes for {job.upload_stall_s:.0f} s (last error: "
+                f"{uploader.last_error or 'none'}); they stay in {spool.root} and are sent "
+                "when the sim-farm next starts"
+            )
+    return not stop.is_set()
+
+
 def run_shard(job: ShardJob, progress, stop) -> None:
     """Runs a shard to its end or until `stop` is set; reports through `progress` (a queue)."""
     logs.configure_logging("sim-farm-worker", "INFO", "json")
     arm = shard_arm(job)
-    spool = EpisodeSpool(Path(job.spool_dir) / job.collection_id / f"shard-{job.shard}", arm.id)
+    spool = EpisodeSpool(
+        Path(job.spool_dir) / job.collection_id / f"shard-{job.shard}",
+        arm.id,
+        max_bytes=job.spool_max_bytes,
+    )
     uploader = Uploader(spool, lambda: job.store_address).start()
     try:
         stored = _stored(job)
@@ -142,7 +182,7 @@ def run_shard(job: ShardJob, progress, stop) -> None:
             driver.world.render_canonical = job.render_canonical
             policy = _policy(job, driver)
             for i in range(job.first_episode, job.first_episode + job.episodes):
-                if stop.is_set():
+                if not _wait_for_store(job, uploader, spool, stop, lambda: not spool.full()):
                     break
                 episode = episode_id(job.collection_id, job.shard, i)
                 if episode in stored:
@@ -170,7 +210,7 @@ def run_shard(job: ShardJob, progress, stop) -> None:
                     with_masks=job.render_masks,
                 )
                 if job.evaluation:
-                    record.header.attributes[dataset.PURPOSE] = dataset.EVALUATION
+                    record.header.attributes[PURPOSE] = EVALUATION
                 uploader.submit(record)
                 world_state = driver.world
                 progress.put(
@@ -184,9 +224,7 @@ def run_shard(job: ShardJob, progress, stop) -> None:
                     )
                 )
         # Everything collected reaches the store before the shard counts as done.
-        while not uploader.wait_idle(5.0):
-            if stop.is_set():
-                break  # what is left stays spooled; the farm flushes it when it next starts
+        _wait_for_store(job, uploader, spool, stop, lambda: spool.depth() == 0)
         progress.put(("done", job.collection_id, job.shard, "", 0, 0))
     except Exception as err:  # noqa: BLE001 - the farm must hear why a shard died
         progress.put(("failed", job.collection_id, job.shard, f"{type(err).__name__}: {err}", 0, 0))

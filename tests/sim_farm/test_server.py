@@ -204,3 +204,58 @@ def test_collection_ids_that_could_become_paths_are_refused(farm, tmp_path, coll
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "collection_id" in refused.value.details() and len(refused.value.details()) < 400
     assert not stub.ListCollections(sim_farm_pb2.ListCollectionsRequest()).collections
+
+
+def test_a_store_that_stops_answering_fails_the_collection_and_keeps_its_episodes(tmp_path):
+    # Each shard spools at most one episode (the cap), waits for the store, and gives up when
+    # the store takes nothing for upload_stall_s; a farm started later sends what was spooled.
+    store_dir, spool_dir = tmp_path / "store", tmp_path / "spool"
+    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(store_dir)))
+    address = store.address
+    store.stop(grace_s=0)
+    farm = create_farm(
+        SimFarmConfig(
+            port=0,
+            store_address=address,
+            workers=2,
+            spool_dir=str(spool_dir),
+            spool_max_bytes=2,
+            upload_stall_s=2.0,
+        )
+    )
+    spec = sim_farm_pb2.CollectionSpec(
+        num_episodes=6,
+        num_shards=2,
+        max_steps=2,
+        domain=common_pb2.DOMAIN_SIM,
+        policy=Policy(kind=Policy.KIND_RANDOM),
+    )
+    try:
+        with grpc.insecure_channel(farm.address) as channel:
+            stub = sim_farm_pb2_grpc.SimFarmStub(channel)
+            stub.StartCollection(sim_farm_pb2.StartCollectionRequest(spec=spec, collection_id="c"))
+            done = _wait(stub, "c", timeout_s=60)
+    finally:
+        farm.stop(grace_s=0)
+    assert done.state == sim_farm_pb2.COLLECTION_STATE_FAILED
+    assert "took none of this shard's 1 spooled episodes" in done.error and address in done.error
+    spooled = sorted(p.name for p in spool_dir.rglob("*.episode"))
+    assert len(spooled) == 2  # one per shard: the cap held back the rest
+
+    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(store_dir)))
+    farm = create_farm(SimFarmConfig(port=0, store_address=store.address, spool_dir=str(spool_dir)))
+    try:
+        channel, store_stub = client.connect(store.address)
+        with channel:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                found = list(client.list_all(store_stub, episode_store_pb2.EpisodeFilter()))
+                if len(found) == 2:
+                    break
+                time.sleep(0.2)
+        assert sorted(e.episode_id for e in found) == sorted(
+            p.removesuffix(".episode") for p in spooled
+        )
+    finally:
+        farm.stop(grace_s=0)
+        store.stop(grace_s=0)
