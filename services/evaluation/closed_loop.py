@@ -20,10 +20,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
 from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
 from robots.inventory import parse_arm
+from services.common import upstream
 from services.episode_store import client
 from services.evaluation.stats import PairedDifference, Rate, paired_difference, wilson
 from services.sim_farm.client import run_collection
@@ -196,7 +195,8 @@ def evaluate(
     if len(set(names)) != len(names):
         raise ValueError(f"contender names must be unique: {names}")
     results = []
-    with grpc.insecure_channel(farm_address) as channel:
+    # TLS when GRASPFLEET_TLS_CA is set, like every other client of a deployed fleet.
+    with upstream.channel(farm_address) as channel:
         farm_stub = sim_farm_pb2_grpc.SimFarmStub(channel)
         store_channel, store_stub = client.connect(store_address)
         with store_channel:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -18,47 +16,10 @@ from services.common.server import ServiceServer
 from services.episode_store import client, samples
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server as create_store
+from tests.fixtures.tls import make_certificate
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def make_certificate(folder: Path, name: str = "graspfleet-test") -> Path:
-    """A self-signed certificate for localhost and 127.0.0.1, as a kubernetes.io/tls Secret's
-    files (tls.crt, tls.key) in `folder`; it is its own CA, so tls.crt is what clients trust.
-
-    Each file is written beside and renamed into place, as Kubernetes updates a Secret.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / ".staging"
-    staging.mkdir(exist_ok=True)
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            f"/CN={name}",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            str(staging / "tls.key"),
-            "-out",
-            str(staging / "tls.crt"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    for file in ("tls.key", "tls.crt"):
-        os.replace(staging / file, folder / file)
-    return folder / "tls.crt"
 
 
 def _check(channel: grpc.Channel, service: str = "") -> int:

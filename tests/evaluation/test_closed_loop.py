@@ -8,6 +8,7 @@ import grpc
 import pytest
 
 from graspfleet.v1 import episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
+from services.common import upstream
 from services.episode_store import client, dataset
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server as create_store
@@ -20,6 +21,7 @@ from services.servo_planner.server import create_server as create_planner
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.server import create_server as create_farm
 from tests.fixtures import models
+from tests.fixtures.tls import make_certificate
 from tests.fixtures.waiting import until
 
 ARM = Path(__file__).parents[2] / "robots" / "evaluation" / "proxy-real-test.yaml"
@@ -142,3 +144,30 @@ def test_contenders_and_specs_refuse_what_cannot_be_run():
         Contender("../x", "random")
     with pytest.raises(ValueError, match="shards"):
         EvaluationSpec.from_file("e", ARM, scenes=2, seed=1, shards=3)
+
+
+def test_the_evaluator_reaches_a_fleet_that_speaks_tls(tmp_path, monkeypatch):
+    # A deployed fleet with TLS on (tls_dir): the evaluator, like every client, trusts
+    # GRASPFLEET_TLS_CA; the farm's workers reach the store the same way.
+    make_certificate(tmp_path / "tls")
+    tls = str(tmp_path / "tls")
+    monkeypatch.setenv(upstream.TLS_CA_ENV, f"{tls}/tls.crt")
+    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(tmp_path / "store"), tls_dir=tls))
+    farm = create_farm(
+        SimFarmConfig(
+            port=0,
+            store_address=store.address,
+            workers=1,
+            spool_dir=str(tmp_path / "spool"),
+            tls_dir=tls,
+        )
+    )
+    try:
+        spec = EvaluationSpec.from_file("tls", ARM, scenes=1, seed=3, shards=1)
+        (result,) = closed_loop.evaluate(
+            farm.address, store.address, spec, [Contender("random", "random")]
+        )
+    finally:
+        farm.stop(grace_s=0)
+        store.stop(grace_s=0)
+    assert result.rate.episodes == 1
