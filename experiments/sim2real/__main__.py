@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 
 from experiments.sim2real import report
@@ -34,38 +35,87 @@ def phases(rows: list[Row]) -> list[list[Row]]:
     return [p for p in (first, plain, generated) if p]
 
 
+def seeds(row: Row, settings: Settings) -> tuple[int, ...]:
+    """A row's seeds: of its grasp model, or (Table II's GraspGAN) of its generator."""
+    return settings.graspgan_seeds if row.name == "graspgan" else settings.seeds
+
+
+def model_name(row: Row, seed: int) -> str:
+    return f"{row.name}-s{seed}"
+
+
+def gap_subsets(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """The gap decomposition's factor sets by tag: none, then each proxy-real factor alone."""
+    return {"-".join(f) or "none": f for f in [(), *[(f,) for f in settings.factors]]}
+
+
 def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
+    """Trains and scores what the table lacks, phase by phase, rewriting the report after each.
+
+    What an earlier run of the same protocol scored (its report at `out`, with per-scene
+    outcomes) is carried over, not run again: the table can be completed over several
+    runs, on other machines; the report lists every run that contributed.
+    """
     stages = Stages(root)
     evaluations = Evaluations(settings, root, stages)
     rows = [r for r in table_rows() if r.name in settings.rows]
-    trained: dict[str, dict] = {}
-    scores: dict[str, dict] = {}
-    gap: dict[str, dict] = {}
+    earlier = report.carried(out / "sim2real.json", report.protocol(settings))
+    trained, scores, gap, described = earlier.trained, earlier.scores, earlier.gap, earlier.data
+    this_run = {
+        "command": command,
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": report.commit(),
+        "scored": [],
+    }
+    runs = earlier.runs
+    sim_only_row = next(r for r in table_rows() if r.name == "sim-only")
     for index, phase in enumerate(phases(rows)):
-        data = prepare(settings, root, stages, needs(phase))
+        todo = [r for r in phase if any(model_name(r, s) not in scores for s in seeds(r, settings))]
+        baselines = index == 0 and not {"random", "oracle"} <= set(scores)
+        gaps = {}
+        if sim_only_row in phase:
+            gaps = {t: f for t, f in gap_subsets(settings).items() if t not in gap}
+        if not (todo or baselines or gaps):
+            log(f"phase {index + 1}: every row carried over")
+            continue
+        data = prepare(settings, root, stages, needs([*todo, *([sim_only_row] if gaps else [])]))
         log(f"data: {describe(data)}")
+        described = report.merge_data(described, describe(data))
         models = Models(settings, root, stages, data)
         scored = []
-        for row in phase:
-            seeds = settings.graspgan_seeds if row.name == "graspgan" else settings.seeds
-            for seed in seeds:
-                name = f"{row.name}-s{seed}"
+        for row in todo:
+            for seed in seeds(row, settings):
+                name = model_name(row, seed)
                 trained[name] = models.grasp_model(row, seed)
                 rcan = models.rcan()["path"] if row.sim == "rcan" else ""
                 scored.append(Scored(name, trained[name]["path"], rcan))
-        jobs = [Job("main", evaluations.arm(None), scored, baselines=index == 0)]
+        jobs = [Job("main", evaluations.arm(None), scored, baselines=baselines)]
         # The gap decomposition: the sim-only model with none, then each one, of the factors.
-        sim_only = [s for s in scored if s.name.startswith("sim-only-")][:1]
-        subsets = [(), *[(f,) for f in settings.factors]] if sim_only else []
-        tags = {f"gap-{'-'.join(f) or 'none'}": "-".join(f) or "none" for f in subsets}
-        jobs += [Job(i, evaluations.arm(f), sim_only) for i, f in zip(tags, subsets, strict=True)]
+        if gaps:
+            name = model_name(sim_only_row, settings.seeds[0])
+            sim_only = Scored(name, models.grasp_model(sim_only_row, settings.seeds[0])["path"])
+            jobs += [Job(f"gap-{t}", evaluations.arm(f), [sim_only]) for t, f in gaps.items()]
         found = evaluations.run(jobs)
         scores |= found["main"]
-        for evaluation_id, tag in tags.items():
-            gap[tag] = found[evaluation_id][sim_only[0].name]
-        result = report.build(settings, describe(data), rows, trained, scores, gap, command)
-        report.write(result, out)
-    return result
+        gap |= {tag: found[f"gap-{tag}"][sim_only.name] for tag in gaps}
+        this_run["scored"] += [*found["main"], *(f"gap-{tag}" for tag in gaps)]
+        runs = [*earlier.runs, this_run]
+        report.write(_build(settings, described, trained, scores, gap, command, runs), out)
+    return _build(settings, described, trained, scores, gap, command, runs)
+
+
+def _build(
+    settings: Settings,
+    described: dict,
+    trained: dict,
+    scores: dict,
+    gap: dict,
+    command: str,
+    runs: list[dict],
+) -> dict:
+    """The report of every row with a score, carried over or new."""
+    shown = [r for r in table_rows() if any(model_name(r, s) in scores for s in seeds(r, settings))]
+    return report.build(settings, described, shown, trained, scores, gap, command, runs)
 
 
 def main(argv: list[str] | None = None) -> int:

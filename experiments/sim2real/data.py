@@ -118,6 +118,15 @@ def collect(farm_address: str, collection_id: str, spec: sim_farm_pb2.Collection
     return {"episodes": collection.episodes_done, "successes": collection.successes}
 
 
+def collection_ids(settings: Settings) -> dict[str, str]:
+    """Each collection's id. It carries the spec's key (the arm file's text included): a
+    collection of other settings never mixes with this one, and two runs whose ids agree
+    collected the same episodes (every episode's seed follows from the spec)."""
+    return {
+        name: f"{name}-{key(_spec_settings(spec))}" for name, spec in collections(settings).items()
+    }
+
+
 def _stratified(episodes: list[Summary], count: int, seed: int) -> list[Summary]:
     """`count` episodes with the success share of `episodes` (at least one of each label)."""
     successes = [e for e in episodes if e.label.success]
@@ -161,8 +170,7 @@ def prepare(settings: Settings, root: Path, stages: Stages, wanted: set[str]) ->
         del specs["sim-randomized"]
     if not wanted & {"real", "low"}:
         del specs["real"]
-    # The id carries the spec's key: a collection of other settings never mixes with this one.
-    ids = {name: f"{name}-{key(_spec_settings(spec))}" for name, spec in specs.items()}
+    ids = collection_ids(settings)
     with data_fleet(root, settings.shards) as (store, farm):
         for name, spec in specs.items():
             stages.run(

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from experiments.sim2real.evaluate import outcomes
+from experiments.sim2real.data import collection_ids
+from experiments.sim2real.evaluate import EVALUATION_ARM, outcomes
 from experiments.sim2real.protocol import Row, Settings
+from experiments.sim2real.stages import log
 from services.evaluation.stats import paired_difference, wilson
+
+RECORD = ("successes", "episodes", "rate", "low", "high", "outcomes")
 
 # The comparisons decided before the run: (a, b) means "a minus b".
 PLANNED = [
@@ -43,6 +50,100 @@ def _row_outcomes(row: str, scores: dict) -> dict[int, float] | None:
     return {s: sum(o[s] for o in per_seed) / len(per_seed) for s in sorted(scenes)}
 
 
+def protocol(settings: Settings) -> dict:
+    """What two runs must share for one's scores to stand in the other's table: the
+    settings but the rows, the collections (so the same episodes) and the evaluation arm."""
+    return json.loads(
+        json.dumps(
+            {
+                "settings": {k: v for k, v in settings.as_dict().items() if k != "rows"},
+                "collections": collection_ids(settings),
+                "evaluation_arm": hashlib.sha256(EVALUATION_ARM.read_bytes()).hexdigest()[:16],
+            }
+        )
+    )
+
+
+@dataclass
+class Carried:
+    """Scores an earlier run of the same protocol committed, so they are not run again.
+
+    Attributes:
+        scores: Contender name (a model's "<row>-s<seed>", "random", "oracle") to its record.
+        trained: Model name to {"metrics": its validation metrics}.
+        gap: Gap-decomposition tag to its record.
+        data: The earlier run's data counts.
+        runs: The earlier runs' command, date, commit and rows.
+    """
+
+    scores: dict = field(default_factory=dict)
+    trained: dict = field(default_factory=dict)
+    gap: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    runs: list = field(default_factory=list)
+
+
+def carried(path: Path, current: dict) -> Carried:
+    """The scored contenders of the report at `path`, when it measured the same protocol.
+
+    Only records with their per-scene outcomes carry over (paired differences need them).
+    A report of another protocol carries nothing, and the log says what differs.
+    """
+    if not path.exists():
+        return Carried()
+    prior = json.loads(path.read_text())
+    if prior.get("protocol") != current:
+        differs = sorted(k for k in current if (prior.get("protocol") or {}).get(k) != current[k])
+        log(f"{path}: another protocol ({', '.join(differs)} differ); nothing carried over")
+        return Carried()
+    found = Carried(data=prior["data"], runs=prior.get("runs", []))
+    for name, record in prior["baselines"].items():
+        if "outcomes" in record:
+            found.scores[name] = record
+    for row in prior["rows"]:
+        for seed in row["seeds"]:
+            if "outcomes" in seed:
+                found.scores[seed["name"]] = {k: seed[k] for k in RECORD}
+                found.trained[seed["name"]] = {"metrics": seed["validation"]}
+    found.gap = {tag: r for tag, r in prior["gap_decomposition"].items() if "outcomes" in r}
+    log(f"{path}: carried over {sorted(found.scores)} and gap {sorted(found.gap)}")
+    return found
+
+
+def merge_data(earlier: dict, now: dict) -> dict:
+    """The data counts of both runs; a part both collected must agree.
+
+    Raises:
+        RuntimeError: the same collection gave other episodes: the earlier scores are
+            of other data, and mixing them would be wrong.
+    """
+    merged = dict(earlier)
+    for part, counts in now.items():
+        if not counts["episodes"]:
+            merged.setdefault(part, counts)
+            continue
+        if earlier.get(part, {}).get("episodes") and earlier[part] != counts:
+            raise RuntimeError(
+                f"data part {part!r} is {counts} now but was {earlier[part]} when the carried "
+                "scores were made: the collections are not reproducing; move the report aside "
+                "to start the table afresh"
+            )
+        merged[part] = counts
+    return merged
+
+
+def commit() -> str:
+    """The repository's commit (with "+dirty" for uncommitted changes), or "" outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return head + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def build(
     settings: Settings,
     data: dict,
@@ -51,8 +152,13 @@ def build(
     scores: dict,
     gap: dict,
     command: str,
+    runs: list[dict] | None = None,
 ) -> dict:
-    """Every row run so far, with pooled rates over seeds, planned paired differences and the gap."""
+    """Every row run so far, with pooled rates over seeds, planned paired differences and the gap.
+
+    Args:
+        runs: The runs whose scores the table holds (earlier ones carried over, this one).
+    """
     table = []
     for row in rows:
         seeds = [n for n in scores if n.rsplit("-s", 1)[0] == row.name]
@@ -69,10 +175,7 @@ def build(
                 "seeds": [
                     {
                         "name": n,
-                        **{
-                            k: scores[n][k]
-                            for k in ("successes", "episodes", "rate", "low", "high")
-                        },
+                        **{k: scores[n][k] for k in RECORD},
                         "validation": trained.get(n, {}).get("metrics", {}),
                     }
                     for n in seeds
@@ -81,7 +184,7 @@ def build(
             }
         )
     baselines = {
-        name: {k: scores[name][k] for k in ("successes", "episodes", "rate", "low", "high")}
+        name: {k: scores[name][k] for k in RECORD}
         for name in ("random", "oracle")
         if name in scores
     }
@@ -93,6 +196,8 @@ def build(
     return {
         "command": command,
         "date": time.strftime("%Y-%m-%d"),
+        "runs": runs or [],
+        "protocol": protocol(settings),
         "settings": settings.as_dict(),
         "data": data,
         "evaluation": {
@@ -103,9 +208,7 @@ def build(
         "baselines": baselines,
         "rows": table,
         "paired": paired,
-        "gap_decomposition": {
-            tag: {k: v for k, v in record.items() if k != "outcomes"} for tag, record in gap.items()
-        },
+        "gap_decomposition": {tag: {k: record[k] for k in RECORD} for tag, record in gap.items()},
     }
 
 
@@ -120,8 +223,14 @@ def markdown(result: dict) -> str:
     lines = [
         "# Closed-loop sim-to-real table (generated by `make sim2real`)",
         "",
-        f"`{result['command']}`, {result['date']}. Success of the proxy-real arm grasping the",
-        "real-test objects (never trained on), Wilson 95% intervals; rows pool their seeds.",
+        "Success of the proxy-real arm grasping the real-test objects (never trained on),",
+        "Wilson 95% intervals; rows pool their seeds. Made by these runs of one protocol:",
+        "",
+        *[
+            f"- `{r['command']}` ({r['date']}, commit {r['commit'] or 'unknown'}): "
+            f"{', '.join(r['scored']) or 'nothing new'}"
+            for r in result["runs"]
+        ],
         "",
         "| row | table | real labels | success |",
         "|---|---|---|---|",

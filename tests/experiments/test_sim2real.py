@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
+
+from experiments.sim2real import report
 from experiments.sim2real.__main__ import run
 from experiments.sim2real.protocol import QUICK
 
@@ -51,3 +54,35 @@ def test_the_quick_table_runs_every_stage_and_a_rerun_recomputes_nothing(tmp_pat
         again["rows"] == result["rows"]
         and again["gap_decomposition"] == result["gap_decomposition"]
     )
+
+    # Another machine (no stages at all) with the committed report: everything it scored is
+    # carried over, nothing is collected, trained or evaluated again.
+    elsewhere = run(SETTINGS, tmp_path / "elsewhere", out, "test")
+    assert not list((tmp_path / "elsewhere" / "stages").iterdir())
+    assert elsewhere["rows"] == result["rows"] and elsewhere["baselines"] == result["baselines"]
+    assert elsewhere["paired"] == result["paired"]
+    assert [r["scored"] for r in elsewhere["runs"]] == [r["scored"] for r in result["runs"]]
+
+
+def test_scores_carry_over_only_within_one_protocol(tmp_path):
+    path = tmp_path / "sim2real.json"
+    record = {"successes": 1, "episodes": 2, "rate": 0.5, "low": 0.1, "high": 0.9}
+    prior = {
+        "protocol": report.protocol(SETTINGS),
+        "data": {"sim": {"episodes": 12, "successes": 5}},
+        "baselines": {"random": {**record, "outcomes": {"0": True, "1": False}}, "oracle": record},
+        "rows": [],
+        "gap_decomposition": {},
+    }
+    path.write_text(json.dumps(prior))
+    carried = report.carried(path, report.protocol(SETTINGS))
+    assert set(carried.scores) == {"random"}  # the oracle's record has no per-scene outcomes
+    other = report.protocol(replace(SETTINGS, scenes=3))
+    assert not report.carried(path, other).scores
+    # The same collection giving other episodes is an error, not a silent mix.
+    with pytest.raises(RuntimeError, match="not reproducing"):
+        report.merge_data(carried.data, {"sim": {"episodes": 12, "successes": 4}})
+    assert report.merge_data(carried.data, {"real_all": {"episodes": 0, "successes": 0}}) == {
+        "sim": {"episodes": 12, "successes": 5},
+        "real_all": {"episodes": 0, "successes": 0},
+    }
