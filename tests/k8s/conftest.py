@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import fcntl
+import pickle
+
 import pytest
 
 from tests.k8s import kustomize
 
 
 @pytest.fixture(scope="session")
-def built() -> dict[kustomize.Combination, list[dict]]:
-    """Every overlay × component combination (and k8s/ itself) as built objects."""
-    return kustomize.build_all()
+def built(tmp_path_factory, worker_id) -> dict[kustomize.Combination, list[dict]]:
+    """Every overlay × component combination (and k8s/ itself) as built objects.
+
+    Built once per test run: with pytest-xdist, the first worker to need them builds
+    them and the others read its result from the run's shared temporary folder.
+    """
+    if worker_id == "master":
+        return kustomize.build_all()
+    shared = tmp_path_factory.getbasetemp().parent / "k8s-built.pickle"
+    with open(shared.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if shared.exists():
+            return pickle.loads(shared.read_bytes())
+        objects = kustomize.build_all()
+        shared.write_bytes(pickle.dumps(objects))
+        return objects
