@@ -30,6 +30,8 @@ from services.sim_farm.client import run_collection
 Policy = sim_farm_pb2.CollectionPolicy
 POLICIES = {"cem": Policy.KIND_CEM, "random": Policy.KIND_RANDOM, "oracle": Policy.KIND_ORACLE}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# The grasp model a cem contender's version belongs to: the one the farm's planner policy uses.
+GRASP_MODEL = "grasp_success"
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,7 @@ def collection_spec(spec: EvaluationSpec, contender: Contender) -> sim_farm_pb2.
     policy = Policy(kind=POLICIES[contender.policy])
     if contender.model_version:
         policy.model.CopyFrom(
-            common_pb2.ModelRef(name="grasp_success", version=contender.model_version)
+            common_pb2.ModelRef(name=GRASP_MODEL, version=contender.model_version)
         )
     collection = sim_farm_pb2.CollectionSpec(
         num_episodes=spec.scenes,

@@ -43,6 +43,9 @@ class JobSpec:
         log_path: Where a local job's stdout and stderr go.
         labels: Kubernetes labels of the Job and its pod.
         env: Extra environment variables.
+        cpu: CPU request and limit of a Kubernetes pod; empty: the backend's (training-sized).
+        memory: Memory request and limit of a Kubernetes pod; empty: the backend's.
+        gpus: GPUs of a Kubernetes pod; None: the backend's.
     """
 
     name: str
@@ -50,6 +53,9 @@ class JobSpec:
     log_path: Path | None = None
     labels: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    cpu: str = ""
+    memory: str = ""
+    gpus: int | None = None
 
 
 @dataclass(frozen=True)

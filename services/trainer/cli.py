@@ -1,11 +1,16 @@
-"""The researcher's commands: `graspfleet train submit|ls|watch|cancel` and `graspfleet models ...`."""
+"""The researcher's commands: `graspfleet train submit|evaluate|ls|get|watch|cancel`, `graspfleet models`."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 DEFAULT_TRAINER = "127.0.0.1:50056"
+EVALUATE_EXAMPLE = (
+    "graspfleet train evaluate --arm robots/evaluation/proxy-real-test.yaml "
+    "--contender v3=cem:3 --contender canary=cem:canary --contender random --scenes 150 --watch"
+)
 RANDOMIZATIONS = ("none", "visual", "dynamics", "all")
 STATES = ("queued", "running", "validating", "succeeded", "failed", "cancelled", "rejected")
 
@@ -43,6 +48,8 @@ def _spec(args: argparse.Namespace):
     try:
         recipe = recipes.lookup(args.recipe)
     except KeyError:
+        if args.recipe.strip().upper().removeprefix("RECIPE_") == "EVALUATION":
+            raise SystemExit("graspfleet: evaluations: graspfleet train evaluate --help") from None
         raise SystemExit(
             f"graspfleet: unknown recipe {args.recipe!r}: {recipes.short_names()}"
         ) from None
@@ -89,10 +96,53 @@ def _spec(args: argparse.Namespace):
     return spec
 
 
-def _submit(args: argparse.Namespace) -> int:
+def _model_ref(ref, text: str) -> None:
+    """A version number, or a label."""
+    if text.isdigit():
+        ref.version = int(text)
+    else:
+        ref.label = text
+
+
+def _evaluation_spec(args: argparse.Namespace):
     from graspfleet.v1 import trainer_pb2
 
-    request = trainer_pb2.SubmitRunRequest(spec=_spec(args), run_id=args.run_id or "")
+    try:
+        arm = Path(args.arm).read_text()
+    except OSError as err:
+        raise SystemExit(f"graspfleet: --arm {args.arm}: {err.strerror}") from None
+    try:
+        request = trainer_pb2.EvaluationRequest(
+            arm_config_yaml=arm, scenes=args.scenes, seed=args.seed, shards=args.shards
+        )
+    except ValueError:
+        raise SystemExit("graspfleet: --scenes, --seed and --shards must not be negative") from None
+    for name, policy, model, rcan in args.contender:
+        contender = request.contenders.add(name=name, policy=policy)
+        if model:
+            _model_ref(contender.model, model)
+        if rcan:
+            _model_ref(contender.rcan, rcan)
+    return trainer_pb2.RunSpec(
+        recipe=trainer_pb2.RECIPE_EVALUATION,
+        evaluation=request,
+        backend=args.backend or "",
+        description=args.description or "",
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    return _send(args, _evaluation_spec(args))
+
+
+def _submit(args: argparse.Namespace) -> int:
+    return _send(args, _spec(args))
+
+
+def _send(args: argparse.Namespace, spec) -> int:
+    from graspfleet.v1 import trainer_pb2
+
+    request = trainer_pb2.SubmitRunRequest(spec=spec, run_id=args.run_id or "")
     channel, stub = _stub(args)
     with channel:
         run = stub.SubmitRun(request, metadata=_metadata(args), timeout=120)
@@ -122,6 +172,24 @@ def _ls(args: argparse.Namespace) -> int:
             f"{published:<22} {created} by {run.submitted_by or '-'}"
         )
     return 0
+
+
+def _get(args: argparse.Namespace) -> int:
+    from graspfleet.v1 import trainer_pb2
+
+    channel, stub = _stub(args)
+    with channel:
+        run = stub.GetRun(trainer_pb2.GetRunRequest(run_id=args.run_id), timeout=30)
+    unit = "episodes" if run.spec.recipe == trainer_pb2.RECIPE_EVALUATION else "steps"
+    print(f"{run.run_id} {_state(run)} {_recipe(run.spec.recipe)}")
+    print(f"  {unit}: {run.step}/{run.total_steps}")
+    if run.published.name:
+        print(f"  published: {run.published.name}:{run.published.version}")
+    if run.message:
+        print(f"  {run.message}")
+    for key in sorted(run.metrics):
+        print(f"  {key:<40} {run.metrics[key]:.4g}")
+    return 0 if run.state == trainer_pb2.RUN_STATE_SUCCEEDED else 1
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -252,6 +320,27 @@ def _submit_flags(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--watch", action="store_true", help="stream the run until it ends")
 
 
+def _evaluate_flags(sub: argparse.ArgumentParser) -> None:
+    from services.evaluation.cli import split_contender
+
+    sub.add_argument("--arm", required=True, help="arm configuration file (YAML), sent as text")
+    sub.add_argument(
+        "--contender",
+        action="append",
+        type=split_contender,
+        required=True,
+        help="random | oracle | NAME=cem:VERSION[:rcan:RCAN_VERSION] (repeatable); a label "
+        "(stable, canary) may stand for a version",
+    )
+    sub.add_argument("--scenes", type=int, default=150, help="scenes per contender")
+    sub.add_argument("--seed", type=int, default=7, help="scene seed")
+    sub.add_argument("--shards", type=int, default=0, help="shards per contender (default 2)")
+    sub.add_argument("--backend", choices=["local", "kubernetes"])
+    sub.add_argument("--run-id", help="client-chosen id; resubmitting it returns the same run")
+    sub.add_argument("--description")
+    sub.add_argument("--watch", action="store_true", help="stream the run until it ends")
+
+
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Adds the `train` and `models` command groups to the graspfleet parser."""
     train = commands.add_parser("train", help="submit and follow training runs")
@@ -259,17 +348,34 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     submit = runs.add_parser("submit", help="submit a training run")
     _submit_flags(submit)
     submit.set_defaults(handler=_submit)
+    evaluate = runs.add_parser(
+        "evaluate",
+        help="score model versions in closed loop on the sim-farm (a run of recipe EVALUATION)",
+        description=f"Example: {EVALUATE_EXAMPLE}",
+    )
+    _evaluate_flags(evaluate)
+    evaluate.set_defaults(handler=_evaluate)
     ls = runs.add_parser("ls", help="list runs, newest first")
     ls.add_argument("--state", choices=STATES)
     ls.add_argument("--limit", type=int, default=50)
     ls.set_defaults(handler=_ls)
+    get = runs.add_parser("get", help="a run's state, message and metrics")
+    get.add_argument("run_id")
+    get.set_defaults(handler=_get)
     watch = runs.add_parser("watch", help="stream a run's progress until it ends")
     watch.add_argument("run_id")
     watch.set_defaults(handler=_watch)
     cancel = runs.add_parser("cancel", help="cancel a queued or running run")
     cancel.add_argument("run_id")
     cancel.set_defaults(handler=_cancel)
-    for sub, mutating in ((submit, True), (ls, False), (watch, False), (cancel, True)):
+    for sub, mutating in (
+        (submit, True),
+        (evaluate, True),
+        (ls, False),
+        (get, False),
+        (watch, False),
+        (cancel, True),
+    ):
         _connection(sub, mutating)
     job = runs.add_parser("job", help="(internal) the training job a backend runs")
     job.add_argument("--run-dir", required=True)

@@ -36,6 +36,12 @@ class TrainerConfig(ServerConfig):
     store_data_dir: str = setting(
         "", "The episode store's data folder (its shards), as jobs see it.", required=True
     )
+    sim_farm_address: str = setting(
+        "",
+        "sim-farm host:port that evaluation runs (RECIPE_EVALUATION) play their episodes on; "
+        "their jobs and the trainer (stopping a cancelled evaluation) call it. Empty: "
+        "evaluations are refused.",
+    )
     model_base: str = setting("var/models", "Model repository: <model_base>/<name>/<version>/.")
     default_model_name: str = setting("grasp_success", "Model name when a request names none.")
     graspgan_model_name: str = setting(
@@ -133,6 +139,8 @@ class TrainerConfig(ServerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_address("store_address", self.store_address)
+        if self.sim_farm_address:
+            check_address("sim_farm_address", self.sim_farm_address)
         for name in ("state_dir", "store_data_dir", "model_base"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required")

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from graspfleet.v1 import episode_store_pb2_grpc, trainer_pb2
 from services.common import logs
 from services.common.errors import InvalidArgument, NotFound
-from services.trainer import job, spec
+from services.trainer import evaluation, job, spec
 from services.trainer.backends import JobBackend
 from services.trainer.config import TrainerConfig
 from services.trainer.registry import Registry
@@ -65,7 +65,8 @@ class Trainer:
         Raises:
             InvalidArgument: a bad spec or a selection that matches no usable data.
             FailedPrecondition: a recipe that needs a generator with no stable version,
-                or an unconfigured backend.
+                an evaluation on a trainer without a sim-farm, or an unconfigured backend.
+            NotFound: a version or label the spec names does not exist.
             AlreadyExists: `run_id` names a run with another spec.
         """
         if run_id:
@@ -82,6 +83,10 @@ class Trainer:
                     # The same spec returns the stored run; another spec is ALREADY_EXISTS.
                     return self.runs.create(existing, submitted, "")[0]
             run_id = run_id or f"run-{uuid.uuid4().hex[:12]}"
+            if evaluation.is_evaluation(run_spec):
+                run = self._queue_evaluation(run_spec, run_id, submitted_by, submitted)
+                self.supervisor.wake()
+                return run
             normalized, recipe = spec.normalize(
                 run_spec, self.config, tuple(self.backends), self.registry
             )
@@ -127,6 +132,31 @@ class Trainer:
         self.supervisor.wake()
         return run
 
+    def _queue_evaluation(
+        self, run_spec: trainer_pb2.RunSpec, run_id: str, submitted_by: str, submitted: str
+    ) -> trainer_pb2.Run:
+        """Checks an evaluation, resolves its versions, writes its job file and queues it."""
+        normalized = evaluation.normalize(
+            run_spec, run_id, self.config, tuple(self.backends), self.registry
+        )
+        request = normalized.evaluation
+        run = trainer_pb2.Run(
+            run_id=run_id,
+            spec=normalized,
+            state=trainer_pb2.RUN_STATE_QUEUED,
+            total_steps=evaluation.total_episodes(request),
+            submitted_by=submitted_by,
+            message=evaluation.queued_message(request),
+        )
+        run.created_at.GetCurrentTime()
+        evaluation.write_inputs(self.supervisor.run_dir(run_id), run)
+        run, _ = self.runs.create(run, submitted, f"QUEUED by {submitted_by}: {run.message}")
+        log.info(
+            "evaluation submitted",
+            extra={"run_id": run_id, "contenders": len(request.contenders), "by": submitted_by},
+        )
+        return run
+
     def get(self, run_id: str) -> trainer_pb2.Run:
         return self.runs.get(run_id)
 
@@ -149,8 +179,16 @@ class Trainer:
                 revision, state = event.revision, event.run.state
 
     def cancel(self, run_id: str) -> trainer_pb2.Run:
-        self.runs.get(run_id)  # NotFound before anything else
-        return self.supervisor.cancel(run_id)
+        before = self.runs.get(run_id)  # NotFound before anything else
+        run = self.supervisor.cancel(run_id)
+        if (
+            evaluation.is_evaluation(run.spec)
+            and before.state not in TERMINAL
+            and run.state == trainer_pb2.RUN_STATE_CANCELLED
+        ):
+            # The job is stopped; the farm's shards would play on without this.
+            evaluation.stop_collections(self.config, run)
+        return run
 
     def versions(self, name: str) -> list[trainer_pb2.ModelVersion]:
         return self.registry.versions(name or self.config.default_model_name)

@@ -1,13 +1,14 @@
-"""The training job: `graspfleet train job --run-dir DIR`, a local process or a Kubernetes pod.
+"""The run's job: `graspfleet train job --run-dir DIR`, a local process or a Kubernetes pod.
 
 It trains on the episodes the trainer selected (for the refiner recipes, after
 the generator resolved at submission rewrote their images:
 `refine_dataset.prepare`), scores the candidate and the current stable version
 on the same held-out real episodes, and publishes the candidate as the next
 version only if the gate passes. The generator recipes go to
-`generator_job`. It talks to nobody: it reads its inputs from the run folder,
-the shards from the store's data folder and the stable version from the model
-base, and reports through the run folder's progress and result files.
+`generator_job`, evaluations (recipe EVALUATION) to `evaluation_job`. A
+training job talks to nobody: it reads its inputs from the run folder, the
+shards from the store's data folder and the stable version from the model base,
+and reports through the run folder's progress and result files.
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from google.protobuf import json_format
 
 from graspfleet.v1 import trainer_pb2
 from services.common import logs
-from services.trainer import gate, generator_job, jobfiles, recipes, refine_dataset
+from services.trainer import (
+    evaluation_job,
+    gate,
+    generator_job,
+    jobfiles,
+    recipes,
+    refine_dataset,
+)
 from services.trainer.jobfiles import Progress, Result
 from services.trainer.recipes import Recipe
 from services.trainer.registry import STABLE, Registry
@@ -100,15 +108,18 @@ def run(run_dir: Path) -> int:
         print(f"graspfleet train job: {run_dir / jobfiles.JOB_FILE} is missing", file=sys.stderr)
         return 2
     try:
-        recipe = recipes.lookup(job["recipe"])
-        if recipe.is_generator:
-            result = generator_job.train_and_gate(run_dir, job, recipe)
+        if job["recipe"] == trainer_pb2.Recipe.Name(trainer_pb2.RECIPE_EVALUATION):
+            result = evaluation_job.evaluate(run_dir, job)
         else:
-            result = _train_and_gate(run_dir, job, recipe)
+            recipe = recipes.lookup(job["recipe"])
+            if recipe.is_generator:
+                result = generator_job.train_and_gate(run_dir, job, recipe)
+            else:
+                result = _train_and_gate(run_dir, job, recipe)
     except jobfiles.Cancelled as cancelled:
         result = Result("CANCELLED", str(cancelled))
     except Exception as err:  # noqa: BLE001 - every failure must reach the trainer as a result
-        log.exception("training job failed")
+        log.exception("job failed")
         result = Result("FAILED", f"{type(err).__name__}: {err}")
     finally:
         # Rewritten shards can be as large as the data; the model's metadata says what they were.

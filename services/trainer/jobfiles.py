@@ -1,14 +1,15 @@
 """The run folder: how the trainer hands a job its inputs and how the job reports back.
 
-`<runs_dir>/<run_id>/` holds, from the trainer, `job.json` (what to train) and
-the selected episodes (`train.binpb`, `validation.binpb`, each a serialized
-ListEpisodesResponse); from the job, `progress.json` (rewritten every few
-steps) and `result.json` (once, at the end), plus TensorBoard logs and, on the
-local backend, `job.log`; the trainer also notes the job's handle in
-`job.handle` the moment the job starts, before it records it in the database,
-and leaves `cancelled` when the run is cancelled: a job that outlives the
-cancel (a late signal, a pod still terminating) checks it before publishing
-and publishes nothing. Every JSON file is replaced atomically (temp file +
+`<runs_dir>/<run_id>/` holds, from the trainer, `job.json` (what to train or
+evaluate) and a training's selected episodes (`train.binpb`,
+`validation.binpb`, each a serialized ListEpisodesResponse); from the job,
+`progress.json` (rewritten every few steps or episodes) and `result.json`
+(once, at the end), plus TensorBoard logs or an evaluation's report
+(`evaluation.json`) and, on the local backend, `job.log`; the trainer also
+notes the job's handle in `job.handle` the moment the job starts, before it
+records it in the database, and leaves `cancelled` when the run is cancelled:
+a job that outlives the cancel (a late signal, a pod still terminating) checks
+it before publishing, or before its next evaluation episode, and stops. Every JSON file is replaced atomically (temp file +
 rename), so a reader never sees half of one. Files rather than the database
 keep the trainer the run database's only writer and work the same whether the
 job is a local process or a Kubernetes pod sharing the folder.
@@ -31,6 +32,7 @@ RESULT_FILE = "result.json"
 LOG_FILE = "job.log"
 HANDLE_FILE = "job.handle"
 CANCEL_FILE = "cancelled"
+REPORT_FILE = "evaluation.json"
 TENSORBOARD_DIR = "tensorboard"
 
 # Phases a job reports; "validating" maps to RUN_STATE_VALIDATING.

@@ -74,10 +74,11 @@ class KubernetesBackend:
             "app.kubernetes.io/managed-by": MANAGED_BY,
             **job.labels,
         }
-        resources = {"cpu": c.k8s_cpu, "memory": c.k8s_memory}
+        resources = {"cpu": job.cpu or c.k8s_cpu, "memory": job.memory or c.k8s_memory}
         limits = dict(resources)
-        if c.k8s_gpus:
-            limits["nvidia.com/gpu"] = str(c.k8s_gpus)
+        gpus = c.k8s_gpus if job.gpus is None else job.gpus
+        if gpus:
+            limits["nvidia.com/gpu"] = str(gpus)
         volumes = [
             k8s.V1Volume(
                 name=f"data-{i}",

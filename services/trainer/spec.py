@@ -98,6 +98,11 @@ def normalize(
     """
     spec = trainer_pb2.RunSpec.FromString(spec.SerializeToString())
     recipe = _recipe(spec.recipe)
+    if spec.HasField("evaluation"):
+        raise InvalidArgument(
+            f"evaluation is set, and recipe {recipe.name} trains a model: an evaluation is a "
+            "run of recipe EVALUATION; leave evaluation unset to train"
+        )
     applied = generator(spec, recipe, config, registry or Registry(Path(config.model_base)))
     if applied:  # the stored run shows the generator version it applies
         spec.refiner.CopyFrom(
@@ -106,15 +111,7 @@ def normalize(
             )
         )
     _model_name(spec, recipe, config)
-    spec.backend = spec.backend or config.default_backend
-    if spec.backend not in BACKENDS:
-        raise InvalidArgument(f"backend {spec.backend!r} is unknown: use one of {BACKENDS}")
-    if spec.backend not in backends:
-        raise FailedPrecondition(
-            f"backend {spec.backend!r} is not configured on this trainer (available: {backends})"
-        )
-    if len(spec.description) > MAX_DESCRIPTION:
-        raise InvalidArgument(f"description is longer than {MAX_DESCRIPTION} characters")
+    backend_and_description(spec, config, backends)
     _params(spec.params, recipe, config)
     _data(spec.data, recipe, config)
     if recipe.is_generator:
@@ -136,6 +133,26 @@ def normalize(
             f"gate.max_regression={spec.gate.max_regression}: accuracy differences lie in [-1, 1]"
         )
     return spec, recipe
+
+
+def backend_and_description(
+    spec: trainer_pb2.RunSpec, config: TrainerConfig, backends: tuple[str, ...]
+) -> None:
+    """Fills in the default backend and checks it and the description (every kind of run).
+
+    Raises:
+        InvalidArgument: an unknown backend or a description that is too long.
+        FailedPrecondition: the backend is known but not configured on this trainer.
+    """
+    spec.backend = spec.backend or config.default_backend
+    if spec.backend not in BACKENDS:
+        raise InvalidArgument(f"backend {spec.backend!r} is unknown: use one of {BACKENDS}")
+    if spec.backend not in backends:
+        raise FailedPrecondition(
+            f"backend {spec.backend!r} is not configured on this trainer (available: {backends})"
+        )
+    if len(spec.description) > MAX_DESCRIPTION:
+        raise InvalidArgument(f"description is longer than {MAX_DESCRIPTION} characters")
 
 
 def _recipe(value: int) -> Recipe:
@@ -182,7 +199,8 @@ def generator(
             f"model {name!r}; leave the name empty or use that one"
         )
     if wanted.version or wanted.label:
-        return _requested_generator(recipe, name, wanted, registry)
+        version = resolve_version(registry, name, wanted, "generator", "refiner")
+        return {"kind": recipe.refiner, "name": name, "version": version, "label": wanted.label}
     if not recipes.refiner_available(registry, name):
         versions = registry.version_numbers(name)
         producer = recipes.GENERATOR_RECIPES[recipe.refiner]
@@ -219,31 +237,41 @@ def applied_generator(normalized: trainer_pb2.RunSpec, recipe: Recipe) -> dict |
     return {"kind": recipe.refiner, "name": ref.name, "version": ref.version, "label": ref.label}
 
 
-def _requested_generator(
-    recipe: Recipe, name: str, wanted: common_pb2.ModelRef, registry: Registry
-) -> dict:
-    """The generator version `wanted` names by number or label; NotFound when it is not there."""
+def resolve_version(
+    registry: Registry, name: str, wanted: common_pb2.ModelRef, what: str, field: str
+) -> int:
+    """The published version of model `name` that `wanted` names by number or label.
+
+    Args:
+        registry: Where the versions are published.
+        name: The model.
+        wanted: A version number, a label, or both (they must agree).
+        what: What the model is, in messages ("generator", "model").
+        field: The request field `wanted` came from, in messages.
+
+    Raises:
+        NotFound: no such version, or no version carries the label.
+        InvalidArgument: the version and the label name different versions.
+    """
     versions = registry.version_numbers(name)
     if wanted.label:
         labels = registry.labels(name)
         if wanted.label not in labels:
             raise NotFound(
-                f"generator {name!r} has no version labelled {wanted.label!r}; labels: "
+                f"{what} {name!r} has no version labelled {wanted.label!r}; labels: "
                 f"{sorted(labels) or 'none'}"
             )
         version = labels[wanted.label]
         if wanted.version and wanted.version != version:
             raise InvalidArgument(
-                f"refiner asks for {name}:{wanted.version} and label {wanted.label!r}, which is "
+                f"{field} asks for {name}:{wanted.version} and label {wanted.label!r}, which is "
                 f"version {version}; give one of the two"
             )
     else:
         version = int(wanted.version)
     if version not in versions:
-        raise NotFound(
-            f"generator {name!r} has no version {version}; published: {versions or 'none'}"
-        )
-    return {"kind": recipe.refiner, "name": name, "version": version, "label": wanted.label}
+        raise NotFound(f"{what} {name!r} has no version {version}; published: {versions or 'none'}")
+    return version
 
 
 def _model_name(spec: trainer_pb2.RunSpec, recipe: Recipe, config: TrainerConfig) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from graspfleet.v1 import common_pb2, trainer_pb2
 from services.common import clock, logs
-from services.trainer import jobfiles, metrics
+from services.trainer import evaluation, jobfiles, metrics
 from services.trainer.backends import RUNNING, JobBackend, JobSpec
 from services.trainer.config import TrainerConfig
 from services.trainer.registry import CANARY, Registry
@@ -37,6 +37,39 @@ _RESULT_STATES = {
 def job_name(run_id: str) -> str:
     """The backend job name of a run (a valid Kubernetes Job name)."""
     return f"graspfleet-train-{run_id}"
+
+
+def job_spec(config: TrainerConfig, run: Run) -> JobSpec:
+    """The job that runs `run` on a backend.
+
+    A training job talks to nobody. An evaluation's job plays its episodes on the
+    sim-farm and reads their outcomes from the store, whose addresses its
+    environment carries; it is labelled `app.kubernetes.io/component: evaluation`
+    (the network policies let those pods, and only those, reach the two) and gets
+    a small pod without a GPU, since it only follows the farm's collections.
+    """
+    run_dir = config.runs_path / run.run_id
+    common = {
+        "name": job_name(run.run_id),
+        "args": ("train", "job", "--run-dir", str(run_dir.resolve())),
+        "log_path": run_dir / jobfiles.LOG_FILE,
+    }
+    if evaluation.is_evaluation(run.spec):
+        return JobSpec(
+            **common,
+            labels={
+                "graspfleet.io/run-id": run.run_id,
+                "app.kubernetes.io/component": "evaluation",
+            },
+            env=evaluation.job_env(config),
+            cpu=evaluation.JOB_CPU,
+            memory=evaluation.JOB_MEMORY,
+            gpus=0,
+        )
+    return JobSpec(
+        **common,
+        labels={"graspfleet.io/run-id": run.run_id, "app.kubernetes.io/component": "train"},
+    )
 
 
 class Supervisor:
@@ -129,13 +162,9 @@ class Supervisor:
             return
         run_dir = self.run_dir(run.run_id)
         try:
-            self.registry.freeze(run.spec.model_name)
-            job = JobSpec(
-                name=job_name(run.run_id),
-                args=("train", "job", "--run-dir", str(run_dir.resolve())),
-                log_path=run_dir / jobfiles.LOG_FILE,
-                labels={"graspfleet.io/run-id": run.run_id, "app.kubernetes.io/component": "train"},
-            )
+            if not evaluation.is_evaluation(run.spec):
+                self.registry.freeze(run.spec.model_name)
+            job = job_spec(self.config, run)
             handle = self._started_before(run, backend) or backend.start(job)
             (run_dir / jobfiles.HANDLE_FILE).write_text(handle)
         except Exception as err:  # noqa: BLE001 - any start failure ends this run, not the trainer
@@ -201,7 +230,8 @@ class Supervisor:
             r.metrics.clear()
             r.metrics.update(progress.metrics)
             loss = progress.metrics.get("loss")
-            line = f"step {progress.step}/{progress.total}"
+            unit = "episodes" if evaluation.is_evaluation(r.spec) else "step"
+            line = f"{unit} {progress.step}/{progress.total}"
             line += f" loss {loss:.4f}" if loss is not None else ""
             return f"{line}: {progress.message}" if progress.message else line
 
@@ -217,7 +247,7 @@ class Supervisor:
             r.metrics.update(result.metrics)
             r.message = result.message
             r.finished_at.CopyFrom(clock.now())
-            if state == trainer_pb2.RUN_STATE_SUCCEEDED:
+            if state == trainer_pb2.RUN_STATE_SUCCEEDED and not evaluation.is_evaluation(r.spec):
                 # Labelled while the run row is locked, so a concurrent cancel cannot slip in
                 # between the label and the state.
                 name = r.spec.model_name

@@ -171,3 +171,17 @@ def test_the_evaluator_reaches_a_fleet_that_speaks_tls(tmp_path, monkeypatch):
         farm.stop(grace_s=0)
         store.stop(grace_s=0)
     assert result.rate.episodes == 1
+
+
+def test_contender_flags_name_versions_for_the_evaluator_and_labels_for_the_trainer():
+    import argparse
+
+    from services.evaluation.cli import parse_contender, split_contender
+
+    assert parse_contender("random") == Contender("random", "random")
+    assert parse_contender("v3=cem:3") == Contender("v3", "cem", 3)
+    assert parse_contender("r=cem:3:rcan:2") == Contender("r", "cem", 3, "rcan", 2)
+    assert split_contender("c=cem:canary:rcan:stable") == ("c", "cem", "canary", "stable")
+    for text in ("v3", "v3=cem", "v3=cem:3:refiner:2", "v3=cem:x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="--contender"):
+            parse_contender(text)

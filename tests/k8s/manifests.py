@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 
 from kubernetes import client as k8s
 
+from graspfleet.v1 import trainer_pb2
 from services.common.config import config_from
-from services.trainer.backends import JobSpec
 from services.trainer.config import TrainerConfig
 from services.trainer.kubernetes_backend import KubernetesBackend
+from services.trainer.supervisor import job_spec
 
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job")
 # The project's images: every service, and its GPU variant (the gpu-training component's).
@@ -266,7 +267,16 @@ def trainer_config(objects: list[dict]) -> TrainerConfig:
 
 
 def training_job(objects: list[dict]) -> dict:
-    """The Job the trainer creates for a run, with its settings in these manifests."""
-    backend = KubernetesBackend(trainer_config(objects), k8s.ApiClient())
-    job = JobSpec(name="run-1", args=("train", "job"), labels={"graspfleet.io/run-id": "1"})
-    return backend.manifest_dict(job)
+    """The Job the trainer creates for a training run, with its settings in these manifests."""
+    return _run_job(objects, trainer_pb2.RECIPE_DANN)
+
+
+def evaluation_job(objects: list[dict]) -> dict:
+    """The Job the trainer creates for an evaluation run (it calls the sim-farm and the store)."""
+    return _run_job(objects, trainer_pb2.RECIPE_EVALUATION)
+
+
+def _run_job(objects: list[dict], recipe: int) -> dict:
+    config = trainer_config(objects)
+    run = trainer_pb2.Run(run_id="run-1", spec=trainer_pb2.RunSpec(recipe=recipe))
+    return KubernetesBackend(config, k8s.ApiClient()).manifest_dict(job_spec(config, run))

@@ -5,8 +5,9 @@ GRASPFLEET_*_ADDRESS variable, --*-address flag and the store's PostgreSQL DSN
 names a Service; the Service names its pods. To those the policies add only
 Prometheus scraping `metrics` ports, an operator's toolbox pod calling gRPC
 APIs, DNS, and the Kubernetes API for the pods that hold an API token. Every
-pod the fleet runs (the workloads, a training Job as the trainer creates it,
-the toolbox, Prometheus) is checked against every port of every workload.
+pod the fleet runs (the workloads, a training and an evaluation Job as the
+trainer creates them, the toolbox, Prometheus) is checked against every port
+of every workload.
 """
 
 from __future__ import annotations
@@ -29,17 +30,32 @@ def with_policies(built: dict) -> list[tuple[str, list[dict]]]:
     return found
 
 
+def trainer_jobs(objects: list[dict]) -> dict[str, dict]:
+    """The Jobs the trainer creates, by the name their pods have here."""
+    return {"training job": m.training_job(objects), "evaluation job": m.evaluation_job(objects)}
+
+
+def job_pods(objects: list[dict]) -> list[tuple[m.Pod, dict]]:
+    return [
+        (m.Pod(name, job["spec"]["template"]["metadata"]["labels"]), job)
+        for name, job in trainer_jobs(objects).items()
+    ]
+
+
 def derived_edges(objects: list[dict]) -> set[tuple[str, str, int]]:
-    """(client pod, server pod, container port) of every connection the settings make."""
+    """(client pod, server pod, container port) of every connection the settings make:
+    the workloads' and those of the Jobs the trainer creates (from their environment)."""
     services = {s["metadata"]["name"]: s for s in m.of_kind(objects, "Service")}
     workloads = m.workloads(objects)
+    clients = [(w["metadata"]["name"], w) for w in workloads]
+    clients += list(trainer_jobs(objects).items())
     edges = set()
-    for client in workloads:
+    for name, client in clients:
         for container in m.containers(client):
             for _, host, port in m.upstreams(container):
                 for server in m.backing(services[host], workloads):
                     target = m.service_target(services[host], port, server)
-                    edges.add((client["metadata"]["name"], server["metadata"]["name"], target))
+                    edges.add((name, server["metadata"]["name"], target))
     return edges
 
 
@@ -57,7 +73,8 @@ def expected_edges(objects: list[dict]) -> set[tuple[str, str, int]]:
 
 def test_the_edges_come_from_the_settings(built):
     """The derivation sees what the code calls: every arm calls the store, the planner and
-    (RCAN) the refiner, the store its database; nobody calls the refiner for training."""
+    (RCAN) the refiner, the store its database; nobody calls the refiner for training;
+    evaluation Jobs call the farm and the store, training Jobs nobody."""
     objects = built[next(c for c in built if c.name == "fleet")]
     arms = {
         s["metadata"]["name"]
@@ -72,6 +89,9 @@ def test_the_edges_come_from_the_settings(built):
         ("sim-farm", "refiner", 50055),
         ("servo-planner", "grasp-predictor", 8500),
         ("trainer", "episode-store", 50051),
+        ("trainer", "sim-farm", 50052),
+        ("evaluation job", "sim-farm", 50052),
+        ("evaluation job", "episode-store", 50051),
         ("episode-store", "postgres", 5432),
     }
 
@@ -82,14 +102,8 @@ def test_network_policies_allow_exactly_the_data_flow(built):
         deny = m.named(objects, "NetworkPolicy", "default-deny")["spec"]
         assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
         servers = [m.workload_pod(w) for w in m.workloads(objects)]
-        job = m.training_job(objects)
-        clients = [
-            *servers,
-            m.Pod("training job", job["spec"]["template"]["metadata"]["labels"]),
-            OPERATOR,
-            PROMETHEUS,
-            STRANGER,
-        ]
+        jobs = [pod for pod, _ in job_pods(objects)]
+        clients = [*servers, *jobs, OPERATOR, PROMETHEUS, STRANGER]
         expected = expected_edges(objects)
         for client in clients:
             for server in servers:
@@ -106,14 +120,11 @@ def test_every_pod_resolves_names_and_only_api_clients_leave_the_cluster(built):
     for name, objects in with_policies(built):
         policies = m.of_kind(objects, "NetworkPolicy")
         workloads = m.workloads(objects)
-        job = m.training_job(objects)
         pods = [(m.workload_pod(w), m.mounts_api_token(w)) for w in workloads]
-        pods.append(
-            (
-                m.Pod("training job", job["spec"]["template"]["metadata"]["labels"]),
-                job["spec"]["template"]["spec"]["automountServiceAccountToken"],
-            )
-        )
+        pods += [
+            (pod, job["spec"]["template"]["spec"]["automountServiceAccountToken"])
+            for pod, job in job_pods(objects)
+        ]
         callers = {p.name for p, token in pods if token}
         assert {"trainer", "robot-agent-kuka-01"} <= callers, name
         for pod, token in pods:

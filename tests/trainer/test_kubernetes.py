@@ -14,6 +14,7 @@ from services.trainer import jobfiles
 from services.trainer.backends import FAILED, GONE, RUNNING, SUCCEEDED, JobSpec
 from services.trainer.config import TrainerConfig
 from services.trainer.kubernetes_backend import KubernetesBackend
+from services.trainer.supervisor import job_spec
 from tests.trainer.conftest import AUTH, tiny_spec, trainer_stub, wait_for, watch
 from tests.trainer.fake_kube import FakeKubernetes
 
@@ -72,6 +73,22 @@ def test_job_objects_pass_strict_schema_validation(version, variant):
     container["colour"] = "blue"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(job, version, strict=True)
+
+
+def test_an_evaluation_job_is_a_small_pod_that_knows_the_farm_and_the_store():
+    """It only follows the farm's collections: no GPU, even where training Jobs get one."""
+    config = _config(sim_farm_address="sim-farm:50052", runs_dir="/tmp/x", **VARIANTS["gpu"])
+    run = S.Run(run_id="eval-1", spec=S.RunSpec(recipe=S.RECIPE_EVALUATION))
+    job = KubernetesBackend(config, client.ApiClient()).manifest_dict(job_spec(config, run))
+    kubernetes_validate.validate(job, kubernetes_validate.latest_version(), strict=True)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["GRASPFLEET_SIM_FARM_ADDRESS"] == "sim-farm:50052"
+    assert env["GRASPFLEET_STORE_ADDRESS"] == "episode-store:50051"
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "evaluation"
+    assert container["command"][-4:] == ["train", "job", "--run-dir", "/tmp/x/eval-1"]
 
 
 def test_create_poll_and_delete_jobs_against_an_api_server(fake):

@@ -93,7 +93,12 @@ def test_the_gate_rule():
 
 
 def test_every_recipe_is_in_the_table_and_maps_to_a_valid_train_spec():
-    assert set(recipes.RECIPES) == set(S.Recipe.values()) - {S.RECIPE_UNSPECIFIED}
+    # An evaluation is a run that trains nothing: it has no training regime (tests/trainer/
+    # test_evaluations.py), and auto_retrain_recipe or `train submit --recipe` cannot name it.
+    trains = set(S.Recipe.values()) - {S.RECIPE_UNSPECIFIED, S.RECIPE_EVALUATION}
+    assert set(recipes.RECIPES) == trains
+    with pytest.raises(KeyError):
+        recipes.lookup("evaluation")
     for recipe in recipes.RECIPES.values():
         if not recipe.refiner:
             TrainSpec(**recipes.train_spec_fields(recipe))  # raises if the regime is inconsistent
