@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,18 @@ def test_proxy_real_arms_train_on_real_train_and_the_evaluation_arm_grasps_real_
     assert {a.world.object_set for a in sim_arms} <= {"train"}
     evaluation = load_arm(PROXY_REAL_TEST_ARM)
     assert evaluation.domain == "proxy-real" and evaluation.world.object_set == "real-test"
+    # The in-family diagnostic differs from the evaluation arm in its objects alone.
+    diagnostic = load_arm(PROXY_REAL_TEST_ARM.with_name("proxy-real-sim-test.yaml"))
+    assert diagnostic.world.object_set == "sim-test" and diagnostic.world.objects_per_bin == 5
+    assert (
+        replace(
+            diagnostic,
+            id=evaluation.id,
+            source=evaluation.source,
+            world=replace(diagnostic.world, object_set="real-test", objects_per_bin=3),
+        )
+        == evaluation
+    )
 
 
 def test_meshes_are_centred_on_their_body():
