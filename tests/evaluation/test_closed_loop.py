@@ -14,13 +14,9 @@ from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server as create_store
 from services.evaluation import closed_loop
 from services.evaluation.closed_loop import Contender, EvaluationSpec
-from services.grasp_predictor.config import PredictorConfig
-from services.grasp_predictor.server import create_server as create_predictor
-from services.servo_planner.config import PlannerConfig
-from services.servo_planner.server import create_server as create_planner
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.server import create_server as create_farm
-from tests.fixtures import models
+from tests.fixtures.planning_fleet import planning_fleet
 from tests.fixtures.tls import make_certificate
 from tests.fixtures.waiting import until
 
@@ -31,30 +27,8 @@ SCENES = 4
 @pytest.fixture
 def services(tmp_path):
     """Store, predictor (one test model, version 1), planner; a farm factory on top."""
-    models.publish(tmp_path / "models", 1, bias=0.0)
-    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(tmp_path / "store")))
-    predictor = create_predictor(
-        PredictorConfig(port=0, model_base_path=str(tmp_path / "models"), settle_s=0)
-    )
-    planner = create_planner(PlannerConfig(port=0, predictor_address=predictor.address))
-    farms = []
-
-    def farm():
-        server = create_farm(
-            SimFarmConfig(
-                port=0,
-                store_address=store.address,
-                planner_address=planner.address,
-                workers=2,
-                spool_dir=str(tmp_path / "spool"),
-            )
-        )
-        farms.append(server)
-        return server
-
-    yield store, farm
-    for server in (*farms, planner, predictor, store):
-        server.stop(grace_s=0)
+    with planning_fleet(tmp_path) as fleet:
+        yield fleet.store, fleet.start_farm
 
 
 def _episodes(store_address: str, collection_id: str) -> list:

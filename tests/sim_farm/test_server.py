@@ -11,13 +11,9 @@ from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_
 from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server as create_store
-from services.grasp_predictor.config import PredictorConfig
-from services.grasp_predictor.server import create_server as create_predictor
-from services.servo_planner.config import PlannerConfig
-from services.servo_planner.server import create_server as create_planner
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.server import create_server as create_farm
-from tests.fixtures import models
+from tests.fixtures.planning_fleet import planning_fleet
 
 Policy = sim_farm_pb2.CollectionPolicy
 DONE = {
@@ -96,22 +92,8 @@ def test_a_collection_lands_in_the_store_with_everything_training_needs(farm):
 
 
 def test_cem_episodes_record_the_model_version_that_drove_them(tmp_path):
-    models.publish(tmp_path / "models", 1, bias=0.0)
-    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(tmp_path / "store")))
-    predictor = create_predictor(
-        PredictorConfig(port=0, model_base_path=str(tmp_path / "models"), settle_s=0)
-    )
-    planner = create_planner(PlannerConfig(port=0, predictor_address=predictor.address))
-    farm = create_farm(
-        SimFarmConfig(
-            port=0,
-            store_address=store.address,
-            planner_address=planner.address,
-            workers=1,
-            spool_dir=str(tmp_path / "spool"),
-        )
-    )
-    try:
+    with planning_fleet(tmp_path) as fleet:
+        farm, store = fleet.start_farm(workers=1), fleet.store
         with grpc.insecure_channel(farm.address) as channel:
             stub = sim_farm_pb2_grpc.SimFarmStub(channel)
             spec = sim_farm_pb2.CollectionSpec(
@@ -137,9 +119,6 @@ def test_cem_episodes_record_the_model_version_that_drove_them(tmp_path):
         # The episode names its model, so Stats (and Prometheus) count CEM apart from random.
         assert {(e.model.name, e.model.version) for e in stored} == {("grasp_success", 1)}
         assert [g.model.version for g in stats.groups] == [1]
-    finally:
-        for server in (farm, planner, predictor, store):
-            server.stop(grace_s=0)
 
 
 @pytest.mark.parametrize(

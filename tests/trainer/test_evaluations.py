@@ -24,20 +24,12 @@ from graspfleet.v1 import (
 )
 from services.common.server import ServiceServer
 from services.episode_store import client, dataset
-from services.episode_store.config import EpisodeStoreConfig
-from services.episode_store.server import create_server as create_store
-from services.grasp_predictor.config import PredictorConfig
-from services.grasp_predictor.server import create_server as create_predictor
-from services.servo_planner.config import PlannerConfig
-from services.servo_planner.server import create_server as create_planner
-from services.sim_farm.config import SimFarmConfig
-from services.sim_farm.server import create_server as create_farm
 from services.trainer import evaluation, jobfiles
 from services.trainer import job as trainer_job
 from services.trainer.backends import LocalBackend
 from services.trainer.runs import TERMINAL
 from services.trainer.server import create_server
-from tests.fixtures import models
+from tests.fixtures.planning_fleet import planning_fleet
 from tests.trainer.conftest import AUTH, TOKEN, trainer_config, trainer_stub, wait_for, watch
 
 ARM = Path(__file__).parents[2] / "robots" / "evaluation" / "proxy-real-test.yaml"
@@ -48,25 +40,8 @@ S = trainer_pb2
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory) -> Iterator[SimpleNamespace]:
     """Store, predictor (test model version 1), planner and a two-worker sim-farm."""
-    tmp = tmp_path_factory.mktemp("evaluation-fleet")
-    models.publish(tmp / "models", 1, bias=0.0)
-    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(tmp / "store"), grace_s=0))
-    predictor = create_predictor(
-        PredictorConfig(port=0, model_base_path=str(tmp / "models"), settle_s=0)
-    )
-    planner = create_planner(PlannerConfig(port=0, predictor_address=predictor.address))
-    farm = create_farm(
-        SimFarmConfig(
-            port=0,
-            store_address=store.address,
-            planner_address=planner.address,
-            workers=2,
-            spool_dir=str(tmp / "spool"),
-        )
-    )
-    yield SimpleNamespace(store=store, farm=farm, models=tmp / "models")
-    for server in (farm, planner, predictor, store):
-        server.stop(grace_s=0)
+    with planning_fleet(tmp_path_factory.mktemp("evaluation-fleet")) as fleet:
+        yield SimpleNamespace(store=fleet.store, farm=fleet.start_farm(), models=fleet.models)
 
 
 @pytest.fixture
