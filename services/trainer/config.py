@@ -130,6 +130,12 @@ class TrainerConfig(ServerConfig):
         "Tolerations of Job pods, comma-separated key[=value]:effect as in kubectl taint "
         "(e.g. nvidia.com/gpu:NoSchedule for tainted GPU nodes); no value means any value.",
     )
+    k8s_tls_secret: str = setting(
+        "",
+        "Secret with the CA certificate (ca.crt) mounted into Job pods at "
+        "/etc/graspfleet/tls, with GRASPFLEET_TLS_CA pointing at it: evaluation Jobs call the "
+        "sim-farm and the store, which speak TLS when the tls component is on. Empty: none.",
+    )
     k8s_ttl_s: int = setting(86400, "Seconds a finished Job is kept before Kubernetes deletes it.")
     k8s_deadline_s: int = setting(0, "activeDeadlineSeconds of a Job; 0 for none.")
     k8s_api: str = setting(

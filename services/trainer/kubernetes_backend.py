@@ -17,6 +17,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from services.common import logs
+from services.common.upstream import TLS_CA_ENV
 from services.trainer.backends import FAILED, GONE, RUNNING, SUCCEEDED, JobSpec, JobStatus
 from services.trainer.config import TrainerConfig
 
@@ -26,6 +27,7 @@ MANAGED_BY = "graspfleet-trainer"
 NONROOT_UID = 65532  # the distroless "nonroot" user
 # Seconds an API call may take: an unreachable API server must not stall the supervisor.
 REQUEST_TIMEOUT_S = 30
+TLS_DIR = "/etc/graspfleet/tls"  # where the tls component mounts the Secret in every pod
 
 
 def api_client(mode: str) -> k8s.ApiClient | None:
@@ -93,6 +95,15 @@ class KubernetesBackend:
         ]
         mounts.append(k8s.V1VolumeMount(name="tmp", mount_path="/tmp"))
         env = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", **job.env}
+        if c.k8s_tls_secret:
+            # The whole Secret as a folder (a renewed CA reaches running pods), read-only.
+            volumes.append(
+                k8s.V1Volume(
+                    name="tls", secret=k8s.V1SecretVolumeSource(secret_name=c.k8s_tls_secret)
+                )
+            )
+            mounts.append(k8s.V1VolumeMount(name="tls", mount_path=TLS_DIR, read_only=True))
+            env[TLS_CA_ENV] = f"{TLS_DIR}/ca.crt"
         container = k8s.V1Container(
             name="job",
             image=c.k8s_image,

@@ -83,6 +83,10 @@ def test_with_tls_every_graspfleet_container_serves_and_dials_tls(built):
         if "tensorflow-serving" in combination.components:
             expected.remove("predictor")
         assert check_tls(combination.name, objects) == expected, combination.name
+        # The trainer's Jobs (evaluations call the farm and the store) get the Secret too.
+        trainer = m.named(objects, "Deployment", "trainer")
+        (container,) = m.pod_spec(trainer)["containers"]
+        assert m.env(container).get(env_name("k8s_tls_secret")) == SECRET, combination.name
         # The SRE creates the Secret (cert-manager or by hand), never the component.
         assert not [o for o in m.of_kind(objects, "Secret") if o["metadata"]["name"] == SECRET]
 

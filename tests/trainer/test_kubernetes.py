@@ -215,3 +215,18 @@ def test_the_trainer_runs_cancels_and_re_adopts_kubernetes_jobs(start_trainer, f
         assert any(
             e.log_line == f"re-adopted job {adopt.job} after a trainer restart" for e in events
         )
+
+
+def test_with_a_tls_secret_job_pods_trust_the_fleets_ca():
+    config = _config(sim_farm_address="sim-farm:50052", k8s_tls_secret="graspfleet-tls")
+    run = S.Run(run_id="eval-1", spec=S.RunSpec(recipe=S.RECIPE_EVALUATION))
+    job = KubernetesBackend(config, client.ApiClient()).manifest_dict(job_spec(config, run))
+    kubernetes_validate.validate(job, kubernetes_validate.latest_version(), strict=True)
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["GRASPFLEET_TLS_CA"] == "/etc/graspfleet/tls/ca.crt"
+    assert {"name": "tls", "mountPath": "/etc/graspfleet/tls", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert {"name": "tls", "secret": {"secretName": "graspfleet-tls"}} in pod["volumes"]
