@@ -14,6 +14,11 @@ class PlannerConfig(ServerConfig):
 
     port: int = setting(50053, "gRPC port; 0 picks a free one (see port_file).")
     predictor_address: str = setting("", "grasp-predictor host:port.", required=True)
+    predictor_plaintext: bool = setting(
+        False,
+        "Dial the predictor without TLS even when GRASPFLEET_TLS_CA is set: TensorFlow Serving "
+        "as the predictor (the tensorflow-serving component) serves plaintext.",
+    )
     model_name: str = setting("grasp_success", "Model the predictor scores with.")
     default_label: str = setting("stable", "Model label used when a request names no model.")
     population: int = setting(64, "CEM samples per iteration (Levine et al.: 64).")

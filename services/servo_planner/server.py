@@ -221,7 +221,9 @@ def _motion(v: np.ndarray) -> common_pb2.MotionCommand:
 class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
     def __init__(self, config: PlannerConfig) -> None:
         self.config = config
-        self.channel = upstream.channel(config.predictor_address)
+        self.channel = upstream.channel(
+            config.predictor_address, tls_ca="" if config.predictor_plaintext else None
+        )
         self.scoring = GraspScoring(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 

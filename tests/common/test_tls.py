@@ -16,7 +16,13 @@ from services.common.server import ServiceServer
 from services.episode_store import client, samples
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server as create_store
+from services.grasp_predictor.config import PredictorConfig
+from services.grasp_predictor.server import create_server as create_predictor
+from services.servo_planner.config import PlannerConfig
+from services.servo_planner.server import create_server as create_planner
+from tests.fixtures import models
 from tests.fixtures.tls import make_certificate
+from tests.fixtures.waiting import until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -137,3 +143,34 @@ def test_an_unreadable_ca_is_a_configuration_error(tmp_path, monkeypatch):
     monkeypatch.setenv(upstream.TLS_CA_ENV, str(tmp_path / "missing.crt"))
     with pytest.raises(ConfigError, match="GRASPFLEET_TLS_CA"):
         upstream.channel("127.0.0.1:1")
+
+
+def test_a_planner_told_so_dials_a_plaintext_predictor_while_serving_tls(
+    tmp_path, tls_dir, monkeypatch
+):
+    """TensorFlow Serving as the predictor stays plaintext under the tls component."""
+    models.publish(tmp_path / "models", 1, bias=0.0)
+    predictor = create_predictor(
+        PredictorConfig(port=0, model_base_path=str(tmp_path / "models"), settle_s=0)
+    )
+    monkeypatch.setenv(upstream.TLS_CA_ENV, str(tls_dir / "tls.crt"))
+    planners = [
+        create_planner(
+            PlannerConfig(
+                port=0,
+                predictor_address=predictor.address,
+                predictor_plaintext=plaintext,
+                tls_dir=str(tls_dir),
+                health_check_period_s=0.2,
+            )
+        )
+        for plaintext in (True, False)
+    ]
+    try:
+        for planner, ready in zip(planners, (SERVING, NOT_SERVING), strict=True):
+            with upstream.channel(planner.address) as channel:
+                until(lambda channel=channel: _check(channel) == SERVING, timeout_s=5)
+                assert _check(channel) == ready
+    finally:
+        for server in (*planners, predictor):
+            server.stop(grace_s=0)

@@ -84,6 +84,11 @@ def test_with_tls_every_graspfleet_container_serves_and_dials_tls(built):
             expected.remove("predictor")
         assert check_tls(combination.name, objects) == expected, combination.name
         # The trainer's Jobs (evaluations call the farm and the store) get the Secret too.
+        # TF Serving serves plaintext: its one client dials it so, TLS everywhere else.
+        planner = m.named(objects, "Deployment", "servo-planner")
+        (planner_container,) = m.pod_spec(planner)["containers"]
+        plaintext = m.env(planner_container).get(env_name("predictor_plaintext"))
+        assert plaintext == ("true" if "tensorflow-serving" in combination.components else None)
         trainer = m.named(objects, "Deployment", "trainer")
         (container,) = m.pod_spec(trainer)["containers"]
         assert m.env(container).get(env_name("k8s_tls_secret")) == SECRET, combination.name
