@@ -13,6 +13,7 @@ import grpc
 
 from services.common import auth, logs
 from services.evaluation import cli as evaluation_cli
+from services.fleet import process
 from services.refiner import cli as refiner_cli
 from services.trainer import cli as trainer_cli
 
@@ -236,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `graspfleet` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    process.end_with_parent_if_asked()
     # TensorFlow's C++ start-up chatter is noise in a service log.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Service commands take their own flags (generated from their config dataclass).

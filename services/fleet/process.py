@@ -16,17 +16,29 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _end_with_parent(parent: int) -> None:
-    """Runs in the child before exec: a SIGTERM reaches it when its parent dies.
+# The environment variable that asks a child started by ServiceProcess to end with its parent.
+PARENT_ENV = "GRASPFLEET_END_WITH_PARENT"
+
+
+def end_with_parent_if_asked() -> None:
+    """Called first thing by `graspfleet`: a SIGTERM reaches this process when its parent dies,
+    if the parent asked for it (PARENT_ENV holds the parent's pid).
 
     A test run killed by its timeout or an experiment killed with SIGKILL would
-    otherwise leave its services running, holding ports, CPU and files. (The
-    signal follows the parent thread that started the child: fleets are
-    started from the main thread.)
+    otherwise leave its services running, holding ports, CPU and files. The child
+    does it itself, after exec: a `preexec_fn` would run Python in a forked copy of
+    a parent whose gRPC threads are mid-call, and gRPC's fork handlers then abort
+    the child now and then ("epoll_wait error: Bad file descriptor"). The variable
+    is removed at once, so the services this one starts are not affected. (The
+    signal follows the parent thread that started the child: fleets are started
+    from the main thread.)
     """
+    parent = os.environ.pop(PARENT_ENV, "")
+    if not parent or sys.platform != "linux":
+        return
     if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
-        return  # not Linux, or refused: the old behaviour, no worse
-    if os.getppid() != parent:
+        return  # refused: the old behaviour, no worse
+    if os.getppid() != int(parent):
         os.kill(os.getpid(), signal.SIGTERM)  # the parent died before prctl took effect
 
 
@@ -71,15 +83,13 @@ class ServiceProcess:
         for key, value in flags.items():
             argv += [f"--{key.replace('_', '-')}", str(value)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
-        parent = os.getpid()
-        self.process = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=(lambda: _end_with_parent(parent)) if sys.platform == "linux" else None,
-        )
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONUNBUFFERED": "1",
+            PARENT_ENV: str(os.getpid()),
+        }
+        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         self.port = None
         self.wait_ready(timeout_s, require_serving)

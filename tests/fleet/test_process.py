@@ -56,3 +56,27 @@ def test_a_service_ends_when_the_process_that_started_it_is_killed(tmp_path):
         parent.kill()
         if child is not None and _alive(child):
             os.kill(child, signal.SIGKILL)  # without the fix: leave nothing behind either
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux's")
+@pytest.mark.parametrize(("parent", "code"), [("os.getppid()", 0), ("1", -signal.SIGTERM)])
+def test_the_child_asks_for_the_signal_itself_and_hides_the_request_from_its_own_children(
+    parent, code
+):
+    # Started by a parent that asked (its pid in the variable): the variable is gone
+    # afterwards. Asked by a pid that is not its parent (that parent already died): it ends.
+    script = textwrap.dedent(
+        f"""
+        import os
+        from services.fleet import process
+        os.environ[process.PARENT_ENV] = str({parent})
+        process.end_with_parent_if_asked()
+        print(process.PARENT_ENV in os.environ)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=os.getcwd(), timeout=60
+    )
+    assert done.returncode == code, done.stderr
+    if code == 0:
+        assert done.stdout.strip() == "False"
