@@ -42,6 +42,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LABELS = "graspfleet:model_version_label:info"
+
+
 def _api(port: int, path: str, **params: str) -> dict:
     url = f"http://127.0.0.1:{port}/api/v1/{path}?" + urllib.parse.urlencode(params)
     body = json.loads(urllib.request.urlopen(url, timeout=5).read())
@@ -183,7 +186,11 @@ def test_recorded_success_rate_equals_the_store(tmp_path):
         for group in groups:
             for rule in group["rules"]:
                 assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
-        labels = _api(web_port, "query", query="graspfleet:model_version_label:info")["result"]
+        # Its rule group evaluates on its own clock: wait for its first evaluation too.
+        deadline = time.monotonic() + 60
+        while not (labels := _api(web_port, "query", query=LABELS)["result"]):
+            assert time.monotonic() < deadline, f"{LABELS} never recorded"
+            time.sleep(1.0)
         assert {(r["metric"]["label"], r["metric"]["model_version"]) for r in labels} == {
             ("stable", "1")
         }
