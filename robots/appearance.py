@@ -69,13 +69,16 @@ class SensorModel:
         )
 
     def apply(self, rgb: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The frame as the proxy-real sensor would deliver it (mask: class ids of the render)."""
+        """The frame as the proxy-real sensor would deliver it (mask: class ids of the render).
+
+        `rng` is the sensor's own stream (the world's `sensor_rng`), not the episode's.
+        """
         height, width = rgb.shape[:2]
         scale = self.sensor_scale
         image = rgb.astype(np.float32)
         if self.replace_background:
             image[mask == BACKGROUND] = self.background[mask == BACKGROUND]
-        # Drawn even when unused, so later draws (and so the scene) do not depend on it.
+        # Drawn even when unused: a frame's noise does not depend on which parts apply.
         noise = rng.normal(0.0, self.noise_std, (height * scale, width * scale, 3))
         if not self.degrade:
             return np.clip(image, 0, 255).astype(np.uint8)

@@ -113,6 +113,7 @@ class GraspWorld:
         self.body_ids: list[int] = []
         self.look: EpisodeLook | None = None
         self.episode_rng = np.random.default_rng(config.seed)
+        self.sensor_rng = np.random.default_rng(np.random.SeedSequence(config.seed).spawn(1)[0])
         self.target = np.zeros(3)
         self.yaw = 0.0
         self.closure = 0.0
@@ -125,6 +126,9 @@ class GraspWorld:
         """Starts an episode: new objects and randomization, x0 captured with the arm out of view."""
         seed = int(self.rng.integers(1 << 63)) if seed is None else int(seed)
         self.episode_rng = np.random.default_rng(seed)
+        # The sensor's per-frame noise has a stream of its own: how many numbers a frame
+        # takes (its sensor resolution) must not move the motion noise drawn after it.
+        self.sensor_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         rng = self.episode_rng
         self.look = draw_look(rng, self.config, self.sim, self.textures)
         self.look.apply_scene(self.sim, self.tray, self.arm, self.plane, self.table)
@@ -398,7 +402,7 @@ class GraspWorld:
             depth = np.asarray(depth, dtype=np.float64).reshape(height, width)
             flat = canonical.render(mask, depth, camera.projection_matrix)
         if self.look.sensor is not None:
-            rgb = self.look.sensor.apply(rgb, mask, self.episode_rng)
+            rgb = self.look.sensor.apply(rgb, mask, self.sensor_rng)
         return Observation(rgb=rgb, mask=mask, pose=self.pose(), canonical=flat)
 
     # -- privileged state (for the oracle and tests) -------------------------------

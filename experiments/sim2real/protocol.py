@@ -17,6 +17,11 @@ from dataclasses import asdict, dataclass, field
 
 from robots.config import PROXY_REAL_FACTORS
 
+# What the settings cannot say: bumped when a change of code alters the episodes or the
+# evaluation under the same settings, so scores of the old code are never carried into a
+# table of the new (2: the proxy-real sensor's noise has a stream of its own).
+PROTOCOL_VERSION = 2
+
 # Simulated data of a row: plain, visually randomized, GraspGAN-refined plain, or
 # RCAN-canonicalized randomized.
 SIM_DATA = ("none", "plain", "randomized", "graspgan", "rcan")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from experiments.sim2real.data import collection_ids
 from experiments.sim2real.evaluate import EVALUATION_ARM, outcomes
-from experiments.sim2real.protocol import Row, Settings
+from experiments.sim2real.protocol import PROTOCOL_VERSION, Row, Settings
 from experiments.sim2real.stages import log
 from services.evaluation.stats import paired_difference, wilson
 
@@ -52,10 +52,12 @@ def _row_outcomes(row: str, scores: dict) -> dict[int, float] | None:
 
 def protocol(settings: Settings) -> dict:
     """What two runs must share for one's scores to stand in the other's table: the
-    settings but the rows, the collections (so the same episodes) and the evaluation arm."""
+    protocol's version, the settings but the rows, the collections (so the same
+    episodes) and the evaluation arm."""
     return json.loads(
         json.dumps(
             {
+                "version": PROTOCOL_VERSION,
                 "settings": {k: v for k, v in settings.as_dict().items() if k != "rows"},
                 "collections": collection_ids(settings),
                 "evaluation_arm": hashlib.sha256(EVALUATION_ARM.read_bytes()).hexdigest()[:16],

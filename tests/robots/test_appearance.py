@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,3 +56,26 @@ def test_the_frame_keeps_its_size_and_type():
 def test_a_sensor_smaller_than_the_image_is_refused():
     with pytest.raises(ValueError, match="sensor_width=32"):
         CameraConfig(width=64, height=64, sensor_width=32)
+
+
+def test_the_sensor_resolution_does_not_move_the_physics():
+    # The sensor's noise has its own stream: a frame of 256 columns takes 16 times the numbers
+    # of one of 64, and the motion noise drawn after it must not care.
+    from robots.inventory import load_arm
+    from robots.world import GraspWorld
+
+    arm = load_arm(Path(__file__).parents[2] / "robots" / "evaluation" / "proxy-real-test.yaml")
+    moved = []
+    for sensor_width in (0, 256):
+        camera = dataclasses.replace(arm.world.camera, sensor_width=sensor_width)
+        world = GraspWorld(dataclasses.replace(arm.world, domain="proxy-real", camera=camera))
+        try:
+            start = world.reset(seed=11)
+            steps = []
+            for _ in range(2):
+                world.observe()
+                steps.append(world.move(np.array([3.0, -2.0, -5.0, 0.0, 1.0])))
+            moved.append((start.object_ids, np.round(np.concatenate(steps), 6).tolist()))
+        finally:
+            world.close()
+    assert moved[0] == moved[1]
