@@ -37,7 +37,9 @@ def phases(rows: list[Row]) -> list[list[Row]]:
 
 def seeds(row: Row, settings: Settings) -> tuple[int, ...]:
     """A row's seeds: of its grasp model, or (Table II's GraspGAN) of its generator."""
-    return settings.graspgan_seeds if row.name == "graspgan" else settings.seeds
+    if row.name == "graspgan":
+        return settings.graspgan_seeds
+    return settings.reference_seeds if row.name in FIRST else settings.seeds
 
 
 def model_name(row: Row, seed: int) -> str:
@@ -92,8 +94,9 @@ def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
         jobs = [Job("main", evaluations.arm(None), scored, baselines=baselines)]
         # The gap decomposition: the sim-only model with none, then each one, of the factors.
         if gaps:
-            name = model_name(sim_only_row, settings.seeds[0])
-            sim_only = Scored(name, models.grasp_model(sim_only_row, settings.seeds[0])["path"])
+            seed = settings.reference_seeds[0]
+            name = model_name(sim_only_row, seed)
+            sim_only = Scored(name, models.grasp_model(sim_only_row, seed)["path"])
             jobs += [Job(f"gap-{t}", evaluations.arm(f), [sim_only]) for t, f in gaps.items()]
         found = evaluations.run(jobs)
         scores |= found["main"]

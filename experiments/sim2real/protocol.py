@@ -93,7 +93,9 @@ class Settings:
         eval_every: Validation interval (the kept weights are the best validation's).
         scene_weight: The auxiliary scene loss of every row with simulated data.
         generator_steps: GraspGAN and RCAN generator steps.
-        seeds: Training seeds of every grasp model.
+        seeds: Training seeds of every grasp model but Sim-Only's and Real-Only's.
+        reference_seeds: Training seeds of Sim-Only and Real-Only (all real data): their
+            spread is what every other row is compared against.
         graspgan_seeds: Generator seeds of the GraspGAN rows of Table II.
         scenes: Paired evaluation scenes per model.
         scene_seed: Seeds the evaluation scenes.
@@ -103,16 +105,17 @@ class Settings:
         data_seed: Seeds the collections.
     """
 
-    sim_episodes: int = 6000
-    real_episodes: int = 7500
-    low_real_episodes: int = 120
+    sim_episodes: int = 12000
+    real_episodes: int = 15000
+    low_real_episodes: int = 240
     sim_validation_episodes: int = 400
     real_validation_fraction: float = 0.2
-    grasp_steps: int = 5000
+    grasp_steps: int = 6000
     eval_every: int = 500
     scene_weight: float = 1.0
     generator_steps: int = 2500
     seeds: tuple[int, ...] = (0,)
+    reference_seeds: tuple[int, ...] = (0, 1)
     graspgan_seeds: tuple[int, ...] = (0, 1, 2)
     scenes: int = 150
     scene_seed: int = 7
@@ -136,6 +139,7 @@ QUICK = Settings(
     eval_every=3,
     generator_steps=3,
     seeds=(0,),
+    reference_seeds=(0,),
     graspgan_seeds=(0,),
     scenes=4,
     shards=2,
