@@ -431,6 +431,8 @@ def main(argv: list[str]) -> int:
                 "store_data_dir": str(store_dir),
                 "state_dir": str(workdir / "trainer"),
                 "model_base": str(models),
+                # `graspfleet train evaluate` on this fleet plays its scenes on this farm.
+                "sim_farm_address": farm.address,
             },
         )
         try:
