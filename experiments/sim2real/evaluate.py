@@ -130,17 +130,22 @@ class Evaluations:
             workers=self.settings.shards,
         ) as fleet:
             for spec, contender, settings in todo:
-                (result,) = evaluate(fleet.farm_address, fleet.store_address, spec, [contender])
-                outcome = {
-                    **result.rate.as_dict(),
-                    "outcomes": {str(k): v for k, v in sorted(result.outcomes.items())},
-                    "seconds": round(result.seconds, 1),
-                }
+
+                def work(spec=spec, contender=contender) -> dict:
+                    (result,) = evaluate(fleet.farm_address, fleet.store_address, spec, [contender])
+                    return {
+                        **result.rate.as_dict(),
+                        "outcomes": {str(k): v for k, v in sorted(result.outcomes.items())},
+                        "seconds": round(result.seconds, 1),
+                    }
+
                 stage = f"eval-{spec.evaluation_id}-{contender.name}"
-                self.stages.run(stage, _key(settings, contender), lambda outcome=outcome: outcome)
+                outcome = self.stages.run(stage, _key(settings, contender), work)
                 results[spec.evaluation_id][contender.name] = outcome
-                rate = result.rate
-                log(f"  {spec.evaluation_id} {contender.name}: {rate.successes}/{rate.episodes}")
+                log(
+                    f"  {spec.evaluation_id} {contender.name}: "
+                    f"{outcome['successes']}/{outcome['episodes']}"
+                )
         return results
 
 
