@@ -37,7 +37,7 @@ def run(settings: Settings, root: Path, shares: list[float], command: str) -> di
     stages = Stages(root)
     data = prepare(settings, root, stages, {"real"})
     row = next(r for r in table_rows() if r.name == ROW)
-    spec = Models(settings, root, stages, data).spec(row, settings.seeds[0])
+    spec = Models(settings, root, stages, data).spec(row, settings.reference_seeds[0])
     points = []
     for share, episodes in nested_shares(data.real_all, shares, settings.data_seed).items():
 

@@ -86,3 +86,14 @@ def test_scores_carry_over_only_within_one_protocol(tmp_path):
         "sim": {"episodes": 12, "successes": 5},
         "real_all": {"episodes": 0, "successes": 0},
     }
+
+
+def test_the_learning_curves_shares_are_nested_and_seeded():
+    from experiments.sim2real.learning_curve import nested_shares
+
+    episodes = list(range(100))
+    shares = nested_shares(episodes, [0.25, 0.5, 1.0], seed=31)
+    assert [len(shares[s]) for s in (0.25, 0.5, 1.0)] == [25, 50, 100]
+    assert shares[0.5][:25] == shares[0.25] and sorted(shares[1.0]) == episodes
+    assert shares[1.0] != episodes  # shuffled, so a share is not the collection's first bins
+    assert nested_shares(episodes, [0.25], seed=31)[0.25] == shares[0.25]
