@@ -27,11 +27,12 @@ RUN /opt/graspfleet/bin/python -c 'import tomllib; print("\n".join(tomllib.load(
 COPY protos ./protos
 COPY services ./services
 COPY robots ./robots
+COPY models ./models
 # The stubs are generated here, never copied from a work tree.
 RUN /opt/graspfleet/bin/python -m grpc_tools.protoc -Iprotos --python_out=protos \
         --grpc_python_out=protos --pyi_out=protos protos/graspfleet/v1/*.proto \
     && /opt/graspfleet/bin/pip install --quiet --no-deps . \
-    && /opt/graspfleet/bin/python -c "import graspfleet.v1.episode_store_pb2, services.cli, robots.inventory"
+    && /opt/graspfleet/bin/python -c "import graspfleet.v1.episode_store_pb2, services.cli, robots.inventory, models.registry"
 
 # The GPU variant adds tensorflow[and-cuda]: NVIDIA's CUDA, cuDNN and NCCL
 # wheels. TensorFlow is pinned by constraints.txt, and each CUDA wheel to the

@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # make test's pytest workers (pytest-xdist), each test file on one worker so that its
 # module fixtures are built once; PYTEST_WORKERS=0 runs everything in one process.
 PYTEST_WORKERS ?= 2
-LINT_PATHS  := $(wildcard services robots tests bench experiments)
+LINT_PATHS  := $(wildcard services robots models tests bench experiments)
 ARGS ?=
 
 .PHONY: all venv protos run quick test lint format bench fuzz sysdeps clean k8s-validate promtool-test images
@@ -60,6 +60,7 @@ test: protos sysdeps lint
 lint: $(STAMP)
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(PY) -m ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(PY) -m ruff format $(LINT_PATHS)

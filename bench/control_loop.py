@@ -28,10 +28,10 @@ import grpc
 import numpy as np
 
 from graspfleet.v1 import common_pb2, servo_planner_pb2, servo_planner_pb2_grpc
+from models.grasp_success import export
+from models.grasp_success.model import ModelConfig, build_model
 from services.common.images import encode_image
 from services.fleet.process import ServiceProcess
-from services.grasp_predictor import export
-from services.grasp_predictor.model import ModelConfig, build_model
 
 PERIOD_S = 0.5
 

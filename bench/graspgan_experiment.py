@@ -219,9 +219,9 @@ def split(stub, settings: Settings) -> Data:
             no fallback to a split of the episodes themselves.
     """
     from graspfleet.v1 import common_pb2, episode_store_pb2
+    from models.episodes.dataset import labeled
+    from models.grasp_success.samples import split_episodes
     from services.episode_store import client
-    from services.episode_store.dataset import labeled
-    from services.grasp_predictor.samples import split_episodes
 
     def domain(value: int, object_set: str = "") -> list:
         found = client.list_all(
@@ -258,7 +258,7 @@ def counts(episodes: list) -> dict:
 
 def train_generator(settings: Settings, data_root: str, data: Data, model_base: Path) -> dict:
     """GraspGAN without real labels (Table II); its generator exported; scene metrics."""
-    from services.refiner.graspgan_training import GraspGANSpec, train_graspgan
+    from models.generators.graspgan_training import GraspGANSpec, train_graspgan
     from services.trainer.recipes import task_profile
 
     spec = GraspGANSpec(
@@ -301,7 +301,7 @@ def grasp_model(
     It trains a fixed number of steps and keeps the last weights: choosing a
     step by the proxy-real scores would let real labels into the sim-only rows.
     """
-    from services.grasp_predictor import export, training
+    from models.grasp_success import export, training
     from services.trainer import gate, recipes
 
     recipe = recipes.RECIPES[recipe_value]
@@ -366,7 +366,7 @@ def paired(raw: dict, refined: dict) -> dict:
 
 def images(data_root: str, episodes: list) -> np.ndarray:
     """Every step image (xt) of `episodes`, uint8 [N, H, W, 3]."""
-    from services.episode_store.dataset import XT, step_dataset
+    from models.episodes.dataset import XT, step_dataset
 
     batches = step_dataset(data_root, episodes).map(lambda s: s[XT]).batch(256)
     return np.concatenate(list(batches.as_numpy_iterator()))

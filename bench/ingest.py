@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from graspfleet.v1 import common_pb2
-from services.episode_store import client, samples
+from models.episodes import synthetic as samples
+from services.episode_store import client
 from services.episode_store.local_postgres import local_postgres
 from services.fleet.process import ServiceProcess
 

@@ -23,13 +23,13 @@ import numpy as np
 import tensorflow as tf
 
 from graspfleet.v1 import common_pb2
+from models.episodes.synthetic import sample_episode
+from models.grasp_success import export
+from models.grasp_success.samples import split_episodes
+from models.grasp_success.training import TrainSpec, train
 from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
-from services.episode_store.samples import sample_episode
 from services.episode_store.server import create_server
-from services.grasp_predictor import export
-from services.grasp_predictor.samples import split_episodes
-from services.grasp_predictor.training import TrainSpec, train
 
 RECIPES = {
     "naive-mix": {"dbn": False, "dann": False},

@@ -25,9 +25,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from models.grasp_success import export
+from models.grasp_success.model import ModelConfig, build_model
 from services.fleet.process import ServiceProcess
-from services.grasp_predictor import export
-from services.grasp_predictor.model import ModelConfig, build_model
 
 MOTIONS = 64
 SIZE = 64

@@ -54,8 +54,8 @@ def generator_rate(
     """
     import tensorflow as tf
 
-    from services.refiner import export
-    from services.refiner.networks import build_generator, profile_configs
+    from models.generators import export
+    from models.generators.networks import build_generator, profile_configs
 
     size = SIZES[profile]
     generator = build_generator(profile_configs(profile)[0])
@@ -76,9 +76,9 @@ def generator_rate(
 def sample_store(data_root: Path, episodes: int, steps: int, size: int) -> list:
     """Sample episodes (alternating SIM / REAL and outcomes) in an in-process store."""
     from graspfleet.v1 import common_pb2
+    from models.episodes.synthetic import sample_episode
     from services.episode_store import client
     from services.episode_store.config import EpisodeStoreConfig
-    from services.episode_store.samples import sample_episode
     from services.episode_store.server import create_server
 
     server = create_server(EpisodeStoreConfig(port=0, data_dir=str(data_root)))
@@ -100,7 +100,7 @@ def sample_store(data_root: Path, episodes: int, steps: int, size: int) -> list:
 
 def graspgan_rate(profile: str, steps: int, batch: int, tmp: Path) -> float:
     """Steady-state alternating GraspGAN steps per second on store data."""
-    from services.refiner.graspgan_training import GraspGANSpec, train_graspgan
+    from models.generators.graspgan_training import GraspGANSpec, train_graspgan
 
     size = SIZES[profile]
     episodes = sample_store(tmp / f"store-{profile}", 8, 4, size)
@@ -124,10 +124,10 @@ def rcan_rate(profile: str, steps: int, batch: int) -> float:
     """Steady-state RCAN steps per second (with the GAN term) on in-memory triples."""
     import tensorflow as tf
 
+    from models.generators.data import CANONICAL, IMAGE, MASK
+    from models.generators.rcan import RCANModels, RCANSpec
+    from models.generators.rcan_training import fit_rcan
     from robots.canonical import PALETTE
-    from services.refiner.data import CANONICAL, IMAGE, MASK
-    from services.refiner.rcan import RCANModels, RCANSpec
-    from services.refiner.rcan_training import fit_rcan
 
     size = SIZES[profile]
     rng = np.random.default_rng(0)

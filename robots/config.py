@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-RANDOMIZATIONS = ("none", "visual", "dynamics", "all")
+from robots.names import RANDOMIZATIONS
+
 # The paper's objects are 12-23 cm long; this gripper opens about 10 cm, so
 # objects default to 8-15 cm: long, but pinchable across their width.
 DEFAULT_SIZE_RANGE_M = (0.08, 0.15)
@@ -155,3 +156,24 @@ class WorldConfig:
             )
         if not self.object_density_kg_m3 > 0:
             raise ValueError(f"object_density_kg_m3={self.object_density_kg_m3} must be positive")
+
+
+@dataclass(frozen=True)
+class ArmConfig:
+    """One arm of the fleet: its id, the driver that runs it, and its world."""
+
+    id: str
+    driver: str
+    world: WorldConfig
+    source: str = ""
+
+    @property
+    def domain(self) -> str:
+        """Proxy-real and hardware arms produce REAL episodes; simulated ones SIM."""
+        return (
+            "sim"
+            if self.driver == "sim"
+            else "proxy-real"
+            if self.driver == "proxy-real"
+            else "real"
+        )

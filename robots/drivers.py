@@ -13,8 +13,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from robots.config import WorldConfig
-from robots.inventory import ArmConfig
+from robots.config import ArmConfig, WorldConfig
 from robots.world import EpisodeStart, GraspWorld, Observation, Pose
 
 

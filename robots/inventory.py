@@ -16,13 +16,19 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from robots.config import PROXY_REAL_FACTORS, RANDOMIZATIONS, CameraConfig, WorldConfig
+from robots.config import (
+    PROXY_REAL_FACTORS,
+    ArmConfig,
+    CameraConfig,
+    WorldConfig,
+)
 from robots.config import Workspace as WorkspaceConfig
+from robots.drivers import DRIVERS
+from robots.names import RANDOMIZATIONS
 from robots.objects import ObjectSet
 
 KNOWN_KEYS = {
@@ -43,25 +49,6 @@ FLEET_DIR = Path(__file__).parent / "fleet"
 
 class InventoryError(ValueError):
     """A fleet file is wrong; the message names the file and the field."""
-
-
-@dataclass(frozen=True)
-class ArmConfig:
-    id: str
-    driver: str
-    world: WorldConfig
-    source: str = ""
-
-    @property
-    def domain(self) -> str:
-        """Proxy-real and hardware arms produce REAL episodes; simulated ones SIM."""
-        return (
-            "sim"
-            if self.driver == "sim"
-            else "proxy-real"
-            if self.driver == "proxy-real"
-            else "real"
-        )
 
 
 def _section(path: str, data: dict, key: str, allowed: set[str]) -> dict:
@@ -111,7 +98,6 @@ def parse_arm(text: str, source: str) -> ArmConfig:
         InventoryError: the text is not a valid arm configuration; the message
             names the source and the field.
     """
-    from robots.drivers import DRIVERS
 
     path = source
     try:

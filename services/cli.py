@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import grpc
 
 from services.common import auth, logs
-from services.evaluation import cli as evaluation_cli
-from services.fleet import process
+from services.fleet import evaluation_cli, process
 from services.refiner import cli as refiner_cli
 from services.trainer import cli as trainer_cli
 

@@ -7,8 +7,9 @@ import subprocess
 
 import pytest
 
+from models.episodes import synthetic as samples
 from services import cli
-from services.episode_store import client, samples
+from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server
 

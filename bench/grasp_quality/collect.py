@@ -41,9 +41,9 @@ def episode_plan(settings: DataSettings, split: str, index: int) -> tuple[int, i
 
 def collect_chunk(job: tuple[DataSettings, str, list[int]]) -> list:
     """Runs some episodes of a split; returns their store records (picklable)."""
+    from models.episodes import records as episodes
     from robots.episode import run_episode
     from robots.policies import NoisyOraclePolicy, RandomPolicy
-    from services.common import episodes
 
     settings, split, indices = job
     world = shared_world(SPLITS[split], settings.objects_per_bin)

@@ -69,7 +69,7 @@ def open_store(data: Path):
 def split_episodes(store, split: str) -> list:
     """Labeled episodes of one split, by index."""
     from graspfleet.v1 import episode_store_pb2
-    from services.episode_store.dataset import labeled
+    from models.episodes.dataset import labeled
 
     found, token = [], ""
     while True:

@@ -47,12 +47,13 @@ def behaviour(stub, summaries: Sequence, max_steps: int) -> dict:
 def evaluate(args: argparse.Namespace) -> dict:
     """CEM on the newest model under --models against random exploration, same held-out scenes."""
     from graspfleet.v1 import episode_store_pb2
+    from models import registry
+    from models.grasp_success import export
     from services.episode_store import client
     from services.fleet.run import Fleet, held_out_trial
-    from services.grasp_predictor import export
 
     models = Path(args.models).resolve()
-    versions = export.versions(models / export.DEFAULT_NAME)
+    versions = registry.versions(models / export.DEFAULT_NAME)
     if not versions:
         raise SystemExit(
             f"no model versions under {models / export.DEFAULT_NAME}: run `train --models {models}`"

@@ -46,6 +46,6 @@ def run_tasks(task: Callable, jobs: list, workers: int, desc: str) -> Iterable:
 def safe_policy(policy, world):
     # The sim-farm's rules for every command (step length, unit rotation), so these
     # episodes are the ones the farm would collect.
-    from services.robot_agent.control import SafePolicy
+    from robots.safety import SafePolicy
 
     return SafePolicy(policy, world.config.workspace.max_step_cm)

@@ -54,9 +54,9 @@ def score_steps(model, data_root: Path, episodes: Sequence, crop: int) -> dict[s
     """P(success) of every step sample of `episodes` as serving scores it, with label and step."""
     import tensorflow as tf
 
-    from services.episode_store import dataset
-    from services.grasp_predictor.model import LOGITS
-    from services.grasp_predictor.samples import MOTION, REAL, center_crop, grasp_motion
+    from models.episodes import dataset
+    from models.grasp_success.model import LOGITS
+    from models.grasp_success.samples import MOTION, REAL, center_crop, grasp_motion
 
     def sample(step: dict) -> dict:
         return {
@@ -95,7 +95,7 @@ def train(args: argparse.Namespace) -> dict:
     """Trains, exports and measures one grasp model on a data folder."""
     import tempfile
 
-    from services.grasp_predictor import profiles, training
+    from models.grasp_success import profiles, training
 
     data, models = Path(args.data), Path(args.models)
     settings = read_manifest(data)

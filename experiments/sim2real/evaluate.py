@@ -20,7 +20,7 @@ import yaml
 from experiments.sim2real.protocol import Settings
 from experiments.sim2real.stages import Stages, log
 from services.evaluation.closed_loop import Contender, EvaluationSpec, evaluate
-from services.evaluation.local import local_fleet
+from services.fleet.evaluation import local_fleet
 
 EVALUATION_ARM = Path(__file__).parents[2] / "robots" / "evaluation" / "proxy-real-test.yaml"
 GRASP_MODEL = "grasp_success"

@@ -20,7 +20,7 @@ from experiments.sim2real.data import describe, prepare
 from experiments.sim2real.models import Models
 from experiments.sim2real.protocol import Settings, table_rows
 from experiments.sim2real.stages import Stages, log
-from services.grasp_predictor.training import train
+from models.grasp_success.training import train
 
 ROW = "real-only-all"
 

@@ -1,6 +1,6 @@
 """The table's models: generators, refined data sets and one grasp model per row and seed.
 
-Every grasp model is trained by `services.grasp_predictor.training.train`, the
+Every grasp model is trained by `models.grasp_success.training.train`, the
 function the trainer's jobs run; GraspGAN and RCAN generators by the refiner's
 own training functions; refined data sets by the trainer's bulk refinement.
 """
@@ -14,8 +14,8 @@ from experiments.sim2real.data import Data
 from experiments.sim2real.protocol import Row, Settings
 from experiments.sim2real.stages import Stages, log
 from graspfleet.v1 import episode_store_pb2
-from services.grasp_predictor.export import METADATA_FILE
-from services.grasp_predictor.training import TrainSpec, train
+from models.grasp_success.training import TrainSpec, train
+from models.registry import METADATA_FILE
 from services.trainer.refine_dataset import load_generator, refine_episodes
 
 Summary = episode_store_pb2.EpisodeSummary
@@ -44,7 +44,7 @@ class Models:
     def graspgan(self, budget: str, seed: int) -> dict:
         """A GraspGAN generator: Table II's learns from unlabeled real images (all of them),
         Table III's from the labeled real episodes of the row's budget."""
-        from services.refiner.graspgan_training import GraspGANSpec, train_graspgan
+        from models.generators.graspgan_training import GraspGANSpec, train_graspgan
 
         real = self.data.real_all if budget in ("none", "all") else self.data.real_low
         spec = GraspGANSpec(
@@ -76,7 +76,7 @@ class Models:
 
     def rcan(self) -> dict:
         """The RCAN generator: randomized sim images to canonical renders."""
-        from services.refiner.rcan_training import RCANSpec, train_rcan
+        from models.generators.rcan_training import RCANSpec, train_rcan
 
         spec = RCANSpec(steps=self.settings.generator_steps, seed=0, image_every=0)
         base = self.root / "generators" / "rcan"

@@ -17,12 +17,12 @@ import time
 
 from google.protobuf import timestamp_pb2
 
+from models.episodes.shards import EpisodeRecord
 from services.common import logs
 from services.common.config import load_config
 from services.episode_store import validation
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.metadata import EpisodeConflict
-from services.episode_store.shards import EpisodeRecord
 from services.episode_store.store import (
     EpisodeStore,
     episode_digest,

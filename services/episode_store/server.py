@@ -10,14 +10,15 @@ import grpc
 from prometheus_client import Counter
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, episode_store_pb2_grpc
+from models.episodes import shards
+from models.episodes.shards import EpisodeRecord
 from services.common import logs
 from services.common.auth import BearerAuth
 from services.common.config import load_config
 from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
 from services.common.server import ServiceServer
-from services.episode_store import client, recovery, shards, validation
+from services.episode_store import client, recovery, validation
 from services.episode_store.config import EpisodeStoreConfig
-from services.episode_store.shards import EpisodeRecord
 from services.episode_store.store import EpisodeStore, open_episode_store
 
 log = logs.get_logger(__name__)

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 from google.protobuf import timestamp_pb2
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
+from models.episodes import shards
 from services.common import clock, logs
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
-from services.episode_store import shards
 from services.episode_store.metadata import (
     EpisodeConflict,
     EpisodeNotFound,

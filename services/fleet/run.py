@@ -148,8 +148,8 @@ def _train(
         RuntimeError: the two collections share an object.
     """
     from graspfleet.v1 import episode_store_pb2
+    from models.grasp_success.training import TrainSpec, train
     from services.episode_store import client
-    from services.grasp_predictor.training import TrainSpec, train
 
     def labeled(**selection) -> list:
         found = client.list_all(

@@ -21,14 +21,14 @@ from tensorflow_serving.apis import (  # noqa: F401 - model_service_pb2, predict
     prediction_service_pb2_grpc,
 )
 
+from models.grasp_success import tensors
+from models.repository import LoadedModel, ModelRepository, RepositoryPoller
 from services.common import logs
 from services.common.config import load_config
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound
 from services.common.server import ServiceServer
-from services.grasp_predictor import tensors
 from services.grasp_predictor.batching import DynamicBatcher, run_timed
 from services.grasp_predictor.config import PredictorConfig
-from services.grasp_predictor.repository import LoadedModel, ModelRepository, RepositoryPoller
 from services.grasp_predictor.warmup import grasp_warm_up
 
 log = logs.get_logger(__name__)

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.grasp_predictor import tensors
-from services.grasp_predictor.repository import LoadedModel
+from models.grasp_success import tensors
+from models.registry import image_size
+from models.repository import LoadedModel
 
 WARMUP_PAIRS = 2
 WARMUP_MOTIONS = 8
-
-
-def image_size(loaded: LoadedModel, default: int) -> tuple[int, int]:
-    """(height, width) of the images the model was trained on, from its metadata."""
-    size = loaded.metadata.get("image_size")
-    if isinstance(size, dict):
-        return int(size["height"]), int(size["width"])
-    if isinstance(size, list | tuple) and len(size) == 2:
-        return int(size[0]), int(size[1])
-    return default, default
 
 
 def grasp_warm_up(loaded: LoadedModel, default_size: int) -> None:
@@ -44,7 +35,7 @@ def grasp_warm_up(loaded: LoadedModel, default_size: int) -> None:
         raise ValueError(
             f"serving signature takes {sorted(specs)}; a grasp model takes x0, xt, motions"
         )
-    height, width = image_size(loaded, default_size)
+    height, width = image_size(loaded.metadata, default_size)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (WARMUP_PAIRS, height, width, 3), dtype=np.uint8)
     angle = rng.uniform(-np.pi, np.pi, (WARMUP_PAIRS, WARMUP_MOTIONS))

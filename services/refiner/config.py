@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from services.common.config import ConfigError, ServerConfig, setting
 
-MODES = ("graspgan", "rcan")  # the export kinds (services.refiner.export.KINDS)
+MODES = ("graspgan", "rcan")  # the export kinds (models.generators.export.KINDS)
 
 
 @dataclass(frozen=True)

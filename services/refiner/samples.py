@@ -9,7 +9,6 @@ refiner service checks it before serving.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +16,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
+from models.generators import export
+from models.generators.serving import generate, load_generator
 from services.common.images import decode_image
 from services.episode_store import client
-from services.grasp_predictor.repository import DEFAULT_LABEL, ModelRepository
-from services.refiner import export
-from services.refiner.server import Refiner, warm_up
 
 HEADER_PX = 18
 COLUMNS = {
@@ -37,31 +35,6 @@ class Grid:
     path: Path
     rows: int
     model: common_pb2.ModelRef
-
-
-def load_generator(model_base: Path, kind: str, name: str, version: int = 0):
-    """The generator version to show (`version`, else "stable", else the newest), warmed up.
-
-    Raises:
-        ValueError: no version of `name` loads and passes the warm-up.
-    """
-    repo = ModelRepository(
-        Path(model_base),
-        name,
-        warm_up=functools.partial(warm_up, kind=kind, default_size=64),
-        settle_s=0.0,
-        specific_versions=(version,) if version else (),
-    )
-    repo.poll()
-    if not repo.loaded():
-        problems = "; ".join(f"v{s.version}: {s.error}" for s in repo.statuses() if s.error)
-        raise ValueError(
-            f"no usable {kind} generator under {repo.folder}"
-            + (f" ({problems})" if problems else " (no version folders)")
-        )
-    if version:
-        return repo.resolve(version=version)
-    return repo.resolve(label=DEFAULT_LABEL) if DEFAULT_LABEL in repo.labels() else repo.resolve()
 
 
 def _middle_images(stub, domain: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -130,7 +103,7 @@ def write_samples(
         missing = "simulated" if not sim else "real"
         raise ValueError(f"the store at {store_address} has no {missing} episodes to show")
     count = min(len(sim), len(real))
-    refined, _ = Refiner.generate(loaded, np.stack(sim[:count]))
+    refined, _ = generate(loaded, np.stack(sim[:count]))
     header = Image.new("RGB", (3 * tile, HEADER_PX), (255, 255, 255))
     draw = ImageDraw.Draw(header)
     for column, title in enumerate(COLUMNS[kind]):

@@ -10,6 +10,14 @@ import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
 
 from graspfleet.v1 import common_pb2, refiner_pb2, refiner_pb2_grpc
+from models.generators import export
+from models.generators.serving import generate, warm_up
+from models.repository import (
+    DEFAULT_LABEL,
+    LoadedModel,
+    ModelRepository,
+    RepositoryPoller,
+)
 from services.common import logs
 from services.common.config import load_config
 from services.common.errors import (
@@ -21,16 +29,7 @@ from services.common.errors import (
 from services.common.images import check_image, decode_image, encode_image
 from services.common.metrics import LATENCY_BUCKETS_S
 from services.common.server import ServiceServer
-from services.grasp_predictor.repository import (
-    DEFAULT_LABEL,
-    LoadedModel,
-    ModelRepository,
-    RepositoryPoller,
-)
-from services.grasp_predictor.warmup import image_size
-from services.refiner import export
 from services.refiner.config import RefinerConfig
-from services.refiner.networks import NUM_MASK_CLASSES
 
 log = logs.get_logger(__name__)
 
@@ -62,49 +61,6 @@ REFUSED_VERSIONS = Gauge(
     "1 for each version on disk that failed to load or warm up (its error is in the log).",
     ["mode", "model", "version"],
 )
-
-
-def warm_up(loaded: LoadedModel, kind: str, default_size: int) -> None:
-    """Runs a version's signature at its training size and at an odd size; raises if anything is off.
-
-    Raises:
-        ValueError: the version is of another kind, lacks the serving signature,
-            or returns images or masks of the wrong shape, type or range.
-    """
-    import tensorflow as tf
-
-    stated = loaded.metadata.get("kind")
-    if stated is not None and stated != kind:
-        raise ValueError(f"its {export.METADATA_FILE} says kind {stated!r}; this is a {kind} model")
-    if export.SIGNATURE_KEY not in loaded.signatures:
-        raise ValueError(f"no {export.SIGNATURE_KEY!r} signature (has {sorted(loaded.signatures)})")
-    signature = loaded.signatures[export.SIGNATURE_KEY]
-    inputs = set(signature.structured_input_signature[1])
-    if inputs != {export.INPUT_IMAGES}:
-        raise ValueError(f"serving signature takes {sorted(inputs)}; a refiner takes 'images'")
-    rng = np.random.default_rng(0)
-    # The contract says any size works: an odd one catches models that only take their own.
-    for height, width in (
-        image_size(loaded, default_size),
-        (export.MIN_SIDE + 3, export.MIN_SIDE + 5),
-    ):
-        batch = rng.integers(0, 256, (2, height, width, 3), dtype=np.uint8)
-        outputs = {k: v.numpy() for k, v in signature(images=tf.constant(batch)).items()}
-        images, masks = outputs.get(export.OUTPUT_IMAGES), outputs.get(export.OUTPUT_MASKS)
-        if images is None or masks is None:
-            raise ValueError(f"serving signature returns {sorted(outputs)}; expected images, masks")
-        if images.dtype != np.uint8 or images.shape != batch.shape:
-            raise ValueError(
-                f"images out: {images.dtype} {list(images.shape)}; expected uint8 {list(batch.shape)}"
-            )
-        if masks.dtype != np.uint8 or masks.shape != batch.shape[:3]:
-            raise ValueError(
-                f"masks out: {masks.dtype} {list(masks.shape)}; expected uint8 {list(batch.shape[:3])}"
-            )
-        if masks.max() >= NUM_MASK_CLASSES:
-            raise ValueError(
-                f"masks out hold class {masks.max()}; classes are 0..{NUM_MASK_CLASSES - 1}"
-            )
 
 
 class Refiner:
@@ -172,14 +128,6 @@ class Refiner:
             return repo.resolve(label=DEFAULT_LABEL)
         return repo.resolve()
 
-    @staticmethod
-    def generate(loaded: LoadedModel, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(images uint8 [N, H, W, 3], masks uint8 [N, H, W]) for a uint8 batch."""
-        import tensorflow as tf
-
-        outputs = loaded.signatures[export.SIGNATURE_KEY](images=tf.constant(images))
-        return outputs[export.OUTPUT_IMAGES].numpy(), outputs[export.OUTPUT_MASKS].numpy()
-
 
 def decode_request(request: refiner_pb2.RefineRequest, config: RefinerConfig) -> np.ndarray:
     """Checks the request's images and returns them as one uint8 batch [N, H, W, 3].
@@ -241,7 +189,7 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServicer):
         mode = MODES[request.mode]
         batch = decode_request(request, self.refiner.config)
         loaded = self.refiner.resolve(mode, request.model)
-        images, masks = self.refiner.generate(loaded, batch)
+        images, masks = generate(loaded, batch)
         encoding = request.output_encoding or RAW
         response = refiner_pb2.RefineResponse(
             images=[encode_image(image, encoding) for image in images],

@@ -10,15 +10,18 @@ import numpy as np
 from prometheus_client import Counter, Gauge
 
 from graspfleet.v1 import common_pb2, refiner_pb2_grpc, robot_agent_pb2, servo_planner_pb2_grpc
+from models.episodes import records as episodes
 from robots.drivers import make_driver
 from robots.inventory import find_arm
+from robots.names import ARM_DOMAIN_VALUES, DOMAIN_NAMES
 from robots.policies import RandomPolicy
-from services.common import clock, episodes, logs, upstream
+from services.common import clock, logs, upstream
 from services.common.images import encode_image
-from services.episode_store.spool import EpisodeSpool, Uploader
+from services.episode_store.client.spool import EpisodeSpool, Uploader
+from services.refiner.client.canonicalizing import CanonicalizingPolicy
 from services.robot_agent.config import AgentConfig
-from services.robot_agent.control import PlannerPolicy, run_arm_episode
-from services.robot_agent.rcan import CanonicalizingPolicy
+from services.robot_agent.control import run_arm_episode
+from services.servo_planner.client import PlannerPolicy
 
 log = logs.get_logger(__name__)
 
@@ -56,7 +59,6 @@ SPOOL_MAX_BYTES = Gauge(
     "is the one of graspfleet_spool_bytes.",
     ["spool"],
 )
-DOMAIN_NAMES = {"sim": "sim", "proxy-real": "real", "real": "real"}
 
 
 class Agent:
@@ -194,7 +196,7 @@ class Agent:
                 self.attempted += 1
                 if first_model is not None:
                     self.model = first_model
-            domain = DOMAIN_NAMES[self.domain]
+            domain = DOMAIN_NAMES[ARM_DOMAIN_VALUES[self.domain]]
             if run.success is None:
                 ABORTED.labels(self.config.robot_id).inc()
             else:
@@ -231,7 +233,7 @@ class Agent:
                 robot_id=self.config.robot_id,
                 state=self.state,
                 exploration=exploration,
-                domain=episodes.DOMAINS[self.domain],
+                domain=ARM_DOMAIN_VALUES[self.domain],
                 episodes_attempted=self.attempted,
                 episodes_succeeded=self.succeeded,
                 spool_depth=self.spool.depth(),

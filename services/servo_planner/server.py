@@ -42,7 +42,7 @@ DEADLINES = Counter(
 )
 
 
-# The grasp model's split signatures (services/grasp_predictor/export.py): a wire contract.
+# The grasp model's split signatures (models/grasp_success/export.py): a wire contract.
 FEATURES_SIGNATURE = "image_features"
 SCORE_FEATURES_SIGNATURE = "score_features"
 

@@ -14,13 +14,14 @@ from prometheus_client import Counter
 from graspfleet.v1 import common_pb2, sim_farm_pb2, sim_farm_pb2_grpc
 from robots.config import PROFILES
 from robots.inventory import InventoryError, parse_arm
+from robots.names import RANDOMIZATION_NAMES
 from robots.objects import ObjectSet
 from services.common import clock, logs
 from services.common.config import load_config
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.names import check_name
 from services.common.server import ServiceServer
-from services.episode_store.spool import EpisodeSpool, Uploader
+from services.episode_store.client.spool import EpisodeSpool, Uploader
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.worker import ShardJob, run_shard
 
@@ -44,13 +45,6 @@ _POLICY = {
     sim_farm_pb2.CollectionPolicy.KIND_ORACLE: "oracle",
     sim_farm_pb2.CollectionPolicy.KIND_CEM: "cem",
     sim_farm_pb2.CollectionPolicy.KIND_EPSILON_MIX: "eps-mix",
-}
-_RANDOMIZATION = {
-    common_pb2.RANDOMIZATION_UNSPECIFIED: "none",
-    common_pb2.RANDOMIZATION_NONE: "none",
-    common_pb2.RANDOMIZATION_VISUAL: "visual",
-    common_pb2.RANDOMIZATION_DYNAMICS: "dynamics",
-    common_pb2.RANDOMIZATION_ALL: "all",
 }
 MAX_STEPS_LIMIT = 50
 
@@ -91,7 +85,7 @@ def validate(spec: sim_farm_pb2.CollectionSpec, config: SimFarmConfig) -> None:
         raise InvalidArgument(
             "domain must be DOMAIN_SIM or DOMAIN_REAL (proxy-real arms), or give arm_config_yaml"
         )
-    if spec.randomization not in _RANDOMIZATION:
+    if spec.randomization and spec.randomization not in RANDOMIZATION_NAMES:
         raise InvalidArgument(f"randomization={spec.randomization} is not a known value")
     if spec.objects_per_bin > 20:
         raise InvalidArgument(f"objects_per_bin={spec.objects_per_bin}; at most 20")
@@ -233,7 +227,7 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
                 else "sim"
                 if spec.domain == common_pb2.DOMAIN_SIM
                 else "proxy-real",
-                randomization=_RANDOMIZATION[spec.randomization],
+                randomization=RANDOMIZATION_NAMES.get(spec.randomization, "none"),
                 object_set=spec.object_set,
                 objects_per_bin=spec.objects_per_bin,
                 policy=_POLICY[spec.policy.kind],

@@ -8,14 +8,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from robots.config import CameraConfig, WorldConfig
+from models.episodes import records as episodes
+from models.episodes.shards import EVALUATION, PURPOSE
+from robots.config import ArmConfig, CameraConfig, WorldConfig
 from robots.drivers import make_driver
-from robots.inventory import ArmConfig, parse_arm
+from robots.inventory import parse_arm
 from robots.policies import OraclePolicy, RandomPolicy
-from services.common import episodes, logs, upstream
-from services.episode_store.shards import EVALUATION, PURPOSE
-from services.episode_store.spool import EpisodeSpool, Uploader
-from services.robot_agent.control import PlannerPolicy, run_arm_episode
+from robots.safety import run_safe_episode
+from services.common import logs, upstream
+from services.episode_store.client.spool import EpisodeSpool, Uploader
+from services.servo_planner.client import PlannerPolicy
 
 POLICIES = ("random", "oracle", "cem", "eps-mix")
 
@@ -75,7 +77,7 @@ def _policy(job: ShardJob, driver):
         return OraclePolicy(driver.world)
     from graspfleet.v1 import common_pb2, refiner_pb2_grpc, servo_planner_pb2_grpc
     from services.common.images import encode_image
-    from services.robot_agent.rcan import CanonicalizingPolicy
+    from services.refiner.client.canonicalizing import CanonicalizingPolicy
 
     stub = servo_planner_pb2_grpc.ServoPlannerStub(upstream.channel(job.planner_address))
     model = common_pb2.ModelRef(name="grasp_success", version=job.model_version)
@@ -188,8 +190,8 @@ def run_shard(job: ShardJob, progress, stop) -> None:
                 if episode in stored:
                     progress.put(("stored", job.collection_id, job.shard, stored[episode], 0, 0))
                     continue
-                run = run_arm_episode(
-                    driver, policy, episode_seed(job.seed, job.shard, i), job.max_steps, arm.id
+                run = run_safe_episode(
+                    driver, policy, episode_seed(job.seed, job.shard, i), job.max_steps
                 )
                 if not run.steps:
                     raise RuntimeError(

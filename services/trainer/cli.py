@@ -6,12 +6,13 @@ import argparse
 import os
 from pathlib import Path
 
+from robots.names import RANDOMIZATIONS
+
 DEFAULT_TRAINER = "127.0.0.1:50056"
 EVALUATE_EXAMPLE = (
     "graspfleet train evaluate --arm robots/evaluation/proxy-real-test.yaml "
     "--contender v3=cem:3 --contender canary=cem:canary --contender random --scenes 150 --watch"
 )
-RANDOMIZATIONS = ("none", "visual", "dynamics", "all")
 STATES = ("queued", "running", "validating", "succeeded", "failed", "cancelled", "rejected")
 
 
@@ -321,7 +322,7 @@ def _submit_flags(sub: argparse.ArgumentParser) -> None:
 
 
 def _evaluate_flags(sub: argparse.ArgumentParser) -> None:
-    from services.evaluation.cli import split_contender
+    from services.evaluation.contenders import split_contender
 
     sub.add_argument("--arm", required=True, help="arm configuration file (YAML), sent as text")
     sub.add_argument(

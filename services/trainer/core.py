@@ -7,12 +7,12 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 
 from graspfleet.v1 import episode_store_pb2_grpc, trainer_pb2
+from models.registry import Registry
 from services.common import logs
 from services.common.errors import InvalidArgument, NotFound
 from services.trainer import evaluation, job, spec
 from services.trainer.backends import JobBackend
 from services.trainer.config import TrainerConfig
-from services.trainer.registry import Registry
 from services.trainer.runs import TERMINAL, RunStore, spec_hash
 from services.trainer.selection import select
 from services.trainer.supervisor import Supervisor

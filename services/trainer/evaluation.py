@@ -20,13 +20,13 @@ import grpc
 from google.protobuf import json_format
 
 from graspfleet.v1 import common_pb2, sim_farm_pb2, sim_farm_pb2_grpc, trainer_pb2
+from models.registry import Registry
 from robots.inventory import InventoryError, parse_arm
 from services.common import logs, names, upstream
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.evaluation.closed_loop import GRASP_MODEL, Contender
 from services.trainer import jobfiles
 from services.trainer.config import TrainerConfig
-from services.trainer.registry import Registry
 from services.trainer.spec import backend_and_description, resolve_version
 
 log = logs.get_logger(__name__)

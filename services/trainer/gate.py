@@ -131,9 +131,9 @@ def serving_accuracy(
     import numpy as np
     import tensorflow as tf
 
-    from services.episode_store.dataset import LABEL, X0, XT, labeled
-    from services.grasp_predictor.export import INPUT_MOTIONS, INPUT_X0, INPUT_XT, OUTPUT_SUCCESS
-    from services.grasp_predictor.samples import MOTION, step_samples
+    from models.episodes.dataset import LABEL, X0, XT, labeled
+    from models.grasp_success.export import INPUT_MOTIONS, INPUT_X0, INPUT_XT, OUTPUT_SUCCESS
+    from models.grasp_success.samples import MOTION, step_samples
 
     correct, total = np.zeros(2), np.zeros(2)  # per class: failure, success
     for batch in step_samples(data_root, labeled(episodes)).batch(batch_size):
@@ -157,7 +157,7 @@ def load_serving(path: Path) -> ServeFn:
     """The serving signature of a published version."""
     import tensorflow as tf
 
-    from services.grasp_predictor.export import SIGNATURE_KEY
+    from models.grasp_success.export import SIGNATURE_KEY
 
     loaded = tf.saved_model.load(str(path))
 

@@ -4,7 +4,7 @@ GraspGAN learns from the run's simulated episodes (with masks) and real
 episodes; RCAN from its simulated episodes that carry canonical renders. Both
 are scored on held-out simulated episodes against the simulator's masks
 (`gate.decide_scene`), and a passing generator is exported as the next version
-of its model (`services/refiner/export.py`); the trainer then labels it canary
+of its model (`models/generators/export.py`); the trainer then labels it canary
 like a grasp model. `spec_fields` runs in the trainer when a run is submitted
 (without TensorFlow), `train_and_gate` in the job.
 """
@@ -56,7 +56,7 @@ def spec_fields(recipe: Recipe, params: trainer_pb2.TrainingParams) -> dict:
 
 def train_and_gate(run_dir: Path, job: dict, recipe: Recipe) -> Result:
     """Trains the generator `job` describes, gates it on the scene and publishes it."""
-    from services.refiner import export
+    from models.generators import export
 
     data_root, name = job["store_data_dir"], job["model_name"]
     train = jobfiles.read_episodes(run_dir / jobfiles.TRAIN_EPISODES)
@@ -78,14 +78,14 @@ def train_and_gate(run_dir: Path, job: dict, recipe: Recipe) -> Result:
         "data_selection": {**job["selection"], **notes},
     }
     if recipe.trains == GRASPGAN:
-        from services.refiner.graspgan_training import GraspGANSpec, train_graspgan
+        from models.generators.graspgan_training import GraspGANSpec, train_graspgan
 
         spec = GraspGANSpec(**job["generator_spec"])
         trained = train_graspgan(spec, data_root, train, validation, None, **options)
         kind = export.KIND_GRASPGAN
     else:
-        from services.refiner.rcan import RCANSpec
-        from services.refiner.rcan_training import train_rcan
+        from models.generators.rcan import RCANSpec
+        from models.generators.rcan_training import train_rcan
 
         spec = RCANSpec(**job["generator_spec"])
         trained = train_rcan(spec, data_root, train, validation, None, **options)

@@ -21,6 +21,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from graspfleet.v1 import trainer_pb2
+from models.registry import STABLE, Registry
 from services.common import logs
 from services.trainer import (
     evaluation_job,
@@ -32,7 +33,6 @@ from services.trainer import (
 )
 from services.trainer.jobfiles import Progress, Result
 from services.trainer.recipes import Recipe
-from services.trainer.registry import STABLE, Registry
 from services.trainer.selection import Selection
 
 # Scratch folder of the rewritten (refined, canonical) shards inside the run folder.
@@ -130,7 +130,7 @@ def run(run_dir: Path) -> int:
 
 
 def _train_and_gate(run_dir: Path, job: dict, recipe: Recipe) -> Result:
-    from services.grasp_predictor import export, training
+    from models.grasp_success import export, training
 
     spec = training.TrainSpec(**job["train_spec"])
     data_root, name = job["store_data_dir"], job["model_name"]

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from graspfleet.v1 import common_pb2, trainer_pb2
-from services.trainer.registry import STABLE, Registry
+from models.registry import STABLE, Registry
 
 NONE = common_pb2.RANDOMIZATION_NONE
 VISUAL = common_pb2.RANDOMIZATION_VISUAL
-# What a recipe trains and publishes; the generator kinds are services.refiner.export.KINDS.
+# What a recipe trains and publishes; the generator kinds are models.generators.export.KINDS.
 GRASP = "grasp"
 GRASPGAN = "graspgan"
 RCAN = "rcan"

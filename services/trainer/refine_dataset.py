@@ -4,7 +4,7 @@ The GraspGAN recipes train on simulated episodes refined by the stable GraspGAN
 generator; RCAN trains on the simulator's canonical renders and is validated on
 real episodes canonicalized by the stable RCAN generator. Either way only the
 images change: each episode is rewritten once in the store's own shard format
-(`services/episode_store/shards.py`) under the run's work folder, x0 and every
+(`models/episodes/shards.py`) under the run's work folder, x0 and every
 step image replaced, masks, poses, commands and labels kept. The summaries
 handed to training point at the new shards by absolute path, which
 `step_dataset` joins onto any data root unchanged, so training and the gate
@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
+from models.episodes import shards
+from models.episodes.shards import EpisodeRecord, ShardDirectory
 from services.common.images import decode_image, encode_image
-from services.episode_store import shards
-from services.episode_store.shards import EpisodeRecord, ShardDirectory
 from services.trainer.recipes import Recipe
 
 Summary = episode_store_pb2.EpisodeSummary
@@ -83,11 +83,10 @@ def load_generator(model_base: str | Path, ref: dict) -> Generate:
     Raises:
         ValueError: that version is missing or fails its warm-up.
     """
-    from services.refiner.samples import load_generator as load
-    from services.refiner.server import Refiner
+    from models.generators import serving
 
-    loaded = load(Path(model_base), ref["kind"], ref["name"], int(ref["version"]))
-    return lambda images: Refiner.generate(loaded, images)[0]
+    loaded = serving.load_generator(Path(model_base), ref["kind"], ref["name"], int(ref["version"]))
+    return lambda images: serving.generate(loaded, images)[0]
 
 
 class _Writer:

@@ -21,11 +21,11 @@ from collections.abc import Callable
 import grpc
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, trainer_pb2
+from models.registry import CANARY, STABLE
 from services.common import logs
 from services.common.errors import ServiceError
 from services.trainer import metrics, recipes
 from services.trainer.core import Trainer
-from services.trainer.registry import CANARY, STABLE
 from services.trainer.runs import TERMINAL
 
 log = logs.get_logger(__name__)

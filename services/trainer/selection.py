@@ -21,15 +21,15 @@ from dataclasses import dataclass, field
 import grpc
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, episode_store_pb2_grpc, trainer_pb2
+from models.episodes.dataset import labeled
+from models.grasp_success import profiles
+from robots.names import DOMAIN_NAMES
 from services.common import upstream
 from services.common.errors import InvalidArgument
 from services.episode_store import client
-from services.episode_store.dataset import labeled
-from services.grasp_predictor import profiles
 from services.trainer.recipes import RCAN, Recipe, task_profile
 
 Summary = episode_store_pb2.EpisodeSummary
-DOMAIN_NAMES = {common_pb2.DOMAIN_SIM: "sim", common_pb2.DOMAIN_REAL: "real"}
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def _split(
     episodes: list[Summary], fraction: float, seed: int, what: str
 ) -> tuple[list[Summary], list[Summary]]:
     """(train, held out) by object; a split that cannot be made is refused with the reason."""
-    from services.grasp_predictor.samples import ObjectSplitError, split_episodes
+    from models.grasp_success.samples import ObjectSplitError, split_episodes
 
     try:
         return split_episodes(episodes, fraction, seed)

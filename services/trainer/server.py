@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from graspfleet.v1 import trainer_pb2, trainer_pb2_grpc
+from models.registry import Registry
 from services.common import logs
 from services.common.auth import BearerAuth
 from services.common.config import load_config
@@ -13,7 +14,6 @@ from services.episode_store.client import connect
 from services.trainer.backends import JobBackend, LocalBackend
 from services.trainer.config import TrainerConfig
 from services.trainer.core import Trainer
-from services.trainer.registry import Registry
 from services.trainer.rollout import AutoRetrain, Periodic, Rollout
 from services.trainer.runs import RunStore
 

@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 from graspfleet.v1 import common_pb2, trainer_pb2
+from models.grasp_success import profiles
+from models.registry import STABLE, Registry
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
-from services.grasp_predictor import profiles
 from services.trainer import recipes
 from services.trainer.config import BACKENDS, TrainerConfig
 from services.trainer.recipes import GRASPGAN, RCAN, Recipe
-from services.trainer.registry import STABLE, Registry
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RUN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
@@ -22,7 +22,7 @@ SCENE_WEIGHT = {
     "episodes, which must then be collected with render_masks), default 0: off"
 }
 # The loss weights of the generator recipes: GraspGANConfig's and RCANSpec's fields, where their
-# defaults are (services/refiner/graspgan.py, rcan.py); named here so the trainer needs no TensorFlow.
+# defaults are (models/generators/graspgan.py, rcan.py); named here so the trainer needs no TensorFlow.
 GRASPGAN_LOSS_WEIGHTS = {
     "lambda_g": "G's LSGAN loss in equation (1)",
     "lambda_d": "D's LSGAN loss in equation (2)",

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from graspfleet.v1 import common_pb2, trainer_pb2
+from models.registry import CANARY, Registry
 from services.common import clock, logs
 from services.trainer import evaluation, jobfiles, metrics
 from services.trainer.backends import RUNNING, JobBackend, JobSpec
 from services.trainer.config import TrainerConfig
-from services.trainer.registry import CANARY, Registry
 from services.trainer.runs import ACTIVE, TERMINAL, RunStore, state_name
 
 log = logs.get_logger(__name__)

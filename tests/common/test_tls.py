@@ -10,10 +10,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from graspfleet.v1 import episode_store_pb2
+from models.episodes import synthetic as samples
 from services.common import upstream
 from services.common.config import ConfigError, ServerConfig
 from services.common.server import ServiceServer
-from services.episode_store import client, samples
+from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server as create_store
 from services.grasp_predictor.config import PredictorConfig

@@ -9,8 +9,9 @@ import grpc
 import pytest
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
+from models.episodes import synthetic as samples
 from services.common import images
-from services.episode_store import client, samples
+from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server
 

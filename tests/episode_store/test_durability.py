@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from graspfleet.v1 import episode_store_pb2
+from models.episodes import dataset
+from models.episodes import synthetic as samples
 from services.common import images
-from services.episode_store import client, dataset, samples
+from services.episode_store import client
 from services.episode_store.metadata import open_metadata_store
 
 # Enough that a third are acknowledged before the kill and dozens are still in flight.

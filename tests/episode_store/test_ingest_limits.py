@@ -14,12 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from graspfleet.v1 import episode_store_pb2
+from models.episodes import synthetic as samples
 from services.common.config import ConfigError
 from services.common.server import LIVENESS
-from services.episode_store import client, samples
+from services.episode_store import client
+from services.episode_store.client.spool import EpisodeSpool
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import SERVICE_NAME, create_server
-from services.episode_store.spool import EpisodeSpool
 from tests.fixtures.waiting import until
 
 WORKERS = 4

@@ -7,7 +7,9 @@ from pathlib import Path
 from google.protobuf import timestamp_pb2
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
-from services.episode_store import client, dataset, samples
+from models.episodes import dataset
+from models.episodes import synthetic as samples
+from services.episode_store import client
 
 Filter = episode_store_pb2.EpisodeFilter
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
+from models.episodes import shards
+from models.episodes import synthetic as samples
 from services import cli
-from services.episode_store import client, samples, shards
+from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.recovery import MetadataMissing
 from services.episode_store.server import create_server

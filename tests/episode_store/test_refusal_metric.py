@@ -10,7 +10,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from graspfleet.v1 import episode_store_pb2
-from services.episode_store import client, samples
+from models.episodes import synthetic as samples
+from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import SERVICE_NAME, create_server
 from tests.fixtures.waiting import until

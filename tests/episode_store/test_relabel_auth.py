@@ -6,9 +6,10 @@ import grpc
 import pytest
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
+from models.episodes import synthetic as samples
 from services import cli
 from services.common.auth import bearer
-from services.episode_store import client, samples
+from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server
 

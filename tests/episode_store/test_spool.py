@@ -7,10 +7,11 @@ import socket
 from prometheus_client import REGISTRY
 
 from graspfleet.v1 import episode_store_pb2
-from services.episode_store import client, samples
+from models.episodes import synthetic as samples
+from services.episode_store import client
+from services.episode_store.client.spool import EpisodeSpool, Uploader
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server
-from services.episode_store.spool import EpisodeSpool, Uploader
 from tests.fixtures.waiting import until
 
 

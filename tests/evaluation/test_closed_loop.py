@@ -8,8 +8,9 @@ import grpc
 import pytest
 
 from graspfleet.v1 import episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
+from models.episodes import dataset
 from services.common import upstream
-from services.episode_store import client, dataset
+from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server as create_store
 from services.evaluation import closed_loop
@@ -150,7 +151,7 @@ def test_the_evaluator_reaches_a_fleet_that_speaks_tls(tmp_path, monkeypatch):
 def test_contender_flags_name_versions_for_the_evaluator_and_labels_for_the_trainer():
     import argparse
 
-    from services.evaluation.cli import parse_contender, split_contender
+    from services.evaluation.contenders import parse_contender, split_contender
 
     assert parse_contender("random") == Contender("random", "random")
     assert parse_contender("v3=cem:3") == Contender("v3", "cem", 3)

@@ -35,11 +35,11 @@ from graspfleet.v1 import (
     sim_farm_pb2,
     trainer_pb2,
 )
+from models.episodes.synthetic import sample_episode
 from services.common.images import encode_image
 from services.common.server import LIVENESS
 from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
-from services.episode_store.samples import sample_episode
 from services.episode_store.server import create_server as create_store
 from services.grasp_predictor.config import PredictorConfig
 from services.grasp_predictor.server import create_server as create_predictor

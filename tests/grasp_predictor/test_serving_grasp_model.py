@@ -7,9 +7,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from services.grasp_predictor import export, samples
+from models.grasp_success import export, samples
+from models.grasp_success.model import ModelConfig, build_model
 from services.grasp_predictor.config import PredictorConfig
-from services.grasp_predictor.model import ModelConfig, build_model
 from services.grasp_predictor.server import create_server
 
 

@@ -15,9 +15,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from services.grasp_predictor import export, profiles, samples
+from models.grasp_success import export, profiles, samples
+from models.grasp_success.model import ModelConfig, _ConvBlock, build_model
 from services.grasp_predictor.config import PredictorConfig
-from services.grasp_predictor.model import ModelConfig, _ConvBlock, build_model
 from services.grasp_predictor.server import create_server
 from tests.fixtures.waiting import until
 

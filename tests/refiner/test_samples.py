@@ -11,13 +11,14 @@ import tensorflow as tf
 from PIL import Image
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
+from models.episodes import dataset
+from models.generators import export
 from robots.canonical import classes_of
 from services import cli
 from services.common.images import decode_image
-from services.episode_store import client, dataset
+from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server as create_store
-from services.refiner import export
 from services.refiner.samples import HEADER_PX
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.server import create_server as create_farm

@@ -12,8 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from graspfleet.v1 import common_pb2, refiner_pb2
+from models.generators import export
 from services.common.images import decode_image, encode_image
-from services.refiner import client, export
+from services.refiner import client
 from services.refiner.config import RefinerConfig
 from services.refiner.server import create_server
 from tests.fixtures import refiner_models

@@ -10,13 +10,13 @@ import pytest
 import tensorflow as tf
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, robot_agent_pb2
+from models.generators import export
 from services.common.images import decode_image
 from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server as create_store
 from services.grasp_predictor.config import PredictorConfig
 from services.grasp_predictor.server import create_server as create_predictor
-from services.refiner import export
 from services.refiner.config import RefinerConfig
 from services.refiner.server import create_server as create_refiner
 from services.robot_agent.config import AgentConfig

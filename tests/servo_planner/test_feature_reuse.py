@@ -15,10 +15,11 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 from tensorflow_serving.apis import prediction_service_pb2_grpc as serving_grpc
 
 from graspfleet.v1 import common_pb2, servo_planner_pb2, servo_planner_pb2_grpc
+from models import registry
+from models.grasp_success import export
+from models.grasp_success.model import ModelConfig, build_model
 from services.common.images import encode_image
-from services.grasp_predictor import export
 from services.grasp_predictor.config import PredictorConfig
-from services.grasp_predictor.model import ModelConfig, build_model
 from services.grasp_predictor.server import create_server as create_predictor
 from services.servo_planner.config import PlannerConfig
 from services.servo_planner.server import create_server as create_planner
@@ -33,7 +34,7 @@ def _publish_without_split(model, base, version: int) -> None:
     staging = folder / f".tmp-legacy-{version}"
     module = export.ServingModule(model)
     tf.saved_model.save(module, str(staging), signatures={export.SIGNATURE_KEY: module.serve})
-    (staging / export.METADATA_FILE).write_text(json.dumps({"image_size": [64, 64]}))
+    (staging / registry.METADATA_FILE).write_text(json.dumps({"image_size": [64, 64]}))
     os.rename(staging, folder / str(version))
 
 

@@ -10,10 +10,10 @@ import grpc
 import pytest
 
 from graspfleet.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from models.episodes.synthetic import sample_episode
 from services.common.server import ServiceServer
 from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
-from services.episode_store.samples import sample_episode
 from services.episode_store.server import create_server as create_store
 from services.trainer.backends import LocalBackend
 from services.trainer.config import TrainerConfig

@@ -22,8 +22,9 @@ from graspfleet.v1 import (
     sim_farm_pb2_grpc,
     trainer_pb2,
 )
+from models.episodes import dataset
 from services.common.server import ServiceServer
-from services.episode_store import client, dataset
+from services.episode_store import client
 from services.trainer import evaluation, jobfiles
 from services.trainer import job as trainer_job
 from services.trainer.backends import LocalBackend

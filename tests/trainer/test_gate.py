@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
+from models.grasp_success.export import OUTPUT_SUCCESS
 from services.episode_store import client
-from services.grasp_predictor.export import OUTPUT_SUCCESS
 from services.trainer import gate
 
 

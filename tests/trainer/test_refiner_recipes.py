@@ -13,12 +13,12 @@ import pytest
 from kubernetes import client as k8s
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, trainer_pb2
+from models.episodes.dataset import X0, XT, step_dataset
+from models.generators import export
+from models.registry import METADATA_FILE
 from services.common.config import ConfigError
 from services.common.images import decode_image
 from services.episode_store import client
-from services.episode_store.dataset import X0, XT, step_dataset
-from services.grasp_predictor.repository import METADATA_FILE
-from services.refiner import export
 from services.trainer import gate, refine_dataset
 from services.trainer.backends import JobSpec
 from services.trainer.config import TrainerConfig
@@ -248,8 +248,8 @@ def test_a_generator_that_has_not_learnt_the_scene_is_rejected(start_trainer, tm
 def test_the_weights_the_trainer_accepts_are_the_generators_own():
     from dataclasses import fields
 
-    from services.refiner.graspgan import GraspGANConfig
-    from services.refiner.rcan import RCANSpec
+    from models.generators.graspgan import GraspGANConfig
+    from models.generators.rcan import RCANSpec
 
     assert set(GRASPGAN_LOSS_WEIGHTS) == {f.name for f in fields(GraspGANConfig)}
     assert set(RCAN_WEIGHTS) <= {f.name for f in fields(RCANSpec)}

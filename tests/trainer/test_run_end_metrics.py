@@ -6,9 +6,9 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 
 from graspfleet.v1 import trainer_pb2
+from models.registry import Registry
 from services.trainer.backends import JobSpec, JobStatus
 from services.trainer.config import TrainerConfig
-from services.trainer.registry import Registry
 from services.trainer.runs import RunStore, spec_hash
 from services.trainer.supervisor import Supervisor
 

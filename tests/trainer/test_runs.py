@@ -14,8 +14,8 @@ import pytest
 from prometheus_client import REGISTRY
 
 from graspfleet.v1 import common_pb2, trainer_pb2
-from services.grasp_predictor import export
-from services.trainer.registry import HISTORY_FILE, LABELS_FILE
+from models import registry
+from models.registry import HISTORY_FILE, LABELS_FILE
 from tests.trainer.conftest import (
     AUTH,
     REAL,
@@ -73,7 +73,7 @@ def test_a_run_streams_its_progress_and_publishes_a_canary(trainer, first_run):
     assert "no stable version" in run.message and run.job.startswith("local:")
     assert run.finished_at.ToNanoseconds() >= run.started_at.ToNanoseconds() > 0
 
-    metadata = export.read_metadata(models / NAME / "1")
+    metadata = registry.read_metadata(models / NAME / "1")
     assert metadata["trainer"]["run_id"] == run.run_id and metadata["model"]["dann"]
     assert metadata["model"]["scene_head"] and run.metrics["scene_loss"] > 0
     assert metadata["trainer"]["recipe"] == "RECIPE_DANN"
@@ -130,7 +130,7 @@ def test_the_cli_submits_a_run_the_gate_rejects_then_lists_and_promotes(trainer,
     assert final.metrics["gate_stable_version"] == 1
     assert final.metrics["gate_samples"] == 20  # 5 held-out episodes x 4 steps, for both models
     assert not final.HasField("published")
-    assert export.versions(models / NAME) == [1]
+    assert registry.versions(models / NAME) == [1]
     assert _count("graspfleet_trainer_gate_rejections_total", model=NAME) == rejections + 1
     # --refiner reaches the trainer, which says this recipe applies no generator.
     assert cli.main([*submit[:-1], "--refiner", "3", *address, "--token", TOKEN]) == 1

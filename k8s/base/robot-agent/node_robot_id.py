@@ -14,19 +14,18 @@ to fix when a label or the arm is wrong.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from pathlib import Path
 
 from kubernetes import client, config
 
+from models import registry
 from robots.inventory import InventoryError, find_arm
 
 LABEL = "graspfleet.io/robot-id"
 MODEL_LABEL = "graspfleet.io/model-label"
-DEFAULT_MODEL_LABEL = "stable"
-# A model label as labels.json and the predictor know them (stable, canary, ...).
-_MODEL_LABEL_VALUE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+# A model label as the model registry writes them (stable, canary, ...): one syntax everywhere.
+DEFAULT_MODEL_LABEL = registry.STABLE
 
 
 def node_labels(node_name: str, api: client.CoreV1Api) -> dict[str, str]:
@@ -66,7 +65,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    if not _MODEL_LABEL_VALUE.match(model_label):
+    if not registry.LABEL.match(model_label):
         print(
             f"node {node_name}: {MODEL_LABEL}={model_label!r} is not a model label "
             f"(stable, canary, ...): kubectl label node {node_name} {MODEL_LABEL}=stable --overwrite",
