@@ -79,48 +79,6 @@ FUZZ_SEED ?= 20261202
 fuzz: protos
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -q tests/fuzz
 
-# 12,000 random-exploration sim episodes with masks on the train objects and
-# 400 on the held-out ones (about 25 minutes on 2 cores; a rerun collects only
-# what the folder lacks): the data of both targets below.
-GQ = var/grasp-quality
-SIM_12K = $(GQ)/masked-12k
-.PHONY: sim-12k
-sim-12k: protos
-	$(PY) -m bench.grasp_quality collect --data $(SIM_12K) --train-episodes 12000 \
-		--test-episodes 400 --seed 3 --masks --json $(GQ)/collect-12k.json
-
-# The GraspGAN experiment (bench/graspgan_experiment.py): grasp models on raw and
-# on GraspGAN-refined sim, three seeds each, judged on proxy-real; a domain
-# classifier on raw and refined sim against real (about 65 minutes; results and
-# JSON under var/graspgan-experiment/; docs/results.md has the numbers).
-# A smoke run: python -m bench.graspgan_experiment --quick
-GRASPGAN_PROTOCOL = --sim-store $(SIM_12K)/store --real-episodes 800 --graspgan-steps 3000 \
-	--grasp-steps 6000
-EXPERIMENT = $(GRASPGAN_PROTOCOL) --grasp-seeds 3
-.PHONY: experiment
-experiment: sim-12k
-	$(PY) -m bench.graspgan_experiment $(EXPERIMENT) $(ARGS)
-
-# The same protocol once per seed in REPLICATES, each with its own split and
-# generator and one grasp seed (about 50 minutes each; a finished replicate is
-# kept, so a rerun resumes), then refined minus raw across the replicates
-# (bench/graspgan_replicates.py; var/graspgan-experiment/replicates/summary.md).
-REPLICATES ?= 0 1 2 3 4
-.PHONY: experiment-replicates
-experiment-replicates: sim-12k
-	$(PY) -m bench.graspgan_replicates --root var/graspgan-experiment/replicates \
-		--seeds $(REPLICATES) -- $(GRASPGAN_PROTOCOL) --grasp-seeds 1 $(ARGS)
-
-# Grasp-model quality on held-out objects: a sim-only model with the scene loss
-# on the 12,000 episodes, CEM against random on the same held-out scenes (about
-# 40 minutes with the data; bench/grasp_quality; docs/results.md has the numbers).
-.PHONY: grasp-quality
-grasp-quality: sim-12k
-	$(PY) -m bench.grasp_quality train --data $(SIM_12K) --models $(GQ)/models-12k \
-		--scene-weight 1.0 --steps 9000 --eval-every 500 --json $(GQ)/train-12k.json
-	$(PY) -m bench.grasp_quality evaluate --models $(GQ)/models-12k --episodes 60 \
-		--json $(GQ)/evaluate-12k.json
-
 # The closed-loop sim-to-real table (experiments/sim2real): the paper's Tables II and
 # III and RCAN, every model scored by the proxy-real arm on the real-test objects.
 # Each stage is cached under var/sim2real keyed by its settings, so a stopped run

@@ -13,7 +13,7 @@ from experiments.sim2real.data import collection_ids
 from experiments.sim2real.evaluate import EVALUATION_ARM, outcomes
 from experiments.sim2real.protocol import PROTOCOL_VERSION, Row, Settings
 from experiments.sim2real.stages import log
-from services.evaluation.stats import paired_difference, wilson
+from models.scoring import paired_difference, wilson
 
 RECORD = ("successes", "episodes", "rate", "low", "high", "outcomes")
 

@@ -21,6 +21,7 @@ from tensorflow.core.framework import summary_pb2
 from tqdm import tqdm
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
+from models import scoring
 from models.episodes.dataset import image_size, labeled
 from models.grasp_success import export, profiles, samples
 from models.grasp_success.model import (
@@ -147,20 +148,6 @@ class TrainResult:
     path: Path | None = None
 
 
-def _binary_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
-    metrics = {
-        "samples": float(len(labels)),
-        "accuracy": float(np.mean((probabilities > 0.5) == (labels > 0.5))),
-        "log_loss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))),
-    }
-    if 0 < labels.sum() < len(labels):  # AUC needs both classes
-        auc = keras.metrics.AUC(num_thresholds=1000)
-        auc.update_state(labels, probabilities)
-        metrics["auc"] = float(auc.result())
-    return metrics
-
-
 def evaluate(model: GraspSuccessModel, batches: tf.data.Dataset) -> dict[str, float]:
     """Accuracy, AUC and log loss over `batches`, overall and per domain ("real_accuracy", ...).
 
@@ -180,14 +167,14 @@ def evaluate(model: GraspSuccessModel, batches: tf.data.Dataset) -> dict[str, fl
     if not labels:
         return {}
     label, probability, domain = (np.concatenate(a) for a in (labels, probabilities, domains))
-    metrics = _binary_metrics(label, probability)
+    metrics = scoring.binary_scores(label, probability)
     for value, name in samples.DOMAIN_NAMES.items():
         if np.any(domain == value):
             part = domain == value
             metrics.update(
                 {
                     f"{name}_{k}": v
-                    for k, v in _binary_metrics(label[part], probability[part]).items()
+                    for k, v in scoring.binary_scores(label[part], probability[part]).items()
                 }
             )
     return metrics

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
+from models.scoring import PairedDifference, Rate, paired_difference, wilson
 from robots.inventory import parse_arm
 from services.common import upstream
 from services.episode_store import client
-from services.evaluation.stats import PairedDifference, Rate, paired_difference, wilson
 from services.sim_farm.client import run_collection
 
 Policy = sim_farm_pb2.CollectionPolicy

@@ -1,10 +1,13 @@
 """`make run`: the whole local fleet on embedded defaults, as processes on loopback.
 
 1. Starts the episode store (SQLite), the grasp predictor (an empty model
-   repository), the servo-planner and the sim-farm.
-2. Bootstraps: the sim-farm collects simulated grasps with random exploration.
-3. Trains a first grasp-success model on them and publishes it as version 1;
-   the predictor picks it up by itself.
+   repository), the servo-planner, the sim-farm and the trainer.
+2. Bootstraps: the sim-farm collects simulated grasps with random exploration,
+   and the proxy-real arms make their first tries at random (no model exists).
+3. Asks the trainer for the first grasp-success model (sim-only): a run like
+   any other, gated on the arms' held-out episodes and recorded in the model
+   registry; published as version 1 and labelled stable, the predictor picks
+   it up by itself.
 4. Measures CEM on that sim-only model against random grasping on held-out
    objects in simulation, the same scenes for both.
 5. Starts robot agents on the proxy-real arms of robots/fleet/, which grasp
@@ -35,7 +38,10 @@ from graspfleet.v1 import (
     robot_agent_pb2_grpc,
     sim_farm_pb2,
     sim_farm_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
 )
+from models.registry import STABLE
 from services.common.auth import USER_HEADER, bearer
 from services.fleet import report
 from services.fleet.process import ServiceProcess
@@ -129,70 +135,6 @@ def _collect(
         return run_collection(sim_farm_pb2_grpc.SimFarmStub(channel), collection_id, spec, progress)
 
 
-def _train(
-    store_dir: Path,
-    store_address: str,
-    model_base: Path,
-    steps: int,
-    *,
-    train_collection: str,
-    validation_collection: str,
-) -> dict:
-    """The first grasp model: trained on one sim collection, validated on another.
-
-    The validation collection grasps another object set, so validation holds
-    out objects however much the training scenes share theirs (splitting the
-    bootstrap episodes by object may not be possible).
-
-    Raises:
-        RuntimeError: the two collections share an object.
-    """
-    from graspfleet.v1 import episode_store_pb2
-    from models.grasp_success.training import TrainSpec, train
-    from services.episode_store import client
-
-    def labeled(**selection) -> list:
-        found = client.list_all(
-            stub, episode_store_pb2.EpisodeFilter(domain=common_pb2.DOMAIN_SIM, **selection)
-        )
-        return [e for e in found if e.label.state != common_pb2.LABEL_STATE_UNLABELED]
-
-    channel, stub = client.connect(store_address)
-    with channel:
-        train_set = labeled(collection_id=train_collection, object_set="train")
-        validation = labeled(collection_id=validation_collection)
-    shared = {o for e in train_set for o in e.object_ids} & {
-        o for e in validation for o in e.object_ids
-    }
-    if shared:
-        raise RuntimeError(
-            f"collections {train_collection} and {validation_collection} share "
-            f"{len(shared)} objects (e.g. {sorted(shared)[0]}); validate on another object set"
-        )
-    # Validating ten times lets the run keep the weights from before the network starts
-    # memorizing scenes (TrainSpec.keep_best). The simulated episodes carry masks, so the
-    # auxiliary scene loss can teach where objects and the arm are (docs/results.md).
-    spec = TrainSpec(
-        recipe="sim-only",
-        profile="default",
-        steps=steps,
-        batch_size=32,
-        sim_fraction=1.0,
-        scene_weight=1.0,
-        seed=0,
-        eval_every=max(steps // 10, 1),
-    )
-    result = train(
-        spec,
-        store_dir,
-        train_set,
-        validation,
-        model_base,
-        log_dir=str(model_base.parent / "tensorboard"),
-    )
-    return {"version": result.version, **result.metrics}
-
-
 def _run_agents(fleet: Fleet, robots: list[str], flags: dict, episodes: int) -> None:
     agents = [
         fleet.start(
@@ -202,7 +144,8 @@ def _run_agents(fleet: Fleet, robots: list[str], flags: dict, episodes: int) -> 
         )
         for robot in robots
     ]
-    with tqdm(total=episodes * len(agents), desc="agents grasping (CEM)", unit="ep") as bar:
+    desc = f"agents grasping ({flags.get('exploration', 'cem')})"
+    with tqdm(total=episodes * len(agents), desc=desc, unit="ep") as bar:
         while True:
             done, states = 0, []
             for agent in agents:
@@ -273,47 +216,70 @@ def _evaluate(farm: ServiceProcess, episodes: int) -> dict[str, tuple[int, int]]
     return evaluation
 
 
-def _retrain(trainer: ServiceProcess, token: str, steps: int) -> int | None:
-    """A DANN + DBN run through the trainer's API; promotes its canary to stable. Returns the version."""
-    from graspfleet.v1 import trainer_pb2, trainer_pb2_grpc
+def _trainer_run(
+    trainer: ServiceProcess, token: str, spec: trainer_pb2.RunSpec, what: str
+) -> trainer_pb2.Run:
+    """A run through the trainer's API, watched to its end; a published version is made stable.
 
+    Every model of the fleet, the first one included, goes this way: a run with
+    its data selection, the gate's decision on held-out real episodes, and the
+    registry's record of who labelled which version, when and why.
+    """
     auth = [*bearer(token), (USER_HEADER, "make-run")]
-    spec = trainer_pb2.RunSpec(
-        recipe=trainer_pb2.RECIPE_DANN,
-        # The scene loss, as the first model had it: the sim episodes carry masks.
-        params=trainer_pb2.TrainingParams(steps=steps, batch_size=32, weights={"scene": 1.0}),
-        # Simulated episodes of the train objects only: the store also holds the sim
-        # evaluation and validation on the held-out objects, which the gate's real set uses.
-        data=trainer_pb2.DataSelection(object_set="train"),
-        gate=trainer_pb2.GateSpec(enabled=True, max_regression=0.05),
-        description="make run: retrain on sim + the agents' real episodes",
-    )
     with grpc.insecure_channel(trainer.address) as channel:
         stub = trainer_pb2_grpc.TrainerStub(channel)
         run = stub.SubmitRun(trainer_pb2.SubmitRunRequest(spec=spec), metadata=auth, timeout=120)
-        with tqdm(total=steps, desc=f"trainer run {run.run_id} (DANN)", unit="step") as bar:
+        steps = spec.params.steps
+        with tqdm(total=steps, desc=f"trainer run {run.run_id} ({what})", unit="step") as bar:
             for event in stub.WatchRun(
                 trainer_pb2.WatchRunRequest(run_id=run.run_id), timeout=3600
             ):
                 run = event.run
-                bar.update(max(0, run.step - bar.n))
-                bar.set_postfix(
-                    state=trainer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
-                )
-        state = trainer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
-        print(f"  run {run.run_id} ended {state}: {run.message}")
-        if run.state != trainer_pb2.RUN_STATE_SUCCEEDED:
-            return None
-        version = run.published.version
-        stub.SetVersionLabel(
-            trainer_pb2.SetVersionLabelRequest(
-                name=run.published.name, version=version, label="stable"
-            ),
-            metadata=auth,
-            timeout=30,
-        )
-        print(f"  version {version} published as canary and promoted to stable")
-        return version
+                bar.update(max(0, min(run.step, steps) - bar.n))
+                bar.set_postfix(state=_state(run))
+        print(f"  run {run.run_id} ended {_state(run)}: {run.message}")
+        if run.state == trainer_pb2.RUN_STATE_SUCCEEDED and run.published.version:
+            stub.SetVersionLabel(
+                trainer_pb2.SetVersionLabelRequest(
+                    name=run.published.name,
+                    version=run.published.version,
+                    label=STABLE,
+                ),
+                metadata=auth,
+                timeout=30,
+            )
+            print(f"  version {run.published.version} published as canary and promoted to stable")
+        return run
+
+
+def _scores(metrics: dict) -> str:
+    """The validation scores a run recorded, as one line."""
+    shown = [f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if "auc" in k or "accuracy" in k]
+    return ", ".join(shown) or "no validation scores recorded"
+
+
+def _state(run: trainer_pb2.Run) -> str:
+    return trainer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
+
+
+def _grasp_run_spec(recipe: int, steps: int, description: str) -> trainer_pb2.RunSpec:
+    """A grasp-model run on the simulated episodes of the train objects and the arms' episodes.
+
+    The store also holds the sim evaluation on the held-out objects, so the sim
+    data is restricted to the train object set. The scene loss is on: the
+    simulated episodes carry masks (docs/results.md). The gate compares with
+    stable on held-out real episodes; the first version passes it with its
+    numbers recorded, since there is no stable version yet.
+    """
+    return trainer_pb2.RunSpec(
+        recipe=recipe,
+        params=trainer_pb2.TrainingParams(steps=steps, batch_size=32, weights={"scene": 1.0}),
+        data=trainer_pb2.DataSelection(
+            object_set="train", sim_randomization=common_pb2.RANDOMIZATION_NONE
+        ),
+        gate=trainer_pb2.GateSpec(enabled=True, max_regression=0.05),
+        description=description,
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -363,7 +329,20 @@ def main(argv: list[str]) -> int:
             },
         )
 
-        print("[2/7] bootstrap: simulated grasps with random exploration", flush=True)
+        trainer = fleet.start(
+            "trainer",
+            ["trainer", "serve"],
+            {
+                "store_address": store.address,
+                "store_data_dir": str(store_dir),
+                "state_dir": str(workdir / "trainer"),
+                "model_base": str(models),
+                # `graspfleet train evaluate` on this fleet plays its scenes on this farm.
+                "sim_farm_address": farm.address,
+            },
+        )
+
+        print("[2/7] bootstrap: simulated grasps and the arms' first tries, at random", flush=True)
         bootstrap = sim_farm_pb2.CollectionSpec(
             num_episodes=plan.bootstrap_episodes,
             num_shards=2,
@@ -382,26 +361,37 @@ def main(argv: list[str]) -> int:
             2,
         )
         _collect(farm, held_out, "validation", "sim collection (random, held-out objects)")
+        # No model exists yet: the arms explore at random, and their labeled episodes are
+        # the held-out real data the trainer's gate judges the first model on.
+        agent_flags = {
+            "planner_address": planner.address,
+            "store_address": store.address,
+            "spool_dir": str(workdir / "agent-spool"),
+        }
+        _run_agents(
+            fleet, args.robots, {**agent_flags, "exploration": "random"}, plan.agent_episodes
+        )
 
         print(
-            f"[3/7] training a first grasp model ({plan.train_steps} steps, sim data only)",
+            f"[3/7] the first grasp model through the trainer ({plan.train_steps} steps, "
+            "sim labels only)",
             flush=True,
         )
-        metrics = _train(
-            store_dir,
-            store.address,
-            models,
-            plan.train_steps,
-            train_collection="bootstrap",
-            validation_collection="validation",
+        first = _trainer_run(
+            trainer,
+            token,
+            _grasp_run_spec(
+                trainer_pb2.RECIPE_SIM_ONLY,
+                plan.train_steps,
+                "make run: the first model, from the simulated bootstrap",
+            ),
+            "sim-only",
         )
-        print(
-            f"  published grasp_success version {metrics['version']}: validation accuracy "
-            f"{metrics.get('accuracy', float('nan')):.3f}, AUC {metrics.get('auc', float('nan')):.3f}"
-            f" (weights of step {metrics.get('best_step', plan.train_steps):.0f})"
-        )
+        if not first.published.version:
+            raise SystemExit(f"the first model was not published: {first.message}")
+        metrics = dict(first.metrics)
         predictor.wait_ready(120)
-        print("  grasp-predictor SERVING version 1", flush=True)
+        print(f"  grasp-predictor SERVING version {first.published.version}", flush=True)
 
         print(
             "[4/7] CEM on the sim-only model against random grasping, held-out objects (sim)",
@@ -411,37 +401,28 @@ def main(argv: list[str]) -> int:
 
         print(f"[5/7] robot agents on {', '.join(args.robots)} (proxy-real arms)", flush=True)
         # ε-mix, as a fleet collects: half the commands from CEM on the model, half exploring.
-        agent_flags = {
-            "exploration": "eps-mix",
-            "epsilon": "0.5",
-            "planner_address": planner.address,
-            "store_address": store.address,
-            "spool_dir": str(workdir / "agent-spool"),
-        }
+        agent_flags |= {"exploration": "eps-mix", "epsilon": "0.5"}
         _run_agents(fleet, args.robots, agent_flags, plan.agent_episodes)
 
         print(
             "[6/7] retraining through the trainer API; the agents pick the new model up", flush=True
         )
-        trainer = fleet.start(
-            "trainer",
-            ["trainer", "serve"],
-            {
-                "store_address": store.address,
-                "store_data_dir": str(store_dir),
-                "state_dir": str(workdir / "trainer"),
-                "model_base": str(models),
-                # `graspfleet train evaluate` on this fleet plays its scenes on this farm.
-                "sim_farm_address": farm.address,
-            },
-        )
         try:
-            version = _retrain(trainer, token, plan.retrain_steps)
+            retrained = _trainer_run(
+                trainer,
+                token,
+                _grasp_run_spec(
+                    trainer_pb2.RECIPE_DANN,
+                    plan.retrain_steps,
+                    "make run: retrain on sim + the agents' real episodes",
+                ),
+                "DANN",
+            )
         except grpc.RpcError as err:
             print(f"  the trainer refused the run: {err.code().name}: {err.details()}")
-            version = None
-        if version is not None:
-            _run_agents(fleet, args.robots, agent_flags, max(2, plan.agent_episodes // 2))
+        else:
+            if retrained.published.version:
+                _run_agents(fleet, args.robots, agent_flags, max(2, plan.agent_episodes // 2))
 
         print("[7/7] report", flush=True)
         from graspfleet.v1 import episode_store_pb2
@@ -455,8 +436,7 @@ def main(argv: list[str]) -> int:
             report.image_samples(stub, args.robots, report_dir / "samples.png")
         (report_dir / "summary.md").write_text(
             f"# graspfleet run\n\nepisodes in the store: {stats.episodes} ({stats.steps} steps)\n\n"
-            f"first model: validation accuracy {metrics.get('accuracy', float('nan')):.3f}, "
-            f"AUC {metrics.get('auc', float('nan')):.3f}\n\n{table}\n"
+            f"first model (version {first.published.version}): {_scores(metrics)}\n\n{table}\n"
         )
         print(f"\n{table}\n")
         print(

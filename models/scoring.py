@@ -1,4 +1,11 @@
-"""Grasp-success statistics: Wilson intervals for rates, paired bootstrap for differences."""
+"""Every score graspfleet reports, computed once: AUC, balanced accuracy, Wilson intervals, paired differences.
+
+Offline scores of a grasp model (AUC, balanced accuracy, log loss over
+recorded steps) are diagnostics; closed-loop success rates with their Wilson
+intervals, and paired differences between contenders on the same scenes, are
+results. Training, the trainer's gate, the closed-loop evaluator and the
+experiments all call these functions.
+"""
 
 from __future__ import annotations
 
@@ -92,3 +99,49 @@ def paired_difference(
         low=float(low),
         high=float(high),
     )
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve, exact (the Mann-Whitney statistic; ties count half).
+
+    Returns:
+        The AUC, or None when the labels hold only one class (it is undefined then).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(labels) > 0.5
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        return None
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse]  # average 1-based ranks
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def balanced_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The mean recall over the classes present, deciding "success" above 0.5.
+
+    A set of failures only scores the failure recall alone; an empty set scores 0.
+    """
+    predicted = np.asarray(probabilities) > 0.5
+    actual = np.asarray(labels) > 0.5
+    recalls = [
+        np.mean(predicted[actual == cls] == cls) for cls in (False, True) if np.any(actual == cls)
+    ]
+    return float(np.mean(recalls)) if recalls else 0.0
+
+
+def binary_scores(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Samples, accuracy, balanced accuracy, log loss and (with both classes) AUC of predictions."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    scores = {
+        "samples": float(len(labels)),
+        "accuracy": float(np.mean((probabilities > 0.5) == (labels > 0.5))),
+        "balanced_accuracy": balanced_accuracy(probabilities, labels),
+        "log_loss": float(-np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped))),
+    }
+    area = auc(probabilities, labels)
+    if area is not None:
+        scores["auc"] = area
+    return scores

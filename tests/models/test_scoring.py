@@ -1,0 +1,63 @@
+"""The scores: Wilson intervals, paired differences, AUC, balanced accuracy, against known values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.scoring import auc, balanced_accuracy, binary_scores, paired_difference, wilson
+
+
+def test_wilson_matches_the_textbook_values():
+    rate = wilson(81, 263)  # Wilson (1927) via Newcombe (1998), example: 0.2553-0.3662
+    assert rate.rate == pytest.approx(81 / 263)
+    assert (rate.low, rate.high) == pytest.approx((0.2553, 0.3662), abs=5e-4)
+    assert (wilson(0, 10).low, wilson(10, 10).high) == (0.0, 1.0)
+    assert wilson(0, 10).high == pytest.approx(0.2775, abs=5e-4)
+    with pytest.raises(ValueError):
+        wilson(3, 2)
+
+
+def test_paired_difference_pairs_by_scene_and_brackets_the_mean():
+    a = {s: s % 2 == 0 for s in range(200)}  # 50%
+    b = {s: s % 4 == 0 for s in range(200)}  # 25%, and a success only where a has one
+    d = paired_difference(a, b, seed=1)
+    assert d.scenes == 200 and d.a_only == 50 and d.b_only == 0
+    assert d.difference == pytest.approx(0.25)
+    assert d.low < 0.25 < d.high and d.low > 0.15 and d.high < 0.35
+    same = paired_difference(a, a)
+    assert (same.difference, same.low, same.high) == (0.0, 0.0, 0.0)
+    only_shared = paired_difference({1: True, 2: True}, {2: False, 3: True})
+    assert only_shared.scenes == 1 and only_shared.difference == 1.0
+    with pytest.raises(ValueError, match="share no scene"):
+        paired_difference({1: True}, {2: True})
+
+
+def test_auc_is_the_probability_that_a_success_outranks_a_failure():
+    labels = np.array([0, 0, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.4, 0.35, 0.8, 0.8, 0.9])
+    pairs = [(s, f) for s in scores[labels == 1] for f in scores[labels == 0]]
+    expected = np.mean([1.0 if s > f else 0.5 if s == f else 0.0 for s, f in pairs])
+    assert auc(scores, labels) == pytest.approx(expected)
+    assert auc(np.arange(4), [0, 0, 1, 1]) == 1.0
+    assert auc(np.arange(4), [1, 1, 0, 0]) == 0.0
+    assert auc([0.3, 0.3], [0, 1]) == 0.5
+    assert auc([0.2, 0.9], [1, 1]) is None  # one class only: undefined, not 0 or 1
+
+
+def test_balanced_accuracy_weights_the_classes_equally():
+    # 9 failures all right, 1 success wrong: plain accuracy 0.9, balanced 0.5.
+    labels = np.array([0] * 9 + [1])
+    probabilities = np.zeros(10)
+    assert balanced_accuracy(probabilities, labels) == 0.5
+    assert balanced_accuracy(np.array([0.9, 0.1]), np.array([1, 0])) == 1.0
+    assert balanced_accuracy(np.zeros(3), np.zeros(3)) == 1.0  # failures only: their recall
+    assert balanced_accuracy(np.zeros(0), np.zeros(0)) == 0.0
+
+
+def test_binary_scores_report_every_score_and_auc_only_when_defined():
+    scores = binary_scores(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1]))
+    assert scores["samples"] == 4 and scores["accuracy"] == 0.5
+    assert scores["balanced_accuracy"] == 0.5 and scores["auc"] == 0.75
+    assert scores["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.4])), rel=1e-6)
+    assert "auc" not in binary_scores(np.array([0.9]), np.array([1]))
