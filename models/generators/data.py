@@ -10,6 +10,7 @@ the generator is size-agnostic, and the task network takes its own crops.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ import tensorflow as tf
 
 from graspfleet.v1 import episode_store_pb2
 from models.episodes import dataset
-from models.episodes.dataset import DOMAIN, LABEL, MASK, X0, X0_MASK, XT
+from models.episodes.dataset import MASK, X0, X0_MASK, XT
 from models.grasp_success.samples import (
     MOTION,
     REAL,
@@ -26,6 +27,7 @@ from models.grasp_success.samples import (
     bucket_name,
     grasp_motion,
     split_buckets,
+    step_sample,
 )
 
 Summary = episode_store_pb2.EpisodeSummary
@@ -63,20 +65,12 @@ def _labeled_stream(
             )
         order.shuffle(members)
 
-        def to_sample(step: dict) -> dict:
-            sample = {
-                X0: step[X0],
-                XT: step[XT],
-                MOTION: grasp_motion(step[dataset.POSE], step[dataset.FINAL_POSE]),
-                LABEL: step[LABEL],
-                DOMAIN: step[DOMAIN],
-            }
-            if include_masks:
-                sample |= {X0_MASK: step[X0_MASK], MASK: step[MASK]}
-            return sample
-
         steps = dataset.step_dataset(data_root, members, include_masks=include_masks)
-        steps = steps.map(to_sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        steps = steps.map(
+            functools.partial(step_sample, include_masks=include_masks),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
         streams.append(steps.shuffle(shuffle_buffer, seed=seed + success).repeat())
     weights = [1.0 - positive_fraction, positive_fraction]
     return tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=seed)

@@ -12,6 +12,7 @@ objects the model never saw.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,21 +94,28 @@ def step_samples(
         if episode.domain not in DOMAIN_NAMES:
             raise ValueError(f"episode {episode.episode_id} has no domain (SIM or REAL)")
 
-    def to_sample(step: dict) -> dict:
-        sample = {
-            X0: step[X0],
-            XT: step[XT],
-            MOTION: grasp_motion(step[dataset.POSE], step[dataset.FINAL_POSE]),
-            LABEL: step[LABEL],
-            DOMAIN: step[DOMAIN],
-        }
-        if include_masks:
-            sample[X0_MASK], sample[MASK] = step[X0_MASK], step[MASK]
-        return sample
-
     return dataset.step_dataset(data_root, episodes, include_masks=include_masks).map(
-        to_sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        functools.partial(step_sample, include_masks=include_masks),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
+
+
+def step_sample(step: dict, include_masks: bool = False) -> dict:
+    """One stored step as a grasp sample {x0, xt, motion, label, domain} (+ masks if asked).
+
+    The motion is the paper's v: from the step's pose to the episode's final pose.
+    """
+    sample = {
+        X0: step[X0],
+        XT: step[XT],
+        MOTION: grasp_motion(step[dataset.POSE], step[dataset.FINAL_POSE]),
+        LABEL: step[LABEL],
+        DOMAIN: step[DOMAIN],
+    }
+    if include_masks:
+        sample[X0_MASK], sample[MASK] = step[X0_MASK], step[MASK]
+    return sample
 
 
 def with_blank_masks(sample: dict) -> dict:
