@@ -176,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
             "serve", help=f"serve {help_text} (flags: serve --help)", add_help=False
         )
     refiner_cli.add_commands(service_commands["refiner"])
+    service_commands["sim-farm"].add_parser(
+        "shard",
+        help="run one shard of a collection, as a pod of its Kubernetes Indexed Job does "
+        "(flags: shard --help)",
+        add_help=False,
+    )
     service_commands["store"].add_parser(
         "rebuild-index",
         help="index every shard the metadata lacks; safe to rerun (flags: rebuild-index --help)",
@@ -245,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(argv) >= 2 and argv[0] in SERVICES and argv[1] == "serve":
         importlib.import_module(SERVICES[argv[0]][0]).main(argv[2:])
         return 0
+    if argv[:2] == ["sim-farm", "shard"]:
+        from services.sim_farm import shard
+
+        return shard.main(argv[2:])
     if argv[:2] == ["store", "rebuild-index"]:
         from services.episode_store import recovery
 

@@ -1,9 +1,7 @@
-"""The sim-farm's gRPC service: collections split into shards that run in worker processes."""
+"""The sim-farm's gRPC service: collections, their shards' state, and the engine that runs them."""
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -17,13 +15,22 @@ from robots.inventory import InventoryError, parse_arm
 from robots.names import RANDOMIZATION_NAMES
 from robots.objects import ObjectSet
 from services.common import clock, logs
-from services.common.config import load_config
+from services.common.config import ConfigError, load_config
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.common.names import check_name
 from services.common.server import ServiceServer
 from services.episode_store.client.spool import EpisodeSpool, Uploader
+from services.sim_farm.collector import POLICY_NAMES, Collector, make_collector, plan_collection
 from services.sim_farm.config import SimFarmConfig
-from services.sim_farm.worker import ShardJob, run_shard
+from services.sim_farm.events import (
+    EpisodeStored,
+    Event,
+    ShardCounted,
+    ShardFailed,
+    ShardFinished,
+    ShardStarted,
+    ShardStopped,
+)
 
 log = logs.get_logger(__name__)
 
@@ -40,29 +47,22 @@ PHYSICS_STEPS = Counter(
 )
 RENDERS = Counter("graspfleet_simfarm_renders_total", "Camera images rendered (rate: renders/s).")
 
-_POLICY = {
-    sim_farm_pb2.CollectionPolicy.KIND_RANDOM: "random",
-    sim_farm_pb2.CollectionPolicy.KIND_ORACLE: "oracle",
-    sim_farm_pb2.CollectionPolicy.KIND_CEM: "cem",
-    sim_farm_pb2.CollectionPolicy.KIND_EPSILON_MIX: "eps-mix",
-}
 MAX_STEPS_LIMIT = 50
-
-
-@dataclass
-class _Shard:
-    job: ShardJob
-    status: sim_farm_pb2.ShardStatus
-    process: multiprocessing.Process | None = None
-    physics: int = 0  # the worker's running totals, as last reported
-    renders: int = 0
+ENDED = frozenset(
+    {
+        State.COLLECTION_STATE_SUCCEEDED,
+        State.COLLECTION_STATE_FAILED,
+        State.COLLECTION_STATE_STOPPED,
+    }
+)
 
 
 @dataclass
 class _Collection:
     message: sim_farm_pb2.Collection
-    shards: list[_Shard]
-    stop: object = None  # a multiprocessing Event
+    shards: list[sim_farm_pb2.ShardStatus]
+    domain: str  # the metrics' label
+    stopping: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -89,7 +89,7 @@ def validate(spec: sim_farm_pb2.CollectionSpec, config: SimFarmConfig) -> None:
         raise InvalidArgument(f"randomization={spec.randomization} is not a known value")
     if spec.objects_per_bin > 20:
         raise InvalidArgument(f"objects_per_bin={spec.objects_per_bin}; at most 20")
-    if spec.policy.kind not in _POLICY:
+    if spec.policy.kind not in POLICY_NAMES:
         raise InvalidArgument(
             "policy.kind must be KIND_RANDOM, KIND_ORACLE, KIND_CEM or KIND_EPSILON_MIX"
         )
@@ -139,20 +139,21 @@ def validate(spec: sim_farm_pb2.CollectionSpec, config: SimFarmConfig) -> None:
 
 
 class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
-    def __init__(self, config: SimFarmConfig) -> None:
+    """The collections of this farm; the collector runs them and its events keep them current.
+
+    Args:
+        config: The farm's settings.
+        collector: Runs the shards (`make_collector(config)`).
+    """
+
+    def __init__(self, config: SimFarmConfig, collector: Collector) -> None:
         self.config = config
-        self.context = multiprocessing.get_context("spawn")
-        self.progress = self.context.Queue()
+        self.collector = collector
         self.collections: dict[str, _Collection] = {}
         self.order: list[str] = []
         self.lock = threading.Lock()
-        self._closing = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._read_progress, name="sim-farm-progress", daemon=True),
-            threading.Thread(target=self._schedule, name="sim-farm-scheduler", daemon=True),
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._thread = threading.Thread(target=self._follow, name="sim-farm-events", daemon=True)
+        self._thread.start()
         self._flush_leftovers()
 
     def _flush_leftovers(self) -> None:
@@ -180,16 +181,8 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
         with self.lock:
             if collection_id in self.collections:
                 return self._snapshot(self.collections[collection_id])
-            spec.num_shards = spec.num_shards or min(spec.num_episodes, self.config.workers)
-            spec.max_steps = spec.max_steps or 8
-            spec.objects_per_bin = spec.objects_per_bin or 5
-            spec.object_set = spec.object_set or (
-                "real-train" if spec.domain == common_pb2.DOMAIN_REAL else "train"
-            )
-            spec.profile = spec.profile or "default"
-            if not spec.image_size.width:
-                width, height = PROFILES[spec.profile]
-                spec.image_size.CopyFrom(common_pb2.ImageSize(width=width, height=height))
+            _fill_defaults(spec, self.config)
+            plan = plan_collection(collection_id, spec)
             collection = _Collection(
                 message=sim_farm_pb2.Collection(
                     collection_id=collection_id,
@@ -197,67 +190,35 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
                     state=State.COLLECTION_STATE_PENDING,
                     created_at=clock.now(),
                 ),
-                shards=self._shards(collection_id, spec),
-                stop=self.context.Event(),
+                shards=[
+                    sim_farm_pb2.ShardStatus(
+                        index=index,
+                        state=State.COLLECTION_STATE_PENDING,
+                        episodes_target=len(plan.shard_episodes(index)),
+                    )
+                    for index in range(plan.num_shards)
+                ],
+                domain=plan.domain,
             )
             self.collections[collection_id] = collection
             self.order.append(collection_id)
+        try:
+            self.collector.start(plan)
+        except Exception:
+            # Not started: a retry with the same id must try again, not find a ghost.
+            with self.lock:
+                del self.collections[collection_id]
+                self.order.remove(collection_id)
+            raise
         log.info(
-            "collection started", extra={"collection": collection_id, "episodes": spec.num_episodes}
+            "collection started",
+            extra={
+                "collection": collection_id,
+                "episodes": spec.num_episodes,
+                "backend": self.collector.backend.name,
+            },
         )
         return self._snapshot(collection)
-
-    def _shards(self, collection_id: str, spec) -> list[_Shard]:
-        base, extra = divmod(spec.num_episodes, spec.num_shards)
-        shards, first = [], 0
-        for index in range(spec.num_shards):
-            count = base + (1 if index < extra else 0)
-            arm = (
-                parse_arm(spec.arm_config_yaml, "arm_config_yaml") if spec.arm_config_yaml else None
-            )
-            job = ShardJob(
-                collection_id=collection_id,
-                shard=index,
-                episodes=count,
-                first_episode=first,
-                seed=spec.seed,
-                max_steps=spec.max_steps,
-                domain=arm.domain
-                if arm
-                else "sim"
-                if spec.domain == common_pb2.DOMAIN_SIM
-                else "proxy-real",
-                randomization=RANDOMIZATION_NAMES.get(spec.randomization, "none"),
-                object_set=spec.object_set,
-                objects_per_bin=spec.objects_per_bin,
-                policy=_POLICY[spec.policy.kind],
-                epsilon=spec.policy.epsilon,
-                model_label=spec.policy.model.label,
-                width=spec.image_size.width,
-                height=spec.image_size.height,
-                render_masks=spec.render_masks or spec.domain == common_pb2.DOMAIN_SIM,
-                render_canonical=spec.render_canonical,
-                store_address=self.config.store_address,
-                planner_address=self.config.planner_address,
-                plan_timeout_s=self.config.plan_timeout_s,
-                spool_dir=self.config.spool_dir,
-                spool_max_bytes=max(1, self.config.spool_max_bytes // self.config.workers),
-                upload_stall_s=self.config.upload_stall_s,
-                model_version=spec.policy.model.version,
-                arm_config_yaml=spec.arm_config_yaml,
-                evaluation=spec.evaluation,
-                skip_stored=spec.skip_stored,
-                transform_kind=spec.transform.kind,
-                transform_label=spec.transform.model.label,
-                transform_version=spec.transform.model.version,
-                refiner_address=self.config.refiner_address,
-            )
-            status = sim_farm_pb2.ShardStatus(
-                index=index, state=State.COLLECTION_STATE_PENDING, episodes_target=count
-            )
-            shards.append(_Shard(job, status))
-            first += count
-        return shards
 
     def GetCollection(self, request, context):
         return self._snapshot(self._find(request.collection_id))
@@ -271,11 +232,9 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
 
     def StopCollection(self, request, context):
         collection = self._find(request.collection_id)
-        collection.stop.set()
+        self.collector.stop(request.collection_id)
         with collection.lock:
-            for shard in collection.shards:
-                if shard.status.state == State.COLLECTION_STATE_PENDING:
-                    shard.status.state = State.COLLECTION_STATE_STOPPED
+            collection.stopping = True
         log.info("collection stopping", extra={"collection": request.collection_id})
         return self._snapshot(collection)
 
@@ -289,10 +248,10 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
         with collection.lock:
             message = sim_farm_pb2.Collection()
             message.CopyFrom(collection.message)
-            message.shards.extend(s.status for s in collection.shards)
-            message.episodes_done = sum(s.status.episodes_done for s in collection.shards)
-            message.successes = sum(s.status.successes for s in collection.shards)
-            states = {s.status.state for s in collection.shards}
+            message.shards.extend(collection.shards)
+            message.episodes_done = sum(s.episodes_done for s in collection.shards)
+            message.successes = sum(s.successes for s in collection.shards)
+            states = {s.state for s in collection.shards}
             if states <= {State.COLLECTION_STATE_SUCCEEDED}:
                 message.state = State.COLLECTION_STATE_SUCCEEDED
             elif State.COLLECTION_STATE_FAILED in states and not states & {
@@ -300,126 +259,101 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
                 State.COLLECTION_STATE_PENDING,
             }:
                 message.state = State.COLLECTION_STATE_FAILED
-                message.error = next(s.status.error for s in collection.shards if s.status.error)
-            elif collection.stop.is_set() and not states & {State.COLLECTION_STATE_RUNNING}:
+                message.error = next(s.error for s in collection.shards if s.error)
+            elif collection.stopping and State.COLLECTION_STATE_RUNNING not in states:
                 message.state = State.COLLECTION_STATE_STOPPED
-            elif State.COLLECTION_STATE_RUNNING in states or states & {
-                State.COLLECTION_STATE_SUCCEEDED,
-                State.COLLECTION_STATE_FAILED,
-            }:
+            elif State.COLLECTION_STATE_RUNNING in states or states & ENDED:
                 message.state = State.COLLECTION_STATE_RUNNING
             return message
 
-    # -- shards ----------------------------------------------------------------------
+    # -- events ----------------------------------------------------------------------
 
-    def _running(self) -> int:
-        return sum(
-            1
-            for c in self.collections.values()
-            for s in c.shards
-            if s.status.state == State.COLLECTION_STATE_RUNNING
-        )
-
-    def _schedule(self) -> None:
-        while not self._closing.wait(0.2):
-            with self.lock:
-                pending = [
-                    (c, s)
-                    for cid in self.order
-                    for c in [self.collections[cid]]
-                    for s in c.shards
-                    if s.status.state == State.COLLECTION_STATE_PENDING and not c.stop.is_set()
-                ]
-                free = self.config.workers - self._running()
-                for collection, shard in pending[: max(0, free)]:
-                    shard.process = self.context.Process(
-                        target=run_shard,
-                        args=(shard.job, self.progress, collection.stop),
-                        daemon=True,
-                    )
-                    shard.process.start()
-                    with collection.lock:
-                        shard.status.state = State.COLLECTION_STATE_RUNNING
-                        shard.status.worker = f"pid {shard.process.pid}"
-                self._reap()
-
-    def _reap(self) -> None:
-        """A shard whose process died without reporting is failed, not left running forever."""
-        for collection in self.collections.values():
-            for shard in collection.shards:
-                process = shard.process
-                if (
-                    shard.status.state == State.COLLECTION_STATE_RUNNING
-                    and process is not None
-                    and not process.is_alive()
-                    and process.exitcode not in (0, None)
-                ):
-                    with collection.lock:
-                        shard.status.state = State.COLLECTION_STATE_FAILED
-                        shard.status.error = f"worker exited with code {process.exitcode}"
-
-    def _read_progress(self) -> None:
-        while not self._closing.is_set():
+    def _follow(self) -> None:
+        for event in self.collector.events():
             try:
-                kind, collection_id, index, detail, physics, renders = self.progress.get(
-                    timeout=0.5
+                self._apply(event)
+            except Exception:  # noqa: BLE001 - one bad event must not end the bookkeeping
+                log.exception("cannot apply a shard event", extra={"event": repr(event)})
+
+    def _apply(self, event: Event) -> None:
+        """One shard event, into the collection's state and the farm's metrics."""
+        with self.lock:
+            collection = self.collections.get(event.collection_id)
+        if collection is None:
+            return
+        with collection.lock:
+            shard = collection.shards[event.shard]
+            if shard.state in ENDED:
+                return  # e.g. a stopped shard's Job reporting once more before it went
+            if isinstance(event, ShardStarted):
+                shard.state = State.COLLECTION_STATE_RUNNING
+                shard.worker = event.worker
+            elif isinstance(event, EpisodeStored):
+                shard.episodes_done += 1
+                shard.successes += int(event.success)
+                if not event.resumed:  # collected by an earlier run of the same collection
+                    EPISODES.labels(collection.domain).inc()
+                    SUCCESSES.labels(collection.domain).inc(int(event.success))
+                    PHYSICS_STEPS.inc(event.physics_steps)
+                    RENDERS.inc(event.renders)
+            elif isinstance(event, ShardCounted):
+                EPISODES.labels(collection.domain).inc(max(0, event.episodes - shard.episodes_done))
+                SUCCESSES.labels(collection.domain).inc(max(0, event.successes - shard.successes))
+                shard.episodes_done, shard.successes = event.episodes, event.successes
+                if event.episodes and shard.state == State.COLLECTION_STATE_PENDING:
+                    shard.state = State.COLLECTION_STATE_RUNNING
+            elif isinstance(event, ShardFinished):
+                shard.state = State.COLLECTION_STATE_SUCCEEDED
+            elif isinstance(event, ShardStopped):
+                shard.state = State.COLLECTION_STATE_STOPPED
+            elif isinstance(event, ShardFailed):
+                shard.state = State.COLLECTION_STATE_FAILED
+                shard.error = event.error
+                log.error(
+                    "shard failed",
+                    extra={
+                        "collection": event.collection_id,
+                        "shard": event.shard,
+                        "error": event.error,
+                    },
                 )
-            except queue.Empty:
-                continue
-            collection = self.collections.get(collection_id)
-            if collection is None:
-                continue
-            shard = collection.shards[index]
-            domain = shard.job.domain
-            with collection.lock:
-                if kind == "stored":  # collected by an earlier run of the same collection
-                    shard.status.episodes_done += 1
-                    shard.status.successes += int(detail)
-                elif kind == "episode":
-                    shard.status.episodes_done += 1
-                    shard.status.successes += int(detail)
-                    EPISODES.labels(domain).inc()
-                    SUCCESSES.labels(domain).inc(int(detail))
-                    # Workers report running totals; count what is new since the last report.
-                    PHYSICS_STEPS.inc(max(0, physics - shard.physics))
-                    RENDERS.inc(max(0, renders - shard.renders))
-                    shard.physics, shard.renders = physics, renders
-                elif kind == "done":
-                    shard.status.state = (
-                        State.COLLECTION_STATE_STOPPED
-                        if shard.status.episodes_done < shard.status.episodes_target
-                        else State.COLLECTION_STATE_SUCCEEDED
-                    )
-                else:
-                    shard.status.state = State.COLLECTION_STATE_FAILED
-                    shard.status.error = detail
-                    log.error(
-                        "shard failed",
-                        extra={"collection": collection_id, "shard": index, "error": detail},
-                    )
-                if kind != "episode" and all(
-                    s.status.state
-                    not in (State.COLLECTION_STATE_PENDING, State.COLLECTION_STATE_RUNNING)
-                    for s in collection.shards
-                ):
-                    collection.message.finished_at.CopyFrom(clock.now())
+            if all(s.state in ENDED for s in collection.shards):
+                collection.message.finished_at.CopyFrom(clock.now())
 
     def close(self) -> None:
-        """Stops every collection; episodes already collected stay spooled or stored."""
-        for collection in self.collections.values():
-            collection.stop.set()
-        for collection in self.collections.values():
-            for shard in collection.shards:
-                if shard.process is not None:
-                    shard.process.join(timeout=30)
-                    if shard.process.is_alive():
-                        shard.process.terminate()
-        self._closing.set()
+        """Stops following; local shards stop (their episodes stay spooled or stored),
+        Kubernetes Jobs run on."""
+        self.collector.close()
+        self._thread.join(timeout=5)
 
 
-def create_server(config: SimFarmConfig) -> ServiceServer:
-    """Starts the farm; SERVING once its scheduler runs and leftover spools are being flushed."""
-    servicer = SimFarmServicer(config)
+def _fill_defaults(spec: sim_farm_pb2.CollectionSpec, config: SimFarmConfig) -> None:
+    """The spec's unset fields, as the farm runs them (what GetCollection shows)."""
+    spec.num_shards = spec.num_shards or min(spec.num_episodes, config.workers)
+    spec.max_steps = spec.max_steps or 8
+    spec.objects_per_bin = spec.objects_per_bin or 5
+    spec.object_set = spec.object_set or (
+        "real-train" if spec.domain == common_pb2.DOMAIN_REAL else "train"
+    )
+    spec.profile = spec.profile or "default"
+    if not spec.image_size.width:
+        width, height = PROFILES[spec.profile]
+        spec.image_size.CopyFrom(common_pb2.ImageSize(width=width, height=height))
+
+
+def create_server(config: SimFarmConfig, *, kubernetes_api=None) -> ServiceServer:
+    """Starts the farm; SERVING once it follows its shards and leftover spools are being flushed.
+
+    Args:
+        config: The farm's settings.
+        kubernetes_api: With collection_backend kubernetes, a `kubernetes.client.ApiClient`
+            to use instead of the one `config.k8s_api` describes (tests aim it at a local
+            API server).
+
+    Raises:
+        ConfigError: collection_backend kubernetes, and k8s_api finds no API server.
+    """
+    servicer = SimFarmServicer(config, make_collector(config, kubernetes_api))
     server = ServiceServer(
         "sim-farm",
         config,
@@ -435,4 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     """`graspfleet sim-farm serve`: collects until SIGTERM."""
     config = load_config(SimFarmConfig, "graspfleet sim-farm serve", argv)
     logs.configure_logging("sim-farm", config.log_level, config.log_format)
-    create_server(config).wait()
+    try:
+        server = create_server(config)
+    except ConfigError as err:
+        raise SystemExit(f"graspfleet sim-farm serve: configuration error: {err}") from None
+    server.wait()

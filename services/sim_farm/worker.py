@@ -1,12 +1,13 @@
-"""One collection shard, in its own process: a simulated arm, a policy, episodes streamed to the store."""
+"""One collection shard: a simulated arm, a policy, episodes streamed to the store, events."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 from models.episodes import records as episodes
 from models.episodes.shards import EVALUATION, PURPOSE
@@ -15,48 +16,19 @@ from robots.drivers import make_driver
 from robots.inventory import parse_arm
 from robots.policies import OraclePolicy, RandomPolicy
 from robots.safety import run_safe_episode
-from services.common import logs, upstream
+from services.common import upstream
 from services.episode_store.client.spool import EpisodeSpool, Uploader
 from services.servo_planner.client import PlannerPolicy
+from services.sim_farm.events import (
+    EpisodeStored,
+    Event,
+    ShardFailed,
+    ShardFinished,
+    ShardStopped,
+)
+from services.sim_farm.plan import ShardJob
 
 POLICIES = ("random", "oracle", "cem", "eps-mix")
-
-
-@dataclass(frozen=True)
-class ShardJob:
-    """Everything a shard needs, picklable for a spawned process."""
-
-    collection_id: str
-    shard: int
-    episodes: int
-    first_episode: int
-    seed: int
-    max_steps: int
-    domain: str  # "sim" or "proxy-real"
-    randomization: str
-    object_set: str
-    objects_per_bin: int
-    policy: str
-    epsilon: float
-    model_label: str
-    width: int
-    height: int
-    render_masks: bool
-    render_canonical: bool
-    store_address: str
-    planner_address: str
-    plan_timeout_s: float
-    spool_dir: str
-    spool_max_bytes: int = 0  # this shard's spool cap: at it the shard waits for the store
-    upload_stall_s: float = 300.0  # the store taking nothing this long fails the shard
-    model_version: int = 0  # with policy cem / eps-mix: this version; 0 resolves model_label
-    arm_config_yaml: str = ""  # an arm configuration's text; replaces the world fields above
-    evaluation: bool = False  # tag episodes purpose=evaluation: never training data
-    skip_stored: bool = False  # resume: episodes the store holds are not run again
-    transform_kind: str = ""  # refiner kind applied to images before planning ("rcan")
-    transform_label: str = ""
-    transform_version: int = 0
-    refiner_address: str = ""
 
 
 def episode_id(collection_id: str, shard: int, index: int) -> str:
@@ -70,68 +42,88 @@ def episode_seed(collection_seed: int, shard: int, index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def shard_robot_id(shard: int) -> str:
+    """The robot id of a shard's simulated arm: the store groups a collection's counts by it."""
+    return f"sim-farm-{shard}"
+
+
+class Progress(Protocol):
+    """Where a shard reports: a multiprocessing queue, or the shard command's log."""
+
+    def put(self, event: Event) -> None: ...
+
+
+class Stop(Protocol):
+    """Set when the shard should end after its current episode (a multiprocessing or
+    threading Event)."""
+
+    def is_set(self) -> bool: ...
+
+
 def _policy(job: ShardJob, driver):
-    if job.policy == "random":
+    plan, settings = job.plan, job.settings
+    if plan.policy == "random":
         return RandomPolicy(driver.world)
-    if job.policy == "oracle":
+    if plan.policy == "oracle":
         return OraclePolicy(driver.world)
     from graspfleet.v1 import common_pb2, refiner_pb2_grpc, servo_planner_pb2_grpc
     from services.common.images import encode_image
     from services.refiner.client.canonicalizing import CanonicalizingPolicy
 
-    stub = servo_planner_pb2_grpc.ServoPlannerStub(upstream.channel(job.planner_address))
-    model = common_pb2.ModelRef(name="grasp_success", version=job.model_version)
-    if not job.model_version:
-        model.label = job.model_label or "stable"
+    stub = servo_planner_pb2_grpc.ServoPlannerStub(upstream.channel(settings.planner_address))
+    model = common_pb2.ModelRef(name="grasp_success", version=plan.model_version)
+    if not plan.model_version:
+        model.label = plan.model_label or "stable"
     policy = PlannerPolicy(
         stub,
         driver.arm.id,
         driver.arm.world.workspace,
         model,
-        job.epsilon if job.policy == "eps-mix" else 0.0,
-        job.plan_timeout_s,
+        plan.epsilon if plan.policy == "eps-mix" else 0.0,
+        settings.plan_timeout_s,
         encode_image,
     )
-    if not job.transform_kind:
+    if not plan.transform_kind:
         return policy
-    refiner = refiner_pb2_grpc.RefinerStub(upstream.channel(job.refiner_address))
-    transform_model = common_pb2.ModelRef(version=job.transform_version)
-    if not job.transform_version:
-        transform_model.label = job.transform_label or "stable"
+    refiner = refiner_pb2_grpc.RefinerStub(upstream.channel(settings.refiner_address))
+    transform_model = common_pb2.ModelRef(version=plan.transform_version)
+    if not plan.transform_version:
+        transform_model.label = plan.transform_label or "stable"
     return CanonicalizingPolicy(
-        policy, refiner, transform_model, job.plan_timeout_s, kind=job.transform_kind
+        policy, refiner, transform_model, settings.plan_timeout_s, kind=plan.transform_kind
     )
 
 
 def shard_arm(job: ShardJob) -> ArmConfig:
-    """The arm a shard drives: the job's arm configuration, or one built from its fields."""
-    if job.arm_config_yaml:
-        arm = parse_arm(job.arm_config_yaml, f"collection {job.collection_id}")
+    """The arm a shard drives: the plan's arm configuration, or one built from its fields."""
+    plan = job.plan
+    if plan.arm_config_yaml:
+        arm = parse_arm(plan.arm_config_yaml, f"collection {plan.collection_id}")
         # The collection's seed makes the scenes: the same seed gives every model the same ones.
-        world = replace(arm.world, seed=job.seed)
-        return replace(arm, id=f"sim-farm-{job.shard}", world=world)
+        world = replace(arm.world, seed=plan.seed)
+        return replace(arm, id=shard_robot_id(job.shard), world=world)
     world = WorldConfig(
-        domain=job.domain,
-        randomization=job.randomization,
-        object_set=job.object_set,
-        objects_per_bin=job.objects_per_bin,
-        camera=CameraConfig(width=job.width, height=job.height),
-        seed=job.seed,
+        domain=plan.domain,
+        randomization=plan.randomization,
+        object_set=plan.object_set,
+        objects_per_bin=plan.objects_per_bin,
+        camera=CameraConfig(width=plan.width, height=plan.height),
+        seed=plan.seed,
     )
-    return ArmConfig(id=f"sim-farm-{job.shard}", driver=job.domain, world=world)
+    return ArmConfig(id=shard_robot_id(job.shard), driver=plan.domain, world=world)
 
 
 def _stored(job: ShardJob) -> dict[str, bool]:
     """This collection's episodes already in the store, id -> success (empty unless resuming)."""
-    if not job.skip_stored:
+    if not job.plan.skip_stored:
         return {}
     from graspfleet.v1 import common_pb2, episode_store_pb2
     from services.episode_store import client
 
-    channel, stub = client.connect(job.store_address)
+    channel, stub = client.connect(job.settings.store_address)
     with channel:
         found = client.list_all(
-            stub, episode_store_pb2.EpisodeFilter(collection_id=job.collection_id)
+            stub, episode_store_pb2.EpisodeFilter(collection_id=job.plan.collection_id)
         )
         return {e.episode_id: e.result == common_pb2.GRASP_RESULT_SUCCESS for e in found}
 
@@ -141,7 +133,7 @@ class StoreStalled(RuntimeError):
 
 
 def _wait_for_store(
-    job: ShardJob, uploader: Uploader, spool: EpisodeSpool, stop, ready: Callable[[], bool]
+    job: ShardJob, uploader: Uploader, spool: EpisodeSpool, stop: Stop, ready: Callable[[], bool]
 ) -> bool:
     """Waits until `ready()` while the store drains the spool; False when stopped first.
 
@@ -149,49 +141,61 @@ def _wait_for_store(
     episodes are sent when the farm next starts.
 
     Raises:
-        StoreStalled: the spool did not shrink for `job.upload_stall_s`.
+        StoreStalled: the spool did not shrink for `upload_stall_s`.
     """
+    stall_s = job.settings.upload_stall_s
     depth, since = spool.depth(), time.monotonic()
     while not ready():
         if stop.is_set():
             return False
-        uploader.wait_idle(min(1.0, job.upload_stall_s))
+        uploader.wait_idle(min(1.0, stall_s))
         if spool.depth() < depth:
             depth, since = spool.depth(), time.monotonic()
-        elif time.monotonic() - since > job.upload_stall_s:
+        elif time.monotonic() - since > stall_s:
             raise StoreStalled(
-                f"the episode store at {job.store_address} took none of this shard's "
-                f"{spool.depth()} spooled episodes for {job.upload_stall_s:.0f} s (last error: "
+                f"the episode store at {job.settings.store_address} took none of this shard's "
+                f"{spool.depth()} spooled episodes for {stall_s:.0f} s (last error: "
                 f"{uploader.last_error or 'none'}); they stay in {spool.root} and are sent "
                 "when the sim-farm next starts"
             )
     return not stop.is_set()
 
 
-def run_shard(job: ShardJob, progress, stop) -> None:
-    """Runs a shard to its end or until `stop` is set; reports through `progress` (a queue)."""
-    logs.configure_logging("sim-farm-worker", "INFO", "json")
+def run_shard(job: ShardJob, progress: Progress, stop: Stop) -> Event:
+    """Runs a shard to its end or until `stop` is set.
+
+    Reports every episode to `progress` as an EpisodeStored, then how the shard
+    ended (ShardFinished, ShardStopped or ShardFailed), which it also returns.
+    """
+    plan = job.plan
     arm = shard_arm(job)
     spool = EpisodeSpool(
-        Path(job.spool_dir) / job.collection_id / f"shard-{job.shard}",
+        Path(job.settings.spool_dir) / plan.collection_id / f"shard-{job.shard}",
         arm.id,
-        max_bytes=job.spool_max_bytes,
+        max_bytes=job.settings.spool_max_bytes,
     )
-    uploader = Uploader(spool, lambda: job.store_address).start()
+    uploader = Uploader(spool, lambda: job.settings.store_address).start()
+    ending: Event = ShardFinished(plan.collection_id, job.shard)
     try:
         stored = _stored(job)
         with make_driver(arm) as driver:
-            driver.world.render_canonical = job.render_canonical
+            driver.world.render_canonical = plan.render_canonical
             policy = _policy(job, driver)
-            for i in range(job.first_episode, job.first_episode + job.episodes):
+            physics, renders = driver.world.physics_steps, driver.world.renders
+            for i in job.episodes:
                 if not _wait_for_store(job, uploader, spool, stop, lambda: not spool.full()):
+                    ending = ShardStopped(plan.collection_id, job.shard)
                     break
-                episode = episode_id(job.collection_id, job.shard, i)
+                episode = episode_id(plan.collection_id, job.shard, i)
                 if episode in stored:
-                    progress.put(("stored", job.collection_id, job.shard, stored[episode], 0, 0))
+                    progress.put(
+                        EpisodeStored(
+                            plan.collection_id, job.shard, episode, stored[episode], resumed=True
+                        )
+                    )
                     continue
                 run = run_safe_episode(
-                    driver, policy, episode_seed(job.seed, job.shard, i), job.max_steps
+                    driver, policy, episode_seed(plan.seed, job.shard, i), plan.max_steps
                 )
                 if not run.steps:
                     raise RuntimeError(
@@ -207,28 +211,32 @@ def run_shard(job: ShardJob, progress, stop) -> None:
                     randomization=arm.world.randomization,
                     policy=policy.name,
                     object_set=arm.world.object_set,
-                    collection_id=job.collection_id,
+                    collection_id=plan.collection_id,
                     model=episodes.driving_model(run),
-                    with_masks=job.render_masks,
+                    with_masks=plan.render_masks,
                 )
-                if job.evaluation:
+                if plan.evaluation:
                     record.header.attributes[PURPOSE] = EVALUATION
                 uploader.submit(record)
-                world_state = driver.world
+                world = driver.world
                 progress.put(
-                    (
-                        "episode",
-                        job.collection_id,
+                    EpisodeStored(
+                        plan.collection_id,
                         job.shard,
+                        episode,
                         bool(run.success),
-                        world_state.physics_steps,
-                        world_state.renders,
+                        physics_steps=world.physics_steps - physics,
+                        renders=world.renders - renders,
                     )
                 )
+                physics, renders = world.physics_steps, world.renders
         # Everything collected reaches the store before the shard counts as done.
         _wait_for_store(job, uploader, spool, stop, lambda: spool.depth() == 0)
-        progress.put(("done", job.collection_id, job.shard, "", 0, 0))
+        if spool.depth():
+            ending = ShardStopped(plan.collection_id, job.shard)
     except Exception as err:  # noqa: BLE001 - the farm must hear why a shard died
-        progress.put(("failed", job.collection_id, job.shard, f"{type(err).__name__}: {err}", 0, 0))
+        ending = ShardFailed(plan.collection_id, job.shard, f"{type(err).__name__}: {err}")
     finally:
         uploader.stop()
+    progress.put(ending)
+    return ending

@@ -11,6 +11,10 @@ from kubernetes import client as k8s
 
 from graspfleet.v1 import trainer_pb2
 from services.common.config import config_from
+from services.common.upstream import TLS_CA_ENV
+from services.sim_farm import kubernetes_job
+from services.sim_farm.config import SimFarmConfig
+from services.sim_farm.plan import CollectionPlan
 from services.trainer.config import TrainerConfig
 from services.trainer.kubernetes_backend import KubernetesBackend
 from services.trainer.supervisor import job_spec
@@ -280,3 +284,39 @@ def _run_job(objects: list[dict], recipe: int) -> dict:
     config = trainer_config(objects)
     run = trainer_pb2.Run(run_id="run-1", spec=trainer_pb2.RunSpec(recipe=recipe))
     return KubernetesBackend(config, k8s.ApiClient()).manifest_dict(job_spec(config, run))
+
+
+def sim_farm_config(objects: list[dict]) -> SimFarmConfig:
+    """The sim-farm's settings as its Deployment gives them (fields filled in)."""
+    (container,) = pod_spec(named(objects, "Deployment", "sim-farm"))["containers"]
+    values = env(container)
+    values.update(GRASPFLEET_K8S_NAMESPACE="graspfleet")
+    return config_from(SimFarmConfig, {}, values)
+
+
+def shard_job(objects: list[dict]) -> dict:
+    """The Indexed Job the sim-farm creates for a collection, with its settings in these manifests."""
+    plan = CollectionPlan(
+        collection_id="collection-1",
+        num_episodes=100,
+        num_shards=10,
+        seed=1,
+        max_steps=8,
+        domain="sim",
+        randomization="visual",
+        object_set="train",
+        objects_per_bin=5,
+        policy="cem",
+        epsilon=0.0,
+        model_label="stable",
+        model_version=0,
+        width=64,
+        height=64,
+        render_masks=True,
+        render_canonical=False,
+    )
+    (container,) = pod_spec(named(objects, "Deployment", "sim-farm"))["containers"]
+    # Its pods dial TLS when the farm does (the tls component gives it a CA).
+    tls = TLS_CA_ENV in env(container)
+    job = kubernetes_job.manifest(sim_farm_config(objects), plan, tls)
+    return k8s.ApiClient().sanitize_for_serialization(job)

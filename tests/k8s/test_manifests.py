@@ -23,6 +23,7 @@ from services import cli
 from services.common import upstream
 from services.common.config import ConfigError, ServerConfig, config_from
 from services.common.server import LIVENESS
+from services.sim_farm.config import ShardConfig
 from services.trainer.kubernetes_backend import NONROOT_UID
 from tests.k8s import kustomize
 from tests.k8s import manifests as m
@@ -402,6 +403,80 @@ def test_trainer_may_run_its_jobs_and_nothing_more(built):
         assert job_account["automountServiceAccountToken"] is False
         gpu = "gpu-training" in name.split("+")
         assert (env.get("GRASPFLEET_K8S_GPUS") == "1") == gpu, name
+
+
+def test_sim_farm_may_run_its_shard_jobs_and_nothing_more(built):
+    """Its Role creates, follows and deletes Jobs and lists their pods; the pods hold no token."""
+    for name, objects in every(built):
+        farm = m.named(objects, "Deployment", "sim-farm")
+        container = m.pod_spec(farm)["containers"][0]
+        env = m.env(container)
+        assert env["GRASPFLEET_COLLECTION_BACKEND"] == "kubernetes", name
+        # The shard pods run the farm's own image, whatever registry the overlay names.
+        assert env["GRASPFLEET_K8S_IMAGE"] == container["image"], name
+        assert m.mounts_api_token(farm), name
+        account = m.pod_spec(farm)["serviceAccountName"]
+        binding = m.named(objects, "RoleBinding", "graspfleet-sim-farm")
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account, "namespace": "graspfleet"}
+        ]
+        role = m.named(objects, "Role", binding["roleRef"]["name"])
+        grants = {
+            (g, r): set(rule["verbs"])
+            for rule in role["rules"]
+            for g in rule["apiGroups"]
+            for r in rule["resources"]
+        }
+        assert grants == {
+            ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
+            ("", "pods"): {"list"},
+        }, name
+        shard_account = m.named(objects, "ServiceAccount", env["GRASPFLEET_K8S_SERVICE_ACCOUNT"])
+        assert shard_account["automountServiceAccountToken"] is False
+        bound = {
+            s["name"] for b in m.of_kind(objects, "RoleBinding") for s in b.get("subjects", [])
+        }
+        assert shard_account["metadata"]["name"] not in bound, name
+
+
+def test_shard_jobs_validate_strictly_and_are_hardened(built):
+    """The Job the sim-farm creates with each combination's settings, as the API gets it."""
+    for name, objects in every(built):
+        job = m.shard_job(objects)
+        at = f"{name}: the sim-farm's shard Job"
+        assert kustomize.validate([job], VERSIONS) == [], at
+        assert job["metadata"]["namespace"] == "graspfleet", at
+        spec = job["spec"]
+        assert spec["completionMode"] == "Indexed" and spec["completions"] == 10, at
+        pod = spec["template"]["spec"]
+        ctx = pod["securityContext"]
+        assert ctx["runAsNonRoot"] is True and ctx["seccompProfile"]["type"] == "RuntimeDefault"
+        assert ctx["runAsUser"] == ctx["runAsGroup"] == NONROOT_UID, at
+        assert pod["automountServiceAccountToken"] is False, at
+        m.named(objects, "ServiceAccount", pod["serviceAccountName"])
+        for volume in pod["volumes"]:
+            assert set(volume) - {"name"} <= RESTRICTED_VOLUMES, f"{at}: {volume}"
+        (container,) = pod["containers"]
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"], at
+        assert sc["capabilities"] == {"drop": ["ALL"]}, at
+        assert {"cpu", "memory"} <= set(container["resources"]["limits"]), at
+        farm = m.pod_spec(m.named(objects, "Deployment", "sim-farm"))["containers"][0]
+        assert container["image"] == farm["image"], at
+        assert m.repository(container["image"]) == m.IMAGE, at
+        # Its settings are the shard command's, and that command accepts them.
+        values = {**m.env(container), "GRASPFLEET_PLAN": container["args"][1]}
+        config_from(ShardConfig, {}, values)
+        unknown = {
+            k
+            for k in values
+            if k.startswith("GRASPFLEET_")
+            and k.removeprefix("GRASPFLEET_").lower() not in ShardConfig.__dataclass_fields__
+            and k not in CLIENT_ENV
+        }
+        assert not unknown, f"{at} sets {unknown}"
+        tls = "tls" in name.split("+")
+        assert (upstream.TLS_CA_ENV in m.env(container)) == tls, at
 
 
 def test_autoscalers(built):

@@ -6,8 +6,8 @@ names a Service; the Service names its pods. To those the policies add only
 Prometheus scraping `metrics` ports, an operator's toolbox pod calling gRPC
 APIs, DNS, and the Kubernetes API for the pods that hold an API token. Every
 pod the fleet runs (the workloads, a training and an evaluation Job as the
-trainer creates them, the toolbox, Prometheus) is checked against every port
-of every workload.
+trainer creates them, a collection's shard Job as the sim-farm creates it, the
+toolbox, Prometheus) is checked against every port of every workload.
 """
 
 from __future__ import annotations
@@ -35,20 +35,26 @@ def trainer_jobs(objects: list[dict]) -> dict[str, dict]:
     return {"training job": m.training_job(objects), "evaluation job": m.evaluation_job(objects)}
 
 
+def created_jobs(objects: list[dict]) -> dict[str, dict]:
+    """The Jobs the services create (the trainer's, the sim-farm's), by their pods' name here."""
+    return {**trainer_jobs(objects), "sim-farm shard": m.shard_job(objects)}
+
+
 def job_pods(objects: list[dict]) -> list[tuple[m.Pod, dict]]:
     return [
         (m.Pod(name, job["spec"]["template"]["metadata"]["labels"]), job)
-        for name, job in trainer_jobs(objects).items()
+        for name, job in created_jobs(objects).items()
     ]
 
 
 def derived_edges(objects: list[dict]) -> set[tuple[str, str, int]]:
     """(client pod, server pod, container port) of every connection the settings make:
-    the workloads' and those of the Jobs the trainer creates (from their environment)."""
+    the workloads' and those of the Jobs the trainer and the sim-farm create (from their
+    environment)."""
     services = {s["metadata"]["name"]: s for s in m.of_kind(objects, "Service")}
     workloads = m.workloads(objects)
     clients = [(w["metadata"]["name"], w) for w in workloads]
-    clients += list(trainer_jobs(objects).items())
+    clients += list(created_jobs(objects).items())
     edges = set()
     for name, client in clients:
         for container in m.containers(client):
@@ -74,7 +80,8 @@ def expected_edges(objects: list[dict]) -> set[tuple[str, str, int]]:
 def test_the_edges_come_from_the_settings(built):
     """The derivation sees what the code calls: every arm calls the store, the planner and
     (RCAN) the refiner, the store its database; nobody calls the refiner for training;
-    evaluation Jobs call the farm and the store, training Jobs nobody."""
+    evaluation Jobs call the farm and the store, training Jobs nobody; the farm's shard
+    pods call the store, the planner and the refiner."""
     objects = built[next(c for c in built if c.name == "fleet")]
     arms = {
         s["metadata"]["name"]
@@ -92,6 +99,9 @@ def test_the_edges_come_from_the_settings(built):
         ("trainer", "sim-farm", 50052),
         ("evaluation job", "sim-farm", 50052),
         ("evaluation job", "episode-store", 50051),
+        ("sim-farm shard", "episode-store", 50051),
+        ("sim-farm shard", "servo-planner", 50053),
+        ("sim-farm shard", "refiner", 50055),
         ("episode-store", "postgres", 5432),
     }
 
@@ -126,7 +136,8 @@ def test_every_pod_resolves_names_and_only_api_clients_leave_the_cluster(built):
             for pod, job in job_pods(objects)
         ]
         callers = {p.name for p, token in pods if token}
-        assert {"trainer", "robot-agent-kuka-01"} <= callers, name
+        assert {"trainer", "sim-farm", "robot-agent-kuka-01"} <= callers, name
+        assert "sim-farm shard" not in callers, name
         for pod, token in pods:
             for protocol in ("UDP", "TCP"):
                 assert m.connection_allowed(policies, pod, KUBE_DNS, 53, protocol), pod.name

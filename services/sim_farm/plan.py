@@ -1,0 +1,161 @@
+"""A collection's plan, the same for all its shards, and one shard's job: what backends run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+# The JSON types of the plan's fields (bool apart: JSON true is no int here).
+_TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
+
+
+@dataclass(frozen=True)
+class CollectionPlan:
+    """What every shard of a collection runs, its defaults resolved by the farm.
+
+    It travels to a local worker process (pickled) and to a Kubernetes shard pod
+    (as JSON, `to_json` / `from_json`); each shard takes its share of the
+    episodes by its index (`shard_episodes`).
+
+    Attributes:
+        collection_id: Names the spool folders and prefixes every episode id.
+        num_episodes: Episodes of the whole collection.
+        num_shards: Shards it is split into; shard k runs `shard_episodes(k)`.
+        seed: The collection's seed: with shard and index, it fixes every episode.
+        max_steps: Servo steps per episode.
+        domain: "sim" or "proxy-real".
+        randomization: A robots.names randomization name ("none", "visual", ...).
+        object_set: The objects the bins are filled from.
+        objects_per_bin: Objects per bin.
+        policy: "random", "oracle", "cem" or "eps-mix".
+        epsilon: With eps-mix, the chance of a random command at each step.
+        model_label: With cem / eps-mix and no model_version, the label the planner resolves.
+        model_version: With cem / eps-mix, this version; 0 resolves model_label.
+        width: Image width, pixels.
+        height: Image height, pixels.
+        render_masks: Store segmentation masks.
+        render_canonical: Store canonical renders (RCAN's targets).
+        arm_config_yaml: An arm configuration's text; replaces the world fields above.
+        evaluation: Tag episodes purpose=evaluation: never training data.
+        skip_stored: Resume: episodes the store holds are not run again.
+        transform_kind: Refiner kind applied to images before planning ("rcan"), or "".
+        transform_label: The transform model's label when transform_version is 0.
+        transform_version: The transform model's version; 0 resolves transform_label.
+    """
+
+    collection_id: str
+    num_episodes: int
+    num_shards: int
+    seed: int
+    max_steps: int
+    domain: str
+    randomization: str
+    object_set: str
+    objects_per_bin: int
+    policy: str
+    epsilon: float
+    model_label: str
+    model_version: int
+    width: int
+    height: int
+    render_masks: bool
+    render_canonical: bool
+    arm_config_yaml: str = ""
+    evaluation: bool = False
+    skip_stored: bool = False
+    transform_kind: str = ""
+    transform_label: str = ""
+    transform_version: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_shards <= max(1, self.num_episodes):
+            raise ValueError(
+                f"num_shards={self.num_shards}: between 1 and num_episodes={self.num_episodes}"
+            )
+
+    def shard_episodes(self, shard: int) -> range:
+        """The episode indexes shard `shard` runs: consecutive, the first shards one longer.
+
+        Raises:
+            IndexError: no such shard.
+        """
+        if not 0 <= shard < self.num_shards:
+            raise IndexError(
+                f"shard {shard}: collection {self.collection_id} has shards "
+                f"0 to {self.num_shards - 1}"
+            )
+        base, extra = divmod(self.num_episodes, self.num_shards)
+        first = shard * base + min(shard, extra)
+        return range(first, first + base + (1 if shard < extra else 0))
+
+    def to_json(self) -> str:
+        """The plan as one line of JSON (`from_json` reads it back)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> CollectionPlan:
+        """The plan `to_json` wrote.
+
+        Raises:
+            ValueError: not a JSON object, a field missing, unknown or of the wrong type.
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"the plan is not JSON: {err}") from None
+        if not isinstance(data, dict):
+            raise ValueError("the plan is not a JSON object")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        missing = sorted(
+            name
+            for name, f in fields.items()
+            if name not in data and f.default is dataclasses.MISSING
+        )
+        if unknown:
+            raise ValueError(f"the plan has unknown fields {unknown}: is it from another version?")
+        if missing:
+            raise ValueError(f"the plan lacks fields {missing}")
+        for name, value in data.items():
+            kind = _TYPES[str(fields[name].type)]
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise ValueError(f"the plan's {name}={value!r} is not a {fields[name].type}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """Where a shard's episodes go and its plans come from: the farm's settings, not the plan's.
+
+    Attributes:
+        store_address: episode-store host:port.
+        planner_address: servo-planner host:port (cem and eps-mix).
+        refiner_address: refiner host:port (an image transform).
+        plan_timeout_s: Deadline of one PlanStep, seconds.
+        spool_dir: Folder of the spools; the shard's is <spool_dir>/<collection>/shard-<k>.
+        spool_max_bytes: The shard's spool cap: at it the shard waits for the store.
+        upload_stall_s: The store taking nothing this long fails the shard, seconds.
+    """
+
+    store_address: str
+    planner_address: str
+    refiner_address: str
+    plan_timeout_s: float
+    spool_dir: str
+    spool_max_bytes: int
+    upload_stall_s: float
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard of a collection's plan, with the settings it runs under; picklable."""
+
+    plan: CollectionPlan
+    shard: int
+    settings: ShardSettings
+
+    @property
+    def episodes(self) -> range:
+        """The episode indexes this shard runs."""
+        return self.plan.shard_episodes(self.shard)
