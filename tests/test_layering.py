@@ -54,7 +54,7 @@ def plant(tree: Path, module: str, line: str) -> str:
         # One service importing another's internals instead of its client.
         ("services.sim_farm.worker", "from services.robot_agent import agent", "sim_farm"),
         # A service reaching up into the local fleet.
-        ("services.trainer.gate", "from services.fleet import run", "services.trainer"),
+        ("services.trainer.job.gate", "from services.fleet import run", "services.trainer"),
     ],
 )
 def test_a_wrong_way_import_breaks_the_contract(tree, module, line, broken):
@@ -69,9 +69,9 @@ def test_a_wrong_way_import_breaks_the_contract(tree, module, line, broken):
 
 def test_the_tree_keeps_the_contract_and_a_client_import_is_allowed(tree):
     assert lint_imports(tree).returncode == 0
-    original = plant(tree, "services.trainer.gate", "from services.sim_farm import client")
+    original = plant(tree, "services.trainer.job.gate", "from services.sim_farm import client")
     try:
         result = lint_imports(tree)
     finally:
-        (tree / "services/trainer/gate.py").write_text(original)
+        (tree / "services/trainer/job/gate.py").write_text(original)
     assert result.returncode == 0, result.stdout

@@ -16,7 +16,7 @@ from experiments.sim2real.stages import Stages, log
 from graspfleet.v1 import episode_store_pb2
 from models.grasp_success.training import TrainSpec, train
 from models.registry import METADATA_FILE
-from services.trainer.refine_dataset import load_generator, refine_episodes
+from services.trainer.job.refine_dataset import load_generator, refine_episodes
 
 Summary = episode_store_pb2.EpisodeSummary
 BATCH_SIZE = 32

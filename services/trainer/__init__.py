@@ -1,1 +1,1 @@
-"""The trainer: retraining runs, recipes, job backends, the model registry and rollout."""
+"""The trainer: the service side (runs, recipes, backends, rollout) here, what a job runs in `job/`."""

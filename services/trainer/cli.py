@@ -221,7 +221,8 @@ def _cancel(args: argparse.Namespace) -> int:
 
 
 def _job(args: argparse.Namespace) -> int:
-    from services.trainer import job
+    # The job side loads TensorFlow; the researcher's other commands never need it.
+    from services.trainer.job import main as job
 
     return job.main(["--run-dir", args.run_dir])
 

@@ -6,18 +6,14 @@ scenes on one arm configuration, played by the sim-farm
 (`services/evaluation/closed_loop.py`). Versions named by label are resolved
 here, at submission, like a refining recipe's generator: a queued run
 evaluates the versions chosen when it was accepted, and the stored run shows
-them. The job (`evaluation_job`) is the only part that talks to the sim-farm
+them. The job (`job/evaluation.py`) is the only part that talks to the sim-farm
 and the store while it runs; the trainer calls the farm once more when an
 evaluation is cancelled, to stop the collections the job left behind.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
 import grpc
-from google.protobuf import json_format
 
 from graspfleet.v1 import common_pb2, sim_farm_pb2, sim_farm_pb2_grpc, trainer_pb2
 from models.registry import Registry
@@ -25,7 +21,6 @@ from robots.inventory import InventoryError, parse_arm
 from services.common import logs, names, upstream
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.evaluation.closed_loop import GRASP_MODEL, Contender
-from services.trainer import jobfiles
 from services.trainer.config import TrainerConfig
 from services.trainer.spec import backend_and_description, resolve_version
 
@@ -191,7 +186,7 @@ def _resolve(
 
 
 def contenders(request: trainer_pb2.EvaluationRequest) -> list[Contender]:
-    """The contenders of a normalized request, as the evaluator takes them."""
+    """The contenders of a normalized request, as the evaluator takes them (the job calls this)."""
     return [
         Contender(
             c.name,
@@ -202,29 +197,6 @@ def contenders(request: trainer_pb2.EvaluationRequest) -> list[Contender]:
         )
         for c in request.contenders
     ]
-
-
-def job_fields(request: trainer_pb2.EvaluationRequest) -> dict:
-    """What the job evaluates, as JSON for its job file."""
-    return {
-        "arm_config_yaml": request.arm_config_yaml,
-        "scenes": request.scenes,
-        "seed": request.seed,
-        "shards": request.shards,
-        "contenders": [dataclasses.asdict(c) for c in contenders(request)],
-    }
-
-
-def write_inputs(run_dir: Path, run: trainer_pb2.Run) -> None:
-    """Writes the evaluation job's `job.json` into the run folder (the trainer calls this at submit)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    job = {
-        "run_id": run.run_id,
-        "recipe": trainer_pb2.Recipe.Name(RECIPE),
-        "spec": json_format.MessageToDict(run.spec),
-        "evaluation": job_fields(run.spec.evaluation),
-    }
-    jobfiles.write_json(run_dir / jobfiles.JOB_FILE, job)
 
 
 def job_env(config: TrainerConfig) -> dict[str, str]:

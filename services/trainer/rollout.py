@@ -25,8 +25,8 @@ from models.registry import CANARY, STABLE
 from services.common import logs
 from services.common.errors import ServiceError
 from services.trainer import metrics, recipes
-from services.trainer.core import Trainer
 from services.trainer.runs import TERMINAL
+from services.trainer.trainer import Trainer
 
 log = logs.get_logger(__name__)
 

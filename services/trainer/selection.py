@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 import grpc
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, episode_store_pb2_grpc, trainer_pb2
-from models.episodes.dataset import labeled
 from models.grasp_success import profiles
 from robots.names import DOMAIN_NAMES
 from services.common import upstream
@@ -51,6 +50,10 @@ class Selection:
 def _query(
     stub: episode_store_pb2_grpc.EpisodeStoreStub, flt: episode_store_pb2.EpisodeFilter
 ) -> list[Summary]:
+    # Here, not at the top: models.episodes.dataset loads TensorFlow, which the trainer
+    # must not load merely by being imported (see tests/trainer/test_layout.py).
+    from models.episodes.dataset import labeled
+
     try:
         return labeled(client.list_all(stub, flt))
     except grpc.RpcError as err:

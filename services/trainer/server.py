@@ -13,9 +13,9 @@ from services.common.server import ServiceServer
 from services.episode_store.client import connect
 from services.trainer.backends import JobBackend, LocalBackend
 from services.trainer.config import TrainerConfig
-from services.trainer.core import Trainer
 from services.trainer.rollout import AutoRetrain, Periodic, Rollout
 from services.trainer.runs import RunStore
+from services.trainer.trainer import Trainer
 
 log = logs.get_logger(__name__)
 

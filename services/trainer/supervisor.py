@@ -18,9 +18,10 @@ from pathlib import Path
 from graspfleet.v1 import common_pb2, trainer_pb2
 from models.registry import CANARY, Registry
 from services.common import clock, logs
-from services.trainer import evaluation, jobfiles, metrics
+from services.trainer import evaluation, metrics
 from services.trainer.backends import RUNNING, JobBackend, JobSpec
 from services.trainer.config import TrainerConfig
+from services.trainer.job import files
 from services.trainer.runs import ACTIVE, TERMINAL, RunStore, state_name
 
 log = logs.get_logger(__name__)
@@ -52,7 +53,7 @@ def job_spec(config: TrainerConfig, run: Run) -> JobSpec:
     common = {
         "name": job_name(run.run_id),
         "args": ("train", "job", "--run-dir", str(run_dir.resolve())),
-        "log_path": run_dir / jobfiles.LOG_FILE,
+        "log_path": run_dir / files.LOG_FILE,
     }
     if evaluation.is_evaluation(run.spec):
         return JobSpec(
@@ -166,7 +167,7 @@ class Supervisor:
                 self.registry.freeze(run.spec.model_name)
             job = job_spec(self.config, run)
             handle = self._started_before(run, backend) or backend.start(job)
-            (run_dir / jobfiles.HANDLE_FILE).write_text(handle)
+            (run_dir / files.HANDLE_FILE).write_text(handle)
         except Exception as err:  # noqa: BLE001 - any start failure ends this run, not the trainer
             log.exception("job start failed", extra={"run_id": run.run_id})
             self._fail(run.run_id, f"the job could not be started: {type(err).__name__}: {err}")
@@ -185,7 +186,7 @@ class Supervisor:
     def _started_before(self, run: Run, backend: JobBackend) -> str | None:
         """The job of a run whose start was interrupted after the job began (a trainer crash
         between starting it and recording it); starting a second one would train twice."""
-        path = self.run_dir(run.run_id) / jobfiles.HANDLE_FILE
+        path = self.run_dir(run.run_id) / files.HANDLE_FILE
         if not path.is_file():
             return None
         handle = path.read_text().strip()
@@ -201,25 +202,25 @@ class Supervisor:
             return
         run_dir = self.run_dir(run.run_id)
         status = backend.poll(run.job)
-        progress = jobfiles.read_progress(run_dir)
+        progress = files.read_progress(run_dir)
         if progress is not None:
             self._progress(run.run_id, progress)
         # Read after polling: a job that ended between the two has written its result by then.
-        result = jobfiles.read_result(run_dir)
+        result = files.read_result(run_dir)
         if result is not None:
             self._finish(run.run_id, result)
         elif status.state != RUNNING:
             self._fail(
                 run.run_id,
                 f"lost: job {run.job} ended without a result ({status.detail}); "
-                f"see {run_dir / jobfiles.LOG_FILE}",
+                f"see {run_dir / files.LOG_FILE}",
             )
 
-    def _progress(self, run_id: str, progress: jobfiles.Progress) -> None:
+    def _progress(self, run_id: str, progress: files.Progress) -> None:
         def apply(r: Run) -> str | None:
             state = (
                 trainer_pb2.RUN_STATE_VALIDATING
-                if progress.phase == jobfiles.VALIDATING
+                if progress.phase == files.VALIDATING
                 else trainer_pb2.RUN_STATE_RUNNING
             )
             if r.state not in ACTIVE:
@@ -237,7 +238,7 @@ class Supervisor:
 
         self.runs.update(run_id, apply)
 
-    def _finish(self, run_id: str, result: jobfiles.Result) -> None:
+    def _finish(self, run_id: str, result: files.Result) -> None:
         state = _RESULT_STATES.get(result.state, trainer_pb2.RUN_STATE_FAILED)
 
         def apply(r: Run) -> str | None:
@@ -293,7 +294,7 @@ class Supervisor:
             return run
         # Marked before the job is signalled: a job that outlives the signal, or one
         # `_start` launches just now, sees the marker before it publishes.
-        jobfiles.mark_cancelled(self.run_dir(run_id))
+        files.mark_cancelled(self.run_dir(run_id))
         backend = self.backends.get(run.spec.backend)
         if run.job and backend is not None:
             backend.cancel(run.job)

@@ -1,20 +1,23 @@
-"""What the trainer does, independent of gRPC: submit, inspect, watch and cancel runs; labels."""
+"""The Trainer, independent of gRPC: submit, inspect, watch and cancel runs; move model labels."""
 
 from __future__ import annotations
 
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 from graspfleet.v1 import episode_store_pb2_grpc, trainer_pb2
 from models.registry import Registry
 from services.common import logs
 from services.common.errors import InvalidArgument, NotFound
-from services.trainer import evaluation, job, spec
+from services.trainer import evaluation, spec
 from services.trainer.backends import JobBackend
 from services.trainer.config import TrainerConfig
+from services.trainer.job import files
+from services.trainer.job.inputs import JobInputs, SceneGate
 from services.trainer.runs import TERMINAL, RunStore, spec_hash
-from services.trainer.selection import select
+from services.trainer.selection import Selection, select
 from services.trainer.supervisor import Supervisor
 
 log = logs.get_logger(__name__)
@@ -111,19 +114,13 @@ class Trainer:
                 ),
             )
             run.created_at.GetCurrentTime()
-            job.write_inputs(
-                self.supervisor.run_dir(run_id),
-                run,
-                recipe,
-                selection,
-                store_data_dir=self.config.store_data_dir,
-                model_base=self.config.model_base,
-                generator=generator,
-                scene_gate={
-                    "min_mask_accuracy": self.config.generator_min_mask_accuracy,
-                    "min_mask_iou": self.config.generator_min_mask_iou,
-                },
-            )
+            scene_gate = None
+            if recipe.is_generator:
+                scene_gate = SceneGate(
+                    min_mask_accuracy=self.config.generator_min_mask_accuracy,
+                    min_mask_iou=self.config.generator_min_mask_iou,
+                )
+            self._write_job_inputs(run, selection, scene_gate)
             run, _ = self.runs.create(run, submitted, f"QUEUED by {submitted_by}: {run.message}")
         log.info(
             "run submitted",
@@ -149,13 +146,33 @@ class Trainer:
             message=evaluation.queued_message(request),
         )
         run.created_at.GetCurrentTime()
-        evaluation.write_inputs(self.supervisor.run_dir(run_id), run)
+        self._write_job_inputs(run, None, None)
         run, _ = self.runs.create(run, submitted, f"QUEUED by {submitted_by}: {run.message}")
         log.info(
             "evaluation submitted",
             extra={"run_id": run_id, "contenders": len(request.contenders), "by": submitted_by},
         )
         return run
+
+    def _write_job_inputs(
+        self, run: trainer_pb2.Run, selection: Selection | None, scene_gate: SceneGate | None
+    ) -> None:
+        """Prepares the run folder: a training's episodes, then `job.json` (see `job.files`)."""
+        run_dir = self.supervisor.run_dir(run.run_id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if selection is not None:
+            files.write_episodes(run_dir / files.TRAIN_EPISODES, selection.train)
+            files.write_episodes(run_dir / files.VALIDATION_EPISODES, selection.validation)
+        inputs = JobInputs(
+            run_id=run.run_id,
+            spec=run.spec,
+            # Resolved: the job may start in another working directory.
+            store_data_dir=str(Path(self.config.store_data_dir).resolve()),
+            model_base=str(Path(self.config.model_base).resolve()),
+            selection=selection.description if selection is not None else {},
+            scene_gate=scene_gate,
+        )
+        files.write_inputs(run_dir, inputs)
 
     def get(self, run_id: str) -> trainer_pb2.Run:
         return self.runs.get(run_id)

@@ -25,9 +25,10 @@ from graspfleet.v1 import (
 from models.episodes import dataset
 from services.common.server import ServiceServer
 from services.episode_store import client
-from services.trainer import evaluation, jobfiles
-from services.trainer import job as trainer_job
+from services.trainer import evaluation
 from services.trainer.backends import LocalBackend
+from services.trainer.job import files
+from services.trainer.job import main as trainer_job
 from services.trainer.runs import TERMINAL
 from services.trainer.server import create_server
 from tests.fixtures.planning_fleet import planning_fleet
@@ -131,8 +132,8 @@ def test_an_evaluation_plays_its_scenes_on_the_farm_and_reports_every_rate(
     assert not run.published.name and not (fleet.models / "grasp_success/labels.json").exists()
 
     run_dir = tmp_path / "trainer" / "runs" / "eval-1"
-    report = json.loads((run_dir / jobfiles.REPORT_FILE).read_text())
-    assert str(run_dir / jobfiles.REPORT_FILE) in run.message
+    report = json.loads((run_dir / files.REPORT_FILE).read_text())
+    assert str(run_dir / files.REPORT_FILE) in run.message
     assert report["evaluation_id"] == "eval-1" and report["arm"] == "eval-proxy-real"
     assert [r["name"] for r in report["contenders"]] == ["model-1", "random"]
     assert report["paired"][0]["scenes"] == SCENES
@@ -147,7 +148,7 @@ def test_an_evaluation_plays_its_scenes_on_the_farm_and_reports_every_rate(
     monkeypatch.setenv(evaluation.FARM_ENV, fleet.farm.address)
     monkeypatch.setenv(evaluation.STORE_ENV, fleet.store.address)
     assert trainer_job.run(run_dir) == 0
-    assert jobfiles.read_result(run_dir).metrics == dict(run.metrics)
+    assert files.read_result(run_dir).metrics == dict(run.metrics)
     assert len(_episodes(fleet.store, "eval-1.random")) == SCENES
 
     assert cli.main(["train", "get", "eval-1", *address]) == 0

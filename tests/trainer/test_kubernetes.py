@@ -10,13 +10,13 @@ import pytest
 from kubernetes import client
 
 from graspfleet.v1 import trainer_pb2 as S
-from services.trainer import jobfiles
 from services.trainer.backends import FAILED, GONE, RUNNING, SUCCEEDED, JobSpec
 from services.trainer.config import TrainerConfig
+from services.trainer.job import files as jobfiles
 from services.trainer.kubernetes_backend import KubernetesBackend
 from services.trainer.supervisor import job_spec
+from tests.fixtures.fake_kube import FakeKubernetes
 from tests.trainer.conftest import AUTH, tiny_spec, trainer_stub, wait_for, watch
-from tests.trainer.fake_kube import FakeKubernetes
 
 VERSIONS = ["1.29", "1.30", "1.31", "1.32", "1.33", kubernetes_validate.latest_version()]
 NAMESPACE = "graspfleet"

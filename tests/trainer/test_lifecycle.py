@@ -14,8 +14,8 @@ import pytest
 from graspfleet.v1 import trainer_pb2 as S
 from graspfleet.v1 import trainer_pb2_grpc
 from services.fleet.process import ServiceProcess
-from services.trainer import jobfiles
 from services.trainer.backends import JOB_ENV, RUNNING, JobSpec, LocalBackend
+from services.trainer.job import files
 from tests.trainer.conftest import (
     AUTH,
     REAL,
@@ -101,7 +101,7 @@ def test_a_job_that_outlives_its_cancelled_run_publishes_nothing(start_trainer, 
     job = [sys.executable, "-m", "services.cli", "train", "job", "--run-dir", str(run_dir)]
     ended = subprocess.run(job, capture_output=True, text=True, timeout=240)
     assert ended.returncode == 0, ended.stderr[-2000:]
-    result = json.loads((run_dir / jobfiles.RESULT_FILE).read_text())
+    result = json.loads((run_dir / files.RESULT_FILE).read_text())
     assert result["state"] == "CANCELLED", result
     assert "nothing was published" in result["message"]
     published = tmp_path / "models" / "grasp_success"

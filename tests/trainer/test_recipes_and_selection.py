@@ -7,7 +7,8 @@ import pytest
 from graspfleet.v1 import common_pb2
 from graspfleet.v1 import trainer_pb2 as S
 from models.grasp_success.training import TrainSpec
-from services.trainer import gate, recipes
+from services.trainer import recipes
+from services.trainer.job import gate
 from services.trainer.selection import select
 from services.trainer.spec import normalize
 from tests.trainer.conftest import tiny_spec, trainer_config

@@ -19,10 +19,10 @@ from models.registry import METADATA_FILE
 from services.common.config import ConfigError
 from services.common.images import decode_image
 from services.episode_store import client
-from services.trainer import gate, refine_dataset
 from services.trainer.backends import JobSpec
 from services.trainer.config import TrainerConfig
-from services.trainer.job import WORK_DIR
+from services.trainer.job import gate, refine_dataset
+from services.trainer.job.files import WORK_DIR
 from services.trainer.kubernetes_backend import KubernetesBackend
 from services.trainer.spec import GRASPGAN_LOSS_WEIGHTS, RCAN_WEIGHTS
 from tests.fixtures import refiner_models

@@ -18,17 +18,18 @@ from pathlib import Path
 import grpc
 
 from services.evaluation import closed_loop
-from services.evaluation.closed_loop import Contender, ContenderResult, EvaluationSpec
-from services.trainer import jobfiles
-from services.trainer.evaluation import FARM_ENV, STORE_ENV
-from services.trainer.jobfiles import Progress, Result
+from services.evaluation.closed_loop import ContenderResult, EvaluationSpec
+from services.trainer.evaluation import FARM_ENV, STORE_ENV, contenders
+from services.trainer.job import files
+from services.trainer.job.files import Progress, Result
+from services.trainer.job.inputs import JobInputs
 
 
-def evaluate(run_dir: Path, job: dict) -> Result:
-    """Runs (or continues) the evaluation `job` describes; the report goes into `run_dir`.
+def evaluate(run_dir: Path, inputs: JobInputs) -> Result:
+    """Runs (or continues) the evaluation `inputs` describe; the report goes into `run_dir`.
 
     Raises:
-        jobfiles.Cancelled: the run was cancelled; checked at every poll of the farm.
+        files.Cancelled: the run was cancelled; checked at every poll of the farm.
         RuntimeError: the farm or the store is not named, cannot be reached, or a
             contender's collection failed; the message says which.
     """
@@ -38,26 +39,27 @@ def evaluate(run_dir: Path, job: dict) -> Result:
             f"{FARM_ENV} and {STORE_ENV} must name the sim-farm and the episode store (the "
             "trainer sets them on the jobs it starts)"
         )
-    fields = job["evaluation"]
+    # The trainer resolved every contender's version into the spec when it accepted the run.
+    request = inputs.spec.evaluation
     spec = EvaluationSpec(
-        job["run_id"],
-        fields["arm_config_yaml"],
-        scenes=fields["scenes"],
-        seed=fields["seed"],
-        shards=fields["shards"],
+        inputs.run_id,
+        request.arm_config_yaml,
+        scenes=request.scenes,
+        seed=request.seed,
+        shards=request.shards,
     )
-    contenders = [Contender(**c) for c in fields["contenders"]]
-    total = spec.scenes * len(contenders)
+    players = contenders(request)
+    total = spec.scenes * len(players)
     finished: dict[str, float] = {}
     ended: list[str] = []
 
     def report_progress(name: str, done: int, scenes: int) -> None:
-        jobfiles.raise_if_cancelled(run_dir)
+        files.raise_if_cancelled(run_dir)
         # A contender that just ended is counted in `ended`, its scenes no longer in `done`.
         step = len(ended) * spec.scenes + (0 if name in ended else done)
         message = f"{name}: {done}/{scenes} scenes"
-        jobfiles.write_progress(
-            run_dir, Progress(jobfiles.TRAINING, step, total, dict(finished), message)
+        files.write_progress(
+            run_dir, Progress(files.TRAINING, step, total, dict(finished), message)
         )
 
     def contender_done(result: ContenderResult) -> None:
@@ -65,21 +67,19 @@ def evaluate(run_dir: Path, job: dict) -> Result:
         finished.update(contender_metrics(result.contender.name, result.rate.as_dict()))
         report_progress(result.contender.name, spec.scenes, spec.scenes)
 
-    jobfiles.write_progress(
-        run_dir, Progress(total=total, message=f"starting {contenders[0].name}'s collection")
+    files.write_progress(
+        run_dir, Progress(total=total, message=f"starting {players[0].name}'s collection")
     )
     try:
-        results = closed_loop.evaluate(
-            farm, store, spec, contenders, report_progress, contender_done
-        )
+        results = closed_loop.evaluate(farm, store, spec, players, report_progress, contender_done)
     except grpc.RpcError as err:
         raise RuntimeError(
             f"the sim-farm ({farm}) or the store ({store}) answered {err.code().name}: "
             f"{err.details()}"
         ) from None
     report = closed_loop.report(spec, results)
-    path = run_dir / jobfiles.REPORT_FILE
-    jobfiles.write_json(path, report)
+    path = run_dir / files.REPORT_FILE
+    files.write_json(path, report)
     return Result("SUCCEEDED", summary(report, path), metrics(report))
 
 

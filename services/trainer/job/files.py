@@ -1,18 +1,20 @@
 """The run folder: how the trainer hands a job its inputs and how the job reports back.
 
-`<runs_dir>/<run_id>/` holds, from the trainer, `job.json` (what to train or
-evaluate) and a training's selected episodes (`train.binpb`,
+`<runs_dir>/<run_id>/` holds, from the trainer, `job.json` (`JobInputs`: what
+to train or evaluate) and a training's selected episodes (`train.binpb`,
 `validation.binpb`, each a serialized ListEpisodesResponse); from the job,
 `progress.json` (rewritten every few steps or episodes) and `result.json`
 (once, at the end), plus TensorBoard logs or an evaluation's report
-(`evaluation.json`) and, on the local backend, `job.log`; the trainer also
-notes the job's handle in `job.handle` the moment the job starts, before it
-records it in the database, and leaves `cancelled` when the run is cancelled:
-a job that outlives the cancel (a late signal, a pod still terminating) checks
-it before publishing, or before its next evaluation episode, and stops. Every JSON file is replaced atomically (temp file +
-rename), so a reader never sees half of one. Files rather than the database
-keep the trainer the run database's only writer and work the same whether the
-job is a local process or a Kubernetes pod sharing the folder.
+(`evaluation.json`), its scratch folder of rewritten shards (`work/`, removed
+when it ends) and, on the local backend, `job.log`; the trainer also notes the
+job's handle in `job.handle` the moment the job starts, before it records it in
+the database, and leaves `cancelled` when the run is cancelled: a job that
+outlives the cancel (a late signal, a pod still terminating) checks it before
+publishing, or before its next evaluation episode, and stops. Every file is
+replaced atomically (temp file + rename), so a reader never sees half of one.
+Files rather than the database keep the trainer the run database's only writer
+and work the same whether the job is a local process or a Kubernetes pod
+sharing the folder. Shared with the service side: no TensorFlow here.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from graspfleet.v1 import episode_store_pb2
 from services.common.files import write_atomically
+from services.trainer.job.inputs import JobInputs
 
 JOB_FILE = "job.json"
 TRAIN_EPISODES = "train.binpb"
@@ -34,6 +37,8 @@ HANDLE_FILE = "job.handle"
 CANCEL_FILE = "cancelled"
 REPORT_FILE = "evaluation.json"
 TENSORBOARD_DIR = "tensorboard"
+# Scratch folder of the rewritten (refined, canonical) shards.
+WORK_DIR = "work"
 
 # Phases a job reports; "validating" maps to RUN_STATE_VALIDATING.
 TRAINING = "training"
@@ -102,6 +107,21 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+def write_inputs(run_dir: Path, inputs: JobInputs) -> None:
+    """Writes `job.json`; the trainer calls it last, once the run's episodes are in place."""
+    write_atomically(run_dir / JOB_FILE, inputs.to_json())
+
+
+def read_inputs(run_dir: Path) -> JobInputs:
+    """The run's `job.json`.
+
+    Raises:
+        FileNotFoundError: there is none.
+        JobInputsError: it is not what this release writes; the message names the field.
+    """
+    return JobInputs.from_json((run_dir / JOB_FILE).read_text())
+
+
 def write_episodes(path: Path, episodes: list[episode_store_pb2.EpisodeSummary]) -> None:
     write_atomically(
         path, episode_store_pb2.ListEpisodesResponse(episodes=episodes).SerializeToString()
@@ -130,11 +150,11 @@ def read_progress(run_dir: Path) -> Progress | None:
     if raw is None:
         return None
     return Progress(
-        raw.get("phase", TRAINING),
-        int(raw.get("step", 0)),
-        int(raw.get("total", 0)),
-        {k: float(v) for k, v in raw.get("metrics", {}).items()},
-        str(raw.get("message", "")),
+        phase=raw.get("phase", TRAINING),
+        step=int(raw.get("step", 0)),
+        total=int(raw.get("total", 0)),
+        metrics={k: float(v) for k, v in raw.get("metrics", {}).items()},
+        message=str(raw.get("message", "")),
     )
 
 
@@ -155,8 +175,8 @@ def read_result(run_dir: Path) -> Result | None:
     if raw is None:
         return None
     return Result(
-        str(raw["state"]),
-        str(raw.get("message", "")),
-        {k: float(v) for k, v in raw.get("metrics", {}).items()},
-        int(raw.get("version", 0)),
+        state=str(raw["state"]),
+        message=str(raw.get("message", "")),
+        metrics={k: float(v) for k, v in raw.get("metrics", {}).items()},
+        version=int(raw.get("version", 0)),
     )

@@ -15,7 +15,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import tensorflow as tf
+
 from graspfleet.v1 import episode_store_pb2
+from models.episodes.dataset import LABEL, X0, XT, labeled
+from models.grasp_success.export import (
+    INPUT_MOTIONS,
+    INPUT_X0,
+    INPUT_XT,
+    OUTPUT_SUCCESS,
+    SIGNATURE_KEY,
+)
+from models.grasp_success.samples import MOTION, step_samples
 
 # (x0, xt, motions [B, K, 5]) -> P(success) [B, K], as the serving signature computes it.
 ServeFn = Callable[..., object]
@@ -128,13 +140,6 @@ def serving_accuracy(
     Balanced accuracy is the mean recall over the classes present: a held-out set
     of failures only scores the failure recall alone.
     """
-    import numpy as np
-    import tensorflow as tf
-
-    from models.episodes.dataset import LABEL, X0, XT, labeled
-    from models.grasp_success.export import INPUT_MOTIONS, INPUT_X0, INPUT_XT, OUTPUT_SUCCESS
-    from models.grasp_success.samples import MOTION, step_samples
-
     correct, total = np.zeros(2), np.zeros(2)  # per class: failure, success
     for batch in step_samples(data_root, labeled(episodes)).batch(batch_size):
         inputs = {
@@ -155,10 +160,6 @@ def serving_accuracy(
 
 def load_serving(path: Path) -> ServeFn:
     """The serving signature of a published version."""
-    import tensorflow as tf
-
-    from models.grasp_success.export import SIGNATURE_KEY
-
     loaded = tf.saved_model.load(str(path))
 
     def serve(**inputs):

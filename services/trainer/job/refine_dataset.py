@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
 from models.episodes import shards
 from models.episodes.shards import EpisodeRecord, ShardDirectory
+from models.generators import serving
 from services.common.images import decode_image, encode_image
 from services.trainer.recipes import Recipe
 
@@ -68,8 +70,6 @@ class Rewritten:
 
 def read_record(data_root: str | Path, summary: Summary) -> EpisodeRecord:
     """The whole episode (pixels included) from its shard."""
-    import tensorflow as tf
-
     records = list(tf.data.TFRecordDataset(str(Path(data_root) / summary.shard)))
     if len(records) != 1:
         raise ValueError(f"{summary.shard}: expected 1 record, found {len(records)}")
@@ -83,8 +83,6 @@ def load_generator(model_base: str | Path, ref: dict) -> Generate:
     Raises:
         ValueError: that version is missing or fails its warm-up.
     """
-    from models.generators import serving
-
     loaded = serving.load_generator(Path(model_base), ref["kind"], ref["name"], int(ref["version"]))
     return lambda images: serving.generate(loaded, images)[0]
 

@@ -8,7 +8,7 @@ import pytest
 from graspfleet.v1 import common_pb2, episode_store_pb2
 from models.grasp_success.export import OUTPUT_SUCCESS
 from services.episode_store import client
-from services.trainer import gate
+from services.trainer.job import gate
 
 
 def _real_episodes(store) -> list[episode_store_pb2.EpisodeSummary]:
