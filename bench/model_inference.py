@@ -23,9 +23,9 @@ import numpy as np
 import tensorflow as tf
 
 from graspfleet.v1 import common_pb2
+from models.episodes.selection import split_episodes
 from models.episodes.synthetic import sample_episode
 from models.grasp_success import export
-from models.grasp_success.samples import split_episodes
 from models.grasp_success.training import TrainSpec, train
 from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig

@@ -13,8 +13,7 @@ import grpc
 from experiments.sim2real.protocol import Row, Settings
 from experiments.sim2real.stages import Stages, key, log
 from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
-from models.episodes.dataset import labeled
-from models.grasp_success.samples import split_episodes
+from models.episodes.selection import labeled, split_episodes
 from robots.inventory import FLEET_DIR
 from services.episode_store import client
 from services.fleet.run import Fleet

@@ -9,13 +9,14 @@ domain.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import tensorflow as tf
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
-from models.episodes.shards import EVALUATION, PURPOSE, Keys
+from models.episodes.selection import is_evaluation
+from models.episodes.shards import Keys
 
 # Sample keys, declared once.
 X0 = "x0"
@@ -205,24 +206,3 @@ def step_dataset(
         episode_steps, cycle_length=4, num_parallel_calls=num_parallel_calls, deterministic=True
     )
     return steps.map(decode, num_parallel_calls=num_parallel_calls, deterministic=True)
-
-
-def is_evaluation(episode: episode_store_pb2.EpisodeSummary) -> bool:
-    """Whether an episode was run to score a model (attribute purpose=evaluation)."""
-    return episode.attributes.get(PURPOSE) == EVALUATION
-
-
-def labeled(
-    episodes: Iterable[episode_store_pb2.EpisodeSummary],
-) -> list[episode_store_pb2.EpisodeSummary]:
-    """The episodes that may be learned from: labeled, and not evaluation episodes.
-
-    Every selection of training or validation data goes through here, so a
-    closed-loop evaluation's episodes (on objects no model may train on) never
-    become training data, whatever the query that found them.
-    """
-    return [
-        e
-        for e in episodes
-        if e.label.state != common_pb2.LABEL_STATE_UNLABELED and not is_evaluation(e)
-    ]

@@ -18,7 +18,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from graspfleet.v1 import episode_store_pb2
-from models.episodes import dataset
+from models.episodes import dataset, selection
 from models.episodes.dataset import MASK, X0, X0_MASK, XT
 from models.grasp_success.samples import (
     MOTION,
@@ -249,5 +249,5 @@ def episode_counts(episodes: Sequence[Summary]) -> dict[str, int]:
         members = [e for e in episodes if e.domain == domain]
         counts[f"{name}_episodes"] = len(members)
         counts[f"{name}_steps"] = sum(e.num_steps for e in members)
-        counts[f"{name}_labeled_episodes"] = len(dataset.labeled(members))
+        counts[f"{name}_labeled_episodes"] = len(selection.labeled(members))
     return counts

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
 from models import scoring
-from models.episodes.dataset import image_size, labeled
+from models.episodes.dataset import image_size
+from models.episodes.selection import labeled
 from models.grasp_success import export, profiles, samples
 from models.grasp_success.model import (
     DOMAIN_LOGITS,
@@ -64,7 +65,7 @@ class TrainSpec:
             are, which a few thousand success labels teach poorly. 0 turns it off.
         sim_fraction: Expected share of SIM samples per batch (0 real-only, 1 sim-only).
         positive_fraction: Expected share of successful samples per domain.
-        validation_fraction: Share of episodes `samples.split_episodes` holds out.
+        validation_fraction: Share of episodes `models.episodes.selection.split_episodes` holds out.
         validation_batch_size: Samples per validation batch.
         eval_every: Validate every this many steps as well as at the end; 0 for the end only.
         keep_best: With eval_every, end with the weights of the validation that scored the
@@ -336,7 +337,7 @@ def train(
         spec: The recipe and loop settings.
         data_root: The episode store's data folder (holding `shards/`).
         train_episodes: Training episodes (unlabeled ones are skipped).
-        validation_episodes: Held-out episodes (see `samples.split_episodes`); may be empty.
+        validation_episodes: Held-out episodes (see `models.episodes.selection.split_episodes`); may be empty.
         model_base: Model repository; the version goes to `<model_base>/<name>/<N>`.
             None trains without exporting.
         name: Model name under model_base.

@@ -3,7 +3,7 @@
 The selection is resolved once, when the run is submitted, and written into
 the run's folder: a queued or restarted run trains on exactly the episodes
 (and labels) it was accepted with. Real episodes are split by object first
-(`samples.split_episodes`), so the validation set of a given data set and seed
+(`models.episodes.selection.split_episodes`), so the validation set of a given data set and seed
 does not depend on how much real data a recipe trains on; the amount limits
 then apply to the training side only. `robot_ids` select real arms;
 `object_set`, `sim_randomization` and `max_sim_episodes` select simulated
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, episode_store_pb2_grpc, trainer_pb2
+from models.episodes.selection import ObjectSplitError, labeled, split_episodes
 from models.grasp_success import profiles
 from robots.names import DOMAIN_NAMES
 from services.common import upstream
@@ -52,7 +53,6 @@ def _query(
 ) -> list[Summary]:
     # Here, not at the top: models.episodes.dataset loads TensorFlow, which the trainer
     # must not load merely by being imported (see tests/trainer/test_layout.py).
-    from models.episodes.dataset import labeled
 
     try:
         return labeled(client.list_all(stub, flt))
@@ -134,8 +134,6 @@ def _split(
     episodes: list[Summary], fraction: float, seed: int, what: str
 ) -> tuple[list[Summary], list[Summary]]:
     """(train, held out) by object; a split that cannot be made is refused with the reason."""
-    from models.grasp_success.samples import ObjectSplitError, split_episodes
-
     try:
         return split_episodes(episodes, fraction, seed)
     except ObjectSplitError as err:

@@ -7,7 +7,7 @@ from pathlib import Path
 from google.protobuf import timestamp_pb2
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
-from models.episodes import dataset
+from models.episodes import dataset, selection
 from models.episodes import synthetic as samples
 from services.episode_store import client
 
@@ -126,7 +126,7 @@ def test_reader_uses_current_labels(store_stub, store_flags):
             episode_id="sample-1", success=True, reason="checked", source="user:ana"
         )
     )
-    episodes = dataset.labeled(client.list_all(store_stub))
+    episodes = selection.labeled(client.list_all(store_stub))
     samples_by_episode: dict[str, list[float]] = {}
     for sample in dataset.step_dataset(
         Path(store_flags["data_dir"]), episodes, include_masks=True

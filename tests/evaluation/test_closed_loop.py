@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from graspfleet.v1 import episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
-from models.episodes import dataset
+from models.episodes import dataset, selection
 from services.common import upstream
 from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
@@ -69,8 +69,8 @@ def test_contenders_meet_the_same_scenes_tagged_as_evaluation_and_a_rerun_resume
         assert _x0(store.address, episode.episode_id) == _x0(store.address, rnd[seed].episode_id)
         assert episode.robot_id.startswith("sim-farm-") and episode.model.version == 1
     everything = [*cem.values(), *rnd.values()]
-    assert all(dataset.is_evaluation(e) for e in everything)
-    assert dataset.labeled(everything) == []
+    assert all(selection.is_evaluation(e) for e in everything)
+    assert selection.labeled(everything) == []
     with pytest.raises(ValueError, match="evaluation episodes"):
         dataset.step_dataset(store.config.data_dir, everything)
 

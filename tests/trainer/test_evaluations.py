@@ -22,7 +22,7 @@ from graspfleet.v1 import (
     sim_farm_pb2_grpc,
     trainer_pb2,
 )
-from models.episodes import dataset
+from models.episodes import selection
 from services.common.server import ServiceServer
 from services.episode_store import client
 from services.trainer import evaluation
@@ -142,7 +142,7 @@ def test_an_evaluation_plays_its_scenes_on_the_farm_and_reports_every_rate(
     assert len(cem) == len(rnd) == SCENES
     assert {e.seed for e in cem} == {e.seed for e in rnd}
     assert all(e.model.version == 1 for e in cem)
-    assert all(dataset.is_evaluation(e) for e in cem + rnd) and not dataset.labeled(cem + rnd)
+    assert all(selection.is_evaluation(e) for e in cem + rnd) and not selection.labeled(cem + rnd)
 
     # The job run again for the same run folder plays nothing again and reports the same.
     monkeypatch.setenv(evaluation.FARM_ENV, fleet.farm.address)

@@ -1,5 +1,5 @@
 """The Kubernetes backend: Job objects under strict schema validation, and the Job calls
-against a small real API server (tests/trainer/fake_kube.py) on 127.0.0.1."""
+against a small real API server (tests/fixtures/fake_kube.py) on 127.0.0.1."""
 
 from __future__ import annotations
 

@@ -19,7 +19,9 @@ import numpy as np
 import tensorflow as tf
 
 from graspfleet.v1 import episode_store_pb2
-from models.episodes.dataset import LABEL, X0, XT, labeled
+from models import scoring
+from models.episodes.dataset import LABEL, X0, XT
+from models.episodes.selection import labeled
 from models.grasp_success.export import (
     INPUT_MOTIONS,
     INPUT_X0,
@@ -140,22 +142,19 @@ def serving_accuracy(
     Balanced accuracy is the mean recall over the classes present: a held-out set
     of failures only scores the failure recall alone.
     """
-    correct, total = np.zeros(2), np.zeros(2)  # per class: failure, success
+    probabilities, labels = [], []
     for batch in step_samples(data_root, labeled(episodes)).batch(batch_size):
         inputs = {
             INPUT_X0: batch[X0],
             INPUT_XT: batch[XT],
             INPUT_MOTIONS: tf.cast(batch[MOTION], tf.float32)[:, None, :],
         }
-        probability = np.asarray(serve(**inputs)[OUTPUT_SUCCESS])[:, 0]
-        label = batch[LABEL].numpy() > 0.5
-        for cls in (0, 1):
-            members = label == bool(cls)
-            correct[cls] += np.sum((probability[members] > 0.5) == bool(cls))
-            total[cls] += np.sum(members)
-    present = total > 0
-    recall = correct[present] / total[present]
-    return (float(recall.mean()) if present.any() else 0.0), int(total.sum())
+        probabilities.append(np.asarray(serve(**inputs)[OUTPUT_SUCCESS])[:, 0])
+        labels.append(batch[LABEL].numpy())
+    if not labels:
+        return 0.0, 0
+    label = np.concatenate(labels)
+    return scoring.balanced_accuracy(np.concatenate(probabilities), label), len(label)
 
 
 def load_serving(path: Path) -> ServeFn:

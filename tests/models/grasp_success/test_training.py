@@ -15,6 +15,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from graspfleet.v1 import common_pb2, episode_store_pb2
 from models import registry
 from models.episodes import dataset
+from models.episodes.selection import ObjectSplitError, split_episodes
 from models.episodes.synthetic import sample_episode
 from models.grasp_success import export, samples
 from models.grasp_success.model import ModelConfig, build_model
@@ -28,8 +29,6 @@ from models.grasp_success.samples import (
     X0,
     X0_MASK,
     XT,
-    ObjectSplitError,
-    split_episodes,
 )
 from models.grasp_success.training import TrainSpec, evaluate, fit, train
 from services.episode_store import client
