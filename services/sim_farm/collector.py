@@ -157,7 +157,8 @@ def make_collector(config: SimFarmConfig, kubernetes_api=None) -> Collector:
     if config.collection_backend == "kubernetes":
         from kubernetes.config import ConfigException
 
-        from services.sim_farm.kubernetes_backend import KubernetesBackend, api_client
+        from services.common.kube import api_client
+        from services.sim_farm.kubernetes_backend import KubernetesBackend
 
         if kubernetes_api is None:
             try:

@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 import grpc
 import urllib3
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from graspfleet.v1 import episode_store_pb2
-from services.common import logs
+from services.common import kube, logs
 from services.common.errors import FailedPrecondition, Unavailable
 from services.common.upstream import TLS_CA_ENV
 from services.episode_store import client as store_client
@@ -43,30 +42,6 @@ from services.sim_farm.plan import CollectionPlan
 from services.sim_farm.worker import shard_robot_id
 
 log = logs.get_logger(__name__)
-
-# Seconds an API or store call may take: an unreachable server must not stall the farm.
-REQUEST_TIMEOUT_S = 30
-
-
-def api_client(mode: str) -> k8s.ApiClient:
-    """An API client from the in-cluster service account or ~/.kube/config.
-
-    Args:
-        mode: "auto" (in-cluster, else kubeconfig), "in-cluster" or "kubeconfig".
-
-    Raises:
-        kubernetes.config.ConfigException: the chosen mode has no configuration.
-    """
-    configuration = k8s.Configuration()
-    if mode in ("auto", "in-cluster"):
-        try:
-            k8s_config.load_incluster_config(client_configuration=configuration)
-            return k8s.ApiClient(configuration)
-        except k8s_config.ConfigException:
-            if mode == "in-cluster":
-                raise
-    k8s_config.load_kube_config(client_configuration=configuration)
-    return k8s.ApiClient(configuration)
 
 
 @dataclass
@@ -90,7 +65,7 @@ class KubernetesBackend:
 
     Args:
         config: Namespace, image, command, service account, resources, poll interval.
-        api: The API client (`api_client(config.k8s_api)`, or one aimed at a test server).
+        api: The API client (`kube.api_client(config.k8s_api)`, or one aimed at a test server).
     """
 
     name = "kubernetes"
@@ -122,7 +97,7 @@ class KubernetesBackend:
         name = job.metadata.name
         try:
             self.batch.create_namespaced_job(
-                self.namespace, job, _request_timeout=REQUEST_TIMEOUT_S
+                self.namespace, job, _request_timeout=kube.REQUEST_TIMEOUT_S
             )
             log.info("job created", extra={"job": name, "collection": plan.collection_id})
         except ApiException as err:
@@ -140,7 +115,7 @@ class KubernetesBackend:
 
     def _adopt(self, plan: CollectionPlan, name: str) -> None:
         existing = self.batch.read_namespaced_job(
-            name, self.namespace, _request_timeout=REQUEST_TIMEOUT_S
+            name, self.namespace, _request_timeout=kube.REQUEST_TIMEOUT_S
         )
         owner = (existing.metadata.annotations or {}).get(jobs.COLLECTION_ANNOTATION)
         if owner != plan.collection_id:
@@ -163,7 +138,7 @@ class KubernetesBackend:
                 followed.name,
                 self.namespace,
                 propagation_policy="Background",
-                _request_timeout=REQUEST_TIMEOUT_S,
+                _request_timeout=kube.REQUEST_TIMEOUT_S,
             )
         except ApiException as err:
             if err.status != 404:
@@ -207,7 +182,7 @@ class KubernetesBackend:
         cid, name = collection.plan.collection_id, collection.name
         try:
             job = self.batch.read_namespaced_job(
-                name, self.namespace, _request_timeout=REQUEST_TIMEOUT_S
+                name, self.namespace, _request_timeout=kube.REQUEST_TIMEOUT_S
             )
         except ApiException as err:
             if err.status != 404:
@@ -216,7 +191,7 @@ class KubernetesBackend:
         pods = self.core.list_namespaced_pod(
             self.namespace,
             label_selector=f"{jobs.JOB_NAME_LABEL}={name}",
-            _request_timeout=REQUEST_TIMEOUT_S,
+            _request_timeout=kube.REQUEST_TIMEOUT_S,
         ).items
         # Counted after the Job was read: a shard it calls complete has all its episodes stored.
         events: list[Event] = list(self._counts(collection))
@@ -254,7 +229,7 @@ class KubernetesBackend:
                 episode_store_pb2.StatsRequest(
                     filter=episode_store_pb2.EpisodeFilter(collection_id=cid)
                 ),
-                timeout=REQUEST_TIMEOUT_S,
+                timeout=kube.REQUEST_TIMEOUT_S,
             )
         except grpc.RpcError as err:
             log.warning("cannot count the collection's episodes", extra={"error": str(err)})

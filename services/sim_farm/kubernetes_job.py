@@ -16,6 +16,7 @@ import re
 
 from kubernetes import client as k8s
 
+from services.common import kube
 from services.common.config import env_name
 from services.common.upstream import TLS_CA_ENV
 from services.sim_farm.config import SimFarmConfig
@@ -27,9 +28,7 @@ COLLECTION_ANNOTATION = "graspfleet.io/collection-id"
 # Set by the Job controller on every pod of an Indexed Job.
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 INDEX_KEY = "batch.kubernetes.io/job-completion-index"
-NONROOT_UID = 65532  # the image's user (Dockerfile ARG UID)
 SPOOL_DIR = "/var/spool/graspfleet"
-TLS_DIR = "/etc/graspfleet/tls"  # where the tls component mounts the Secret in every pod
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -73,7 +72,7 @@ def shard_env(config: SimFarmConfig, tls: bool) -> dict[str, str]:
     if config.refiner_address:
         env[env_name("refiner_address")] = config.refiner_address
     if tls:
-        env[TLS_CA_ENV] = f"{TLS_DIR}/ca.crt"
+        env[TLS_CA_ENV] = f"{kube.TLS_DIR}/ca.crt"
     return env
 
 
@@ -103,7 +102,7 @@ def manifest(config: SimFarmConfig, plan: CollectionPlan, tls: bool = False) -> 
                 name="tls", secret=k8s.V1SecretVolumeSource(secret_name=config.k8s_tls_secret)
             )
         )
-        mounts.append(k8s.V1VolumeMount(name="tls", mount_path=TLS_DIR, read_only=True))
+        mounts.append(k8s.V1VolumeMount(name="tls", mount_path=kube.TLS_DIR, read_only=True))
     container = k8s.V1Container(
         name="shard",
         image=config.k8s_image,
@@ -116,12 +115,7 @@ def manifest(config: SimFarmConfig, plan: CollectionPlan, tls: bool = False) -> 
         # The shard writes its error there; a crash before it could shows the log's tail.
         termination_message_path=TERMINATION_LOG,
         termination_message_policy="FallbackToLogsOnError",
-        security_context=k8s.V1SecurityContext(
-            allow_privilege_escalation=False,
-            read_only_root_filesystem=True,
-            run_as_non_root=True,
-            capabilities=k8s.V1Capabilities(drop=["ALL"]),
-        ),
+        security_context=kube.container_security(),
     )
     pod = k8s.V1PodSpec(
         restart_policy="Never",
@@ -129,13 +123,7 @@ def manifest(config: SimFarmConfig, plan: CollectionPlan, tls: bool = False) -> 
         automount_service_account_token=False,
         containers=[container],
         volumes=volumes,
-        security_context=k8s.V1PodSecurityContext(
-            run_as_non_root=True,
-            run_as_user=NONROOT_UID,
-            run_as_group=NONROOT_UID,
-            fs_group=NONROOT_UID,
-            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-        ),
+        security_context=kube.pod_security(),
     )
     return k8s.V1Job(
         api_version="batch/v1",

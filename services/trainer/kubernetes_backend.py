@@ -13,10 +13,9 @@ which is all a restarted trainer needs to find the Job again.
 from __future__ import annotations
 
 from kubernetes import client as k8s
-from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
-from services.common import logs
+from services.common import kube, logs
 from services.common.upstream import TLS_CA_ENV
 from services.trainer.backends import FAILED, GONE, RUNNING, SUCCEEDED, JobSpec, JobStatus
 from services.trainer.config import TrainerConfig
@@ -24,33 +23,6 @@ from services.trainer.config import TrainerConfig
 log = logs.get_logger(__name__)
 
 MANAGED_BY = "graspfleet-trainer"
-NONROOT_UID = 65532  # the distroless "nonroot" user
-# Seconds an API call may take: an unreachable API server must not stall the supervisor.
-REQUEST_TIMEOUT_S = 30
-TLS_DIR = "/etc/graspfleet/tls"  # where the tls component mounts the Secret in every pod
-
-
-def api_client(mode: str) -> k8s.ApiClient | None:
-    """An API client from the in-cluster service account or ~/.kube/config; None when off.
-
-    Args:
-        mode: "auto" (in-cluster, else kubeconfig), "in-cluster", "kubeconfig" or "off".
-
-    Raises:
-        kubernetes.config.ConfigException: the chosen mode has no configuration.
-    """
-    if mode == "off":
-        return None
-    configuration = k8s.Configuration()
-    if mode in ("auto", "in-cluster"):
-        try:
-            k8s_config.load_incluster_config(client_configuration=configuration)
-            return k8s.ApiClient(configuration)
-        except k8s_config.ConfigException:
-            if mode == "in-cluster":
-                raise
-    k8s_config.load_kube_config(client_configuration=configuration)
-    return k8s.ApiClient(configuration)
 
 
 class KubernetesBackend:
@@ -58,7 +30,7 @@ class KubernetesBackend:
 
     Args:
         config: Namespace, image, command, service account, resources, volumes.
-        api: The API client (`api_client(config.k8s_api)`, or one aimed at a test server).
+        api: The API client (`kube.api_client(config.k8s_api)`, or one aimed at a test server).
     """
 
     name = "kubernetes"
@@ -102,8 +74,8 @@ class KubernetesBackend:
                     name="tls", secret=k8s.V1SecretVolumeSource(secret_name=c.k8s_tls_secret)
                 )
             )
-            mounts.append(k8s.V1VolumeMount(name="tls", mount_path=TLS_DIR, read_only=True))
-            env[TLS_CA_ENV] = f"{TLS_DIR}/ca.crt"
+            mounts.append(k8s.V1VolumeMount(name="tls", mount_path=kube.TLS_DIR, read_only=True))
+            env[TLS_CA_ENV] = f"{kube.TLS_DIR}/ca.crt"
         container = k8s.V1Container(
             name="job",
             image=c.k8s_image,
@@ -112,12 +84,7 @@ class KubernetesBackend:
             env=[k8s.V1EnvVar(name=k, value=v) for k, v in sorted(env.items())],
             resources=k8s.V1ResourceRequirements(requests=resources, limits=limits),
             volume_mounts=mounts,
-            security_context=k8s.V1SecurityContext(
-                allow_privilege_escalation=False,
-                read_only_root_filesystem=True,
-                run_as_non_root=True,
-                capabilities=k8s.V1Capabilities(drop=["ALL"]),
-            ),
+            security_context=kube.container_security(),
         )
         pod = k8s.V1PodSpec(
             restart_policy="Never",
@@ -136,13 +103,7 @@ class KubernetesBackend:
                 for t in c.tolerations
             ]
             or None,
-            security_context=k8s.V1PodSecurityContext(
-                run_as_non_root=True,
-                run_as_user=NONROOT_UID,
-                run_as_group=NONROOT_UID,
-                fs_group=NONROOT_UID,
-                seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
-            ),
+            security_context=kube.pod_security(),
         )
         return k8s.V1Job(
             api_version="batch/v1",
@@ -164,7 +125,9 @@ class KubernetesBackend:
         handle = f"kubernetes:{self.config.k8s_namespace}/{job.name}"
         try:
             self.batch.create_namespaced_job(
-                self.config.k8s_namespace, self.manifest(job), _request_timeout=REQUEST_TIMEOUT_S
+                self.config.k8s_namespace,
+                self.manifest(job),
+                _request_timeout=kube.REQUEST_TIMEOUT_S,
             )
         except ApiException as err:
             if err.status != 409:
@@ -187,7 +150,7 @@ class KubernetesBackend:
         namespace, name = self.parse(handle)
         try:
             job = self.batch.read_namespaced_job_status(
-                name, namespace, _request_timeout=REQUEST_TIMEOUT_S
+                name, namespace, _request_timeout=kube.REQUEST_TIMEOUT_S
             )
         except ApiException as err:
             if err.status == 404:
@@ -215,7 +178,7 @@ class KubernetesBackend:
                 name,
                 namespace,
                 propagation_policy="Background",
-                _request_timeout=REQUEST_TIMEOUT_S,
+                _request_timeout=kube.REQUEST_TIMEOUT_S,
             )
         except ApiException as err:
             if err.status != 404:
@@ -230,6 +193,6 @@ class KubernetesBackend:
         listed = self.batch.list_namespaced_job(
             self.config.k8s_namespace,
             label_selector=f"app.kubernetes.io/managed-by={MANAGED_BY}",
-            _request_timeout=REQUEST_TIMEOUT_S,
+            _request_timeout=kube.REQUEST_TIMEOUT_S,
         )
         return [f"kubernetes:{j.metadata.namespace}/{j.metadata.name}" for j in listed.items]

@@ -64,7 +64,7 @@ def _backends(config: TrainerConfig, kubernetes_api) -> dict[str, JobBackend]:
     if kubernetes_api is None and config.k8s_api != "off":
         from kubernetes.config import ConfigException
 
-        from services.trainer.kubernetes_backend import api_client
+        from services.common.kube import api_client
 
         try:
             kubernetes_api = api_client(config.k8s_api)

@@ -22,9 +22,9 @@ import pytest
 from services import cli
 from services.common import upstream
 from services.common.config import ConfigError, ServerConfig, config_from
+from services.common.kube import NONROOT_UID
 from services.common.server import LIVENESS
 from services.sim_farm.config import ShardConfig
-from services.trainer.kubernetes_backend import NONROOT_UID
 from tests.k8s import kustomize
 from tests.k8s import manifests as m
 
