@@ -61,9 +61,13 @@ def test_a_run_streams_its_progress_and_publishes_a_canary(trainer, first_run):
     assert submitted.state == S.RUN_STATE_QUEUED and submitted.submitted_by == "tester"
     assert submitted.spec.gate.enabled and submitted.spec.model_name == NAME
     states = [e.run.state for e in events]
-    assert states[0] == S.RUN_STATE_QUEUED and states[-1] == S.RUN_STATE_SUCCEEDED, [
-        (S.RunState.Name(e.run.state), e.log_line) for e in events
-    ]
+    # A watch starts with the run's state when it attaches: QUEUED, or RUNNING when the
+    # supervisor started the job first. After that, states only move forward.
+    lifecycle = [S.RUN_STATE_QUEUED, S.RUN_STATE_RUNNING, S.RUN_STATE_VALIDATING]
+    lifecycle.append(S.RUN_STATE_SUCCEEDED)
+    shown = [(S.RunState.Name(e.run.state), e.log_line) for e in events]
+    assert states[0] in lifecycle[:2] and states[-1] == S.RUN_STATE_SUCCEEDED, shown
+    assert [lifecycle.index(s) for s in states] == sorted(lifecycle.index(s) for s in states), shown
     assert S.RUN_STATE_RUNNING in states and S.RUN_STATE_VALIDATING in states
     steps = [e.run.step for e in events if e.run.state == S.RUN_STATE_RUNNING]
     assert steps == sorted(steps) and max(steps) > 0
