@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from experiments.sim2real.protocol import Settings
+from experiments.sim2real.protocol import PROTOCOL_VERSION, Settings
 from experiments.sim2real.stages import Stages, log
 from services.evaluation.closed_loop import Contender, EvaluationSpec, evaluate
 from services.fleet.evaluation import local_fleet
@@ -76,9 +76,11 @@ class Evaluations:
         return yaml.safe_dump(arm, sort_keys=False)
 
     def spec(self, evaluation_id: str, arm_yaml: str) -> EvaluationSpec:
+        """The evaluation's scenes. Its id, which names the store's collections, carries the
+        protocol version: a new protocol never resumes an older one's episodes."""
         s = self.settings
         return EvaluationSpec(
-            evaluation_id,
+            f"{evaluation_id}-p{PROTOCOL_VERSION}",
             arm_yaml,
             scenes=s.scenes,
             seed=s.scene_seed,
@@ -107,7 +109,7 @@ class Evaluations:
         local evaluation fleet, whatever their evaluation's arm.
         """
         results: dict[str, dict] = {job.evaluation_id: {} for job in jobs}
-        todo: list[tuple[EvaluationSpec, Contender, dict]] = []
+        todo: list[tuple[str, EvaluationSpec, Contender, dict]] = []
         for job in jobs:
             spec = self.spec(job.evaluation_id, job.arm_yaml)
             settings = {"spec": repr(spec), "v": 1}
@@ -115,13 +117,13 @@ class Evaluations:
                 stage = f"eval-{job.evaluation_id}-{contender.name}"
                 done = self.stages.done(stage, _key(settings, contender))
                 if done is None:
-                    todo.append((spec, contender, settings))
+                    todo.append((job.evaluation_id, spec, contender, settings))
                 else:
                     results[job.evaluation_id][contender.name] = done
         if not todo:
             return results
-        versions = sorted({c.model_version for _, c, _ in todo if c.model_version})
-        refiner = self.refiners if any(c.transform for _, c, _ in todo) else None
+        versions = sorted({c.model_version for _, _, c, _ in todo if c.model_version})
+        refiner = self.refiners if any(c.transform for _, _, c, _ in todo) else None
         with local_fleet(
             self.root / "fleet",
             self.models,
@@ -129,7 +131,7 @@ class Evaluations:
             refiner_base=refiner,
             workers=self.settings.shards,
         ) as fleet:
-            for spec, contender, settings in todo:
+            for evaluation_id, spec, contender, settings in todo:
 
                 def work(spec=spec, contender=contender) -> dict:
                     (result,) = evaluate(fleet.farm_address, fleet.store_address, spec, [contender])
@@ -139,11 +141,11 @@ class Evaluations:
                         "seconds": round(result.seconds, 1),
                     }
 
-                stage = f"eval-{spec.evaluation_id}-{contender.name}"
+                stage = f"eval-{evaluation_id}-{contender.name}"
                 outcome = self.stages.run(stage, _key(settings, contender), work)
-                results[spec.evaluation_id][contender.name] = outcome
+                results[evaluation_id][contender.name] = outcome
                 log(
-                    f"  {spec.evaluation_id} {contender.name}: "
+                    f"  {evaluation_id} {contender.name}: "
                     f"{outcome['successes']}/{outcome['episodes']}"
                 )
         return results

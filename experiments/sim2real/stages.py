@@ -15,9 +15,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from experiments.sim2real.protocol import PROTOCOL_VERSION
+
 
 def key(settings: dict) -> str:
-    """A short stable hash of JSON-ready settings."""
+    """A short stable hash of JSON-ready settings and the protocol's version.
+
+    Every stage, collection id and evaluation is keyed by this, so a new protocol
+    version never reuses an older one's data, models or scores. Protocol 2's were
+    made by its own code before the version entered the keys; they keep theirs.
+    """
+    if PROTOCOL_VERSION > 2:
+        settings = {**settings, "protocol": PROTOCOL_VERSION}
     text = json.dumps(settings, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

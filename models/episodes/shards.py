@@ -31,6 +31,9 @@ REASON_SUFFIX = ".reason"
 # Episodes run to score a model carry this header attribute; they are never training data.
 PURPOSE = "purpose"
 EVALUATION = "evaluation"
+# A collected episode carries its collection plan's fingerprint: a resumed collection
+# runs only what the store lacks, and only when what it holds came from the same plan.
+COLLECTION_PLAN = "collection_plan"
 
 
 class Keys:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -88,6 +89,17 @@ class CollectionPlan:
         base, extra = divmod(self.num_episodes, self.num_shards)
         first = shard * base + min(shard, extra)
         return range(first, first + base + (1 if shard < extra else 0))
+
+    def fingerprint(self) -> str:
+        """A hash of everything that decides the collection's episodes.
+
+        Not the id, nor skip_stored: the same plan resumed under its id has the same
+        fingerprint, and a changed model, policy, arm or setting has another.
+        """
+        data = dataclasses.asdict(self)
+        del data["collection_id"], data["skip_stored"]
+        text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_json(self) -> str:
         """The plan as one line of JSON (`from_json` reads it back)."""

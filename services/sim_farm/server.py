@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 from prometheus_client import Counter
 
 from graspfleet.v1 import common_pb2, sim_farm_pb2, sim_farm_pb2_grpc
@@ -16,9 +17,16 @@ from robots.names import RANDOMIZATION_NAMES
 from robots.objects import ObjectSet
 from services.common import clock, logs
 from services.common.config import ConfigError, load_config
-from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from services.common.names import check_name
 from services.common.server import ServiceServer
+from services.episode_store import client
 from services.episode_store.client.spool import EpisodeSpool, Uploader
 from services.sim_farm.collector import POLICY_NAMES, Collector, make_collector, plan_collection
 from services.sim_farm.config import SimFarmConfig
@@ -31,6 +39,8 @@ from services.sim_farm.events import (
     ShardStarted,
     ShardStopped,
 )
+from services.sim_farm.plan import CollectionPlan
+from services.sim_farm.resume import ResumeConflict, stored_outcomes
 
 log = logs.get_logger(__name__)
 
@@ -178,11 +188,25 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
         collection_id = check_name(
             "collection_id", request.collection_id or f"col-{uuid.uuid4().hex[:10]}", 100
         )
+        _fill_defaults(spec, self.config)
+        plan = plan_collection(collection_id, spec)
+        with self.lock:
+            running = self.collections.get(collection_id)
+        if running is not None:
+            # Rejoining is for the same collection; another spec under its id is refused.
+            if plan_collection(collection_id, running.message.spec).fingerprint() != (
+                plan.fingerprint()
+            ):
+                raise AlreadyExists(
+                    f"collection {collection_id} exists on this farm with another spec "
+                    "(GetCollection shows it); start the new one under a new collection id"
+                )
+            return self._snapshot(running)
+        if spec.skip_stored:
+            self._check_resumable(plan)
         with self.lock:
             if collection_id in self.collections:
                 return self._snapshot(self.collections[collection_id])
-            _fill_defaults(spec, self.config)
-            plan = plan_collection(collection_id, spec)
             collection = _Collection(
                 message=sim_farm_pb2.Collection(
                     collection_id=collection_id,
@@ -219,6 +243,22 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
             },
         )
         return self._snapshot(collection)
+
+    def _check_resumable(self, plan: CollectionPlan) -> None:
+        """Refuses to resume a collection whose stored episodes another plan collected."""
+        address = self.config.store_address
+        try:
+            channel, stub = client.connect(address)
+            with channel:
+                stored_outcomes(stub, plan)
+        except ResumeConflict as err:
+            raise FailedPrecondition(str(err)) from None
+        except grpc.RpcError as err:
+            raise Unavailable(
+                f"cannot list what the episode store at {address} holds of collection "
+                f"{plan.collection_id} to resume it ({err.code().name}: {err.details()}); "
+                "retry when the store is up"
+            ) from None
 
     def GetCollection(self, request, context):
         return self._snapshot(self._find(request.collection_id))

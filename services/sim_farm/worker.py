@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Protocol
 
 from models.episodes import records as episodes
-from models.episodes.shards import EVALUATION, PURPOSE
+from models.episodes.shards import COLLECTION_PLAN, EVALUATION, PURPOSE
 from robots.config import ArmConfig, CameraConfig, WorldConfig
 from robots.drivers import make_driver
 from robots.inventory import parse_arm
 from robots.policies import OraclePolicy, RandomPolicy
 from robots.safety import run_safe_episode
 from services.common import upstream
+from services.episode_store import client
 from services.episode_store.client.spool import EpisodeSpool, Uploader
 from services.servo_planner.client import PlannerPolicy
 from services.sim_farm.events import (
@@ -27,6 +28,7 @@ from services.sim_farm.events import (
     ShardStopped,
 )
 from services.sim_farm.plan import ShardJob
+from services.sim_farm.resume import stored_outcomes
 
 POLICIES = ("random", "oracle", "cem", "eps-mix")
 
@@ -114,18 +116,16 @@ def shard_arm(job: ShardJob) -> ArmConfig:
 
 
 def _stored(job: ShardJob) -> dict[str, bool]:
-    """This collection's episodes already in the store, id -> success (empty unless resuming)."""
+    """This collection's episodes already in the store, id -> success (empty unless resuming).
+
+    Raises:
+        ResumeConflict: the store holds episodes of this id from another plan.
+    """
     if not job.plan.skip_stored:
         return {}
-    from graspfleet.v1 import common_pb2, episode_store_pb2
-    from services.episode_store import client
-
     channel, stub = client.connect(job.settings.store_address)
     with channel:
-        found = client.list_all(
-            stub, episode_store_pb2.EpisodeFilter(collection_id=job.plan.collection_id)
-        )
-        return {e.episode_id: e.result == common_pb2.GRASP_RESULT_SUCCESS for e in found}
+        return stored_outcomes(stub, job.plan)
 
 
 class StoreStalled(RuntimeError):
@@ -178,6 +178,7 @@ def run_shard(job: ShardJob, progress: Progress, stop: Stop) -> Event:
     ending: Event = ShardFinished(plan.collection_id, job.shard)
     try:
         stored = _stored(job)
+        fingerprint = plan.fingerprint()
         with make_driver(arm) as driver:
             driver.world.render_canonical = plan.render_canonical
             policy = _policy(job, driver)
@@ -215,6 +216,7 @@ def run_shard(job: ShardJob, progress: Progress, stop: Stop) -> Event:
                     model=episodes.driving_model(run),
                     with_masks=plan.render_masks,
                 )
+                record.header.attributes[COLLECTION_PLAN] = fingerprint
                 if plan.evaluation:
                     record.header.attributes[PURPOSE] = EVALUATION
                 uploader.submit(record)

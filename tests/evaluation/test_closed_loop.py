@@ -110,6 +110,29 @@ def test_a_stopped_evaluation_continues_where_it_stopped(services):
     assert partial <= {e.episode_id for e in stored}
 
 
+def test_a_contender_name_reused_for_another_policy_is_refused_not_resumed(services):
+    # The same evaluation id and contender name, another command source: resuming
+    # would hand back the first one's outcomes as the second's.
+    store, farm = services
+    spec = EvaluationSpec.from_file("t3", ARM, scenes=2, seed=13, shards=1)
+    live = farm()
+    closed_loop.evaluate(live.address, store.address, spec, [Contender("x", "random")])
+    stored = {e.episode_id: e.result for e in _episodes(store.address, "t3.x")}
+    oracle = closed_loop.collection_spec(spec, Contender("x", "oracle"))
+    request = sim_farm_pb2.StartCollectionRequest(spec=oracle, collection_id="t3.x")
+
+    # The farm that ran it refuses the id for another spec; a fresh one, what the store holds.
+    for address, code, words in (
+        (live.address, grpc.StatusCode.ALREADY_EXISTS, "another spec"),
+        (farm().address, grpc.StatusCode.FAILED_PRECONDITION, "from another plan"),
+    ):
+        with grpc.insecure_channel(address) as channel, pytest.raises(grpc.RpcError) as err:
+            sim_farm_pb2_grpc.SimFarmStub(channel).StartCollection(request)
+        assert err.value.code() == code and words in err.value.details()
+        assert "new collection id" in err.value.details()
+    assert {e.episode_id: e.result for e in _episodes(store.address, "t3.x")} == stored
+
+
 def test_contenders_and_specs_refuse_what_cannot_be_run():
     with pytest.raises(ValueError, match="model version"):
         Contender("x", "cem")

@@ -88,6 +88,25 @@ def test_scores_carry_over_only_within_one_protocol(tmp_path):
     }
 
 
+def test_a_new_protocol_version_reuses_no_stage_collection_or_evaluation(tmp_path, monkeypatch):
+    # Protocol 2's first run scored random and the oracle from protocol 1's cached stages,
+    # and its models from protocol 1's evaluation episodes: nothing keyed the version.
+    from experiments.sim2real import data, evaluate, stages
+
+    evaluations = evaluate.Evaluations(SETTINGS, tmp_path, stages.Stages(tmp_path))
+    arm = evaluations.arm(None)
+
+    def keys() -> tuple:
+        ids = data.collection_ids(SETTINGS)
+        return stages.key({"stage": 1}), *ids.values(), evaluations.spec("main", arm).evaluation_id
+
+    before = keys()
+    monkeypatch.setattr(stages, "PROTOCOL_VERSION", 3)
+    monkeypatch.setattr(evaluate, "PROTOCOL_VERSION", 3)
+    after = keys()
+    assert all(a != b for a, b in zip(before, after, strict=True))
+
+
 def test_the_learning_curves_shares_are_nested_and_seeded():
     from experiments.sim2real.learning_curve import nested_shares
 

@@ -252,3 +252,12 @@ def test_a_stopped_shard_exits_as_sigterm_says(tmp_path):
                 process.wait()
     finally:
         store.stop(grace_s=0)
+
+
+def test_a_plans_fingerprint_is_what_decides_its_episodes():
+    plan = _plan()
+    # Resuming (skip_stored) or renaming changes no episode; a model or seed does.
+    assert _plan(skip_stored=True).fingerprint() == plan.fingerprint()
+    assert _plan(collection_id="other").fingerprint() == plan.fingerprint()
+    assert _plan(seed=plan.seed + 1).fingerprint() != plan.fingerprint()
+    assert _plan(policy="oracle").fingerprint() != plan.fingerprint()
