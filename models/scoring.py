@@ -1,4 +1,5 @@
-"""Every score graspfleet reports, computed once: AUC, balanced accuracy, Wilson intervals, paired differences.
+"""Every score graspfleet reports, computed once: AUC, balanced accuracy, Wilson intervals, paired
+differences, and the rollout's probability that a canary is not worse than stable.
 
 Offline scores of a grasp model (AUC, balanced accuracy, log loss over
 recorded steps) are diagnostics; closed-loop success rates with their Wilson
@@ -99,6 +100,46 @@ def paired_difference(
         low=float(low),
         high=float(high),
     )
+
+
+def probability_not_worse(
+    a_successes: int,
+    a_attempts: int,
+    b_successes: int,
+    b_attempts: int,
+    margin: float = 0.0,
+    cells: int = 4000,
+) -> float:
+    """P(rate of A > rate of B − margin), each rate with a uniform prior updated by its counts.
+
+    The two rates are independent Beta(1 + successes, 1 + failures) posteriors; the
+    probability is integrated on a grid of `cells` (no sampling: the same counts give
+    the same number). `margin` 0 is the probability that A is better; 1 minus it, that
+    A is worse.
+
+    Raises:
+        ValueError: counts out of range, or a margin outside [0, 1).
+    """
+    for successes, attempts in ((a_successes, a_attempts), (b_successes, b_attempts)):
+        if not 0 <= successes <= attempts:
+            raise ValueError(f"successes={successes} must be in [0, attempts={attempts}]")
+    if not 0 <= margin < 1:
+        raise ValueError(f"margin={margin} must be in [0, 1)")
+    x = (np.arange(cells) + 0.5) / cells
+    a = _beta_cells(x, a_successes, a_attempts)
+    b = _beta_cells(x, b_successes, b_attempts)
+    # P(A <= y) at the cell edges, linear within a cell; B's cell j needs A > x_j − margin.
+    edges = np.arange(cells + 1) / cells
+    a_cdf = np.concatenate([[0.0], np.cumsum(a)])
+    below = np.interp(x - margin, edges, a_cdf)
+    return float(np.clip(np.sum(b * (1.0 - below)), 0.0, 1.0))
+
+
+def _beta_cells(x: np.ndarray, successes: int, attempts: int) -> np.ndarray:
+    """The posterior's mass per grid cell (normalized on the grid)."""
+    log_pdf = successes * np.log(x) + (attempts - successes) * np.log1p(-x)
+    mass = np.exp(log_pdf - log_pdf.max())
+    return mass / mass.sum()
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float | None:

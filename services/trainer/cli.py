@@ -255,6 +255,25 @@ def _models_ls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_history(args: argparse.Namespace) -> int:
+    from graspfleet.v1 import trainer_pb2
+
+    request = trainer_pb2.ListLabelChangesRequest(name=args.model or "", label=args.label or "")
+    channel, stub = _stub(args)
+    with channel:
+        response = stub.ListLabelChanges(request, timeout=30)
+    print(f"{'time (UTC)':<19} {'label':<8} {'version':>7} {'from':>4} {'by':<12} reason")
+    for change in response.changes:
+        when = change.time.ToDatetime().strftime("%Y-%m-%d %H:%M:%S") if change.time.seconds else ""
+        previous = str(change.previous or "-")
+        version = change.version or "-"
+        print(
+            f"{when:<19} {change.label:<8} {version:>7} {previous:>4} {change.by:<12} "
+            f"{change.action}: {change.reason}"
+        )
+    return 0
+
+
 def _promote(args: argparse.Namespace) -> int:
     from graspfleet.v1 import trainer_pb2
 
@@ -394,6 +413,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     rollback = versions.add_parser("rollback", help="move a label back to its previous version")
     rollback.add_argument("--label", default="stable")
     rollback.set_defaults(handler=_rollback)
-    for sub, mutating in ((mls, False), (promote, True), (rollback, True)):
+    history = versions.add_parser(
+        "history", help="every label change, with the numbers of the rollout's decisions"
+    )
+    history.add_argument("--label", help="only this label's changes")
+    history.set_defaults(handler=_models_history)
+    for sub, mutating in ((mls, False), (history, False), (promote, True), (rollback, True)):
         sub.add_argument("--model", help="model name (default: the trainer's)")
         _connection(sub, mutating)

@@ -95,10 +95,29 @@ class TrainerConfig(ServerConfig):
         30.0, "How often canaries are checked for automatic promotion, s; 0 disables it."
     )
     rollout_min_grasps: int = setting(
-        200, "Labeled real grasps a canary needs before it can be promoted automatically."
+        200,
+        "Labeled real grasps the canary, and stable over the same period, need before the "
+        "rollout decides anything.",
     )
-    rollout_tolerance: float = setting(
-        0.02, "Promote when the canary's success rate >= stable's minus this."
+    rollout_max_grasps: int = setting(
+        2000,
+        "Canary grasps after which a canary not shown not worse is rolled back (the maximum "
+        "wait, in attempts).",
+    )
+    rollout_max_wait_s: float = setting(
+        86400.0,
+        "Seconds after which a canary not shown not worse is rolled back (the maximum wait, "
+        "in time).",
+    )
+    rollout_margin: float = setting(
+        0.05,
+        "Non-inferiority margin: promote when the canary's success rate is shown above "
+        "stable's minus this.",
+    )
+    rollout_confidence: float = setting(
+        0.95,
+        "Posterior probability a rollout decision needs: that the canary is not worse by more "
+        "than the margin (promote), or that it is worse (roll back).",
     )
     auto_retrain_enabled: bool = setting(
         False, "Submit a run after every auto_retrain_episodes new labeled real episodes."
@@ -159,6 +178,7 @@ class TrainerConfig(ServerConfig):
             "max_steps",
             "max_batch_size",
             "rollout_min_grasps",
+            "rollout_max_grasps",
             "auto_retrain_episodes",
         )
         for name in positive:
@@ -191,9 +211,17 @@ class TrainerConfig(ServerConfig):
             )
         if not 0 < self.default_validation_fraction < 1:
             raise ConfigError("default_validation_fraction must be between 0 and 1")
-        for name in ("gate_max_regression", "rollout_tolerance"):
-            if not -1 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be in [-1, 1]")
+        if not -1 <= self.gate_max_regression <= 1:
+            raise ConfigError(f"gate_max_regression={self.gate_max_regression} must be in [-1, 1]")
+        if not 0 <= self.rollout_margin < 1:
+            raise ConfigError(f"rollout_margin={self.rollout_margin} must be in [0, 1)")
+        if not 0.5 < self.rollout_confidence < 1:
+            raise ConfigError(f"rollout_confidence={self.rollout_confidence} must be in (0.5, 1)")
+        if self.rollout_max_grasps < self.rollout_min_grasps or not self.rollout_max_wait_s > 0:
+            raise ConfigError(
+                f"rollout_max_grasps={self.rollout_max_grasps} must be at least "
+                f"rollout_min_grasps={self.rollout_min_grasps}, and rollout_max_wait_s positive"
+            )
         if self.auto_retrain_steps < 0 or self.k8s_gpus < 0 or self.k8s_deadline_s < 0:
             raise ConfigError("auto_retrain_steps, k8s_gpus and k8s_deadline_s must be >= 0")
         if self.k8s_api not in ("auto", "in-cluster", "kubeconfig", "off"):

@@ -24,6 +24,27 @@ AUTO_PROMOTIONS = Counter(
     "Canaries promoted to stable by the rollout loop.",
     ["model"],
 )
+ROLLOUT_DECISIONS = Counter(
+    "graspfleet_trainer_rollout_decisions_total",
+    "Canaries promoted or rolled back by the rollout loop, by model and decision.",
+    ["model", "decision"],
+)
+ROLLOUT_NOT_WORSE = Gauge(
+    "graspfleet_trainer_rollout_not_worse_probability",
+    "Posterior probability that the model's canary under test is not worse than stable by "
+    "more than the rollout margin (ratio, 0-1).",
+    ["model"],
+)
+ROLLOUT_WORSE = Gauge(
+    "graspfleet_trainer_rollout_worse_probability",
+    "Posterior probability that the model's canary under test is worse than stable (ratio, 0-1).",
+    ["model"],
+)
+ROLLOUT_CANARY_GRASPS = Gauge(
+    "graspfleet_trainer_rollout_canary_grasps",
+    "Labeled real grasps of the canary under test since it became canary.",
+    ["model"],
+)
 AUTO_RUNS = Counter(
     "graspfleet_trainer_auto_runs_total", "Runs submitted by automatic retraining.", ["outcome"]
 )

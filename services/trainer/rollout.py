@@ -1,10 +1,27 @@
-"""Background rollout: promote good canaries automatically, retrain when enough new data arrived.
+"""Background rollout: promote or roll back canaries on the arms' own grasps; retrain on new data.
 
-Promotion: a canary becomes stable once it has `rollout_min_grasps` labeled
-REAL grasps in the store and its success rate is not worse than stable's by
-more than `rollout_tolerance` (stable's rate over all its labeled REAL grasps;
-a stable without any counts as no objection). A version that was stable
-before and lost the label (a rollback) is never re-promoted automatically.
+Rollout: a canary is judged on the labeled REAL grasps it drove since it became
+canary, against stable's grasps over the same period (the same objects, lights
+and arms, as far as the fleet holds them equal). With a uniform prior on each
+success rate, the posterior probability that the canary is not worse than
+stable by more than `rollout_margin`, and the probability that it is worse, are
+computed (models.scoring.probability_not_worse). Once both have
+`rollout_min_grasps`:
+
+- worse with probability >= `rollout_confidence`: rolled back (the canary label
+  returns to stable's version, so the canary arms run stable again);
+- not worse by the margin with that probability: promoted to stable;
+- neither by `rollout_max_grasps` canary grasps or `rollout_max_wait_s`: rolled
+  back, as not shown to be safe.
+
+A canary with no stable to compare against is promoted at `rollout_min_grasps`.
+Every promotion and rollback is a label change with its numbers in the reason
+(`graspfleet models history`), counted in graspfleet_trainer_rollout_decisions_total;
+the probabilities of the canary under test are gauges. A version that was
+stable before and lost the label (a rollback) is never re-promoted
+automatically. The decision is repeated every round on the growing counts (a
+Bayesian rule: peeking does not bias the posterior, though it does the
+frequentist error rate; the minimum sample keeps early noise out).
 
 Retraining: the store's count of labeled REAL episodes is compared with a
 watermark kept in the run database; `auto_retrain_episodes` more submit one
@@ -15,13 +32,18 @@ before retraining was enabled does not trigger a run.
 
 from __future__ import annotations
 
+import datetime
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, trainer_pb2
 from models.registry import CANARY, STABLE
+from models.scoring import Rate, probability_not_worse, wilson
 from services.common import logs
 from services.common.errors import ServiceError
 from services.trainer import metrics, recipes
@@ -62,48 +84,158 @@ class Periodic:
             self._thread.join(timeout=10)
 
 
-class Rollout:
-    """Promotes canaries whose real grasp success holds up against stable's."""
+PROMOTE, ROLLBACK, WAIT = "promote", "rollback", "wait"
 
-    def __init__(self, trainer: Trainer) -> None:
+
+@dataclass(frozen=True)
+class Decision:
+    """What the rollout does with a canary now, and the numbers it decided on.
+
+    Attributes:
+        action: PROMOTE, ROLLBACK or WAIT.
+        canary: The canary's grasps since it became canary.
+        stable: Stable's grasps over the same period (None: there is no stable).
+        not_worse: P(canary's rate > stable's − margin); 1 with no stable.
+        worse: P(canary's rate < stable's); 0 with no stable.
+        reason: One line with every number, as the label history records it.
+    """
+
+    action: str
+    canary: Rate
+    stable: Rate | None
+    not_worse: float
+    worse: float
+    reason: str
+
+
+def decide(
+    canary: Rate,
+    stable: Rate | None,
+    *,
+    margin: float,
+    confidence: float,
+    min_grasps: int,
+    max_grasps: int,
+    waited_s: float,
+    max_wait_s: float,
+) -> Decision:
+    """The rollout's decision on a canary's and stable's grasps over the same period."""
+    if stable is None:
+        action = PROMOTE if canary.episodes >= min_grasps else WAIT
+        reason = f"canary {_rate(canary)}; no stable to compare with"
+        return Decision(action, canary, None, 1.0, 0.0, reason)
+    not_worse = probability_not_worse(
+        canary.successes, canary.episodes, stable.successes, stable.episodes, margin
+    )
+    worse = 1.0 - probability_not_worse(
+        canary.successes, canary.episodes, stable.successes, stable.episodes
+    )
+    numbers = (
+        f"canary {_rate(canary)}; stable {_rate(stable)} over the same period; "
+        f"P(not worse by {margin:.2f}) = {not_worse:.3f}, P(worse) = {worse:.3f}"
+    )
+    expired = canary.episodes >= max_grasps or waited_s >= max_wait_s
+    if min(canary.episodes, stable.episodes) < min_grasps:
+        if expired:
+            return Decision(
+                ROLLBACK,
+                canary,
+                stable,
+                not_worse,
+                worse,
+                f"{numbers}; fewer than {min_grasps} grasps each after the maximum wait",
+            )
+        return Decision(WAIT, canary, stable, not_worse, worse, numbers)
+    if worse >= confidence:
+        return Decision(ROLLBACK, canary, stable, not_worse, worse, f"{numbers}: shown worse")
+    if not_worse >= confidence:
+        return Decision(PROMOTE, canary, stable, not_worse, worse, f"{numbers}: not worse")
+    if expired:
+        return Decision(
+            ROLLBACK,
+            canary,
+            stable,
+            not_worse,
+            worse,
+            f"{numbers}: not shown not worse within the maximum wait "
+            f"({max_grasps} grasps or {max_wait_s:.0f} s)",
+        )
+    return Decision(WAIT, canary, stable, not_worse, worse, numbers)
+
+
+def _rate(rate: Rate) -> str:
+    return f"{rate.successes}/{rate.episodes} = {rate.rate:.3f} [{rate.low:.3f}, {rate.high:.3f}]"
+
+
+class Rollout:
+    """Promotes canaries shown not worse than stable on real grasps; rolls back the rest."""
+
+    def __init__(self, trainer: Trainer, clock: Callable[[], float] = time.time) -> None:
         self.trainer = trainer
         self.config = trainer.config
-        self._reported: set[tuple[str, int]] = set()
+        self.clock = clock
 
-    def _real_grasps(self, name: str, version: int) -> tuple[int, float]:
-        """(labeled REAL episodes, success rate) of episodes driven by name:version."""
+    def _real_grasps(self, name: str, version: int, since: Timestamp) -> Rate:
+        """Labeled REAL episodes driven by name:version that started at `since` or later."""
         flt = episode_store_pb2.EpisodeFilter(
-            domain=common_pb2.DOMAIN_REAL, model=common_pb2.ModelRef(name=name, version=version)
+            domain=common_pb2.DOMAIN_REAL,
+            model=common_pb2.ModelRef(name=name, version=version),
+            since=since,
         )
         stats = self.trainer.store.Stats(episode_store_pb2.StatsRequest(filter=flt), timeout=30)
-        return stats.labeled, stats.success_rate
+        return wilson(stats.successes, stats.labeled)
 
-    def check(self) -> list[tuple[str, int]]:
-        """One round over every model; returns the (model, version) pairs promoted."""
+    def _canary_since(self, name: str, canary: int) -> float:
+        """When `canary` last became canary (epoch seconds); now if the history lacks it."""
+        times = [
+            datetime.datetime.fromisoformat(e["time"]).timestamp()
+            for e in self.trainer.registry.history(name)
+            if e.get("label") == CANARY and e.get("version") == canary and "time" in e
+        ]
+        return times[-1] if times else self.clock()
+
+    def check(self) -> list[tuple[str, int, Decision]]:
+        """One round over every model; returns the (model, version, decision) of each change."""
         registry = self.trainer.registry
-        promoted = []
+        config = self.config
+        changes = []
         for name in registry.model_names():
             labels = registry.labels(name)
             canary, stable = labels.get(CANARY), labels.get(STABLE)
             if canary is None or canary == stable or registry.has_held(name, STABLE, canary):
                 continue
-            grasps, rate = self._real_grasps(name, canary)
-            if grasps < self.config.rollout_min_grasps:
+            started = self._canary_since(name, canary)
+            since = Timestamp()
+            since.FromNanoseconds(int(started * 1e9))
+            decision = decide(
+                self._real_grasps(name, canary, since),
+                None if stable is None else self._real_grasps(name, stable, since),
+                margin=config.rollout_margin,
+                confidence=config.rollout_confidence,
+                min_grasps=config.rollout_min_grasps,
+                max_grasps=config.rollout_max_grasps,
+                waited_s=self.clock() - started,
+                max_wait_s=config.rollout_max_wait_s,
+            )
+            metrics.ROLLOUT_NOT_WORSE.labels(name).set(decision.not_worse)
+            metrics.ROLLOUT_WORSE.labels(name).set(decision.worse)
+            metrics.ROLLOUT_CANARY_GRASPS.labels(name).set(decision.canary.episodes)
+            if decision.action == WAIT:
                 continue
-            reason = f"canary {canary}: {rate:.3f} success over {grasps} real grasps"
-            if stable is not None:
-                stable_grasps, stable_rate = self._real_grasps(name, stable)
-                reason += f"; stable {stable}: {stable_rate:.3f} over {stable_grasps}"
-                if stable_grasps and rate < stable_rate - self.config.rollout_tolerance:
-                    if (name, canary) not in self._reported:
-                        self._reported.add((name, canary))
-                        log.warning("canary worse than stable; not promoted", extra={"why": reason})
-                    continue
-            registry.set_label(name, canary, STABLE, by=ROLLOUT_USER, reason=reason)
-            metrics.AUTO_PROMOTIONS.labels(name).inc()
-            log.info("canary promoted", extra={"model": name, "version": canary, "why": reason})
-            promoted.append((name, canary))
-        return promoted
+            if decision.action == PROMOTE:
+                registry.set_label(name, canary, STABLE, by=ROLLOUT_USER, reason=decision.reason)
+                metrics.AUTO_PROMOTIONS.labels(name).inc()
+            else:
+                # The canary arms go back to stable's version; the canary stays published.
+                reason = f"canary {canary} rolled back: {decision.reason}"
+                registry.set_label(name, stable, CANARY, by=ROLLOUT_USER, reason=reason)
+            metrics.ROLLOUT_DECISIONS.labels(name, decision.action).inc()
+            log.info(
+                f"canary {decision.action}",
+                extra={"model": name, "version": canary, "why": decision.reason},
+            )
+            changes.append((name, canary, decision))
+        return changes
 
 
 class AutoRetrain:

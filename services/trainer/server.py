@@ -58,6 +58,11 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         by = self.auth.check(context)
         return self.trainer.rollback(request.name, request.label, by)
 
+    def ListLabelChanges(self, request, context):
+        return trainer_pb2.ListLabelChangesResponse(
+            changes=self.trainer.label_changes(request.name, request.label)
+        )
+
 
 def _backends(config: TrainerConfig, kubernetes_api) -> dict[str, JobBackend]:
     backends: dict[str, JobBackend] = {"local": LocalBackend(config.cancel_grace_s)}

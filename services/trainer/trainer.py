@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -219,6 +221,33 @@ class Trainer:
         described = self.registry.set_label(name, version, label, by=by, reason="SetVersionLabel")
         log.info("label set", extra={"model": name, "label": label, "version": version, "by": by})
         return described
+
+    def label_changes(self, name: str, label: str) -> list[trainer_pb2.LabelChange]:
+        """The model's label history, oldest first (only `label`'s when given).
+
+        Raises:
+            NotFound: no such model.
+        """
+        name = name or self.config.default_model_name
+        if name not in self.registry.model_names():
+            raise NotFound(f"no model {name!r} (models: {sorted(self.registry.model_names())})")
+        changes = []
+        for entry in self.registry.history(name):
+            if label and entry.get("label") != label:
+                continue
+            change = trainer_pb2.LabelChange(
+                action=str(entry.get("action", "")),
+                label=str(entry.get("label", "")),
+                version=int(entry.get("version") or 0),
+                previous=int(entry.get("previous") or 0),
+                by=str(entry.get("by", "")),
+                reason=str(entry.get("reason", "")),
+            )
+            # An entry written by hand without a readable time keeps its place, not a time.
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                change.time.FromDatetime(datetime.datetime.fromisoformat(entry["time"]))
+            changes.append(change)
+        return changes
 
     def rollback(self, name: str, label: str, by: str) -> trainer_pb2.ModelVersion:
         if not label:

@@ -148,6 +148,9 @@ def _valid_requests(seeded_id: str) -> dict[str, list]:
         "graspfleet.v1.Trainer.ListModelVersions": [
             trainer_pb2.ListModelVersionsRequest(name="grasp_success")
         ],
+        "graspfleet.v1.Trainer.ListLabelChanges": [
+            trainer_pb2.ListLabelChangesRequest(name="grasp_success", label="stable")
+        ],
     }
 
 

@@ -61,3 +61,20 @@ def test_binary_scores_report_every_score_and_auc_only_when_defined():
     assert scores["balanced_accuracy"] == 0.5 and scores["auc"] == 0.75
     assert scores["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.4])), rel=1e-6)
     assert "auc" not in binary_scores(np.array([0.9]), np.array([1]))
+
+
+def test_probability_not_worse_integrates_the_two_posteriors():
+    from models.scoring import probability_not_worse
+
+    assert probability_not_worse(50, 100, 50, 100) == pytest.approx(0.5, abs=1e-9)
+    # Against sampling the two Beta posteriors (a million draws: +-0.001).
+    rng = np.random.default_rng(0)
+    for a, n, b, m, margin in ((30, 100, 35, 100, 0.05), (5, 20, 12, 30, 0.1), (9, 10, 8, 10, 0)):
+        draws_a = rng.beta(1 + a, 1 + n - a, 1_000_000)
+        draws_b = rng.beta(1 + b, 1 + m - b, 1_000_000)
+        sampled = float((draws_a > draws_b - margin).mean())
+        assert probability_not_worse(a, n, b, m, margin) == pytest.approx(sampled, abs=0.003)
+    with pytest.raises(ValueError, match="successes"):
+        probability_not_worse(3, 2, 1, 2)
+    with pytest.raises(ValueError, match="margin"):
+        probability_not_worse(1, 2, 1, 2, margin=-0.1)

@@ -35,8 +35,12 @@ def episode(
     robot_id: str = "",
     randomization: int = 0,
     model: common_pb2.ModelRef | None = None,
+    now: bool = False,
 ):
     """A 64x64 sample episode with the given label (the geometry's own outcome is overridden).
+
+    With `now` it starts now (the rollout compares grasps since a canary began), else at a
+    fixed time in the past.
 
     Simulated episodes carry masks; real ones, as an arm records them, do not.
     """
@@ -52,6 +56,8 @@ def episode(
         record.header.randomization = randomization
     if model is not None:
         record.header.model.CopyFrom(model)
+    if now:
+        record.header.started_at.GetCurrentTime()
     record.outcome.result = (
         common_pb2.GRASP_RESULT_SUCCESS if success else common_pb2.GRASP_RESULT_FAILURE
     )

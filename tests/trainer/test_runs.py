@@ -168,10 +168,13 @@ def test_a_second_version_is_promoted_automatically_then_rolled_back(
     assert labels == {"canary": 2, "stable": 1}
 
     promotions = _count("graspfleet_trainer_auto_promotions_total", model=NAME)
-    # The fleet grasps with both: the canary succeeds 5 of 6 times, stable 3 of 6.
+    # The fleet grasps with both since version 2 became canary: it succeeds 6 of 6 times,
+    # stable 3 of 6 (what stable did before does not count).
     canary, stable = (common_pb2.ModelRef(name=NAME, version=v) for v in (2, 1))
-    fill(store_client, [episode(300 + i, REAL, i % 2 == 0, model=stable) for i in range(6)])
-    fill(store_client, [episode(200 + i, REAL, i != 0, model=canary) for i in range(6)])
+    fill(
+        store_client, [episode(300 + i, REAL, i % 2 == 0, model=stable, now=True) for i in range(6)]
+    )
+    fill(store_client, [episode(200 + i, REAL, True, model=canary, now=True) for i in range(6)])
 
     def promoted():
         versions = stub.ListModelVersions(S.ListModelVersionsRequest(name=NAME)).versions
@@ -180,8 +183,8 @@ def test_a_second_version_is_promoted_automatically_then_rolled_back(
     wait_for(promoted, 10, "the rollout loop to promote version 2")
     assert _count("graspfleet_trainer_auto_promotions_total", model=NAME) == promotions + 1
     last = json.loads((models / NAME / HISTORY_FILE).read_text().splitlines()[-1])
-    assert last["by"] == "rollout" and "canary 2: 0.833 success over 6" in last["reason"]
-    assert "stable 1: 0.500 over 6" in last["reason"]
+    assert last["by"] == "rollout" and "canary 6/6 = 1.000" in last["reason"]
+    assert "stable 3/6 = 0.500" in last["reason"] and "not worse" in last["reason"]
 
     back = stub.RollbackVersionLabel(
         S.RollbackVersionLabelRequest(name=NAME, label="stable"), metadata=AUTH
@@ -189,7 +192,7 @@ def test_a_second_version_is_promoted_automatically_then_rolled_back(
     assert back.version == 1 and "stable" in back.labels
     assert json.loads((models / NAME / LABELS_FILE).read_text()) == {"canary": 2, "stable": 1}
     # Rolled back once, version 2 is not promoted again by the loop, however well it grasps.
-    fill(store_client, [episode(210 + i, REAL, True, model=canary) for i in range(6)])
+    fill(store_client, [episode(210 + i, REAL, True, model=canary, now=True) for i in range(6)])
     with pytest.raises(AssertionError):
         wait_for(promoted, 1.0)
     with pytest.raises(grpc.RpcError) as nothing_before:
