@@ -45,6 +45,24 @@ ROLLOUT_CANARY_GRASPS = Gauge(
     "Labeled real grasps of the canary under test since it became canary.",
     ["model"],
 )
+STABLE_WORSE = Gauge(
+    "graspfleet_trainer_stable_worse_probability",
+    "Posterior probability that the stable version grasps worse (labeled real grasps since "
+    "its promotion) than the version it replaced did while it was stable (ratio, 0-1); "
+    "absent until each has rollout_min_grasps.",
+    ["model"],
+)
+STABLE_SUCCESS = Gauge(
+    "graspfleet_trainer_stable_success_ratio",
+    "Real grasp success of the stable version since its promotion (role=stable) and of the "
+    "version it replaced while that was stable (role=predecessor) (ratio, 0-1).",
+    ["model", "role"],
+)
+STABLE_GRASPS = Gauge(
+    "graspfleet_trainer_stable_grasps",
+    "Labeled real grasps behind graspfleet_trainer_stable_success_ratio, by role.",
+    ["model", "role"],
+)
 AUTO_RUNS = Counter(
     "graspfleet_trainer_auto_runs_total", "Runs submitted by automatic retraining.", ["outcome"]
 )

@@ -32,6 +32,7 @@ before retraining was enabled does not trigger a run.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import threading
 import time
@@ -163,6 +164,25 @@ def decide(
     return Decision(WAIT, canary, stable, not_worse, worse, numbers)
 
 
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _remove(gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):
+        gauge.remove(*labels)
+
+
+def _forget_stable_watch(name: str) -> None:
+    """No predecessor to compare with: the stable-watch series go away."""
+    _remove(metrics.STABLE_WORSE, name)
+    for role in ("stable", "predecessor"):
+        _remove(metrics.STABLE_SUCCESS, name, role)
+        _remove(metrics.STABLE_GRASPS, name, role)
+
+
 def _rate(rate: Rate) -> str:
     return f"{rate.successes}/{rate.episodes} = {rate.rate:.3f} [{rate.low:.3f}, {rate.high:.3f}]"
 
@@ -175,24 +195,64 @@ class Rollout:
         self.config = trainer.config
         self.clock = clock
 
-    def _real_grasps(self, name: str, version: int, since: Timestamp) -> Rate:
-        """Labeled REAL episodes driven by name:version that started at `since` or later."""
+    def _real_grasps(
+        self, name: str, version: int, since: float, until: float | None = None
+    ) -> Rate:
+        """Labeled REAL episodes driven by name:version that started in [since, until)."""
         flt = episode_store_pb2.EpisodeFilter(
             domain=common_pb2.DOMAIN_REAL,
             model=common_pb2.ModelRef(name=name, version=version),
-            since=since,
+            since=_timestamp(since),
         )
+        if until is not None:
+            flt.until.CopyFrom(_timestamp(until))
         stats = self.trainer.store.Stats(episode_store_pb2.StatsRequest(filter=flt), timeout=30)
         return wilson(stats.successes, stats.labeled)
 
+    def _label_moves(self, name: str, label: str) -> list[tuple[float, int, int | None]]:
+        """(time, version, previous version) of each move of `label`, oldest first."""
+        return [
+            (
+                datetime.datetime.fromisoformat(e["time"]).timestamp(),
+                e["version"],
+                e.get("previous"),
+            )
+            for e in self.trainer.registry.history(name)
+            if e.get("label") == label
+            and e.get("action") in ("set", "rollback")
+            and e.get("version") is not None
+            and "time" in e
+        ]
+
     def _canary_since(self, name: str, canary: int) -> float:
         """When `canary` last became canary (epoch seconds); now if the history lacks it."""
-        times = [
-            datetime.datetime.fromisoformat(e["time"]).timestamp()
-            for e in self.trainer.registry.history(name)
-            if e.get("label") == CANARY and e.get("version") == canary and "time" in e
-        ]
+        times = [t for t, version, _ in self._label_moves(name, CANARY) if version == canary]
         return times[-1] if times else self.clock()
+
+    def watch_stable(self, name: str, stable: int | None) -> None:
+        """Exports how stable grasps against the version it replaced, for the alert.
+
+        Stable's labeled real grasps since it became stable, the predecessor's while
+        it was stable, and P(stable worse) once each side has `rollout_min_grasps`.
+        """
+        moves = self._label_moves(name, STABLE)
+        if stable is None or not moves or moves[-1][1] != stable or moves[-1][2] is None:
+            _forget_stable_watch(name)
+            return
+        became, _, predecessor = moves[-1]
+        earlier = [t for t, version, _ in moves[:-1] if version == predecessor]
+        current = self._real_grasps(name, stable, became)
+        before = self._real_grasps(name, predecessor, earlier[-1] if earlier else 0.0, became)
+        for role, rate in (("stable", current), ("predecessor", before)):
+            metrics.STABLE_SUCCESS.labels(name, role).set(rate.rate)
+            metrics.STABLE_GRASPS.labels(name, role).set(rate.episodes)
+        if min(current.episodes, before.episodes) < self.config.rollout_min_grasps:
+            _remove(metrics.STABLE_WORSE, name)
+            return
+        worse = 1.0 - probability_not_worse(
+            current.successes, current.episodes, before.successes, before.episodes
+        )
+        metrics.STABLE_WORSE.labels(name).set(worse)
 
     def check(self) -> list[tuple[str, int, Decision]]:
         """One round over every model; returns the (model, version, decision) of each change."""
@@ -202,14 +262,13 @@ class Rollout:
         for name in registry.model_names():
             labels = registry.labels(name)
             canary, stable = labels.get(CANARY), labels.get(STABLE)
+            self.watch_stable(name, stable)
             if canary is None or canary == stable or registry.has_held(name, STABLE, canary):
                 continue
             started = self._canary_since(name, canary)
-            since = Timestamp()
-            since.FromNanoseconds(int(started * 1e9))
             decision = decide(
-                self._real_grasps(name, canary, since),
-                None if stable is None else self._real_grasps(name, stable, since),
+                self._real_grasps(name, canary, started),
+                None if stable is None else self._real_grasps(name, stable, started),
                 margin=config.rollout_margin,
                 confidence=config.rollout_confidence,
                 min_grasps=config.rollout_min_grasps,

@@ -105,6 +105,17 @@ def test_a_worse_canary_is_rolled_back_and_a_better_one_promoted(
         probability = "graspfleet_trainer_rollout_not_worse_probability"
         assert _count(probability, model=NAME) == pytest.approx(0.979, abs=0.001)
 
+        # Promoted, version 3 then fails 6 grasps of 6: against version 1's 8 of 12 while it
+        # was stable, the watch behind GraspfleetPromotedBelowPredecessor is sure it is worse.
+        fill(
+            store_client, [episode(440 + i, REAL, False, model=ref[3], now=True) for i in range(6)]
+        )
+        worse = "graspfleet_trainer_stable_worse_probability"
+        wait_for(lambda: _count(worse, model=NAME) > 0.95, 10, "the stable watch")
+        ratio = "graspfleet_trainer_stable_success_ratio"
+        assert _count(ratio, model=NAME, role="predecessor") == pytest.approx(8 / 12)
+        assert _count(ratio, model=NAME, role="stable") == 0.0
+
     assert cli.main(["models", "history", "--trainer", server.address]) == 0
     shown = capsys.readouterr().out
     assert "rolled back" in shown and "rollout" in shown and "SetVersionLabel" in shown
