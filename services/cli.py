@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# Before anything imports TensorFlow or PyBullet: their start-up lines stay off the terminal.
+from services.common import quiet
+
+quiet.install()
+
 import argparse
 import importlib
 import itertools

@@ -11,6 +11,11 @@ every phase.
 
 from __future__ import annotations
 
+# Before anything imports TensorFlow or PyBullet: their start-up lines stay off the terminal.
+from services.common import quiet
+
+quiet.install()
+
 import argparse
 import signal
 import sys
