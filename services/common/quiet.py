@@ -11,8 +11,9 @@ real error too.
 routed through a filter that drops those known start-up lines and passes every
 other byte through; TensorFlow's device probe runs inside the same window.
 Afterwards the descriptors are the process's own again, so whatever either
-library says later (real warnings and errors) reaches the terminal or the log
-as before. GRASPFLEET_NATIVE_LOGS=1 turns the filter off.
+library says later reaches the terminal or the log as before, TensorFlow's
+INFO lines apart (TF_CPP_MIN_LOG_LEVEL=1 unless set): its warnings and errors
+pass. GRASPFLEET_NATIVE_LOGS=1 turns the filter off.
 """
 
 from __future__ import annotations
@@ -126,4 +127,6 @@ def install() -> None:
     """Filters the start-up noise of the watched libraries not imported yet (idempotent)."""
     if os.environ.get(DISABLE_ENV) == "1" or _FINDER in sys.meta_path:
         return
+    # TensorFlow's later INFO lines (data pipeline notes) too; its warnings and errors pass.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     sys.meta_path.insert(0, _FINDER)
