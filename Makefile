@@ -66,7 +66,7 @@ format: $(STAMP)
 	$(PY) -m ruff format $(LINT_PATHS)
 	$(PY) -m ruff check --fix $(LINT_PATHS)
 
-BENCHES ?= ingest model_inference predictor
+BENCHES ?= ingest model_inference predictor rlds_export
 
 # Each benchmark prints a markdown table; docs/benchmarks.md records them with their commands.
 bench: protos sysdeps

@@ -10,7 +10,6 @@ quiet.install()
 import argparse
 import importlib
 import itertools
-import os
 import sys
 from collections.abc import Sequence
 
@@ -55,7 +54,24 @@ def _filter(args: argparse.Namespace):
         name, _, version = args.model.partition(":")
         flt.model.name = name
         flt.model.version = int(version or 0)
+    if args.since:
+        flt.since.FromDatetime(args.since)
+    if args.until:
+        flt.until.FromDatetime(args.until)
     return flt
+
+
+def _when(text: str):
+    """An ISO 8601 date or time (UTC unless it says otherwise), for --since and --until."""
+    import datetime
+
+    try:
+        when = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 date or time (e.g. 2026-12-01 or 2026-12-01T08:00)"
+        ) from None
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)
 
 
 def _episodes_ls(args: argparse.Namespace) -> int:
@@ -77,6 +93,40 @@ def _episodes_ls(args: argparse.Namespace) -> int:
             print(
                 f"{e.episode_id:<28} {e.robot_id:<14} {domain:<6} {e.num_steps:>5} {label:<10} {model:<20} {started}"
             )
+    return 0
+
+
+def _episodes_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from services.episode_store.client import rlds_export
+
+    if args.episodes_per_shard < 1:
+        raise SystemExit("graspfleet: --episodes-per-shard must be at least 1")
+    channel, stub = _store_stub(args.store)
+    with channel, tqdm(desc=f"export to {args.out}", unit="ep") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            result = rlds_export.export(
+                stub,
+                _filter(args),
+                Path(args.out),
+                episodes_per_shard=args.episodes_per_shard,
+                purpose=args.purpose or "",
+                on_episode=progress,
+            )
+        except ValueError as err:
+            raise SystemExit(f"graspfleet: {err}") from None
+    print(
+        f"{result.episodes} episodes ({result.added} added now) in {result.shards} shards: "
+        f"tfds.builder_from_directory({str(result.directory)!r}).as_dataset(split='train')"
+    )
     return 0
 
 
@@ -211,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, help_text in (
         ("ls", _episodes_ls, "list episodes"),
         ("stats", _episodes_stats, "counts and success rates"),
+        ("export", _episodes_export, "write episodes as an RLDS dataset in TFDS's format"),
     ):
         sub = episode_commands.add_parser(name, help=help_text)
         sub.add_argument("--domain", choices=["sim", "real"])
@@ -218,8 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--label-state", choices=["unlabeled", "auto", "relabeled"])
         sub.add_argument("--collection", help="collection id")
         sub.add_argument("--model", help="model name[:version]")
+        sub.add_argument("--since", type=_when, help="started at or after (ISO 8601, UTC)")
+        sub.add_argument("--until", type=_when, help="started before (ISO 8601, UTC)")
         sub.set_defaults(handler=handler)
     episode_commands.choices["ls"].add_argument("--limit", type=int, default=50)
+    export = episode_commands.choices["export"]
+    export.add_argument("out", help="the dataset folder (a stopped export there is resumed)")
+    export.add_argument("--format", choices=["rlds"], default="rlds")
+    export.add_argument("--episodes-per-shard", type=int, default=100)
+    export.add_argument(
+        "--purpose",
+        choices=["training", "evaluation"],
+        help="only training data, or only closed-loop evaluation episodes (default: both)",
+    )
     show = episode_commands.add_parser("show", help="one episode's metadata and label history")
     show.add_argument("episode_id")
     show.add_argument("--steps", action="store_true", help="include steps (pixels shown as sizes)")
@@ -248,8 +310,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `graspfleet` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
     process.end_with_parent_if_asked()
-    # TensorFlow's C++ start-up chatter is noise in a service log.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Service commands take their own flags (generated from their config dataclass).
     if argv[:1] == ["run"]:
         return _run(argv[1:])

@@ -1,0 +1,185 @@
+"""`graspfleet episodes export`: an RLDS dataset that TFDS and plain tf.data read as the store has it."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from graspfleet.v1 import common_pb2, episode_store_pb2
+from models.episodes.shards import EVALUATION, PURPOSE
+from models.episodes.synthetic import sample_episode
+from services import cli
+from services.common.auth import bearer
+from services.episode_store import client
+from services.episode_store.client import rlds_export
+from services.episode_store.config import EpisodeStoreConfig
+from services.episode_store.server import create_server
+
+TOKEN = "export-test-token"
+JPEG, PNG = common_pb2.Image.ENCODING_JPEG, common_pb2.Image.ENCODING_PNG
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Five episodes of 2 to 4 steps, JPEG and PNG: one carrying model predictions, one
+    relabeled, one of a closed-loop evaluation."""
+    data_dir = tmp_path_factory.mktemp("store")
+    server = create_server(
+        EpisodeStoreConfig(port=0, data_dir=str(data_dir), grace_s=0, auth_token=TOKEN)
+    )
+    channel, stub = client.connect(server.address)
+    with channel:
+        for seed in range(5):
+            record = sample_episode(seed, num_steps=2 + seed % 3, encoding=(JPEG, PNG)[seed % 2])
+            if seed == 1:
+                for step in record.steps:
+                    step.predicted_success = 0.25 + 0.1 * step.index
+                record.header.model.CopyFrom(common_pb2.ModelRef(name="grasp_success", version=3))
+            if seed == 4:
+                record.header.attributes[PURPOSE] = EVALUATION
+            client.write_episode(stub, record)
+        stub.Relabel(
+            episode_store_pb2.RelabelRequest(
+                episode_id="sample-2", success=True, reason="seen on video", source="user:ana"
+            ),
+            metadata=bearer(TOKEN),
+        )
+        yield server, stub
+    server.stop(grace_s=0)
+
+
+def _export(store, out: Path, *flags: str) -> None:
+    server, _ = store
+    assert cli.main(["episodes", "export", str(out), "--store", server.address, *flags]) == 0
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_tfds_reads_every_step_as_the_store_has_it(store, tmp_path):
+    _, stub = store
+    _export(store, tmp_path / "rlds", "--episodes-per-shard", "2")
+    builder = tfds.builder_from_directory(str(tmp_path / "rlds"))
+    assert builder.info.splits["train"].num_examples == 5
+    keep_bytes = {
+        "steps": {"observation": {"image": tfds.decode.SkipDecoding()}},
+        "episode_metadata": {"x0": tfds.decode.SkipDecoding()},
+    }
+    seen = []
+    for episode in tfds.as_numpy(builder.as_dataset(split="train", decoders=keep_bytes)):
+        meta = episode["episode_metadata"]
+        stored = stub.GetEpisode(
+            episode_store_pb2.GetEpisodeRequest(
+                episode_id=meta["episode_id"].decode(), include_steps=True
+            )
+        )
+        seen.append(meta["episode_id"].decode())
+        assert meta["x0"] == stored.header.x0.data
+        assert meta["success"] == stored.summary.label.success
+        assert meta["label_source"].decode() == stored.summary.label.source
+        assert meta["model_version"] == stored.header.model.version
+        steps = list(episode["steps"])
+        assert len(steps) == len(stored.steps)
+        for t, (step, want) in enumerate(zip(steps, stored.steps, strict=True)):
+            assert step["observation"]["image"] == want.image.data  # not re-encoded
+            p = want.pose.position_m
+            np.testing.assert_allclose(
+                step["observation"]["pose"],
+                [p.x, p.y, p.z, want.pose.yaw_rad, want.pose.gripper_closure],
+                rtol=1e-6,
+            )
+            m = want.command.motion
+            np.testing.assert_allclose(
+                step["action"], [m.dx_cm, m.dy_cm, m.dz_cm, m.sin_dyaw, m.cos_dyaw], rtol=1e-6
+            )
+            predicted = want.predicted_success if want.HasField("predicted_success") else -1.0
+            assert step["predicted_success"] == pytest.approx(predicted)
+            assert (step["is_first"], step["is_last"]) == (t == 0, t == len(steps) - 1)
+            success = stored.outcome.result == common_pb2.GRASP_RESULT_SUCCESS
+            assert step["reward"] == float(success and t == len(steps) - 1)
+    assert seen == [f"sample-{i}" for i in range(5)]  # ingest order
+    relabeled = next(
+        e
+        for e in tfds.as_numpy(builder.as_dataset(split="train", decoders=keep_bytes))
+        if e["episode_metadata"]["episode_id"] == b"sample-2"
+    )["episode_metadata"]
+    assert relabeled["label_state"] == b"relabeled" and relabeled["label_source"] == b"user:ana"
+
+    # Plain tf.data and protobuf, no TFDS: the shards are TFRecords of tf.train.Examples.
+    shards = sorted(str(p) for p in (tmp_path / "rlds").glob("*.tfrecord-*"))
+    assert len(shards) == 3
+    first = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(shards))).numpy())
+    features = first.features.feature
+    assert features["episode_metadata/episode_id"].bytes_list.value == [b"sample-0"]
+    assert len(features["steps/action"].float_list.value) == 5 * 2
+
+
+def test_an_export_is_byte_stable_and_a_stopped_one_resumes(store, tmp_path):
+    _, stub = store
+    _export(store, tmp_path / "a", "--episodes-per-shard", "2")
+    _export(store, tmp_path / "b", "--episodes-per-shard", "2")
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+
+    def stop_after_three(done: int, total: int) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rlds_export.export(
+            stub,
+            episode_store_pb2.EpisodeFilter(),
+            tmp_path / "c",
+            episodes_per_shard=2,
+            on_episode=stop_after_three,
+        )
+    resumed = rlds_export.export(
+        stub, episode_store_pb2.EpisodeFilter(), tmp_path / "c", episodes_per_shard=2
+    )
+    assert (resumed.episodes, resumed.added) == (5, 3)  # the first closed shard was kept
+    assert _digest(tmp_path / "c") == _digest(tmp_path / "a")
+
+    # Stopped before its first shard closed: the folder is still the export's to resume.
+    def stop_at_once(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rlds_export.export(
+            stub,
+            episode_store_pb2.EpisodeFilter(),
+            tmp_path / "d",
+            episodes_per_shard=2,
+            on_episode=stop_at_once,
+        )
+    rlds_export.export(
+        stub, episode_store_pb2.EpisodeFilter(), tmp_path / "d", episodes_per_shard=2
+    )
+    assert _digest(tmp_path / "d") == _digest(tmp_path / "a")
+
+
+def test_an_export_takes_the_filters_of_episodes_ls(store, tmp_path):
+    _export(store, tmp_path / "train", "--purpose", "training")
+    _export(store, tmp_path / "eval", "--purpose", "evaluation", "--since", "2020-01-01")
+    _export(store, tmp_path / "none", "--until", "2001-01-01")
+    counts = {
+        name: tfds.builder_from_directory(str(tmp_path / name)).info.splits["train"].num_examples
+        for name in ("train", "eval", "none")
+    }
+    assert counts == {"train": 4, "eval": 1, "none": 0}
+
+
+def test_an_export_refuses_a_folder_it_would_mix_with(store, tmp_path):
+    _, stub = store
+    _export(store, tmp_path / "sim", "--domain", "sim")
+    with pytest.raises(rlds_export.ExportRefused, match="another filter"):
+        rlds_export.export(stub, episode_store_pb2.EpisodeFilter(), tmp_path / "sim")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(rlds_export.ExportRefused, match="not empty"):
+        rlds_export.export(stub, episode_store_pb2.EpisodeFilter(), tmp_path / "notes")
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
