@@ -130,6 +130,37 @@ def _episodes_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _episodes_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from services.episode_store.client import rlds_import
+
+    channel, stub = _store_stub(args.store)
+    with channel, tqdm(desc=f"import from {args.dataset}", unit="ep") as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            result = rlds_import.import_dataset(
+                stub,
+                Path(args.dataset),
+                split=args.split,
+                metadata=auth.bearer(args.token),
+                on_episode=progress,
+            )
+        except ValueError as err:
+            raise SystemExit(f"graspfleet: {err}") from None
+    print(
+        f"{result.episodes} episodes: {result.added} stored, {result.duplicates} already "
+        f"there, {result.relabeled} labels corrected as in the source"
+    )
+    return 0
+
+
 def _episodes_show(args: argparse.Namespace) -> int:
     from google.protobuf import text_format
 
@@ -295,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     relabel.add_argument("--source", required=True, help="who corrects it, e.g. user:alice")
     auth.add_token_flag(relabel)
     relabel.set_defaults(handler=_episodes_relabel)
+    imports = episode_commands.add_parser(
+        "import", help="ingest an RLDS dataset with graspfleet's features (an export)"
+    )
+    imports.add_argument("dataset", help="the TFDS dataset folder")
+    imports.add_argument("--split", default="train")
+    auth.add_token_flag(imports)
+    imports.set_defaults(handler=_episodes_import)
     for sub in list(episode_commands.choices.values()):
         sub.add_argument(
             "--store",

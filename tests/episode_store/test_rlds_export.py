@@ -1,4 +1,5 @@
-"""`graspfleet episodes export`: an RLDS dataset that TFDS and plain tf.data read as the store has it."""
+"""`graspfleet episodes export` and `import`: an RLDS dataset that TFDS and plain tf.data read as
+the store has it, and that an empty store ingests back into the same episodes."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
+from models.episodes import rlds
 from models.episodes.shards import EVALUATION, PURPOSE
 from models.episodes.synthetic import sample_episode
 from services import cli
 from services.common.auth import bearer
 from services.episode_store import client
-from services.episode_store.client import rlds_export
+from services.episode_store.client import rlds_export, rlds_import
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server
 
@@ -183,3 +185,100 @@ def test_an_export_refuses_a_folder_it_would_mix_with(store, tmp_path):
     with pytest.raises(rlds_export.ExportRefused, match="not empty"):
         rlds_export.export(stub, episode_store_pb2.EpisodeFilter(), tmp_path / "notes")
     assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+
+
+def _float32(message) -> None:
+    """Rounds every pose and motion double to float32, as an RLDS dataset holds them."""
+    for pose in (
+        getattr(message, name) for name in ("pose", "final_pose") if hasattr(message, name)
+    ):
+        for holder, names in ((pose.position_m, "xyz"), (pose, ("yaw_rad", "gripper_closure"))):
+            for name in names:
+                setattr(holder, name, float(np.float32(getattr(holder, name))))
+    if hasattr(message, "command"):
+        motion = message.command.motion
+        for name in rlds.MOTION_FIELDS:
+            setattr(motion, name, float(np.float32(getattr(motion, name))))
+
+
+def _comparable(response) -> tuple:
+    """What an export carries of a stored episode (masks and canonical renders are not)."""
+    header = common_pb2.EpisodeHeader()
+    header.CopyFrom(response.header)
+    header.ClearField("x0_mask")
+    header.ClearField("x0_canonical")
+    steps = []
+    for step in response.steps:
+        copy = common_pb2.Step()
+        copy.CopyFrom(step)
+        copy.ClearField("mask")
+        copy.ClearField("canonical")
+        _float32(copy)
+        steps.append(copy.SerializeToString(deterministic=True))
+    label = response.summary.label
+    outcome = common_pb2.EpisodeOutcome()
+    outcome.CopyFrom(response.outcome)
+    _float32(outcome)
+    return (
+        header.SerializeToString(deterministic=True),
+        steps,
+        outcome.SerializeToString(deterministic=True),
+        (label.state, label.success, label.source),
+    )
+
+
+def test_an_import_of_an_export_reproduces_the_episodes(store, tmp_path):
+    server, stub = store
+    _export(store, tmp_path / "rlds")
+    empty = create_server(
+        EpisodeStoreConfig(port=0, data_dir=str(tmp_path / "b"), grace_s=0, auth_token=TOKEN)
+    )
+    try:
+        args = ["episodes", "import", str(tmp_path / "rlds"), "--store", empty.address]
+        assert cli.main([*args, "--token", TOKEN]) == 0
+        assert cli.main([*args, "--token", TOKEN]) == 0  # again: every episode already there
+        channel, copy = client.connect(empty.address)
+        with channel:
+            for i in range(5):
+                request = episode_store_pb2.GetEpisodeRequest(
+                    episode_id=f"sample-{i}", include_steps=True
+                )
+                assert _comparable(copy.GetEpisode(request)) == _comparable(
+                    stub.GetEpisode(request)
+                )
+            assert copy.Stats(episode_store_pb2.StatsRequest()).episodes == 5
+    finally:
+        empty.stop(grace_s=0)
+
+
+def test_an_import_names_the_fields_it_refuses(store, tmp_path):
+    # A dataset with a depth image the store has no place for, and no outcome detail.
+    features = rlds.features(None, None)
+    steps = dict(features["steps"].feature)
+    steps["observation"] = {
+        **features["steps"].feature["observation"],
+        "depth": tfds.features.Image(shape=(None, None, 1)),
+    }
+    meta = {k: v for k, v in features["episode_metadata"].items() if k != "outcome_detail"}
+    other = tfds.features.FeaturesDict(
+        {"steps": tfds.features.Dataset(steps), "episode_metadata": meta}
+    )
+    info = tfds.core.DatasetInfo(
+        builder=tfds.core.DatasetIdentity(
+            name="other_fleet",
+            version=tfds.core.Version("1.0.0"),
+            data_dir=str(tmp_path / "other"),
+            module_name="other",
+        ),
+        features=other,
+    )
+    (tmp_path / "other").mkdir()
+    writer = tfds.core.SequentialWriter(info, max_examples_per_shard=10)
+    writer.initialize_splits(["train"])
+    writer.close_all()
+    _, stub = store
+    with pytest.raises(rlds_import.ImportRefused) as refused:
+        rlds_import.import_dataset(stub, tmp_path / "other")
+    message = str(refused.value)
+    assert "missing episode_metadata/outcome_detail" in message
+    assert "no place in the store for steps/observation/depth" in message
