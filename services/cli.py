@@ -80,6 +80,18 @@ def _episodes_ls(args: argparse.Namespace) -> int:
 
     channel, stub = _store_stub(args.store)
     with channel:
+        if args.png:
+            from pathlib import Path
+
+            from services.episode_store.client import pictures
+
+            found = client.list_all(stub, _filter(args), page_size=min(args.limit, 500))
+            ids = [e.episode_id for e in itertools.islice(found, args.limit)]
+            try:
+                print(pictures.contact_sheet(stub, ids, Path(args.png)))
+            except ValueError as err:
+                raise SystemExit(f"graspfleet: {err}") from None
+            return 0
         print(
             f"{'episode':<28} {'robot':<14} {'domain':<6} {'steps':>5} {'label':<10} {'model':<20} started"
         )
@@ -168,6 +180,13 @@ def _episodes_show(args: argparse.Namespace) -> int:
 
     channel, stub = _store_stub(args.store)
     with channel:
+        if args.png:
+            from pathlib import Path
+
+            from services.episode_store.client import pictures
+
+            print(pictures.episode_strip(stub, args.episode_id, Path(args.png)))
+            return 0
         response = stub.GetEpisode(
             episode_store_pb2.GetEpisodeRequest(
                 episode_id=args.episode_id, include_steps=args.steps
@@ -304,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--until", type=_when, help="started before (ISO 8601, UTC)")
         sub.set_defaults(handler=handler)
     episode_commands.choices["ls"].add_argument("--limit", type=int, default=50)
+    episode_commands.choices["ls"].add_argument(
+        "--png", help="draw the listed episodes as a contact sheet (x0, last image, label) here"
+    )
     export = episode_commands.choices["export"]
     export.add_argument("out", help="the dataset folder (a stopped export there is resumed)")
     export.add_argument("--format", choices=["rlds"], default="rlds")
@@ -316,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = episode_commands.add_parser("show", help="one episode's metadata and label history")
     show.add_argument("episode_id")
     show.add_argument("--steps", action="store_true", help="include steps (pixels shown as sizes)")
+    show.add_argument(
+        "--png", help="draw the episode as a strip (x0, each step with its command, outcome) here"
+    )
     show.set_defaults(handler=_episodes_show)
     relabel = episode_commands.add_parser("relabel", help="correct an episode's label")
     relabel.add_argument("episode_id")

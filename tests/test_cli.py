@@ -59,6 +59,22 @@ def test_episodes_ls_stats_show_relabel(address, capsys):
     assert 'source: "user:ana"' in shown and "bytes>" in shown
 
 
+def test_episodes_are_drawn_as_a_strip_and_a_contact_sheet(address, tmp_path, capsys):
+    from PIL import Image
+
+    strip, sheet = tmp_path / "strip.png", tmp_path / "sheet.png"
+    assert cli.main(["episodes", "show", "sample-1", "--png", str(strip), "--store", address]) == 0
+    assert cli.main(["episodes", "ls", "--png", str(sheet), "--store", address]) == 0
+    with Image.open(strip) as drawn:
+        # x0 and the ten steps wrap onto two rows of six panels.
+        assert drawn.format == "PNG" and drawn.width > drawn.height > 400
+    with Image.open(sheet) as drawn:
+        assert drawn.format == "PNG" and drawn.height > drawn.width  # one row per episode
+    empty = ["episodes", "ls", "--png", str(tmp_path / "none.png"), "--robot", "nobody"]
+    with pytest.raises(SystemExit, match="no episode matches"):
+        cli.main([*empty, "--store", address])
+
+
 def test_errors_are_one_line_with_the_status(address, capsys):
     assert cli.main(["episodes", "show", "missing", "--store", address]) == 1
     assert "NOT_FOUND: no episode 'missing' in the store" in capsys.readouterr().err
@@ -71,3 +87,14 @@ def test_console_script_is_installed():
         [script, "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert "episodes" in help_text and "store" in help_text
+
+
+def test_the_run_report_draws_a_sheet_and_a_success_and_a_failure(address, tmp_path):
+    from services.fleet import report
+
+    channel, stub = client.connect(address)
+    with channel:
+        drawn = report.episode_pictures(stub, ["kuka-01", "kuka-02"], tmp_path)
+    names = [p.name for p in drawn]
+    assert names[0] == "episodes.png" and all(p.stat().st_size > 0 for p in drawn)
+    assert set(names[1:]) <= {"episode-success.png", "episode-failure.png"} and names[1:]

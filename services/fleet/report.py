@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
-from services.common.images import decode_image
 from services.episode_store import client
+from services.episode_store.client import pictures
 
 
 def summary_rows(
@@ -77,30 +77,19 @@ def success_plot(stub, robots: list[str], path: Path) -> None:
     plt.close(figure)
 
 
-def image_samples(stub, robots: list[str], path: Path, per_robot: int = 3) -> None:
-    """x0 and the last xt of a few episodes of each robot, in a grid."""
-    from PIL import Image
-
-    rows = []
+def episode_pictures(stub, robots: list[str], folder: Path, per_robot: int = 3) -> list[Path]:
+    """A contact sheet of each robot's last episodes, and the strips of one success and one
+    failure among them: the pictures the report links."""
+    chosen = []
     for robot in robots:
-        episodes = list(
-            client.list_all(
-                stub, episode_store_pb2.EpisodeFilter(robot_ids=[robot]), page_size=per_robot
-            )
-        )
-        tiles = []
-        for summary in episodes[:per_robot]:
-            full = stub.GetEpisode(
-                episode_store_pb2.GetEpisodeRequest(
-                    episode_id=summary.episode_id, include_steps=True
-                )
-            )
-            tiles += [decode_image(full.header.x0), decode_image(full.steps[-1].image)]
-        if tiles:
-            rows.append(np.concatenate(tiles, axis=1))
-    if rows:
-        width = max(r.shape[1] for r in rows)
-        rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
-        Image.fromarray(np.concatenate(rows, axis=0)).resize(
-            (width * 2, sum(r.shape[0] for r in rows) * 2), Image.NEAREST
-        ).save(path)
+        found = list(client.list_all(stub, episode_store_pb2.EpisodeFilter(robot_ids=[robot])))
+        chosen += found[-per_robot:]
+    if not chosen:
+        return []
+    drawn = [pictures.contact_sheet(stub, [e.episode_id for e in chosen], folder / "episodes.png")]
+    for success in (True, False):
+        example = next((e for e in chosen if e.label.success == success), None)
+        if example is not None:
+            name = f"episode-{'success' if success else 'failure'}.png"
+            drawn.append(pictures.episode_strip(stub, example.episode_id, folder / name))
+    return drawn

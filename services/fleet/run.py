@@ -433,10 +433,12 @@ def main(argv: list[str]) -> int:
             stats = stub.Stats(episode_store_pb2.StatsRequest())
             table = report.format_table(report.summary_rows(stats), evaluation)
             report.success_plot(stub, args.robots, report_dir / "success_over_time.png")
-            report.image_samples(stub, args.robots, report_dir / "samples.png")
+            drawn = report.episode_pictures(stub, args.robots, report_dir)
+        links = "\n".join(f"![{p.stem}]({p.name})" for p in drawn)
         (report_dir / "summary.md").write_text(
             f"# graspfleet run\n\nepisodes in the store: {stats.episodes} ({stats.steps} steps)\n\n"
-            f"first model (version {first.published.version}): {_scores(metrics)}\n\n{table}\n"
+            f"first model (version {first.published.version}): {_scores(metrics)}\n\n{table}\n\n"
+            f"![success over time](success_over_time.png)\n\n{links}\n"
         )
         print(f"\n{table}\n")
         print(
