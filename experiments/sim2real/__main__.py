@@ -57,7 +57,7 @@ def gap_subsets(settings: Settings) -> dict[str, tuple[str, ...]]:
 
 
 def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
-    """Trains and scores what the table lacks, phase by phase, rewriting the report after each.
+    """Trains and scores what the table lacks, row by row, rewriting the report after each.
 
     What an earlier run of the same protocol scored (its report at `out`, with per-scene
     outcomes) is carried over, not run again: the table can be completed over several
@@ -89,26 +89,36 @@ def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
         log(f"data: {describe(data)}")
         described = report.merge_data(described, describe(data))
         models = Models(settings, root, stages, data)
-        scored = []
-        for row in todo:
-            for seed in seeds(row, settings):
-                name = model_name(row, seed)
-                trained[name] = models.grasp_model(row, seed)
-                rcan = models.rcan()["path"] if row.sim == "rcan" else ""
-                scored.append(Scored(name, trained[name]["path"], rcan))
-        jobs = [Job("main", evaluations.arm(None), scored, baselines=baselines)]
+        first: list[Job] = []
+        if baselines:
+            first.append(Job("main", evaluations.arm(None), [], baselines=True))
         # The gap decomposition: the sim-only model with none, then each one, of the factors.
         if gaps:
             seed = settings.reference_seeds[0]
             name = model_name(sim_only_row, seed)
             sim_only = Scored(name, models.grasp_model(sim_only_row, seed)["path"])
-            jobs += [Job(f"gap-{t}", evaluations.arm(f), [sim_only]) for t, f in gaps.items()]
-        found = evaluations.run(jobs)
-        scores |= found["main"]
-        gap |= {tag: found[f"gap-{tag}"][sim_only.name] for tag in gaps}
-        this_run["scored"] += [*found["main"], *(f"gap-{tag}" for tag in gaps)]
-        runs = [*earlier.runs, this_run]
-        report.write(_build(settings, described, trained, scores, gap, command, runs), out)
+            first += [Job(f"gap-{t}", evaluations.arm(f), [sim_only]) for t, f in gaps.items()]
+        if first:
+            found = evaluations.run(first)
+            scores |= found["main"]
+            gap |= {tag: found[f"gap-{tag}"][sim_only.name] for tag in gaps}
+            this_run["scored"] += [*found["main"], *(f"gap-{tag}" for tag in gaps)]
+            runs = [*earlier.runs, this_run]
+            report.write(_build(settings, described, trained, scores, gap, command, runs), out)
+        # Row by row, each scored as soon as its models are trained: a run stopped halfway
+        # through a phase keeps, in the report, every row it finished.
+        for row in todo:
+            scored = []
+            for seed in seeds(row, settings):
+                name = model_name(row, seed)
+                trained[name] = models.grasp_model(row, seed)
+                rcan = models.rcan()["path"] if row.sim == "rcan" else ""
+                scored.append(Scored(name, trained[name]["path"], rcan))
+            found = evaluations.run([Job("main", evaluations.arm(None), scored)])
+            scores |= found["main"]
+            this_run["scored"] += list(found["main"])
+            runs = [*earlier.runs, this_run]
+            report.write(_build(settings, described, trained, scores, gap, command, runs), out)
     return _build(settings, described, trained, scores, gap, command, runs)
 
 
