@@ -8,6 +8,7 @@ from services.common import quiet
 quiet.install()
 
 import argparse
+import contextlib
 import importlib
 import itertools
 import sys
@@ -108,33 +109,41 @@ def _episodes_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _episodes_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+@contextlib.contextmanager
+def _counting(description: str):
+    """A progress bar fed (done, total); a refused dataset or episode ends the command in one
+    line (the message names the field or the folder)."""
     from tqdm import tqdm
 
-    from services.episode_store.client import rlds_export
-
-    if args.episodes_per_shard < 1:
-        raise SystemExit("graspfleet: --episodes-per-shard must be at least 1")
-    channel, stub = _store_stub(args.store)
-    with channel, tqdm(desc=f"export to {args.out}", unit="ep") as bar:
+    with tqdm(desc=description, unit="ep") as bar:
 
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         try:
-            result = rlds_export.export(
-                stub,
-                _filter(args),
-                Path(args.out),
-                episodes_per_shard=args.episodes_per_shard,
-                purpose=args.purpose or "",
-                on_episode=progress,
-            )
+            yield progress
         except ValueError as err:
             raise SystemExit(f"graspfleet: {err}") from None
+
+
+def _episodes_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from services.episode_store.client import rlds_export
+
+    if args.episodes_per_shard < 1:
+        raise SystemExit("graspfleet: --episodes-per-shard must be at least 1")
+    channel, stub = _store_stub(args.store)
+    with channel, _counting(f"export to {args.out}") as progress:
+        result = rlds_export.export(
+            stub,
+            _filter(args),
+            Path(args.out),
+            episodes_per_shard=args.episodes_per_shard,
+            purpose=args.purpose or "",
+            on_episode=progress,
+        )
     print(
         f"{result.episodes} episodes ({result.added} added now) in {result.shards} shards: "
         f"tfds.builder_from_directory({str(result.directory)!r}).as_dataset(split='train')"
@@ -145,27 +154,17 @@ def _episodes_export(args: argparse.Namespace) -> int:
 def _episodes_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from tqdm import tqdm
-
     from services.episode_store.client import rlds_import
 
     channel, stub = _store_stub(args.store)
-    with channel, tqdm(desc=f"import from {args.dataset}", unit="ep") as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        try:
-            result = rlds_import.import_dataset(
-                stub,
-                Path(args.dataset),
-                split=args.split,
-                metadata=auth.bearer(args.token),
-                on_episode=progress,
-            )
-        except ValueError as err:
-            raise SystemExit(f"graspfleet: {err}") from None
+    with channel, _counting(f"import from {args.dataset}") as progress:
+        result = rlds_import.import_dataset(
+            stub,
+            Path(args.dataset),
+            split=args.split,
+            metadata=auth.bearer(args.token),
+            on_episode=progress,
+        )
     print(
         f"{result.episodes} episodes: {result.added} stored, {result.duplicates} already "
         f"there, {result.relabeled} labels corrected as in the source"

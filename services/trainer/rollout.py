@@ -136,32 +136,27 @@ def decide(
         f"P(not worse by {margin:.2f}) = {not_worse:.3f}, P(worse) = {worse:.3f}"
     )
     expired = canary.episodes >= max_grasps or waited_s >= max_wait_s
+
+    def decision(action: str, why: str = "") -> Decision:
+        return Decision(action, canary, stable, not_worse, worse, numbers + why)
+
     if min(canary.episodes, stable.episodes) < min_grasps:
         if expired:
-            return Decision(
-                ROLLBACK,
-                canary,
-                stable,
-                not_worse,
-                worse,
-                f"{numbers}; fewer than {min_grasps} grasps each after the maximum wait",
+            return decision(
+                ROLLBACK, f"; fewer than {min_grasps} grasps each after the maximum wait"
             )
-        return Decision(WAIT, canary, stable, not_worse, worse, numbers)
+        return decision(WAIT)
     if worse >= confidence:
-        return Decision(ROLLBACK, canary, stable, not_worse, worse, f"{numbers}: shown worse")
+        return decision(ROLLBACK, ": shown worse")
     if not_worse >= confidence:
-        return Decision(PROMOTE, canary, stable, not_worse, worse, f"{numbers}: not worse")
+        return decision(PROMOTE, ": not worse")
     if expired:
-        return Decision(
+        return decision(
             ROLLBACK,
-            canary,
-            stable,
-            not_worse,
-            worse,
-            f"{numbers}: not shown not worse within the maximum wait "
+            ": not shown not worse within the maximum wait "
             f"({max_grasps} grasps or {max_wait_s:.0f} s)",
         )
-    return Decision(WAIT, canary, stable, not_worse, worse, numbers)
+    return decision(WAIT)
 
 
 def _timestamp(seconds: float) -> Timestamp:

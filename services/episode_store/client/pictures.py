@@ -36,6 +36,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, figure, path: Path) -> Path:
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def _fetch(stub, episode_id: str) -> episode_store_pb2.GetEpisodeResponse:
     return stub.GetEpisode(
         episode_store_pb2.GetEpisodeRequest(episode_id=episode_id, include_steps=True), timeout=30
@@ -83,11 +91,7 @@ def episode_strip(stub, episode_id: str, path: Path, columns: int = 6) -> Path:
         f"outcome {result.lower()}, label {_label(response)}",
         fontsize=9,
     )
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
 
 
 def contact_sheet(stub, episode_ids: Sequence[str], path: Path) -> Path:
@@ -115,8 +119,4 @@ def contact_sheet(stub, episode_ids: Sequence[str], path: Path) -> Path:
             f"{response.header.robot_id} {_model(response.header.model)}: {_label(response)}",
             fontsize=7,
         )
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(plt, figure, path)
