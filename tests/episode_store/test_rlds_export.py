@@ -116,10 +116,19 @@ def test_tfds_reads_every_step_as_the_store_has_it(store, tmp_path):
     # Plain tf.data and protobuf, no TFDS: the shards are TFRecords of tf.train.Examples.
     shards = sorted(str(p) for p in (tmp_path / "rlds").glob("*.tfrecord-*"))
     assert len(shards) == 3
-    first = tf.train.Example.FromString(next(iter(tf.data.TFRecordDataset(shards))).numpy())
-    features = first.features.feature
-    assert features["episode_metadata/episode_id"].bytes_list.value == [b"sample-0"]
-    assert len(features["steps/action"].float_list.value) == 5 * 2
+    for record in tf.data.TFRecordDataset(shards):
+        features = tf.train.Example.FromString(record.numpy()).features.feature
+        (episode_id,) = features["episode_metadata/episode_id"].bytes_list.value
+        stored = stub.GetEpisode(
+            episode_store_pb2.GetEpisodeRequest(episode_id=episode_id.decode(), include_steps=True)
+        )
+        images = list(features["steps/observation/image"].bytes_list.value)
+        assert images == [step.image.data for step in stored.steps]
+        actions = np.reshape(features["steps/action"].float_list.value, (-1, 5))
+        want = [[s.command.motion.dx_cm, s.command.motion.dy_cm] for s in stored.steps]
+        np.testing.assert_allclose(actions[:, :2], want, rtol=1e-6)
+        (success,) = features["episode_metadata/success"].int64_list.value
+        assert success == stored.summary.label.success
 
 
 def test_an_export_is_byte_stable_and_a_stopped_one_resumes(store, tmp_path):
