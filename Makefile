@@ -42,14 +42,14 @@ SYSDEPS_MISSING = $(shell PATH="$$PATH:$$(ls -d /usr/lib/postgresql/*/bin 2>/dev
 
 sysdeps:
 	@if [ -n "$(strip $(SYSDEPS_MISSING))" ]; then \
-		echo "installing $(SYSDEPS_MISSING) (needed by the tests)"; \
+		echo "installing $(SYSDEPS_MISSING) (the tests and the local fleet's Prometheus need them)"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSDEPS_MISSING) >/dev/null; \
 	fi
 
-run: protos
+run: protos sysdeps
 	$(PY) -m services.cli run $(ARGS)
 
-quick: protos
+quick: protos sysdeps
 	$(PY) -m services.cli run --quick $(ARGS)
 
 # Every test, tests/k8s included (k8s-validate and promtool-test run those alone), in one

@@ -42,6 +42,26 @@ def format_table(rows, evaluation: dict[str, tuple[int, int]]) -> str:
     return "\n".join(lines)
 
 
+RECORDED_SUCCESS = "last_over_time(graspfleet:grasp_success:ratio[1h])"
+
+
+def prometheus_table(prometheus) -> str:
+    """The success rate per arm, model version and domain that the local Prometheus recorded
+    (the deployment's recording rule), as a Markdown table; "" when it recorded none."""
+    rows = sorted(
+        (labels.get("robot_id", ""), labels.get("model_version", ""), labels.get("domain", ""), v)
+        for labels, v in prometheus.query(RECORDED_SUCCESS)
+    )
+    if not rows:
+        return ""
+    lines = [
+        f"| robot | model version | domain | success (Prometheus, {RECORDED_SUCCESS}) |",
+        "|---|---|---|---:|",
+    ]
+    lines += [f"| {r} | {m} | {d} | {v:.1%} |" for r, m, d, v in rows]
+    return "\n".join(lines)
+
+
 def success_plot(stub, robots: list[str], path: Path) -> None:
     """Running success rate per robot over its episodes, marking model-version changes."""
     import matplotlib

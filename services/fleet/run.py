@@ -45,6 +45,7 @@ from models.registry import STABLE
 from services.common.auth import USER_HEADER, bearer
 from services.fleet import report
 from services.fleet.process import ServiceProcess
+from services.fleet.prometheus import LocalPrometheus
 from services.sim_farm.client import run_collection
 
 Policy = sim_farm_pb2.CollectionPolicy
@@ -95,27 +96,56 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# The scrape job of each `graspfleet <service> serve`, named as the ServiceMonitors name
+# them (app.kubernetes.io/name): the rules match these names.
+JOBS = {
+    "store": "episode-store",
+    "predictor": "grasp-predictor",
+    "planner": "servo-planner",
+    "sim-farm": "sim-farm",
+    "trainer": "trainer",
+    "agent": "robot-agent",
+}
+
+
 class Fleet:
-    """The local fleet's processes, stopped in reverse order on exit."""
+    """The local fleet's processes and its Prometheus, stopped in reverse order on exit."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.logs = workdir / "logs"
         self.processes: list[ServiceProcess] = []
+        self.prometheus: LocalPrometheus | None = None
+
+    def start_prometheus(self) -> None:
+        """Prometheus with the deployment's rules, scraping every service started from now."""
+        if not LocalPrometheus.available():
+            print("  no prometheus binary (make sysdeps installs it): metrics not recorded")
+            return
+        self.prometheus = LocalPrometheus(self.workdir / "prometheus").start(
+            sorted(set(JOBS.values()))
+        )
+        print(f"  prometheus on {self.prometheus.url}", flush=True)
 
     def start(
         self, name: str, command: list[str], flags: dict, require_serving: bool = True
     ) -> ServiceProcess:
-        process = ServiceProcess(name, command, {"log_format": "text", **flags}, self.logs)
+        flags = {"log_format": "text", "metrics_port": "0", **flags}
+        process = ServiceProcess(name, command, flags, self.logs)
         print(f"  starting {name} ...", flush=True)
         process.start(timeout_s=120, require_serving=require_serving)
         self.processes.append(process)
         print(f"  {name} on {process.address}", flush=True)
+        job = JOBS.get(command[0])
+        if self.prometheus is not None and job and process.metrics_port:
+            self.prometheus.scrape(job, f"127.0.0.1:{process.metrics_port}")
         return process
 
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+        if self.prometheus is not None:
+            self.prometheus.stop()
 
 
 def _collect(
@@ -309,6 +339,7 @@ def main(argv: list[str]) -> int:
     os.environ["GRASPFLEET_AUTH_TOKEN"] = token
     try:
         print("[1/7] services", flush=True)
+        fleet.start_prometheus()
         store = fleet.start("episode-store", ["store", "serve"], {"data_dir": str(store_dir)})
         predictor = fleet.start(
             "grasp-predictor",
@@ -434,6 +465,9 @@ def main(argv: list[str]) -> int:
             table = report.format_table(report.summary_rows(stats), evaluation)
             report.success_plot(stub, args.robots, report_dir / "success_over_time.png")
             drawn = report.episode_pictures(stub, args.robots, report_dir)
+        recorded = report.prometheus_table(fleet.prometheus) if fleet.prometheus else ""
+        if recorded:
+            table += f"\n\n{recorded}"
         links = "\n".join(f"![{p.stem}]({p.name})" for p in drawn)
         (report_dir / "summary.md").write_text(
             f"# graspfleet run\n\nepisodes in the store: {stats.episodes} ({stats.steps} steps)\n\n"

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
 import time
 import urllib.parse
 import urllib.request
@@ -20,7 +18,9 @@ import pytest
 
 from graspfleet.v1 import episode_store_pb2, robot_agent_pb2, robot_agent_pb2_grpc
 from services.episode_store import client
+from services.fleet import report
 from services.fleet.process import ServiceProcess
+from services.fleet.prometheus import LocalPrometheus
 from services.servo_planner.config import PlannerConfig
 from services.servo_planner.server import create_server as create_planner
 from tests.fixtures import models
@@ -33,13 +33,6 @@ GROUP = ("robot_id", "model_version", "domain")
 pytestmark = pytest.mark.skipif(
     shutil.which("prometheus") is None, reason="needs Debian's prometheus (make sysdeps)"
 )
-
-
-def _free_port() -> int:
-    # Prometheus cannot report a port it chose itself; ask the kernel for a free one.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 LABELS = "graspfleet:model_version_label:info"
@@ -110,30 +103,15 @@ def test_recorded_success_rate_equals_the_store(tmp_path):
                 tmp_path / "logs",
             )
             agents.append(agent.start(timeout_s=120))
-        targets = [f"127.0.0.1:{a.metrics_port}" for a in agents]
-        rule_file = prometheus_rules.write_rule_file(tmp_path)
-        # Job names as the ServiceMonitor and PodMonitor set them (app.kubernetes.io/name).
-        (tmp_path / "prometheus.yml").write_text(
-            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
-            f"rule_files: [{json.dumps(str(rule_file))}]\n"
-            "scrape_configs:\n"
-            f"  - job_name: robot-agent\n    static_configs:\n      - targets: {json.dumps(targets)}\n"
-            "  - job_name: episode-store\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{store.metrics_port}']\n"
-            "  - job_name: grasp-predictor\n    static_configs:\n"
-            f"      - targets: ['127.0.0.1:{predictor.metrics_port}']\n"
-        )
-        web_port = _free_port()
-        prometheus = subprocess.Popen(
-            [
-                "prometheus",
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{web_port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115 - the child owns it
-        )
+        # The local fleet's Prometheus (make run starts the same), scrape jobs named as the
+        # ServiceMonitor and PodMonitor name them (app.kubernetes.io/name).
+        prometheus = LocalPrometheus(tmp_path / "prometheus", interval_s=1.0)
+        prometheus.start(["robot-agent", "episode-store", "grasp-predictor"])
+        for agent in agents:
+            prometheus.scrape("robot-agent", f"127.0.0.1:{agent.metrics_port}")
+        prometheus.scrape("episode-store", f"127.0.0.1:{store.metrics_port}")
+        prometheus.scrape("grasp-predictor", f"127.0.0.1:{predictor.metrics_port}")
+        web_port = prometheus.port
         # Let the agents grasp, then hold them still so the numbers stop moving.
         channels = [grpc.insecure_channel(a.address) for a in agents]
         stubs = [robot_agent_pb2_grpc.RobotAgentStub(c) for c in channels]
@@ -180,6 +158,9 @@ def test_recorded_success_rate_equals_the_store(tmp_path):
                 got = {}
             assert time.monotonic() < deadline, f"Prometheus records {got}, the store {expected}"
             time.sleep(1.0)
+        # make run's report reads the same recorded series from its Prometheus.
+        recorded = report.prometheus_table(prometheus)
+        assert all(f"| {robot} |" in recorded for robot in ROBOTS), recorded
         # Every rule evaluates on the real metrics (a bad join shows up as lastError).
         groups = _api(web_port, "rules")["groups"]
         assert {g["name"] for g in groups} == {g["name"] for g in prometheus_rules.rule_groups()}
@@ -207,8 +188,7 @@ def test_recorded_success_rate_equals_the_store(tmp_path):
             c.close()
     finally:
         if prometheus is not None:
-            prometheus.terminate()
-            prometheus.wait(30)
+            prometheus.stop()
         for agent in agents:
             agent.stop()
         if planner is not None:

@@ -5,29 +5,21 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
+from services.fleet.prometheus import (
+    ROOT,
+    RULE_FILE_NAME,
+    RULES_SOURCE,
+    rule_groups,
+    write_rule_file,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-COMPONENT = ROOT / "k8s" / "components" / "prometheus-operator"
-RULES_SOURCE = COMPONENT / "prometheusrule.yaml"
+COMPONENT = RULES_SOURCE.parent
 DASHBOARD = COMPONENT / "dashboards" / "graspfleet.json"
-RULE_FILE_NAME = "graspfleet.rules.yaml"
+__all__ = ["ROOT", "RULE_FILE_NAME", "RULES_SOURCE", "rule_groups", "write_rule_file"]
 PROMTOOL_TESTS = Path(__file__).parent / "promtool"
 
 # A metric or recorded series name in a PromQL expression (not a function or label).
 _NAME = re.compile(r"\b((?:graspfleet|grpc_server)[a-z0-9_:]*)\b")
-
-
-def rule_groups() -> list[dict]:
-    """spec.groups of the PrometheusRule: what Prometheus evaluates."""
-    return yaml.safe_load(RULES_SOURCE.read_text())["spec"]["groups"]
-
-
-def write_rule_file(folder: Path) -> Path:
-    """Writes the groups as a plain Prometheus rule file into `folder`; returns its path."""
-    path = Path(folder) / RULE_FILE_NAME
-    path.write_text(yaml.safe_dump({"groups": rule_groups()}, sort_keys=False))
-    return path
 
 
 def rules() -> list[dict]:
