@@ -85,9 +85,9 @@ def test_a_worse_canary_is_rolled_back_and_a_better_one_promoted(
         assert (back.by, back.version, back.previous) == ("rollout", 1, 2)
         assert "canary 2 rolled back" in back.reason and "shown worse" in back.reason
         assert "P(worse) = 0.998" in back.reason and back.time.seconds > 0
-        assert (
-            _count("graspfleet_trainer_rollout_decisions_total", model=NAME, decision=ROLLBACK)
-            == rollbacks + 1
+        decisions = "graspfleet_trainer_rollout_decisions_total"
+        wait_for(  # counted just after the label moves
+            lambda: _count(decisions, model=NAME, decision=ROLLBACK) == rollbacks + 1, 10, "count"
         )
 
         # Version 3 grasps every time; stable 3 of 6 over the same period (its earlier

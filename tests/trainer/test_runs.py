@@ -181,7 +181,9 @@ def test_a_second_version_is_promoted_automatically_then_rolled_back(
         return "stable" in versions[1].labels
 
     wait_for(promoted, 10, "the rollout loop to promote version 2")
-    assert _count("graspfleet_trainer_auto_promotions_total", model=NAME) == promotions + 1
+    # The loop counts the promotion just after it moves the label.
+    promoted_count = "graspfleet_trainer_auto_promotions_total"
+    wait_for(lambda: _count(promoted_count, model=NAME) == promotions + 1, 10, "the count")
     last = json.loads((models / NAME / HISTORY_FILE).read_text().splitlines()[-1])
     assert last["by"] == "rollout" and "canary 6/6 = 1.000" in last["reason"]
     assert "stable 3/6 = 0.500" in last["reason"] and "not worse" in last["reason"]
