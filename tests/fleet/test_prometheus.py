@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import urllib.parse
-import urllib.request
 
 import grpc
 import pytest
@@ -38,17 +36,9 @@ pytestmark = pytest.mark.skipif(
 LABELS = "graspfleet:model_version_label:info"
 
 
-def _api(port: int, path: str, **params: str) -> dict:
-    url = f"http://127.0.0.1:{port}/api/v1/{path}?" + urllib.parse.urlencode(params)
-    body = json.loads(urllib.request.urlopen(url, timeout=5).read())
-    assert body["status"] == "success", body
-    return body["data"]
-
-
-def _query(port: int, promql: str) -> dict[tuple[str, ...], float]:
+def _query(prometheus: LocalPrometheus, promql: str) -> dict[tuple[str, ...], float]:
     """Samples by (robot_id, model_version, domain)."""
-    result = _api(port, "query", query=promql)["result"]
-    return {tuple(r["metric"].get(k, "") for k in GROUP): float(r["value"][1]) for r in result}
+    return {tuple(m.get(k, "") for k in GROUP): v for m, v in prometheus.query(promql)}
 
 
 def _dashboard_queries() -> list[str]:
@@ -111,7 +101,6 @@ def test_recorded_success_rate_equals_the_store(tmp_path):
             prometheus.scrape("robot-agent", f"127.0.0.1:{agent.metrics_port}")
         prometheus.scrape("episode-store", f"127.0.0.1:{store.metrics_port}")
         prometheus.scrape("grasp-predictor", f"127.0.0.1:{predictor.metrics_port}")
-        web_port = prometheus.port
         # Let the agents grasp, then hold them still so the numbers stop moving.
         channels = [grpc.insecure_channel(a.address) for a in agents]
         stubs = [robot_agent_pb2_grpc.RobotAgentStub(c) for c in channels]
@@ -149,7 +138,7 @@ def test_recorded_success_rate_equals_the_store(tmp_path):
         deadline = time.monotonic() + 60
         while True:
             try:
-                got = _query(web_port, SUCCESS_RATE)
+                got = _query(prometheus, SUCCESS_RATE)
                 if set(got) == set(expected) and all(
                     abs(got[k] - expected[k]) < 1e-9 for k in expected
                 ):
@@ -162,26 +151,26 @@ def test_recorded_success_rate_equals_the_store(tmp_path):
         recorded = report.prometheus_table(prometheus)
         assert all(f"| {robot} |" in recorded for robot in ROBOTS), recorded
         # Every rule evaluates on the real metrics (a bad join shows up as lastError).
-        groups = _api(web_port, "rules")["groups"]
+        groups = prometheus.api("rules")["groups"]
         assert {g["name"] for g in groups} == {g["name"] for g in prometheus_rules.rule_groups()}
         for group in groups:
             for rule in group["rules"]:
                 assert rule["health"] == "ok", (rule["name"], rule.get("lastError"))
         # Its rule group evaluates on its own clock: wait for its first evaluation too.
         deadline = time.monotonic() + 60
-        while not (labels := _api(web_port, "query", query=LABELS)["result"]):
+        while not (labels := prometheus.api("query", query=LABELS)["result"]):
             assert time.monotonic() < deadline, f"{LABELS} never recorded"
             time.sleep(1.0)
         assert {(r["metric"]["label"], r["metric"]["model_version"]) for r in labels} == {
             ("stable", "1")
         }
         for promql in _dashboard_queries():
-            _api(web_port, "query", query=promql)
+            prometheus.api("query", query=promql)
         # The one-hour windows need grasps Prometheus saw happen: let the arms go on.
         for stub in stubs:
             stub.Resume(robot_agent_pb2.ResumeRequest())
         deadline = time.monotonic() + 60
-        while not _query(web_port, "graspfleet:model_grasp_success:ratio_1h"):
+        while not _query(prometheus, "graspfleet:model_grasp_success:ratio_1h"):
             assert time.monotonic() < deadline, "no one-hour success rate recorded"
             time.sleep(1.0)
         for c in channels:
