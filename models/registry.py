@@ -226,8 +226,12 @@ class Registry:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def has_held(self, name: str, label: str, version: int) -> bool:
-        """Whether `version` ever carried `label` (by hand, automatically, or implicitly)."""
-        return any(e["label"] == label and e["version"] == version for e in self.history(name))
+        """Whether `label` was ever moved to `version` (by hand or automatically); a freeze,
+        which only records the implicit "stable = newest", does not count."""
+        return any(
+            e["label"] == label and e["version"] == version and e["action"] != "freeze"
+            for e in self.history(name)
+        )
 
     def _write(self, folder: Path, labels: dict[str, int], entry: dict) -> None:
         with open(folder / HISTORY_FILE, "a") as history:
@@ -240,11 +244,15 @@ class Registry:
         """Writes labels.json if it is missing, so a newly exported version is not
         taken for "stable" by the predictor's newest-version default."""
         with self._locked(name, create=True) as folder:
-            if (folder / LABELS_FILE).is_file():
-                return
-            labels = self.labels(name)
-            entry = {"action": "freeze", "by": "trainer", "reason": "first trainer publication"}
-            self._write(folder, labels, {**entry, "label": STABLE, "version": labels.get(STABLE)})
+            self._freeze(name, folder, "trainer", "first trainer publication")
+
+    def _freeze(self, name: str, folder: Path, by: str, reason: str) -> None:
+        """Under the lock: pins the implicit "stable = newest" in labels.json, if missing."""
+        if (folder / LABELS_FILE).is_file():
+            return
+        labels = self.labels(name)
+        entry = {"action": "freeze", "by": by, "reason": reason}
+        self._write(folder, labels, {**entry, "label": STABLE, "version": labels.get(STABLE)})
 
     def set_label(
         self, name: str, version: int, label: str, *, by: str, reason: str = ""
@@ -262,6 +270,9 @@ class Registry:
         with self._locked(name) as folder:
             if version not in self.version_numbers(name):
                 raise NotFound(f"model {name!r} has no version {version}")
+            # Pinned first: otherwise "stable" would follow the newest version once
+            # another is published, unrecorded, while this label stays put.
+            self._freeze(name, folder, by, "the first label set")
             labels = self.labels(name)
             previous = labels.get(label)
             if previous != version:
@@ -291,6 +302,8 @@ class Registry:
             for entry in self.history(name):
                 if entry["label"] != label or entry.get("version") is None:
                     continue
+                if entry["action"] == "freeze":
+                    continue  # a record of the implicit label, not a move to walk back through
                 if entry["action"] == "rollback" and held and held[-1] == entry.get("previous"):
                     held.pop()
                 if not held or held[-1] != entry["version"]:

@@ -156,9 +156,6 @@ class ModelRepository:
         """
         on_disk = self.available_versions()
         labels = self._read_labels()
-        with self._lock:
-            changed = labels != self._labels
-            self._labels = labels
         statuses_before = dict(self._status)
         if self.specific_versions:
             keep = set(self.specific_versions) & set(on_disk)
@@ -172,6 +169,19 @@ class ModelRepository:
                 if self._ensure_loaded(version):
                     keep.add(version)
                     break
+        # Labels move only once their versions serve: until then a moved label keeps
+        # answering with the version it had, so an arm asking for it is never refused.
+        with self._lock:
+            effective = {}
+            for label, version in labels.items():
+                before = self._labels.get(label)
+                if version not in self._loaded and before in self._loaded:
+                    effective[label] = before
+                    keep.add(before)
+                else:
+                    effective[label] = version
+            changed = effective != self._labels
+            self._labels = effective
         for version in set(self._loaded) - keep:
             self._unload(version)
         for version in list(self._status):

@@ -28,6 +28,17 @@ def test_versions_are_integer_folders_and_stable_defaults_to_the_newest(registry
     assert registry.versions(NAME)[0].path == f"{NAME}/1"
 
 
+def test_the_first_label_set_pins_stable_before_a_newer_version_arrives(tmp_path):
+    (tmp_path / NAME / "1").mkdir(parents=True)
+    registry = Registry(tmp_path)
+    registry.set_label(NAME, 1, "stable", by="ana")  # already the implicit stable
+    (tmp_path / NAME / "2").mkdir()
+    registry.set_label(NAME, 2, "canary", by="ana")
+    # Without the pin, "stable" would have followed the newest version, unrecorded.
+    assert registry.labels(NAME) == {"stable": 1, "canary": 2}
+    assert registry.history(NAME)[0]["action"] == "freeze"
+
+
 def test_labels_move_and_roll_back_through_their_history(registry, tmp_path):
     for version in (1, 2, 3):
         registry.set_label(NAME, version, "stable", by="ana")
