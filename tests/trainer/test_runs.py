@@ -73,7 +73,7 @@ def test_a_run_streams_its_progress_and_publishes_a_canary(trainer, first_run):
     assert steps == sorted(steps) and max(steps) > 0
     run = events[-1].run
     assert run.published == common_pb2.ModelRef(name=NAME, version=1, label="canary")
-    assert 0 <= run.metrics["validation_accuracy"] <= 1 and "gate_candidate_accuracy" in run.metrics
+    assert 0 <= run.metrics["validation_accuracy"] <= 1 and "gate_candidate_auc" in run.metrics
     assert "no stable version" in run.message and run.job.startswith("local:")
     assert run.finished_at.ToNanoseconds() >= run.started_at.ToNanoseconds() > 0
 

@@ -4,9 +4,10 @@ Both models are scored the way the predictor serves them (their SavedModel
 serving signature: uint8 episode images, centre crop, REAL statistics) on the
 same held-out real samples, so the comparison is like for like. The paper
 selected models by accuracy of C on held-out real samples; the gate uses the
-balanced accuracy (the mean of the success and failure recalls), because
-fleet episodes are mostly failures early on, and there plain accuracy rewards a
-model that predicts failure everywhere.
+AUC, because CEM uses a model only through the order of its scores: a model
+whose every probability sits below 0.5 (fleet episodes are mostly failures)
+ranks grasps as well as a calibrated one, and any accuracy at a threshold,
+balanced or not, would call it useless (0.5) whatever its ranking.
 """
 
 from __future__ import annotations
@@ -45,31 +46,37 @@ class Decision:
 
 
 def decide(
-    candidate_accuracy: float,
-    stable_accuracy: float | None,
+    candidate_auc: float | None,
+    stable_auc: float | None,
     stable_version: int | None,
     samples: int,
     *,
     enabled: bool,
     max_regression: float,
 ) -> Decision:
-    """Passes unless the candidate's accuracy is more than `max_regression` below stable's.
+    """Passes unless the candidate's AUC is more than `max_regression` below stable's.
 
     A first model (no stable version) passes. A negative `max_regression` demands
-    an improvement of at least its magnitude.
+    an improvement of at least its magnitude. Held-out samples of one class only
+    (an AUC of None) cannot rank anything: the run passes with that said, as the
+    rollout on the arms' grasps still judges it.
     """
-    numbers = {"candidate_accuracy": candidate_accuracy, "samples": float(samples)}
-    head = f"held-out real balanced accuracy {candidate_accuracy:.4f} on {samples} samples"
-    if stable_accuracy is None or stable_version is None:
+    numbers = {"samples": float(samples)}
+    if candidate_auc is None:
+        verdict = "one class only: the held-out samples cannot compare models"
+        return Decision(True, f"no held-out real AUC on {samples} samples ({verdict})", numbers)
+    numbers["candidate_auc"] = candidate_auc
+    head = f"held-out real AUC {candidate_auc:.4f} on {samples} samples"
+    if stable_auc is None or stable_version is None:
         verdict = "no stable version to compare with" if enabled else "gate disabled"
         return Decision(True, f"{head}; {verdict}", numbers)
     numbers |= {
-        "stable_accuracy": stable_accuracy,
+        "stable_auc": stable_auc,
         "stable_version": float(stable_version),
         "max_regression": max_regression,
     }
-    drop = stable_accuracy - candidate_accuracy
-    versus = f"{head} vs stable version {stable_version}: {stable_accuracy:.4f} (drop {drop:+.4f})"
+    drop = stable_auc - candidate_auc
+    versus = f"{head} vs stable version {stable_version}: {stable_auc:.4f} (drop {drop:+.4f})"
     if not enabled:
         return Decision(True, f"{versus}; gate disabled by the RunSpec", numbers)
     if drop > max_regression + 1e-9:
@@ -131,16 +138,15 @@ def decide_scene(
     return Decision(True, f"{head}: the scene is kept", numbers)
 
 
-def serving_accuracy(
+def serving_auc(
     serve: ServeFn,
     data_root: str | Path,
     episodes: Sequence[episode_store_pb2.EpisodeSummary],
     batch_size: int = 64,
-) -> tuple[float, int]:
-    """(balanced accuracy, samples) of a serving function over every step of the labeled `episodes`.
+) -> tuple[float | None, int]:
+    """(AUC, samples) of a serving function over every step of the labeled `episodes`.
 
-    Balanced accuracy is the mean recall over the classes present: a held-out set
-    of failures only scores the failure recall alone.
+    The AUC is None when the samples hold one class only (or none).
     """
     probabilities, labels = [], []
     for batch in step_samples(data_root, labeled(episodes)).batch(batch_size):
@@ -152,9 +158,9 @@ def serving_accuracy(
         probabilities.append(np.asarray(serve(**inputs)[OUTPUT_SUCCESS])[:, 0])
         labels.append(batch[LABEL].numpy())
     if not labels:
-        return 0.0, 0
+        return None, 0
     label = np.concatenate(labels)
-    return scoring.balanced_accuracy(np.concatenate(probabilities), label), len(label)
+    return scoring.auc(np.concatenate(probabilities), label), len(label)
 
 
 def load_serving(path: Path) -> ServeFn:

@@ -85,14 +85,14 @@ def train_and_gate(run_dir: Path, inputs: JobInputs, recipe: Recipe) -> Result:
         run_dir, Progress(files.VALIDATING, spec.steps, spec.steps, metrics, message)
     )
     candidate = export.ServingModule(trained.model)
-    accuracy, samples = gate.serving_accuracy(candidate.serve, data_root, validation)
+    candidate_auc, samples = gate.serving_auc(candidate.serve, data_root, validation)
     model_base = Path(inputs.model_base)
     stable_version = Registry(model_base).labels(name).get(STABLE)
-    stable_accuracy = None
+    stable_auc = None
     if stable_version is not None:
         try:
             stable = gate.load_serving(model_base / name / str(stable_version))
-            stable_accuracy, _ = gate.serving_accuracy(stable, data_root, validation)
+            stable_auc, _ = gate.serving_auc(stable, data_root, validation)
         except Exception as err:
             raise RuntimeError(
                 f"stable version {stable_version} of {name!r} could not be scored on this "
@@ -100,8 +100,8 @@ def train_and_gate(run_dir: Path, inputs: JobInputs, recipe: Recipe) -> Result:
                 "compare, so nothing was published"
             ) from err
     decision = gate.decide(
-        accuracy,
-        stable_accuracy,
+        candidate_auc,
+        stable_auc,
         stable_version,
         samples,
         enabled=inputs.spec.gate.enabled,

@@ -1,4 +1,4 @@
-"""The validation gate: balanced accuracy on held-out real samples, and the publish verdict."""
+"""The validation gate: AUC on held-out real samples, and the publish verdict."""
 
 from __future__ import annotations
 
@@ -25,20 +25,40 @@ def _constant(probability: float):
     return serve
 
 
-def test_a_constant_model_scores_one_half_however_unbalanced_the_labels(store):
+def test_the_gate_scores_the_ranking_not_a_threshold(store):
     episodes = _real_episodes(store)
-    failures = [e for e in episodes if not e.label.success]
-    # Three failures to every success: plain accuracy would give "always fail" 0.75.
-    unbalanced = failures + [e for e in episodes if e.label.success][: len(failures) // 3]
     data_root = store.config.data_dir
-    always_fail, samples = gate.serving_accuracy(_constant(0.1), data_root, unbalanced)
-    always_succeed, _ = gate.serving_accuracy(_constant(0.9), data_root, unbalanced)
-    assert (
-        samples > 0 and always_fail == pytest.approx(0.5) and always_succeed == pytest.approx(0.5)
-    )
-    # With one class only, the score is that class's recall.
-    only_failures, _ = gate.serving_accuracy(_constant(0.1), data_root, failures)
-    assert only_failures == pytest.approx(1.0)
+    successes = {e.episode_id for e in episodes if e.label.success}
+    # A constant ranks nothing, whatever its level: 0.5.
+    for level in (0.1, 0.9):
+        score, samples = gate.serving_auc(_constant(level), data_root, episodes)
+        assert samples > 0 and score == pytest.approx(0.5)
+    # Every probability below 0.5 (an accuracy threshold would call it useless, 0.5),
+    # but successes ranked above failures: a perfect AUC.
+    truth = gate.serving_auc(_oracle(successes, data_root, episodes), data_root, episodes)[0]
+    assert truth == pytest.approx(1.0)
+    # With one class only nothing can be ranked.
+    failures = [e for e in episodes if not e.label.success]
+    assert gate.serving_auc(_constant(0.1), data_root, failures)[0] is None
+
+
+def _oracle(successes: set[str], data_root, episodes):
+    """A serving function that knows each step's label (by its x0 bytes): 0.3 on successes,
+    0.1 on failures."""
+    from models.episodes.dataset import LABEL, X0
+    from models.episodes.selection import labeled
+    from models.grasp_success.samples import step_samples
+
+    known = {}
+    for batch in step_samples(data_root, labeled(episodes)).batch(256):
+        for x0, label in zip(batch[X0].numpy(), batch[LABEL].numpy(), strict=True):
+            known[x0.tobytes()] = float(label)
+
+    def serve(x0, xt, motions):
+        rows = [0.3 if known[image.tobytes()] > 0.5 else 0.1 for image in np.asarray(x0)]
+        return {OUTPUT_SUCCESS: np.asarray(rows, np.float32)[:, None]}
+
+    return serve
 
 
 def test_decide_publishes_within_the_allowed_regression_only():
@@ -48,3 +68,5 @@ def test_decide_publishes_within_the_allowed_regression_only():
     assert not worse.passed and "not published" in worse.message
     close = gate.decide(0.69, 0.7, 3, 40, enabled=True, max_regression=0.02)
     assert close.passed and close.metrics["stable_version"] == 3.0
+    one_class = gate.decide(None, 0.7, 3, 40, enabled=True, max_regression=0.02)
+    assert one_class.passed and "one class only" in one_class.message
