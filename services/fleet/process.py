@@ -89,7 +89,11 @@ class ServiceProcess:
             "PYTHONUNBUFFERED": "1",
             PARENT_ENV: str(os.getpid()),
         }
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # A session of its own: Ctrl-C in the terminal reaches the fleet's parent only,
+        # which then writes its report and stops the services in order.
+        self.process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         log.close()
         self.port = None
         self.wait_ready(timeout_s, require_serving)

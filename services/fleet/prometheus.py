@@ -59,7 +59,8 @@ class LocalPrometheus:
     """
 
     def __init__(self, workdir: Path, interval_s: float = 2.0) -> None:
-        self.workdir = Path(workdir)
+        # Absolute: Prometheus reads the file_sd paths relative to its config file.
+        self.workdir = Path(workdir).resolve()
         self.interval_s = interval_s
         self.port = 0
         self.process: subprocess.Popen | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -57,7 +58,7 @@ def _scraped(name: str, command: list[str], flags: dict[str, str], tmp_path) -> 
     return ServiceProcess(name, command, flags, tmp_path / "logs")
 
 
-def test_recorded_success_rate_equals_the_store(tmp_path):
+def test_recorded_success_rate_equals_the_store(tmp_path, monkeypatch):
     models.publish(tmp_path / "models", 1, bias=0.0)
     # The store and the predictor that Prometheus scrapes run in processes of their own, as
     # deployed: this process's metrics registry also counts the stores and agents that
@@ -95,7 +96,9 @@ def test_recorded_success_rate_equals_the_store(tmp_path):
             agents.append(agent.start(timeout_s=120))
         # The local fleet's Prometheus (make run starts the same), scrape jobs named as the
         # ServiceMonitor and PodMonitor name them (app.kubernetes.io/name).
-        prometheus = LocalPrometheus(tmp_path / "prometheus", interval_s=1.0)
+        # A relative folder, as make run's var/fleet is: the scrape targets must still be found.
+        monkeypatch.chdir(tmp_path)
+        prometheus = LocalPrometheus(Path("prometheus"), interval_s=1.0)
         prometheus.start(["robot-agent", "episode-store", "grasp-predictor"])
         for agent in agents:
             prometheus.scrape("robot-agent", f"127.0.0.1:{agent.metrics_port}")
