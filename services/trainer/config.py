@@ -7,6 +7,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from google.protobuf import json_format
+
+from graspfleet.v1 import trainer_pb2
 from services.common.config import ConfigError, ServerConfig, check_address, setting
 from services.trainer import recipes
 
@@ -120,13 +123,22 @@ class TrainerConfig(ServerConfig):
         "than the margin (promote), or that it is worse (roll back).",
     )
     auto_retrain_enabled: bool = setting(
-        False, "Submit a run after every auto_retrain_episodes new labeled real episodes."
+        False,
+        "Submit a run after every auto_retrain_episodes new labeled real episodes, while a "
+        "stable version exists and no canary is under test.",
     )
     auto_retrain_episodes: int = setting(500, "New labeled real episodes that trigger a run.")
     auto_retrain_recipe: str = setting(
-        "REAL_ONLY", "Recipe of automatic runs (a Recipe name, e.g. DANN or RECIPE_DANN)."
+        "REAL_ONLY",
+        "Recipe of automatic runs (a Recipe name, e.g. DANN), or a schedule by the labeled "
+        'real episodes in the store: "REAL_ONLY,2000:NAIVE_MIX" runs NAIVE_MIX from 2000.',
     )
     auto_retrain_steps: int = setting(0, "Steps of automatic runs; 0 uses default_steps.")
+    auto_retrain_spec_file: str = setting(
+        "",
+        "A RunSpec in protobuf JSON that automatic runs start from (data selection, params, "
+        "gate, backend); the schedule sets its recipe, auto_retrain_steps its steps when set.",
+    )
     auto_retrain_interval_s: float = setting(60.0, "How often the store is asked for new data, s.")
     k8s_namespace: str = setting("graspfleet", "Namespace of training Jobs.")
     k8s_image: str = setting("graspfleet:latest", "Container image of training Jobs.")
@@ -240,14 +252,31 @@ class TrainerConfig(ServerConfig):
             except ValueError as err:
                 raise ConfigError(f"k8s_tolerations: {err}") from None
         try:
-            recipes.lookup(self.auto_retrain_recipe)
-        except KeyError:
-            raise ConfigError(
-                f"auto_retrain_recipe={self.auto_retrain_recipe!r}: use one of "
-                f"{recipes.short_names()}"
-            ) from None
+            recipes.schedule(self.auto_retrain_recipe)
+        except ValueError as err:
+            raise ConfigError(f"auto_retrain_recipe: {err}") from None
+        if self.auto_retrain_spec_file:
+            self.auto_retrain_template()
         if not self.k8s_command:
             raise ConfigError("k8s_command must name the program that runs `train job`")
+
+    def auto_retrain_template(self) -> trainer_pb2.RunSpec:
+        """The RunSpec automatic runs start from (empty without auto_retrain_spec_file).
+
+        Raises:
+            ConfigError: the file is missing or is not a RunSpec in protobuf JSON.
+        """
+        spec = trainer_pb2.RunSpec()
+        if not self.auto_retrain_spec_file:
+            return spec
+        path = Path(self.auto_retrain_spec_file)
+        try:
+            json_format.Parse(path.read_text(), spec)
+        except (OSError, json_format.ParseError) as err:
+            raise ConfigError(f"auto_retrain_spec_file={path}: {err}") from None
+        if spec.HasField("evaluation"):
+            raise ConfigError(f"auto_retrain_spec_file={path}: an automatic run trains a model")
+        return spec
 
     @property
     def runs_path(self) -> Path:

@@ -130,6 +130,51 @@ def lookup(name_or_value: str | int) -> Recipe:
         raise KeyError(name_or_value) from None
 
 
+def schedule(text: str) -> list[tuple[int, Recipe]]:
+    """A retraining schedule: "NAIVE_MIX", or "REAL_ONLY,2000:NAIVE_MIX" (the recipe for at
+    least that many labeled real episodes; an entry without a count starts at 0).
+
+    Returns:
+        (least real episodes, recipe) pairs, by count, the first one at 0.
+
+    Raises:
+        ValueError: an empty schedule, a bad count, a repeated count, no entry at 0,
+            an unknown recipe or one that trains a generator.
+    """
+    entries = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            raise ValueError(
+                f"{text!r}: an empty entry (use RECIPE or COUNT:RECIPE, comma-separated)"
+            )
+        count, sep, name = part.rpartition(":")
+        try:
+            least = int(count) if sep else 0
+        except ValueError:
+            raise ValueError(f"{part!r}: {count!r} is not a count of real episodes") from None
+        try:
+            recipe = lookup(name)
+        except KeyError:
+            raise ValueError(f"{part!r}: no recipe {name!r} (recipes: {short_names()})") from None
+        if recipe.is_generator:
+            raise ValueError(f"{part!r}: {recipe.name} does not train a grasp model")
+        if least < 0:
+            raise ValueError(f"{part!r}: the count must not be negative")
+        entries.append((least, recipe))
+    entries.sort(key=lambda entry: entry[0])
+    counts = [least for least, _ in entries]
+    if len(set(counts)) != len(counts):
+        raise ValueError(f"{text!r}: a count appears twice")
+    if counts[0] != 0:
+        raise ValueError(f"{text!r}: say which recipe runs below {counts[0]} real episodes")
+    return entries
+
+
+def scheduled(entries: list[tuple[int, Recipe]], real_episodes: int) -> Recipe:
+    """The schedule's recipe for this many labeled real episodes."""
+    return [recipe for least, recipe in entries if least <= real_episodes][-1]
+
+
 def short_names() -> list[str]:
     """Every recipe's short name, in enum order."""
     return [RECIPES[v].name for v in sorted(RECIPES)]

@@ -25,8 +25,9 @@ frequentist error rate; the minimum sample keeps early noise out).
 
 Retraining: the store's count of labeled REAL episodes is compared with a
 watermark kept in the run database; `auto_retrain_episodes` more submit one
-run of the configured recipe, unless the previous automatic run is still
-queued or running. The first check sets the watermark: data that existed
+run of the schedule's recipe for that many real episodes, unless the previous
+automatic run is still queued or running, the model has no stable version, or
+a canary is under test. The first check sets the watermark: data that existed
 before retraining was enabled does not trigger a run.
 """
 
@@ -43,7 +44,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, trainer_pb2
-from models.registry import CANARY, STABLE
+from models.registry import CANARY, STABLE, Registry
 from models.scoring import Rate, probability_not_worse, wilson
 from services.common import logs
 from services.common.errors import ServiceError
@@ -159,6 +160,16 @@ def decide(
     return decision(WAIT)
 
 
+def canary_under_test(registry: Registry, name: str) -> int | None:
+    """The version labelled canary while the rollout has not decided on it: not stable's
+    version and never stable before (a version that lost stable is not re-promoted)."""
+    labels = registry.labels(name)
+    canary = labels.get(CANARY)
+    if canary is None or canary == labels.get(STABLE) or registry.has_held(name, STABLE, canary):
+        return None
+    return canary
+
+
 def _timestamp(seconds: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
@@ -258,7 +269,7 @@ class Rollout:
             labels = registry.labels(name)
             canary, stable = labels.get(CANARY), labels.get(STABLE)
             self.watch_stable(name, stable)
-            if canary is None or canary == stable or registry.has_held(name, STABLE, canary):
+            if canary_under_test(registry, name) is None:
                 continue
             started = self._canary_since(name, canary)
             decision = decide(
@@ -293,12 +304,33 @@ class Rollout:
 
 
 class AutoRetrain:
-    """Submits a run after every `auto_retrain_episodes` new labeled real episodes."""
+    """Submits a run after every `auto_retrain_episodes` new labeled real episodes.
+
+    A run improves on stable, so none is submitted while the model has no stable
+    version (the first version is a person's call) or while a canary is under test
+    (one change on the arms at a time); the new episodes keep counting meanwhile.
+    The recipe is the schedule's for the labeled real episodes in the store.
+    """
 
     def __init__(self, trainer: Trainer) -> None:
         self.trainer = trainer
         self.config = trainer.config
-        self.recipe = recipes.lookup(self.config.auto_retrain_recipe)
+        self.schedule = recipes.schedule(self.config.auto_retrain_recipe)
+        self.template = self.config.auto_retrain_template()
+        self.model = self.template.model_name or self.config.default_model_name
+
+    def blocked(self) -> str:
+        """Why no run may start now ("" when one may)."""
+        previous = self.trainer.runs.setting(WATERMARK + ":run")
+        if previous and self.trainer.get(previous).state not in TERMINAL:
+            return f"automatic run {previous} has not finished"
+        registry = self.trainer.registry
+        if registry.labels(self.model).get(STABLE) is None:
+            return f"{self.model} has no stable version to improve on"
+        canary = canary_under_test(registry, self.model)
+        if canary is not None:
+            return f"canary {self.model}:{canary} is under test"
+        return ""
 
     def check(self) -> trainer_pb2.Run | None:
         """One round; returns the run it submitted, if any."""
@@ -312,21 +344,23 @@ class AutoRetrain:
             runs.set_setting(WATERMARK, str(labeled))
             return None
         new = labeled - int(mark)
-        if new < self.config.auto_retrain_episodes:
+        if new < self.config.auto_retrain_episodes or self.blocked():
             return None
-        previous = runs.setting(WATERMARK + ":run")
-        if previous and self.trainer.get(previous).state not in TERMINAL:
-            return None  # the last automatic run has not finished; it will catch up after
-        spec = trainer_pb2.RunSpec(
-            recipe=self.recipe.value,
-            params=trainer_pb2.TrainingParams(steps=self.config.auto_retrain_steps),
-            description=f"automatic retraining: {new} new labeled real episodes",
+        recipe = recipes.scheduled(self.schedule, labeled)
+        spec = trainer_pb2.RunSpec()
+        spec.CopyFrom(self.template)
+        spec.recipe = recipe.value
+        if self.config.auto_retrain_steps:
+            spec.params.steps = self.config.auto_retrain_steps
+        spec.description = (
+            f"automatic retraining: {new} new labeled real episodes, {labeled} in all "
+            f"({recipe.name} by the schedule {self.config.auto_retrain_recipe!r})"
         )
         try:
             run = self.trainer.submit(spec, submitted_by=AUTO_USER)
         except ServiceError as err:
             metrics.AUTO_RUNS.labels("refused").inc()
-            log.error("automatic run refused", extra={"error": err.message})
+            log.error(f"automatic run refused: {err.message}", extra={"error": err.message})
             run = None
         else:
             metrics.AUTO_RUNS.labels("submitted").inc()

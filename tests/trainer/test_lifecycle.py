@@ -7,15 +7,21 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
 
 from graspfleet.v1 import trainer_pb2 as S
 from graspfleet.v1 import trainer_pb2_grpc
+from models.registry import Registry
+from services.common.config import ConfigError
 from services.fleet.process import ServiceProcess
+from services.trainer import recipes
 from services.trainer.backends import JOB_ENV, RUNNING, JobSpec, LocalBackend
+from services.trainer.config import TrainerConfig
 from services.trainer.job import files
+from tests.fixtures import models
 from tests.trainer.conftest import (
     AUTH,
     REAL,
@@ -169,34 +175,103 @@ def test_a_job_lost_while_the_trainer_was_down_is_failed_with_the_reason(start_t
     assert final.message.startswith(f"lost: job {running.job} ended without a result")
 
 
-def test_enough_new_real_episodes_submit_an_automatic_run(start_trainer, store_client):
+def test_enough_new_real_episodes_submit_an_automatic_run(tmp_path, start_trainer, store_client):
+    """New real episodes retrain only while a stable version exists and no canary is under
+    test; the schedule's recipe for the store's real episodes and the spec file's settings."""
+    template = tmp_path / "auto.json"
+    template.write_text(
+        json.dumps(
+            {
+                "params": {"batchSize": 16, "seed": 7},
+                "data": {"validationFraction": 0.25},
+                "gate": {"enabled": True, "maxRegression": 0.05},
+            }
+        )
+    )
+    settings = {
+        "auto_retrain_enabled": True,
+        "auto_retrain_episodes": 3,
+        "auto_retrain_interval_s": 0.2,
+        "auto_retrain_recipe": "real_only,1000000:naive_mix",
+        "auto_retrain_steps": 24,
+        "auto_retrain_spec_file": str(template),
+    }
+
+    def auto_runs(stub):
+        return [
+            r for r in stub.ListRuns(S.ListRunsRequest()).runs if r.submitted_by == "auto-retrain"
+        ]
+
+    # A trainer whose model has no version yet: new data waits for a stable version.
+    empty = tmp_path / "empty"
     server = start_trainer(
-        auto_retrain_enabled=True,
-        auto_retrain_episodes=3,
-        auto_retrain_interval_s=0.2,
-        auto_retrain_recipe="real_only",
-        auto_retrain_steps=24,
+        **settings, model_base=str(empty / "models"), state_dir=str(empty / "state")
     )
     channel, stub = trainer_stub(server)
     with channel:
-
-        def auto_runs():
-            return [
-                r
-                for r in stub.ListRuns(S.ListRunsRequest()).runs
-                if r.submitted_by == "auto-retrain"
-            ]
-
-        with pytest.raises(AssertionError):
-            wait_for(auto_runs, 1.0)  # existing data does not count
+        time.sleep(1.0)  # the first check sets the watermark
         fill(store_client, [episode(400 + i, REAL, i % 2 == 0) for i in range(3)])
-        (run,) = wait_for(auto_runs, 10, "an automatic run")
+        with pytest.raises(AssertionError):
+            wait_for(lambda: auto_runs(stub), 1.5)  # no stable version to improve on
+
+    server = start_trainer(**settings)
+    registry = Registry(tmp_path / "models")
+    models.publish(tmp_path / "models", 1, bias=0.0)
+    models.publish(tmp_path / "models", 2, bias=0.0)
+    registry.set_label("grasp_success", 1, "stable", by="tester", reason="first")
+    registry.set_label("grasp_success", 2, "canary", by="tester", reason="under test")
+    channel, stub = trainer_stub(server)
+    with channel:
+        with pytest.raises(AssertionError):
+            wait_for(lambda: auto_runs(stub), 1.0)  # existing data does not count
+        fill(store_client, [episode(403 + i, REAL, i % 2 == 0) for i in range(3)])
+        with pytest.raises(AssertionError):
+            wait_for(lambda: auto_runs(stub), 1.5)  # a canary is under test
+        registry.set_label("grasp_success", 1, "canary", by="tester", reason="rolled back")
+        (run,) = wait_for(lambda: auto_runs(stub), 10, "an automatic run")
         assert run.spec.recipe == S.RECIPE_REAL_ONLY and run.spec.params.steps == 24
+        assert run.spec.params.batch_size == 16 and run.spec.params.seed == 7
+        assert run.spec.data.validation_fraction == 0.25 and run.spec.gate.max_regression == 0.05
         assert "3 new labeled real episodes" in run.spec.description
+        assert "REAL_ONLY by the schedule" in run.spec.description
         with pytest.raises(grpc.RpcError) as refused:
             stub.CancelRun(S.CancelRunRequest(run_id=run.run_id))
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         stub.CancelRun(S.CancelRunRequest(run_id=run.run_id), metadata=AUTH)
+
+
+def test_the_retraining_schedule_picks_the_recipe_for_the_real_data():
+    entries = recipes.schedule("REAL_ONLY, 2000:naive_mix, 500:dann")
+    assert [(n, r.name) for n, r in entries] == [
+        (0, "REAL_ONLY"),
+        (500, "DANN"),
+        (2000, "NAIVE_MIX"),
+    ]
+    assert recipes.scheduled(entries, 499).name == "REAL_ONLY"
+    assert recipes.scheduled(entries, 500).name == "DANN"
+    assert recipes.scheduled(entries, 10**6).name == "NAIVE_MIX"
+    assert [r.name for _, r in recipes.schedule("dann_r")] == ["DANN_R"]
+    for bad, why in (
+        ("", "empty entry"),
+        ("500:DANN", "below 500"),
+        ("DANN,x:SIM_ONLY", "not a count"),
+        ("DANN,5:NOPE", "no recipe"),
+        ("DANN,5:RCAN_GENERATOR", "does not train a grasp model"),
+        ("DANN,0:REAL_ONLY", "appears twice"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            recipes.schedule(bad)
+    with pytest.raises(ConfigError, match="auto_retrain_recipe"):
+        TrainerConfig(store_address="x:1", store_data_dir="d", auto_retrain_recipe="500:DANN")
+
+
+def test_a_bad_automatic_run_spec_file_is_a_config_error(tmp_path):
+    settings = {"store_address": "x:1", "store_data_dir": "d"}
+    with pytest.raises(ConfigError, match="auto_retrain_spec_file"):
+        TrainerConfig(**settings, auto_retrain_spec_file=str(tmp_path / "missing.json"))
+    (tmp_path / "bad.json").write_text('{"params": {"stepz": 3}}')
+    with pytest.raises(ConfigError, match="stepz"):
+        TrainerConfig(**settings, auto_retrain_spec_file=str(tmp_path / "bad.json"))
 
 
 def test_graspfleet_trainer_serve_runs_the_service_and_stops_on_sigterm(tmp_path, store):
