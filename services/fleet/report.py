@@ -1,45 +1,133 @@
-"""The run's report: summary table, success over time, image samples."""
+"""The run's report: success per model version, the label moves, success over time, pictures."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from graspfleet.v1 import common_pb2, episode_store_pb2
+from graspfleet.v1 import episode_store_pb2, trainer_pb2
+from models.registry import Registry, read_metadata
+from models.scoring import Rate, wilson
 from services.episode_store import client
 from services.episode_store.client import pictures
+from services.fleet.flywheel import RANDOM
 
 
-def summary_rows(
-    stats: episode_store_pb2.StatsResponse,
-) -> list[tuple[str, str, str, int, int, float]]:
-    """(robot, domain, model, episodes, labeled, success rate) per group."""
+@dataclass(frozen=True)
+class VersionRow:
+    """One model version's record in a run: what it learned from and how the arms grasped.
+
+    Attributes:
+        version: The version (flywheel.RANDOM for random exploration).
+        grasps: Its labeled real grasps in the run, with the Wilson 95% interval.
+        recipe: The recipe that trained it ("" for random).
+        run_id: The trainer run that published it.
+        sim_episodes: Simulated training episodes.
+        real_episodes: Labeled real training episodes.
+        published_s: Seconds into the run it was published (None: before the run).
+        events: Its label moves, e.g. "stable at 612 s (rollout: ...)".
+    """
+
+    version: int
+    grasps: Rate
+    recipe: str = ""
+    run_id: str = ""
+    sim_episodes: int = 0
+    real_episodes: int = 0
+    published_s: float | None = None
+    events: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict:
+        row = asdict(self)
+        row["grasps"] = self.grasps.as_dict()
+        row["events"] = list(self.events)
+        return row
+
+
+def _trained_on(registry: Registry, name: str, version: int) -> tuple[int, int]:
+    """(sim, real) training episodes a version's metadata records."""
+    try:
+        metadata = read_metadata(registry.folder(name) / str(version))
+    except (FileNotFoundError, ValueError):
+        return 0, 0
+    selection = metadata.get("data", {}).get("selection", {})
+    return int(selection.get("sim", {}).get("train", 0)), int(
+        selection.get("real", {}).get("train", 0)
+    )
+
+
+def version_rows(
+    grasps: dict[int, Rate],
+    registry: Registry,
+    name: str,
+    changes: list[trainer_pb2.LabelChange],
+    started: float,
+) -> list[VersionRow]:
+    """Every version the run published or grasped with, oldest first, random first of all."""
+    described = {v.version: v for v in registry.versions(name)}
     rows = []
-    for g in stats.groups:
-        model = f"{g.model.name}:{g.model.version}" if g.model.name else "- (random)"
-        domain = common_pb2.Domain.Name(g.domain).removeprefix("DOMAIN_").lower()
-        rows.append((g.robot_id, domain, model, g.episodes, g.labeled, g.success_rate))
+    for version in sorted({*grasps, *described}):
+        rate = grasps.get(version, wilson(0, 0))
+        if version == RANDOM:
+            rows.append(VersionRow(RANDOM, rate))
+            continue
+        info = described.get(version)
+        published = info.created_at.ToNanoseconds() / 1e9 - started if info else None
+        events = tuple(
+            f"{c.label} at {c.time.ToNanoseconds() / 1e9 - started:.0f} s ({c.by}: {c.reason})"
+            for c in changes
+            if c.version == version and c.time.ToNanoseconds() / 1e9 >= started
+        )
+        sim, real = _trained_on(registry, name, version)
+        rows.append(
+            VersionRow(
+                version,
+                rate,
+                recipe=trainer_pb2.Recipe.Name(info.recipe).removeprefix("RECIPE_") if info else "",
+                run_id=info.run_id if info else "",
+                sim_episodes=sim,
+                real_episodes=real,
+                published_s=published if published is None or published >= 0 else None,
+                events=events,
+            )
+        )
     return rows
 
 
-def format_table(rows, evaluation: dict[str, tuple[int, int]]) -> str:
+def versions_table(rows: list[VersionRow]) -> str:
+    """The per-version table of the report, Markdown."""
     lines = [
-        "| robot | domain | model | episodes | labeled | success rate |",
-        "|---|---|---|---:|---:|---:|",
+        "| version | recipe | trained on (sim / real episodes) | published | real grasps | "
+        "success [95% interval] |",
+        "|---|---|---|---:|---:|---|",
     ]
-    lines += [f"| {r} | {d} | {m} | {e} | {n} | {s:.1%} |" for r, d, m, e, n, s in rows]
-    if evaluation:
-        lines += [
-            "",
-            "| held-out objects, sim | episodes | successes | success rate |",
-            "|---|---:|---:|---:|",
-        ]
-        for policy, (episodes, successes) in evaluation.items():
-            lines.append(
-                f"| {policy} | {episodes} | {successes} | {successes / max(episodes, 1):.1%} |"
-            )
+    for row in rows:
+        name = "random" if row.version == RANDOM else f"v{row.version}"
+        trained = f"{row.sim_episodes:,} / {row.real_episodes:,}" if row.recipe else "-"
+        published = "-" if row.published_s is None else f"{row.published_s / 60:.1f} min"
+        g = row.grasps
+        rate = f"{g.rate:.1%} [{g.low:.1%}, {g.high:.1%}]" if g.episodes else "-"
+        lines.append(
+            f"| {name} | {row.recipe or '-'} | {trained} | {published} | "
+            f"{g.successes}/{g.episodes} | {rate} |"
+        )
     return "\n".join(lines)
+
+
+def decisions_list(changes: list[trainer_pb2.LabelChange], started: float) -> str:
+    """The run's label moves, one per line, with who moved them and why."""
+    lines = []
+    for change in changes:
+        at = change.time.ToNanoseconds() / 1e9 - started
+        if at < 0 or not change.version:
+            continue  # before the run, or the registry pinning a label that did not move
+        lines.append(
+            f"- {at / 60:5.1f} min: {change.label} -> v{change.version} "
+            f"(was v{change.previous or '-'}) by {change.by}: {change.reason}"
+        )
+    return "\n".join(lines) or "- none"
 
 
 RECORDED_SUCCESS = "last_over_time(graspfleet:grasp_success:ratio[1h])"
@@ -62,36 +150,50 @@ def prometheus_table(prometheus) -> str:
     return "\n".join(lines)
 
 
-def success_plot(stub, robots: list[str], path: Path) -> None:
-    """Running success rate per robot over its episodes, marking model-version changes."""
+def flywheel_plot(
+    episodes: list[episode_store_pb2.EpisodeSummary],
+    changes: list[trainer_pb2.LabelChange],
+    started: float,
+    path: Path,
+    window: int = 50,
+) -> None:
+    """Success over time: each version's running rate over its last `window` real grasps
+    (by start time), with the moves of the stable and canary labels marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(8, 4.5))
-    for robot in robots:
-        episodes = [
-            e
-            for e in client.list_all(stub, episode_store_pb2.EpisodeFilter(robot_ids=[robot]))
-            if e.label.state != common_pb2.LABEL_STATE_UNLABELED
-        ]
-        if not episodes:
+    figure, axis = plt.subplots(figsize=(9, 4.8))
+    by_version: dict[int, list[tuple[float, bool]]] = {}
+    for episode in episodes:
+        version = episode.model.version if episode.model.name else RANDOM
+        at = (episode.started_at.ToNanoseconds() / 1e9 - started) / 60
+        by_version.setdefault(version, []).append((at, episode.label.success))
+    for version, points in sorted(by_version.items()):
+        points.sort()
+        times = np.array([t for t, _ in points])
+        hits = np.array([s for _, s in points], dtype=float)
+        kernel = np.ones(min(window, len(hits)))
+        running = np.convolve(hits, kernel, mode="valid") / len(kernel)
+        label = "random" if version == RANDOM else f"v{version}"
+        axis.plot(times[len(kernel) - 1 :], running, label=f"{label} ({len(hits)} grasps)")
+    for change in changes:
+        at = (change.time.ToNanoseconds() / 1e9 - started) / 60
+        if at < 0 or change.label not in ("stable", "canary"):
             continue
-        successes = np.cumsum([e.label.success for e in episodes])
-        rate = successes / np.arange(1, len(episodes) + 1)
-        axis.plot(np.arange(1, len(episodes) + 1), rate, label=robot)
-        versions = [e.model.version for e in episodes]
-        for i in range(1, len(versions)):
-            if versions[i] != versions[i - 1]:
-                axis.axvline(i + 1, linestyle=":", color="grey")
-                axis.text(i + 1, 0.02, f"v{versions[i]}", fontsize=8, color="grey")
-    axis.set_xlabel("episode (per robot, in order)")
-    axis.set_ylabel("grasp success rate so far")
+        style = "-" if change.label == "stable" else ":"
+        axis.axvline(at, linestyle=style, color="grey", alpha=0.7)
+        axis.text(at, 0.97, f"{change.label} v{change.version}", rotation=90, fontsize=7,
+                  color="grey", va="top")  # fmt: skip
+    axis.set_xlabel("minutes into the run")
+    axis.set_ylabel(f"success over the last {window} grasps")
     axis.set_ylim(0, 1)
     axis.grid(alpha=0.3)
-    axis.legend()
-    axis.set_title("Grasp success over time")
+    axis.legend(fontsize=8)
+    axis.set_title(
+        "Proxy-real grasp success per model version (solid: stable moves, dotted: canary)"
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

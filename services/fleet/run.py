@@ -1,39 +1,46 @@
-"""`make run`: the whole local fleet on embedded defaults, as processes on loopback.
+"""`make run`: the whole local fleet on embedded defaults, turning as a flywheel.
 
-1. Starts the episode store (SQLite), the grasp predictor (an empty model
-   repository), the servo-planner, the sim-farm and the trainer.
-2. Bootstraps: the sim-farm collects simulated grasps with random exploration,
-   and the proxy-real arms make their first tries at random (no model exists).
-3. Asks the trainer for the first grasp-success model (sim-only): a run like
-   any other, gated on the arms' held-out episodes and recorded in the model
-   registry; published as version 1 and labelled stable, the predictor picks
-   it up by itself.
-4. Measures CEM on that sim-only model against random grasping on held-out
-   objects in simulation, the same scenes for both.
-5. Starts robot agents on the proxy-real arms of robots/fleet/, which grasp
-   with CEM on that model and stream every attempt to the store.
-6. Asks the trainer for a retraining run (DANN with domain-specific batch norm
-   on sim plus the agents' real episodes); a model that passes the gate is
-   published as the canary, promoted to stable, and the agents, asking for
-   "stable", grasp with it without being restarted.
-7. Prints a summary and writes a report folder (plot, image samples, table).
+1. Starts a local Prometheus, the episode store (SQLite), the grasp predictor
+   (an empty model repository), the servo-planner, the sim-farm and the
+   trainer, with automatic retraining and the rollout switched on.
+2. Bootstraps: the sim-farm collects simulated grasps at random on the train
+   objects while the proxy-real arms make their first tries at random (no
+   model exists yet); those real episodes are what the first gate scores on.
+3. Asks the trainer for version 1 from simulation alone (no real labels), the
+   one recipe of the sim-to-real table that fits the run's budget, and makes it
+   stable (and canary: the canary arms run stable until a canary exists).
+4. The flywheel: every arm grasps with CEM on its label's version (a canary
+   share of the arms asks for "canary"), with a small share of random
+   commands, streaming every attempt to the store. Each time enough new real
+   episodes have arrived the trainer retrains on its own (the schedule's
+   recipe, sim plus every real episode), publishes a version that passes its
+   gate as the canary, and promotes it or rolls it back on the arms' grasps.
+   No restart, no person. A status table is printed as it turns; the run ends
+   after --minutes (or at Ctrl-C with --forever).
+5. Writes the report: success per version with Wilson intervals and what each
+   was trained on, the label moves and why, success over time, what
+   Prometheus recorded, pictures, and summary.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import secrets
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import grpc
+from google.protobuf import json_format
 from tqdm import tqdm
 
 from graspfleet.v1 import (
     common_pb2,
+    episode_store_pb2,
     robot_agent_pb2,
     robot_agent_pb2_grpc,
     sim_farm_pb2,
@@ -41,58 +48,105 @@ from graspfleet.v1 import (
     trainer_pb2,
     trainer_pb2_grpc,
 )
-from models.registry import STABLE
+from models.registry import STABLE, Registry
 from services.common.auth import USER_HEADER, bearer
-from services.fleet import report
+from services.episode_store import client as store_client
+from services.fleet import flywheel, report
 from services.fleet.process import ServiceProcess
 from services.fleet.prometheus import LocalPrometheus
 from services.sim_farm.client import run_collection
 
 Policy = sim_farm_pb2.CollectionPolicy
+MODEL = "grasp_success"  # the trainer's default model name: the one the arms run
 
 
 @dataclass(frozen=True)
 class Plan:
+    """How much of everything a run does.
+
+    Attributes:
+        bootstrap_episodes: Simulated random grasps on the train objects (version 1's data).
+        first_tries: Random grasps per arm before version 1 exists.
+        train_steps: Version 1's training steps.
+        retrain_every: New labeled real episodes that make the trainer retrain.
+        retrain_steps: Training steps of an automatic run.
+        recipes: The trainer's retraining schedule (auto_retrain_recipe).
+        min_grasps: Real grasps the canary, and stable over the same period, need
+            before the rollout decides.
+        max_grasps: Canary grasps after which a canary not shown not worse is rolled back.
+        max_wait_s: Seconds after which the same holds.
+        epsilon: Share of random commands among the arms' CEM commands.
+        minutes: The whole run's budget (the flywheel turns until it is spent).
+        status_every_s: How often the status table is printed.
+    """
+
     bootstrap_episodes: int
-    validation_episodes: int
+    first_tries: int
     train_steps: int
-    agent_episodes: int
+    retrain_every: int
     retrain_steps: int
-    eval_episodes: int
+    recipes: str
+    min_grasps: int
+    max_grasps: int
+    max_wait_s: float
+    epsilon: float
+    minutes: float
+    status_every_s: float
 
 
 PLANS = {
     "quick": Plan(
         bootstrap_episodes=60,
-        validation_episodes=20,
+        first_tries=4,
         train_steps=150,
-        agent_episodes=5,
-        retrain_steps=100,
-        eval_episodes=8,
+        retrain_every=12,
+        retrain_steps=60,
+        recipes="NAIVE_MIX",
+        min_grasps=6,
+        max_grasps=60,
+        max_wait_s=120,
+        epsilon=0.1,
+        minutes=4,
+        status_every_s=15,
     ),
     "default": Plan(
-        bootstrap_episodes=4000,
-        validation_episodes=200,
-        train_steps=4000,
-        agent_episodes=25,
-        retrain_steps=1000,
-        eval_episodes=60,
+        bootstrap_episodes=1200,
+        first_tries=30,
+        train_steps=1500,
+        retrain_every=300,
+        retrain_steps=1500,
+        recipes="NAIVE_MIX",
+        min_grasps=60,
+        max_grasps=600,
+        max_wait_s=600,
+        epsilon=0.1,
+        minutes=20,
+        status_every_s=30,
     ),
 }
+
+ARMS = {"quick": ["kuka-01", "kuka-02"], "default": ["kuka-01", "kuka-02", "kuka-03", "kuka-04"]}
+REPORT_RESERVE_S = 45  # the report's share of --minutes
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="graspfleet run", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run of about two minutes")
+    parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
+    parser.add_argument(
+        "--forever", action="store_true", help="keep the flywheel turning until Ctrl-C"
+    )
+    parser.add_argument("--minutes", type=float, help="the whole run's budget (default 20)")
     parser.add_argument("--workdir", default="var/fleet", help="state of this run (wiped at start)")
     parser.add_argument("--reports", default="reports", help="where the report folder goes")
+    parser.add_argument("--robots", nargs="+", help="proxy-real arms that get an agent")
     parser.add_argument(
-        "--robots", nargs="+", default=["kuka-01", "kuka-02"], help="arms that get an agent"
+        "--canary-arms", type=int, default=None, help="arms that run the canary (default: half)"
     )
     parser.add_argument("--bootstrap-episodes", type=int)
     parser.add_argument("--train-steps", type=int)
-    parser.add_argument("--agent-episodes", type=int)
-    parser.add_argument("--eval-episodes", type=int)
+    parser.add_argument("--retrain-every", type=int)
+    parser.add_argument("--retrain-steps", type=int)
+    parser.add_argument("--min-grasps", type=int)
     return parser.parse_args(argv)
 
 
@@ -165,85 +219,42 @@ def _collect(
         return run_collection(sim_farm_pb2_grpc.SimFarmStub(channel), collection_id, spec, progress)
 
 
-def _run_agents(fleet: Fleet, robots: list[str], flags: dict, episodes: int) -> None:
-    agents = [
+def _start_first_tries(fleet: Fleet, robots: list[str], flags: dict, episodes: int) -> list:
+    """Agents that grasp `episodes` times each at random and exit (no model exists yet)."""
+    return [
         fleet.start(
-            f"agent-{robot}",
+            f"agent-{robot}-first",
             ["agent", "serve"],
-            {**flags, "robot_id": robot, "episodes": str(episodes)},
+            {**flags, "robot_id": robot, "episodes": str(episodes), "exploration": "random"},
         )
         for robot in robots
     ]
-    desc = f"agents grasping ({flags.get('exploration', 'cem')})"
-    with tqdm(total=episodes * len(agents), desc=desc, unit="ep") as bar:
+
+
+def _wait_for_agents(fleet: Fleet, agents: list[ServiceProcess], episodes: int) -> None:
+    """Waits until agents started with an episode limit have all exited."""
+    with tqdm(total=episodes * len(agents), desc="the arms' first tries", unit="ep") as bar:
         while True:
-            done, states = 0, []
+            done = 0
             for agent in agents:
                 if agent.process.poll() is not None:
                     done += episodes
                     continue
-                try:
-                    with grpc.insecure_channel(agent.address) as channel:
-                        status = robot_agent_pb2_grpc.RobotAgentStub(channel).GetStatus(
-                            robot_agent_pb2.GetStatusRequest(), timeout=2
-                        )
-                    done += status.episodes_attempted
-                    states.append(
-                        robot_agent_pb2.AgentState.Name(status.state)
-                        .removeprefix("AGENT_STATE_")
-                        .lower()
+                with (
+                    contextlib.suppress(grpc.RpcError),
+                    grpc.insecure_channel(agent.address) as channel,
+                ):
+                    done += (
+                        robot_agent_pb2_grpc.RobotAgentStub(channel)
+                        .GetStatus(robot_agent_pb2.GetStatusRequest(), timeout=2)
+                        .episodes_attempted
                     )
-                except grpc.RpcError:
-                    done += 0
             bar.update(done - bar.n)
-            bar.set_postfix(states=",".join(states) or "done")
             if all(agent.process.poll() is not None for agent in agents):
                 break
             time.sleep(1.0)
     for agent in agents:
         fleet.processes.remove(agent)
-
-
-def held_out_trial(
-    farm: ServiceProcess,
-    policy: str,
-    episodes: int,
-    *,
-    shards: int = 2,
-    max_steps: int = 8,
-    seed: int = 99,
-    label: str = "",
-) -> sim_farm_pb2.Collection:
-    """One policy ("random" or "cem") grasping held-out objects in simulation, to its end.
-
-    The same seed and shard count give every policy the same scenes, so their
-    outcomes pair up by episode seed. The collection id is "eval-<policy>".
-    """
-    kind = {"random": Policy.KIND_RANDOM, "cem": Policy.KIND_CEM}[policy]
-    spec = sim_farm_pb2.CollectionSpec(
-        num_episodes=episodes,
-        num_shards=min(shards, episodes),
-        max_steps=max_steps,
-        domain=common_pb2.DOMAIN_SIM,
-        randomization=common_pb2.RANDOMIZATION_NONE,
-        object_set="sim-test",
-        policy=Policy(kind=kind),
-        seed=seed,
-    )
-    return _collect(farm, spec, f"eval-{policy}", label or f"{policy} on held-out objects")
-
-
-def _evaluate(farm: ServiceProcess, episodes: int) -> dict[str, tuple[int, int]]:
-    """Random exploration, then CEM on the serving model, on the same held-out sim scenes.
-
-    Returns:
-        {policy: (episodes, successes)}.
-    """
-    evaluation = {}
-    for policy, name in (("random", "random"), ("cem", "cem (sim-only model)")):
-        collection = held_out_trial(farm, policy, episodes, label=f"eval {name}")
-        evaluation[name] = (collection.episodes_done, collection.successes)
-    return evaluation
 
 
 def _trainer_run(
@@ -292,14 +303,14 @@ def _state(run: trainer_pb2.Run) -> str:
     return trainer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
 
 
-def _grasp_run_spec(recipe: int, steps: int, description: str) -> trainer_pb2.RunSpec:
+def _grasp_run_spec(recipe: int, steps: int, description: str = "") -> trainer_pb2.RunSpec:
     """A grasp-model run on the simulated episodes of the train objects and the arms' episodes.
 
-    The store also holds the sim evaluation on the held-out objects, so the sim
-    data is restricted to the train object set. The scene loss is on: the
-    simulated episodes carry masks (docs/results.md). The gate compares with
-    stable on held-out real episodes; the first version passes it with its
-    numbers recorded, since there is no stable version yet.
+    The scene loss is on: the simulated episodes carry masks (docs/results.md).
+    The gate compares with stable on held-out real episodes whose objects no
+    training episode holds; the first version passes it with its numbers
+    recorded, since there is no stable version yet. The automatic runs start
+    from this spec too (the trainer's auto_retrain_spec_file).
     """
     return trainer_pb2.RunSpec(
         recipe=recipe,
@@ -312,33 +323,133 @@ def _grasp_run_spec(recipe: int, steps: int, description: str) -> trainer_pb2.Ru
     )
 
 
+def _plan(args: argparse.Namespace) -> Plan:
+    base = PLANS["quick" if args.quick else "default"]
+    overrides = {
+        "bootstrap_episodes": args.bootstrap_episodes,
+        "train_steps": args.train_steps,
+        "retrain_every": args.retrain_every,
+        "retrain_steps": args.retrain_steps,
+        "min_grasps": args.min_grasps,
+        "minutes": args.minutes,
+    }
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _recipe(run: trainer_pb2.Run) -> str:
+    return trainer_pb2.Recipe.Name(run.spec.recipe).removeprefix("RECIPE_")
+
+
+def _since(change: trainer_pb2.LabelChange, started: float) -> float:
+    return change.time.ToNanoseconds() / 1e9 - started
+
+
+def _report(
+    report_dir: Path,
+    store,
+    trainer: trainer_pb2_grpc.TrainerStub,
+    models: Path,
+    started: float,
+    fleet: Fleet,
+    plan: Plan,
+    arms: dict[str, str],
+    first: trainer_pb2.Run,
+    command: str,
+) -> dict:
+    """Writes summary.md, summary.json and the pictures; returns the summary."""
+    request = trainer_pb2.ListLabelChangesRequest(name=MODEL)
+    changes = list(trainer.ListLabelChanges(request, timeout=30).changes)
+    rows = report.version_rows(
+        flywheel.real_grasps(store, started), Registry(models), MODEL, changes, started
+    )
+    stats = store.Stats(episode_store_pb2.StatsRequest(), timeout=30)
+    report.flywheel_plot(
+        flywheel.list_real(store, started), changes, started, report_dir / "success_over_time.png"
+    )
+    drawn = report.episode_pictures(store, list(arms), report_dir)
+    runs = trainer.ListRuns(trainer_pb2.ListRunsRequest(page_size=100), timeout=30).runs
+    runs = sorted(runs, key=lambda r: r.created_at.ToNanoseconds())
+    table = report.versions_table(rows)
+    decisions = report.decisions_list(changes, started)
+    recorded = report.prometheus_table(fleet.prometheus) if fleet.prometheus else ""
+    links = "\n".join(f"![{p.stem}]({p.name})" for p in drawn)
+    run_lines = "\n".join(
+        f"- {r.run_id} ({r.submitted_by}, {_recipe(r)}): {_state(r)}: {r.message}" for r in runs
+    )
+    elapsed = time.time() - started
+    on = ", ".join(f"{robot}: {label}" for robot, label in arms.items())
+    (report_dir / "summary.md").write_text(
+        f"# graspfleet run\n\n`{command}`: {elapsed / 60:.1f} min, {len(arms)} proxy-real arms "
+        f"({on}); episodes in the store: {stats.episodes} ({stats.steps} steps)\n\n"
+        f"Version 1 (sim only): {_scores(dict(first.metrics))}\n\n"
+        f"## Real grasps per model version\n\n{table}\n\n"
+        f"## Label moves\n\n{decisions}\n\n"
+        f"## Trainer runs\n\n{run_lines}\n\n"
+        "![success over time](success_over_time.png)\n\n"
+        + (f"## What Prometheus recorded\n\n{recorded}\n\n" if recorded else "")
+        + f"{links}\n"
+    )
+    summary = {
+        "command": command,
+        "minutes": round(elapsed / 60, 2),
+        "arms": arms,
+        "plan": asdict(plan),
+        "versions": [row.as_dict() for row in rows],
+        "label_changes": [
+            {
+                "at_s": round(_since(c, started), 1),
+                "label": c.label,
+                "version": c.version,
+                "previous": c.previous,
+                "by": c.by,
+                "reason": c.reason,
+            }
+            for c in changes
+            if _since(c, started) >= 0
+        ],
+        "runs": [
+            {
+                "run_id": r.run_id,
+                "submitted_by": r.submitted_by,
+                "recipe": _recipe(r),
+                "state": _state(r),
+                "published_version": r.published.version,
+                "message": r.message,
+            }
+            for r in runs
+        ],
+    }
+    (report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n{table}\n\n{decisions}\n")
+    return summary
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    base = PLANS["quick" if args.quick else "default"]
-    plan = Plan(
-        bootstrap_episodes=args.bootstrap_episodes or base.bootstrap_episodes,
-        validation_episodes=base.validation_episodes,
-        train_steps=args.train_steps or base.train_steps,
-        agent_episodes=args.agent_episodes or base.agent_episodes,
-        retrain_steps=base.retrain_steps,
-        eval_episodes=args.eval_episodes or base.eval_episodes,
-    )
+    plan = _plan(args)
+    kind = "quick" if args.quick else "default"
+    robots = args.robots or ARMS[kind]
+    canaries = len(robots) // 2 if args.canary_arms is None else args.canary_arms
+    arms = flywheel.canary_share(robots, canaries)
+    command = "graspfleet run " + " ".join(argv)
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     report_dir = Path(args.reports) / time.strftime("run-%Y%m%d-%H%M%S")
     report_dir.mkdir(parents=True, exist_ok=True)
     models, store_dir = workdir / "models", workdir / "episode-store"
+    until = "until Ctrl-C" if args.forever else f"{plan.minutes:g} min"
     print(
-        f"graspfleet local fleet ({'quick' if args.quick else 'default'} run): state in {workdir}/, logs in {workdir}/logs/"
+        f"graspfleet local fleet ({kind} run, {until}): {len(robots)} proxy-real arms, "
+        f"state in {workdir}/, logs in {workdir}/logs/"
     )
-    started = time.monotonic()
+    started = time.time()
     fleet = Fleet(workdir)
     # One token guards every call that changes state (the trainer's, Relabel, Pause and
     # Resume); the services read it from the environment, so it stays out of `ps`.
     token = secrets.token_hex(16)
     os.environ["GRASPFLEET_AUTH_TOKEN"] = token
     try:
-        print("[1/7] services", flush=True)
+        print("[1/5] services", flush=True)
         fleet.start_prometheus()
         store = fleet.start("episode-store", ["store", "serve"], {"data_dir": str(store_dir)})
         predictor = fleet.start(
@@ -359,7 +470,9 @@ def main(argv: list[str]) -> int:
                 "spool_dir": str(workdir / "spool"),
             },
         )
-
+        auto_spec = workdir / "auto-retrain-spec.json"
+        automatic = _grasp_run_spec(0, plan.retrain_steps, "make run: automatic retraining")
+        auto_spec.write_text(json_format.MessageToJson(automatic))
         trainer = fleet.start(
             "trainer",
             ["trainer", "serve"],
@@ -370,10 +483,25 @@ def main(argv: list[str]) -> int:
                 "model_base": str(models),
                 # `graspfleet train evaluate` on this fleet plays its scenes on this farm.
                 "sim_farm_address": farm.address,
+                "auto_retrain_enabled": "true",
+                "auto_retrain_episodes": str(plan.retrain_every),
+                "auto_retrain_recipe": plan.recipes,
+                "auto_retrain_spec_file": str(auto_spec),
+                "auto_retrain_interval_s": "5",
+                "rollout_interval_s": "5",
+                "rollout_min_grasps": str(plan.min_grasps),
+                "rollout_max_grasps": str(plan.max_grasps),
+                "rollout_max_wait_s": str(plan.max_wait_s),
             },
         )
 
-        print("[2/7] bootstrap: simulated grasps and the arms' first tries, at random", flush=True)
+        print("[2/5] bootstrap: simulated grasps and the arms' first tries, at random", flush=True)
+        agent_flags = {
+            "planner_address": planner.address,
+            "store_address": store.address,
+            "spool_dir": str(workdir / "agent-spool"),
+        }
+        first_tries = _start_first_tries(fleet, robots, agent_flags, plan.first_tries)
         bootstrap = sim_farm_pb2.CollectionSpec(
             num_episodes=plan.bootstrap_episodes,
             num_shards=2,
@@ -384,28 +512,10 @@ def main(argv: list[str]) -> int:
             seed=1,
         )
         _collect(farm, bootstrap, "bootstrap", "sim collection (random, train objects)")
-        held_out = sim_farm_pb2.CollectionSpec()
-        held_out.CopyFrom(bootstrap)
-        held_out.num_episodes, held_out.object_set, held_out.seed = (
-            plan.validation_episodes,
-            "sim-test",
-            2,
-        )
-        _collect(farm, held_out, "validation", "sim collection (random, held-out objects)")
-        # No model exists yet: the arms explore at random, and their labeled episodes are
-        # the held-out real data the trainer's gate judges the first model on.
-        agent_flags = {
-            "planner_address": planner.address,
-            "store_address": store.address,
-            "spool_dir": str(workdir / "agent-spool"),
-        }
-        _run_agents(
-            fleet, args.robots, {**agent_flags, "exploration": "random"}, plan.agent_episodes
-        )
+        _wait_for_agents(fleet, first_tries, plan.first_tries)
 
         print(
-            f"[3/7] the first grasp model through the trainer ({plan.train_steps} steps, "
-            "sim labels only)",
+            f"[3/5] version 1 through the trainer ({plan.train_steps} steps, sim labels only)",
             flush=True,
         )
         first = _trainer_run(
@@ -414,71 +524,43 @@ def main(argv: list[str]) -> int:
             _grasp_run_spec(
                 trainer_pb2.RECIPE_SIM_ONLY,
                 plan.train_steps,
-                "make run: the first model, from the simulated bootstrap",
+                "make run: version 1, from the simulated bootstrap",
             ),
             "sim-only",
         )
         if not first.published.version:
-            raise SystemExit(f"the first model was not published: {first.message}")
-        metrics = dict(first.metrics)
+            raise SystemExit(f"version 1 was not published: {first.message}")
         predictor.wait_ready(120)
         print(f"  grasp-predictor SERVING version {first.published.version}", flush=True)
 
         print(
-            "[4/7] CEM on the sim-only model against random grasping, held-out objects (sim)",
+            f"[4/5] the flywheel: {', '.join(f'{r} ({label})' for r, label in arms.items())}; "
+            f"the trainer retrains every {plan.retrain_every} new real episodes "
+            f"({plan.recipes}) and rolls out on {plan.min_grasps}+ grasps a side",
             flush=True,
         )
-        evaluation = _evaluate(farm, plan.eval_episodes)
+        flags = {**agent_flags, "exploration": "eps-mix", "epsilon": str(plan.epsilon)}
 
-        print(f"[5/7] robot agents on {', '.join(args.robots)} (proxy-real arms)", flush=True)
-        # ε-mix, as a fleet collects: half the commands from CEM on the model, half exploring.
-        agent_flags |= {"exploration": "eps-mix", "epsilon": "0.5"}
-        _run_agents(fleet, args.robots, agent_flags, plan.agent_episodes)
-
-        print(
-            "[6/7] retraining through the trainer API; the agents pick the new model up", flush=True
-        )
-        try:
-            retrained = _trainer_run(
-                trainer,
-                token,
-                _grasp_run_spec(
-                    trainer_pb2.RECIPE_DANN,
-                    plan.retrain_steps,
-                    "make run: retrain on sim + the agents' real episodes",
-                ),
-                "DANN",
+        def start_agent(robot: str, label: str) -> ServiceProcess:
+            return fleet.start(
+                f"agent-{robot}",
+                ["agent", "serve"],
+                {**flags, "robot_id": robot, "model_label": label},
             )
-        except grpc.RpcError as err:
-            print(f"  the trainer refused the run: {err.code().name}: {err.details()}")
-        else:
-            if retrained.published.version:
-                _run_agents(fleet, args.robots, agent_flags, max(2, plan.agent_episodes // 2))
 
-        print("[7/7] report", flush=True)
-        from graspfleet.v1 import episode_store_pb2
-        from services.episode_store import client
-
-        channel, stub = client.connect(store.address)
-        with channel:
-            stats = stub.Stats(episode_store_pb2.StatsRequest())
-            table = report.format_table(report.summary_rows(stats), evaluation)
-            report.success_plot(stub, args.robots, report_dir / "success_over_time.png")
-            drawn = report.episode_pictures(stub, args.robots, report_dir)
-        recorded = report.prometheus_table(fleet.prometheus) if fleet.prometheus else ""
-        if recorded:
-            table += f"\n\n{recorded}"
-        links = "\n".join(f"![{p.stem}]({p.name})" for p in drawn)
-        (report_dir / "summary.md").write_text(
-            f"# graspfleet run\n\nepisodes in the store: {stats.episodes} ({stats.steps} steps)\n\n"
-            f"first model (version {first.published.version}): {_scores(metrics)}\n\n{table}\n\n"
-            f"![success over time](success_over_time.png)\n\n{links}\n"
-        )
-        print(f"\n{table}\n")
-        print(
-            f"episodes in the store: {stats.episodes} ({stats.steps} steps); report in {report_dir}/"
-        )
-        print(f"total time {time.monotonic() - started:.0f} s")
+        store_channel, store_stub = store_client.connect(store.address)
+        with store_channel, grpc.insecure_channel(trainer.address) as channel:
+            trainer_stub = trainer_pb2_grpc.TrainerStub(channel)
+            wheel = flywheel.Flywheel(start_agent, arms, store_stub, trainer_stub, MODEL, started)
+            wheel.start()
+            deadline = None if args.forever else started + plan.minutes * 60 - REPORT_RESERVE_S
+            wheel.turn(deadline, plan.status_every_s)
+            print("[5/5] report", flush=True)
+            _report(
+                report_dir, store_stub, trainer_stub, models, started, fleet, plan, arms, first,
+                command,
+            )  # fmt: skip
+        print(f"report in {report_dir}/; total time {time.time() - started:.0f} s")
     finally:
         fleet.stop()
     return 0
