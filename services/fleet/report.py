@@ -180,7 +180,7 @@ def flywheel_plot(
         axis.plot(times[len(kernel) - 1 :], running, label=f"{label} ({len(hits)} grasps)")
     for change in changes:
         at = (change.time.ToNanoseconds() / 1e9 - started) / 60
-        if at < 0 or change.label not in ("stable", "canary"):
+        if at < 0 or not change.version or change.label not in ("stable", "canary"):
             continue
         style = "-" if change.label == "stable" else ":"
         axis.axvline(at, linestyle=style, color="grey", alpha=0.7)

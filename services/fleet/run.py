@@ -431,7 +431,7 @@ def main(argv: list[str]) -> int:
     robots = args.robots or ARMS[kind]
     canaries = len(robots) // 2 if args.canary_arms is None else args.canary_arms
     arms = flywheel.canary_share(robots, canaries)
-    command = "graspfleet run " + " ".join(argv)
+    command = " ".join(["graspfleet run", *argv])
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     report_dir = Path(args.reports) / time.strftime("run-%Y%m%d-%H%M%S")

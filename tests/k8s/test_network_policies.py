@@ -13,6 +13,7 @@ toolbox, Prometheus) is checked against every port of every workload.
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 
 from tests.k8s import manifests as m
 
@@ -88,7 +89,7 @@ def test_the_edges_come_from_the_settings(built):
         for s in m.of_kind(objects, "StatefulSet")
         if s["metadata"]["name"].startswith("robot-agent-")
     }
-    assert len(arms) == 3
+    assert arms == {f"robot-agent-{p.stem}" for p in Path("robots/fleet").glob("*.yaml")}
     by_arm = {(arm, server, port) for arm in arms for server, port in AGENT_UPSTREAMS}
     assert derived_edges(objects) == by_arm | {
         ("sim-farm", "episode-store", 50051),
