@@ -31,6 +31,7 @@ class StepRecord:
     observation: Observation  # before the action
     action: Action
     seconds: float  # observe + choose + execute
+    time_ns: int = 0  # wall clock when the step began (0: not recorded)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class EpisodeResult:
     final_pose: Pose  # where the gripper closed (or stopped)
     object_ids: tuple[str, ...]
     abort_reason: str = ""
+    started_ns: int = 0  # wall clock when the episode began (0: not recorded)
 
 
 def run_episode(
@@ -67,27 +69,38 @@ def run_episode(
     Returns:
         The episode; `seed` in it is the scene's.
     """
+    started_ns = time.time_ns()
     start = arm.reset(seed)
     policy.begin(start.x0, seed if policy_seed is None else policy_seed, max_steps)
     steps: list[StepRecord] = []
     for step in range(max_steps):
-        began = time.perf_counter()
+        began, began_ns = time.perf_counter(), time.time_ns()
         observation = arm.observe()
         try:
             action = policy.act(observation, step, max_steps - step)
         except Abort as err:
             return EpisodeResult(
-                seed, start.x0, tuple(steps), None, arm.pose(), start.object_ids, str(err)
+                seed,
+                start.x0,
+                tuple(steps),
+                None,
+                arm.pose(),
+                start.object_ids,
+                str(err),
+                started_ns,
             )
         if step == max_steps - 1 and action.kind != CLOSE:
             action = Action(CLOSE, CLOSE_NOW, action.predicted_success, action.model)
         if action.kind != CLOSE:
             arm.move(action.motion, raised=action.kind == RAISE)
-        record = StepRecord(observation, action, time.perf_counter() - began)
+        record = StepRecord(observation, action, time.perf_counter() - began, began_ns)
         steps.append(record)
         if on_step is not None:
             on_step(record)
         if action.kind == CLOSE:
             break
     final_pose = arm.pose()
-    return EpisodeResult(seed, start.x0, tuple(steps), arm.grasp(), final_pose, start.object_ids)
+    success = arm.grasp()
+    return EpisodeResult(
+        seed, start.x0, tuple(steps), success, final_pose, start.object_ids, "", started_ns
+    )

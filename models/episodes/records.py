@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from google.protobuf import timestamp_pb2
 
 from graspfleet.v1 import common_pb2
 from models.episodes.shards import EpisodeRecord
@@ -28,6 +29,15 @@ def pose_message(pose: Pose) -> common_pb2.Pose:
         yaw_rad=float(pose.yaw),
         gripper_closure=float(pose.gripper_closure),
     )
+
+
+def _stamp(time_ns: int) -> timestamp_pb2.Timestamp:
+    """The recorded wall-clock time, or now when the run did not record one."""
+    if not time_ns:
+        return clock.now()
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(time_ns)
+    return stamp
 
 
 def driving_model(run) -> common_pb2.ModelRef | None:
@@ -68,7 +78,7 @@ def to_record(
         object_set=object_set,
         seed=run.seed,
         collection_id=collection_id,
-        started_at=clock.now(),
+        started_at=_stamp(getattr(run, "started_ns", 0)),
     )
     if with_masks:
         header.x0_mask.CopyFrom(encode_image(run.x0.mask, encoding))
@@ -92,7 +102,7 @@ def to_record(
                     cos_dyaw=float(motion[4]),
                 ),
             ),
-            time=clock.now(),
+            time=_stamp(getattr(trace, "time_ns", 0)),
         )
         if with_masks:
             step.mask.CopyFrom(encode_image(trace.observation.mask, encoding))

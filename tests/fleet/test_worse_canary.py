@@ -214,7 +214,7 @@ def test_a_worse_canary_is_rolled_back_on_real_grasps_without_a_failed_step(tmp_
     assert versions == sorted(versions, reverse=True) and versions[0] == 2
     after = [e for e in stored[CANARY_ARM] if set(_step_versions(e)) == {1}]
     assert len(after) >= AFTER_ROLLBACK
-    assert all(e.header.started_at.ToNanoseconds() >= back.time.ToNanoseconds() for e in after)
+    assert all(e.outcome.ended_at.ToNanoseconds() >= back.time.ToNanoseconds() for e in after)
 
 
 def measure(episodes: int, root: Path) -> dict[str, tuple[int, int]]:

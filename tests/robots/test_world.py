@@ -222,3 +222,28 @@ def test_bad_configs_are_refused():
         Workspace(low=(0.5, 0, 0), high=(0.4, 1, 1))
     with pytest.raises(ValueError, match="neither one of the pools .* 'procedural' nor a folder"):
         objects.ObjectSet("nonsense")
+
+
+def test_an_episode_records_when_it_began_and_when_each_step_did(world):
+    """The store's started_at and step times are the episode's own, not when it was stored."""
+    import time
+
+    from models.episodes.records import to_record
+
+    before = time.time_ns()
+    result = run_episode(world, RandomPolicy(world), seed=5, max_steps=4)
+    record = to_record(
+        result,
+        episode_id="timed",
+        robot_id="sim-01",
+        domain="sim",
+        randomization="none",
+        policy="random",
+        object_set="train",
+    )
+    started = record.header.started_at.ToNanoseconds()
+    steps = [step.time.ToNanoseconds() for step in record.steps]
+    ended = record.outcome.ended_at.ToNanoseconds()
+    assert before <= started <= steps[0]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    assert steps[-1] < ended
