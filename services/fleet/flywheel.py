@@ -177,11 +177,13 @@ class Flywheel:
         return last
 
 
-def _state(run: trainer_pb2.Run) -> str:
+def run_state(run: trainer_pb2.Run) -> str:
+    """A run's state as a word: queued, running, succeeded, rejected..."""
     return trainer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
 
 
-def _recipe(run: trainer_pb2.Run) -> str:
+def recipe_name(run: trainer_pb2.Run) -> str:
+    """A run's recipe without its prefix: NAIVE_MIX."""
     return trainer_pb2.Recipe.Name(run.spec.recipe).removeprefix("RECIPE_")
 
 
@@ -212,11 +214,13 @@ def status_table(snapshot: Snapshot) -> str:
     active = [r for r in snapshot.runs if r.state in _ACTIVE]
     for run in active:
         lines.append(
-            f"  run {run.run_id} {_recipe(run)} {_state(run)} {run.step}/{run.total_steps} steps"
+            f"  run {run.run_id} {recipe_name(run)} {run_state(run)} {run.step}/{run.total_steps} steps"
         )
     finished = [r for r in snapshot.runs if r.state not in _ACTIVE][:1]
     for run in finished:
-        lines.append(f"  last run {run.run_id} {_recipe(run)} {_state(run)}: {run.message[:100]}")
+        lines.append(
+            f"  last run {run.run_id} {recipe_name(run)} {run_state(run)}: {run.message[:100]}"
+        )
     return "\n".join(lines)
 
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from graspfleet.v1 import episode_store_pb2, trainer_pb2
+from graspfleet.v1 import episode_store_pb2, trainer_pb2, trainer_pb2_grpc
 from models.registry import Registry, read_metadata
 from models.scoring import Rate, wilson
 from services.episode_store import client
 from services.episode_store.client import pictures
-from services.fleet.flywheel import RANDOM
+from services.fleet.flywheel import RANDOM, list_real, real_grasps, recipe_name, run_state
 
 
 @dataclass(frozen=True)
@@ -215,3 +217,91 @@ def episode_pictures(stub, robots: list[str], folder: Path, per_robot: int = 3) 
             name = f"episode-{'success' if success else 'failure'}.png"
             drawn.append(pictures.episode_strip(stub, example.episode_id, folder / name))
     return drawn
+
+
+def _scores(metrics: dict) -> str:
+    """The validation scores a run recorded, as one line."""
+    shown = [f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if "auc" in k or "accuracy" in k]
+    return ", ".join(shown) or "no validation scores recorded"
+
+
+def _since(change: trainer_pb2.LabelChange, started: float) -> float:
+    return change.time.ToNanoseconds() / 1e9 - started
+
+
+def write(
+    report_dir: Path,
+    store,
+    trainer: trainer_pb2_grpc.TrainerStub,
+    registry: Registry,
+    model: str,
+    started: float,
+    prometheus,
+    plan: dict,
+    arms: dict[str, str],
+    first: trainer_pb2.Run,
+    command: str,
+) -> dict:
+    """Writes summary.md, summary.json and the pictures; returns the summary."""
+    request = trainer_pb2.ListLabelChangesRequest(name=model)
+    changes = list(trainer.ListLabelChanges(request, timeout=30).changes)
+    rows = version_rows(real_grasps(store, started), registry, model, changes, started)
+    stats = store.Stats(episode_store_pb2.StatsRequest(), timeout=30)
+    flywheel_plot(list_real(store, started), changes, started, report_dir / "success_over_time.png")
+    drawn = episode_pictures(store, list(arms), report_dir)
+    runs = trainer.ListRuns(trainer_pb2.ListRunsRequest(page_size=100), timeout=30).runs
+    runs = sorted(runs, key=lambda r: r.created_at.ToNanoseconds())
+    table = versions_table(rows)
+    decisions = decisions_list(changes, started)
+    recorded = prometheus_table(prometheus) if prometheus else ""
+    links = "\n".join(f"![{p.stem}]({p.name})" for p in drawn)
+    run_lines = "\n".join(
+        f"- {r.run_id} ({r.submitted_by}, {recipe_name(r)}): {run_state(r)}: {r.message}"
+        for r in runs
+    )
+    elapsed = time.time() - started
+    on = ", ".join(f"{robot}: {label}" for robot, label in arms.items())
+    (report_dir / "summary.md").write_text(
+        f"# graspfleet run\n\n`{command}`: {elapsed / 60:.1f} min, {len(arms)} proxy-real arms "
+        f"({on}); episodes in the store: {stats.episodes} ({stats.steps} steps)\n\n"
+        f"Version 1 (sim only): {_scores(dict(first.metrics))}\n\n"
+        f"## Real grasps per model version\n\n{table}\n\n"
+        f"## Label moves\n\n{decisions}\n\n"
+        f"## Trainer runs\n\n{run_lines}\n\n"
+        "![success over time](success_over_time.png)\n\n"
+        + (f"## What Prometheus recorded\n\n{recorded}\n\n" if recorded else "")
+        + f"{links}\n"
+    )
+    summary = {
+        "command": command,
+        "minutes": round(elapsed / 60, 2),
+        "arms": arms,
+        "plan": plan,
+        "versions": [row.as_dict() for row in rows],
+        "label_changes": [
+            {
+                "at_s": round(_since(c, started), 1),
+                "label": c.label,
+                "version": c.version,
+                "previous": c.previous,
+                "by": c.by,
+                "reason": c.reason,
+            }
+            for c in changes
+            if _since(c, started) >= 0
+        ],
+        "runs": [
+            {
+                "run_id": r.run_id,
+                "submitted_by": r.submitted_by,
+                "recipe": recipe_name(r),
+                "state": run_state(r),
+                "published_version": r.published.version,
+                "message": r.message,
+            }
+            for r in runs
+        ],
+    }
+    (report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"\n{table}\n\n{decisions}\n")
+    return summary

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import secrets
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import grpc
@@ -40,7 +39,6 @@ from tqdm import tqdm
 
 from graspfleet.v1 import (
     common_pb2,
-    episode_store_pb2,
     robot_agent_pb2,
     robot_agent_pb2_grpc,
     sim_farm_pb2,
@@ -52,81 +50,13 @@ from models.registry import STABLE, Registry
 from services.common.auth import USER_HEADER, bearer
 from services.episode_store import client as store_client
 from services.fleet import flywheel, report
+from services.fleet.plan import ARMS, REPORT_RESERVE_S, plan_of
 from services.fleet.process import ServiceProcess
 from services.fleet.prometheus import LocalPrometheus
 from services.sim_farm.client import run_collection
 
 Policy = sim_farm_pb2.CollectionPolicy
 MODEL = "grasp_success"  # the trainer's default model name: the one the arms run
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How much of everything a run does.
-
-    Attributes:
-        bootstrap_episodes: Simulated random grasps on the train objects (version 1's data).
-        first_tries: Random grasps per arm before version 1 exists.
-        train_steps: Version 1's training steps.
-        retrain_every: New labeled real episodes that make the trainer retrain.
-        retrain_steps: Training steps of an automatic run.
-        recipes: The trainer's retraining schedule (auto_retrain_recipe).
-        min_grasps: Real grasps the canary, and stable over the same period, need
-            before the rollout decides.
-        max_grasps: Canary grasps after which a canary not shown not worse is rolled back.
-        max_wait_s: Seconds after which the same holds.
-        epsilon: Share of random commands among the arms' CEM commands.
-        minutes: The whole run's budget (the flywheel turns until it is spent).
-        status_every_s: How often the status table is printed.
-    """
-
-    bootstrap_episodes: int
-    first_tries: int
-    train_steps: int
-    retrain_every: int
-    retrain_steps: int
-    recipes: str
-    min_grasps: int
-    max_grasps: int
-    max_wait_s: float
-    epsilon: float
-    minutes: float
-    status_every_s: float
-
-
-PLANS = {
-    "quick": Plan(
-        bootstrap_episodes=60,
-        first_tries=4,
-        train_steps=150,
-        retrain_every=12,
-        retrain_steps=60,
-        recipes="NAIVE_MIX",
-        min_grasps=6,
-        max_grasps=60,
-        max_wait_s=120,
-        epsilon=0.1,
-        minutes=4,
-        status_every_s=15,
-    ),
-    "default": Plan(
-        bootstrap_episodes=1200,
-        first_tries=30,
-        train_steps=1500,
-        retrain_every=300,
-        retrain_steps=1500,
-        recipes="NAIVE_MIX",
-        min_grasps=60,
-        max_grasps=600,
-        max_wait_s=600,
-        epsilon=0.1,
-        minutes=20,
-        status_every_s=30,
-    ),
-}
-
-ARMS = {"quick": ["kuka-01", "kuka-02"], "default": ["kuka-01", "kuka-02", "kuka-03", "kuka-04"]}
-REPORT_RESERVE_S = 45  # the report's share of --minutes
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -277,8 +207,8 @@ def _trainer_run(
             ):
                 run = event.run
                 bar.update(max(0, min(run.step, steps) - bar.n))
-                bar.set_postfix(state=_state(run))
-        print(f"  run {run.run_id} ended {_state(run)}: {run.message}")
+                bar.set_postfix(state=flywheel.run_state(run))
+        print(f"  run {run.run_id} ended {flywheel.run_state(run)}: {run.message}")
         if run.state == trainer_pb2.RUN_STATE_SUCCEEDED and run.published.version:
             stub.SetVersionLabel(
                 trainer_pb2.SetVersionLabelRequest(
@@ -291,16 +221,6 @@ def _trainer_run(
             )
             print(f"  version {run.published.version} published as canary and promoted to stable")
         return run
-
-
-def _scores(metrics: dict) -> str:
-    """The validation scores a run recorded, as one line."""
-    shown = [f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if "auc" in k or "accuracy" in k]
-    return ", ".join(shown) or "no validation scores recorded"
-
-
-def _state(run: trainer_pb2.Run) -> str:
-    return trainer_pb2.RunState.Name(run.state).removeprefix("RUN_STATE_").lower()
 
 
 def _grasp_run_spec(recipe: int, steps: int, description: str = "") -> trainer_pb2.RunSpec:
@@ -323,110 +243,9 @@ def _grasp_run_spec(recipe: int, steps: int, description: str = "") -> trainer_p
     )
 
 
-def _plan(args: argparse.Namespace) -> Plan:
-    base = PLANS["quick" if args.quick else "default"]
-    overrides = {
-        "bootstrap_episodes": args.bootstrap_episodes,
-        "train_steps": args.train_steps,
-        "retrain_every": args.retrain_every,
-        "retrain_steps": args.retrain_steps,
-        "min_grasps": args.min_grasps,
-        "minutes": args.minutes,
-    }
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
-
-
-def _recipe(run: trainer_pb2.Run) -> str:
-    return trainer_pb2.Recipe.Name(run.spec.recipe).removeprefix("RECIPE_")
-
-
-def _since(change: trainer_pb2.LabelChange, started: float) -> float:
-    return change.time.ToNanoseconds() / 1e9 - started
-
-
-def _report(
-    report_dir: Path,
-    store,
-    trainer: trainer_pb2_grpc.TrainerStub,
-    models: Path,
-    started: float,
-    fleet: Fleet,
-    plan: Plan,
-    arms: dict[str, str],
-    first: trainer_pb2.Run,
-    command: str,
-) -> dict:
-    """Writes summary.md, summary.json and the pictures; returns the summary."""
-    request = trainer_pb2.ListLabelChangesRequest(name=MODEL)
-    changes = list(trainer.ListLabelChanges(request, timeout=30).changes)
-    rows = report.version_rows(
-        flywheel.real_grasps(store, started), Registry(models), MODEL, changes, started
-    )
-    stats = store.Stats(episode_store_pb2.StatsRequest(), timeout=30)
-    report.flywheel_plot(
-        flywheel.list_real(store, started), changes, started, report_dir / "success_over_time.png"
-    )
-    drawn = report.episode_pictures(store, list(arms), report_dir)
-    runs = trainer.ListRuns(trainer_pb2.ListRunsRequest(page_size=100), timeout=30).runs
-    runs = sorted(runs, key=lambda r: r.created_at.ToNanoseconds())
-    table = report.versions_table(rows)
-    decisions = report.decisions_list(changes, started)
-    recorded = report.prometheus_table(fleet.prometheus) if fleet.prometheus else ""
-    links = "\n".join(f"![{p.stem}]({p.name})" for p in drawn)
-    run_lines = "\n".join(
-        f"- {r.run_id} ({r.submitted_by}, {_recipe(r)}): {_state(r)}: {r.message}" for r in runs
-    )
-    elapsed = time.time() - started
-    on = ", ".join(f"{robot}: {label}" for robot, label in arms.items())
-    (report_dir / "summary.md").write_text(
-        f"# graspfleet run\n\n`{command}`: {elapsed / 60:.1f} min, {len(arms)} proxy-real arms "
-        f"({on}); episodes in the store: {stats.episodes} ({stats.steps} steps)\n\n"
-        f"Version 1 (sim only): {_scores(dict(first.metrics))}\n\n"
-        f"## Real grasps per model version\n\n{table}\n\n"
-        f"## Label moves\n\n{decisions}\n\n"
-        f"## Trainer runs\n\n{run_lines}\n\n"
-        "![success over time](success_over_time.png)\n\n"
-        + (f"## What Prometheus recorded\n\n{recorded}\n\n" if recorded else "")
-        + f"{links}\n"
-    )
-    summary = {
-        "command": command,
-        "minutes": round(elapsed / 60, 2),
-        "arms": arms,
-        "plan": asdict(plan),
-        "versions": [row.as_dict() for row in rows],
-        "label_changes": [
-            {
-                "at_s": round(_since(c, started), 1),
-                "label": c.label,
-                "version": c.version,
-                "previous": c.previous,
-                "by": c.by,
-                "reason": c.reason,
-            }
-            for c in changes
-            if _since(c, started) >= 0
-        ],
-        "runs": [
-            {
-                "run_id": r.run_id,
-                "submitted_by": r.submitted_by,
-                "recipe": _recipe(r),
-                "state": _state(r),
-                "published_version": r.published.version,
-                "message": r.message,
-            }
-            for r in runs
-        ],
-    }
-    (report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\n{table}\n\n{decisions}\n")
-    return summary
-
-
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    plan = _plan(args)
+    plan = plan_of(args)
     kind = "quick" if args.quick else "default"
     robots = args.robots or ARMS[kind]
     canaries = len(robots) // 2 if args.canary_arms is None else args.canary_arms
@@ -556,9 +375,9 @@ def main(argv: list[str]) -> int:
             deadline = None if args.forever else started + plan.minutes * 60 - REPORT_RESERVE_S
             wheel.turn(deadline, plan.status_every_s)
             print("[5/5] report", flush=True)
-            _report(
-                report_dir, store_stub, trainer_stub, models, started, fleet, plan, arms, first,
-                command,
+            report.write(
+                report_dir, store_stub, trainer_stub, Registry(models), MODEL, started,
+                fleet.prometheus, asdict(plan), arms, first, command,
             )  # fmt: skip
         print(f"report in {report_dir}/; total time {time.time() - started:.0f} s")
     finally:

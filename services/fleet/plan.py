@@ -1,0 +1,89 @@
+"""How much of everything `make run` does: the default and quick plans."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything a run does.
+
+    Attributes:
+        bootstrap_episodes: Simulated random grasps on the train objects (version 1's data).
+        first_tries: Random grasps per arm before version 1 exists.
+        train_steps: Version 1's training steps.
+        retrain_every: New labeled real episodes that make the trainer retrain.
+        retrain_steps: Training steps of an automatic run.
+        recipes: The trainer's retraining schedule (auto_retrain_recipe).
+        min_grasps: Real grasps the canary, and stable over the same period, need
+            before the rollout decides.
+        max_grasps: Canary grasps after which a canary not shown not worse is rolled back.
+        max_wait_s: Seconds after which the same holds.
+        epsilon: Share of random commands among the arms' CEM commands.
+        minutes: The whole run's budget (the flywheel turns until it is spent).
+        status_every_s: How often the status table is printed.
+    """
+
+    bootstrap_episodes: int
+    first_tries: int
+    train_steps: int
+    retrain_every: int
+    retrain_steps: int
+    recipes: str
+    min_grasps: int
+    max_grasps: int
+    max_wait_s: float
+    epsilon: float
+    minutes: float
+    status_every_s: float
+
+
+PLANS = {
+    "quick": Plan(
+        bootstrap_episodes=60,
+        first_tries=4,
+        train_steps=150,
+        retrain_every=12,
+        retrain_steps=60,
+        recipes="NAIVE_MIX",
+        min_grasps=6,
+        max_grasps=60,
+        max_wait_s=120,
+        epsilon=0.1,
+        minutes=4,
+        status_every_s=15,
+    ),
+    "default": Plan(
+        bootstrap_episodes=1200,
+        first_tries=30,
+        train_steps=1500,
+        retrain_every=300,
+        retrain_steps=1500,
+        recipes="NAIVE_MIX",
+        min_grasps=60,
+        max_grasps=600,
+        max_wait_s=600,
+        epsilon=0.1,
+        minutes=20,
+        status_every_s=30,
+    ),
+}
+
+ARMS = {"quick": ["kuka-01", "kuka-02"], "default": ["kuka-01", "kuka-02", "kuka-03", "kuka-04"]}
+REPORT_RESERVE_S = 45  # the report's share of --minutes
+
+
+def plan_of(args: argparse.Namespace) -> Plan:
+    """The plan of `graspfleet run`'s arguments: quick or default, with its overrides."""
+    base = PLANS["quick" if args.quick else "default"]
+    overrides = {
+        "bootstrap_episodes": args.bootstrap_episodes,
+        "train_steps": args.train_steps,
+        "retrain_every": args.retrain_every,
+        "retrain_steps": args.retrain_steps,
+        "min_grasps": args.min_grasps,
+        "minutes": args.minutes,
+    }
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
