@@ -41,8 +41,9 @@ def phases(rows: list[Row]) -> list[list[Row]]:
 
 
 def seeds(row: Row, settings: Settings) -> tuple[int, ...]:
-    """A row's seeds: of its grasp model, or (Table II's GraspGAN) of its generator."""
-    if row.name == "graspgan":
+    """A row's seeds: of its grasp model, and for the GraspGAN rows of its generator too
+    (the generator seed was the largest source of variance: every GraspGAN row has three)."""
+    if row.sim == "graspgan":
         return settings.graspgan_seeds
     return settings.reference_seeds if row.name in FIRST else settings.seeds
 

@@ -118,7 +118,7 @@ class Models:
         if row.sim == "randomized":
             return d.randomized, d.sim_validation
         if row.sim == "graspgan":
-            generator = self.graspgan(row.budget, seed if row.budget == "none" else 0)
+            generator = self.graspgan(row.budget, seed)
             tag = Path(generator["path"]).parent.parent.name
             return (
                 self.refined(generator, d.sim, f"{tag}-sim"),

@@ -96,7 +96,8 @@ class Settings:
         seeds: Training seeds of every grasp model but Sim-Only's and Real-Only's.
         reference_seeds: Training seeds of Sim-Only and Real-Only (all real data): their
             spread is what every other row is compared against.
-        graspgan_seeds: Generator seeds of the GraspGAN rows of Table II.
+        graspgan_seeds: Seeds of every GraspGAN row (Tables II and III): of its generator
+            and of the grasp model trained on that generator's refined images.
         scenes: Paired evaluation scenes per model.
         scene_seed: Seeds the evaluation scenes.
         shards: Worker processes of collections and evaluations.

@@ -116,3 +116,17 @@ def test_the_learning_curves_shares_are_nested_and_seeded():
     assert shares[0.5][:25] == shares[0.25] and sorted(shares[1.0]) == episodes
     assert shares[1.0] != episodes  # shuffled, so a share is not the collection's first bins
     assert nested_shares(episodes, [0.25], seed=31)[0.25] == shares[0.25]
+
+
+def test_every_graspgan_row_has_three_generator_seeds():
+    # The generator seed was the largest source of variance: each GraspGAN row, Table III's
+    # included, pools the grasp models of three generators, not one.
+    from experiments.sim2real.__main__ import seeds
+    from experiments.sim2real.protocol import Settings, table_rows
+
+    settings = Settings()
+    graspgan = [r for r in table_rows() if r.sim == "graspgan"]
+    assert {r.name for r in graspgan} == {"graspgan", "graspgan-low", "graspgan-all"}
+    for row in graspgan:
+        assert seeds(row, settings) == settings.graspgan_seeds
+        assert len(set(seeds(row, settings))) >= 3
