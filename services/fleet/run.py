@@ -75,6 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--bootstrap-episodes", type=int)
     parser.add_argument("--train-steps", type=int)
     parser.add_argument("--retrain-every", type=int)
+    parser.add_argument("--retrain-first", type=int)
     parser.add_argument("--retrain-steps", type=int)
     parser.add_argument("--min-grasps", type=int)
     return parser.parse_args(argv)
@@ -304,6 +305,7 @@ def main(argv: list[str]) -> int:
                 "sim_farm_address": farm.address,
                 "auto_retrain_enabled": "true",
                 "auto_retrain_episodes": str(plan.retrain_every),
+                "auto_retrain_min_episodes": str(plan.retrain_first),
                 "auto_retrain_recipe": plan.recipes,
                 "auto_retrain_spec_file": str(auto_spec),
                 "auto_retrain_interval_s": "5",

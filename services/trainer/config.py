@@ -128,6 +128,11 @@ class TrainerConfig(ServerConfig):
         "stable version exists and no canary is under test.",
     )
     auto_retrain_episodes: int = setting(500, "New labeled real episodes that trigger a run.")
+    auto_retrain_min_episodes: int = setting(
+        0,
+        "Labeled real episodes the store must hold before any automatic run (a few hundred "
+        "teach no recipe anything: docs/results.md); 0 for no minimum.",
+    )
     auto_retrain_recipe: str = setting(
         "REAL_ONLY",
         "Recipe of automatic runs (a Recipe name, e.g. DANN), or a schedule by the labeled "
@@ -201,6 +206,10 @@ class TrainerConfig(ServerConfig):
         for name in ("poll_interval_s", "watch_interval_s", "auto_retrain_interval_s"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)} must be positive")
+        if self.auto_retrain_min_episodes < 0:
+            raise ConfigError(
+                f"auto_retrain_min_episodes={self.auto_retrain_min_episodes} must not be negative"
+            )
         if self.cancel_grace_s < 0 or self.rollout_interval_s < 0:
             raise ConfigError("cancel_grace_s and rollout_interval_s must not be negative")
         for name in ("default_learning_rate", "default_generator_learning_rate"):

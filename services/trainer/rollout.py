@@ -26,8 +26,8 @@ frequentist error rate; the minimum sample keeps early noise out).
 Retraining: the store's count of labeled REAL episodes is compared with a
 watermark kept in the run database; `auto_retrain_episodes` more submit one
 run of the schedule's recipe for that many real episodes, unless the previous
-automatic run is still queued or running, the model has no stable version, or
-a canary is under test. The first check sets the watermark: data that existed
+automatic run is still queued or running, the model has no stable version, a
+canary is under test, or the store holds fewer than `auto_retrain_min_episodes`. The first check sets the watermark: data that existed
 before retraining was enabled does not trigger a run.
 """
 
@@ -345,6 +345,8 @@ class AutoRetrain:
             return None
         new = labeled - int(mark)
         if new < self.config.auto_retrain_episodes or self.blocked():
+            return None
+        if labeled < self.config.auto_retrain_min_episodes:
             return None
         recipe = recipes.scheduled(self.schedule, labeled)
         spec = trainer_pb2.RunSpec()

@@ -12,8 +12,8 @@ import time
 import grpc
 import pytest
 
+from graspfleet.v1 import common_pb2, episode_store_pb2, trainer_pb2_grpc
 from graspfleet.v1 import trainer_pb2 as S
-from graspfleet.v1 import trainer_pb2_grpc
 from models.registry import Registry
 from services.common.config import ConfigError
 from services.fleet.process import ServiceProcess
@@ -214,7 +214,9 @@ def test_enough_new_real_episodes_submit_an_automatic_run(tmp_path, start_traine
         with pytest.raises(AssertionError):
             wait_for(lambda: auto_runs(stub), 1.5)  # no stable version to improve on
 
-    server = start_trainer(**settings)
+    # The store must hold 6 labeled real episodes more than now before any automatic run.
+    needed = labeled_real(store_client) + 6
+    server = start_trainer(**settings, auto_retrain_min_episodes=needed)
     registry = Registry(tmp_path / "models")
     models.publish(tmp_path / "models", 1, bias=0.0)
     models.publish(tmp_path / "models", 2, bias=0.0)
@@ -228,16 +230,24 @@ def test_enough_new_real_episodes_submit_an_automatic_run(tmp_path, start_traine
         with pytest.raises(AssertionError):
             wait_for(lambda: auto_runs(stub), 1.5)  # a canary is under test
         registry.set_label("grasp_success", 1, "canary", by="tester", reason="rolled back")
+        with pytest.raises(AssertionError):
+            wait_for(lambda: auto_runs(stub), 1.5)  # 3 new, but the store lacks 3 of its minimum
+        fill(store_client, [episode(406 + i, REAL, i % 2 == 0) for i in range(3)])
         (run,) = wait_for(lambda: auto_runs(stub), 10, "an automatic run")
         assert run.spec.recipe == S.RECIPE_REAL_ONLY and run.spec.params.steps == 24
         assert run.spec.params.batch_size == 16 and run.spec.params.seed == 7
         assert run.spec.data.validation_fraction == 0.25 and run.spec.gate.max_regression == 0.05
-        assert "3 new labeled real episodes" in run.spec.description
+        assert f"6 new labeled real episodes, {needed} in all" in run.spec.description
         assert "REAL_ONLY by the schedule" in run.spec.description
         with pytest.raises(grpc.RpcError) as refused:
             stub.CancelRun(S.CancelRunRequest(run_id=run.run_id))
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         stub.CancelRun(S.CancelRunRequest(run_id=run.run_id), metadata=AUTH)
+
+
+def labeled_real(stub) -> int:
+    flt = episode_store_pb2.EpisodeFilter(domain=common_pb2.DOMAIN_REAL)
+    return stub.Stats(episode_store_pb2.StatsRequest(filter=flt)).labeled
 
 
 def test_the_retraining_schedule_picks_the_recipe_for_the_real_data():
@@ -263,6 +273,8 @@ def test_the_retraining_schedule_picks_the_recipe_for_the_real_data():
             recipes.schedule(bad)
     with pytest.raises(ConfigError, match="auto_retrain_recipe"):
         TrainerConfig(store_address="x:1", store_data_dir="d", auto_retrain_recipe="500:DANN")
+    with pytest.raises(ConfigError, match="auto_retrain_min_episodes=-1 must not be negative"):
+        TrainerConfig(store_address="x:1", store_data_dir="d", auto_retrain_min_episodes=-1)
 
 
 def test_a_bad_automatic_run_spec_file_is_a_config_error(tmp_path):
