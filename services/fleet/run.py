@@ -356,8 +356,9 @@ def main(argv: list[str]) -> int:
 
         print(
             f"[4/5] the flywheel: {', '.join(f'{r} ({label})' for r, label in arms.items())}; "
-            f"the trainer retrains every {plan.retrain_every} new real episodes "
-            f"({plan.recipes}) and rolls out on {plan.min_grasps}+ grasps a side",
+            f"the trainer retrains ({plan.recipes}) once {plan.retrain_first} real episodes "
+            f"are labeled, then every {plan.retrain_every} new ones, and rolls out on "
+            f"{plan.min_grasps}+ grasps a side",
             flush=True,
         )
         flags = {**agent_flags, "exploration": "eps-mix", "epsilon": str(plan.epsilon)}
