@@ -354,12 +354,12 @@ def main(argv: list[str]) -> int:
         predictor.wait_ready(120)
         print(f"  grasp-predictor SERVING version {first.published.version}", flush=True)
 
-        first = ""
+        waits = ""
         if plan.retrain_first:
-            first = f" once {plan.retrain_first} real episodes are labeled, then"
+            waits = f" once {plan.retrain_first} real episodes are labeled, then"
         print(
             f"[4/5] the flywheel: {', '.join(f'{r} ({label})' for r, label in arms.items())}; "
-            f"the trainer retrains ({plan.recipes}){first} every {plan.retrain_every} new real "
+            f"the trainer retrains ({plan.recipes}){waits} every {plan.retrain_every} new real "
             f"episodes, and rolls out on {plan.min_grasps}+ grasps a side",
             flush=True,
         )
