@@ -27,8 +27,9 @@ Retraining: the store's count of labeled REAL episodes is compared with a
 watermark kept in the run database; `auto_retrain_episodes` more submit one
 run of the schedule's recipe for that many real episodes, unless the previous
 automatic run is still queued or running, the model has no stable version, a
-canary is under test, or the store holds fewer than `auto_retrain_min_episodes`. The first check sets the watermark: data that existed
-before retraining was enabled does not trigger a run.
+canary is under test, or the store holds fewer than `auto_retrain_min_episodes`.
+The first check sets the watermark: data that existed before retraining was
+enabled does not trigger a run.
 """
 
 from __future__ import annotations
@@ -304,7 +305,8 @@ class Rollout:
 
 
 class AutoRetrain:
-    """Submits a run after every `auto_retrain_episodes` new labeled real episodes.
+    """Submits a run after every `auto_retrain_episodes` new labeled real episodes, once
+    the store holds `auto_retrain_min_episodes` in all.
 
     A run improves on stable, so none is submitted while the model has no stable
     version (the first version is a person's call) or while a canary is under test
@@ -344,9 +346,8 @@ class AutoRetrain:
             runs.set_setting(WATERMARK, str(labeled))
             return None
         new = labeled - int(mark)
-        if new < self.config.auto_retrain_episodes or self.blocked():
-            return None
-        if labeled < self.config.auto_retrain_min_episodes:
+        enough = labeled >= self.config.auto_retrain_min_episodes
+        if new < self.config.auto_retrain_episodes or not enough or self.blocked():
             return None
         recipe = recipes.scheduled(self.schedule, labeled)
         spec = trainer_pb2.RunSpec()
