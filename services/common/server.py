@@ -203,14 +203,32 @@ class ServiceServer:
             self._on_stop()
         log.info("stopped")
 
-    def wait(self, done: Callable[[], bool] = lambda: False) -> None:
-        """Blocks until SIGTERM, SIGINT or `done()` is true, then stops gracefully."""
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda signum, frame: stop.set())
+    def wait(
+        self, done: Callable[[], bool] = lambda: False, stop: threading.Event | None = None
+    ) -> None:
+        """Blocks until `stop` is set (by default: SIGTERM or SIGINT) or `done()` is true, then
+        stops gracefully.
+
+        A service's entry point passes the event of `stop_signals()` it installed before it
+        started listening: a SIGTERM sent as soon as the port file appears must stop it cleanly.
+        """
+        stop = stop_signals() if stop is None else stop
         while not stop.wait(0.5) and not self._stopped.is_set() and not done():
             pass
         self.stop()
+
+
+def stop_signals() -> threading.Event:
+    """An event that SIGTERM and SIGINT set from now on, instead of killing the process.
+
+    Call it first in a service's entry point, before the server listens and writes its port
+    file: a supervisor (kubelet, `make run`, a test) may send SIGTERM the moment the port is
+    known, and the default action would end the process with -15 before any drain.
+    """
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    return stop
 
 
 def _in_thread(function: Callable[[], str | None], name: str) -> futures.Future:

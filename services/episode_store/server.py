@@ -16,7 +16,7 @@ from services.common import logs
 from services.common.auth import BearerAuth
 from services.common.config import load_config
 from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
-from services.common.server import ServiceServer
+from services.common.server import ServiceServer, stop_signals
 from services.episode_store import client, recovery, validation
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.store import EpisodeStore, open_episode_store
@@ -296,9 +296,10 @@ def main(argv: list[str] | None = None) -> None:
     """`graspfleet store serve`: runs the store until SIGTERM."""
     config = load_config(EpisodeStoreConfig, "graspfleet store serve", argv)
     logs.configure_logging("episode-store", config.log_level, config.log_format)
+    stop = stop_signals()  # before the port file: a SIGTERM from then on drains
     try:
         server = create_server(config)
     except recovery.MetadataMissing as err:
         log.error("the store refuses to start", extra={"reason": str(err)})
         raise SystemExit(2) from None
-    server.wait()
+    server.wait(stop=stop)

@@ -26,7 +26,7 @@ from models.repository import LoadedModel, ModelRepository, RepositoryPoller
 from services.common import logs
 from services.common.config import load_config
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound
-from services.common.server import ServiceServer
+from services.common.server import ServiceServer, stop_signals
 from services.grasp_predictor.batching import DynamicBatcher, run_timed
 from services.grasp_predictor.config import PredictorConfig
 from services.grasp_predictor.warmup import grasp_warm_up
@@ -338,4 +338,5 @@ def main(argv: list[str] | None = None) -> None:
     """`graspfleet predictor serve`: serves grasp models until SIGTERM."""
     config = load_config(PredictorConfig, "graspfleet predictor serve", argv)
     logs.configure_logging("grasp-predictor", config.log_level, config.log_format)
-    create_server(config).wait()
+    stop = stop_signals()  # before the port file: a SIGTERM from then on drains
+    create_server(config).wait(stop=stop)

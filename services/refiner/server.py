@@ -28,7 +28,7 @@ from services.common.errors import (
 )
 from services.common.images import check_image, decode_image, encode_image
 from services.common.metrics import LATENCY_BUCKETS_S
-from services.common.server import ServiceServer
+from services.common.server import ServiceServer, stop_signals
 from services.refiner.config import RefinerConfig
 
 log = logs.get_logger(__name__)
@@ -230,4 +230,5 @@ def main(argv: list[str] | None = None) -> None:
     """`graspfleet refiner serve`: serves the generators until SIGTERM."""
     config = load_config(RefinerConfig, "graspfleet refiner serve", argv)
     logs.configure_logging("refiner", config.log_level, config.log_format)
-    create_server(config).wait()
+    stop = stop_signals()  # before the port file: a SIGTERM from then on drains
+    create_server(config).wait(stop=stop)

@@ -6,7 +6,7 @@ from graspfleet.v1 import robot_agent_pb2, robot_agent_pb2_grpc
 from services.common import logs
 from services.common.auth import BearerAuth
 from services.common.config import load_config
-from services.common.server import ServiceServer
+from services.common.server import ServiceServer, stop_signals
 from services.robot_agent.agent import Agent
 from services.robot_agent.config import AgentConfig
 
@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     """`graspfleet agent serve`: drives one arm until SIGTERM (or its episode limit)."""
     config = load_config(AgentConfig, "graspfleet agent serve", argv)
     logs.configure_logging(f"robot-agent-{config.robot_id}", config.log_level, config.log_format)
+    stop = stop_signals()  # before the port file: a SIGTERM from then on drains
     server, agent = create_server(config)
     # With an episode limit the process ends once the arm has done them all.
-    server.wait(done=lambda: bool(config.episodes) and agent.wait(0))
+    server.wait(done=lambda: bool(config.episodes) and agent.wait(0), stop=stop)

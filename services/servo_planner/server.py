@@ -22,7 +22,7 @@ from services.common import logs, upstream
 from services.common.config import load_config
 from services.common.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from services.common.images import check_image, decode_image
-from services.common.server import ServiceServer
+from services.common.server import ServiceServer, stop_signals
 from services.servo_planner import cem
 from services.servo_planner.config import PlannerConfig
 
@@ -359,4 +359,5 @@ def main(argv: list[str] | None = None) -> None:
     """`graspfleet planner serve`: plans until SIGTERM."""
     config = load_config(PlannerConfig, "graspfleet planner serve", argv)
     logs.configure_logging("servo-planner", config.log_level, config.log_format)
-    create_server(config).wait()
+    stop = stop_signals()  # before the port file: a SIGTERM from then on drains
+    create_server(config).wait(stop=stop)

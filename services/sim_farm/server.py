@@ -25,7 +25,7 @@ from services.common.errors import (
     Unavailable,
 )
 from services.common.names import check_name
-from services.common.server import ServiceServer
+from services.common.server import ServiceServer, stop_signals
 from services.episode_store import client
 from services.episode_store.client.spool import EpisodeSpool, Uploader
 from services.sim_farm.collector import POLICY_NAMES, Collector, make_collector, plan_collection
@@ -409,8 +409,9 @@ def main(argv: list[str] | None = None) -> None:
     """`graspfleet sim-farm serve`: collects until SIGTERM."""
     config = load_config(SimFarmConfig, "graspfleet sim-farm serve", argv)
     logs.configure_logging("sim-farm", config.log_level, config.log_format)
+    stop = stop_signals()  # before the port file: a SIGTERM from then on drains
     try:
         server = create_server(config)
     except ConfigError as err:
         raise SystemExit(f"graspfleet sim-farm serve: configuration error: {err}") from None
-    server.wait()
+    server.wait(stop=stop)

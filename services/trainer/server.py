@@ -9,7 +9,7 @@ from models.registry import Registry
 from services.common import logs
 from services.common.auth import BearerAuth
 from services.common.config import load_config
-from services.common.server import ServiceServer
+from services.common.server import ServiceServer, stop_signals
 from services.episode_store.client import connect
 from services.trainer.backends import JobBackend, LocalBackend
 from services.trainer.config import TrainerConfig
@@ -137,4 +137,5 @@ def main(argv: list[str] | None = None) -> None:
     """`graspfleet trainer serve`: serves until SIGTERM; running jobs carry on without it."""
     config = load_config(TrainerConfig, "graspfleet trainer serve", argv)
     logs.configure_logging("trainer", config.log_level, config.log_format)
-    create_server(config).wait()
+    stop = stop_signals()  # before the port file: a SIGTERM from then on drains
+    create_server(config).wait(stop=stop)

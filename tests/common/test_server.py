@@ -15,7 +15,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from graspfleet.v1 import episode_store_pb2
 from models.episodes import synthetic as samples
 from services.common.config import ServerConfig
-from services.common.server import LIVENESS, ServiceServer
+from services.common.server import LIVENESS, ServiceServer, stop_signals
 from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import SERVICE_NAME, create_server
@@ -205,6 +205,23 @@ def test_sigterm_stops_a_service_process_cleanly(tmp_path):
         assert '"msg": "stopped"' in process.log_tail()
     finally:
         process.kill()
+
+
+def test_stop_signals_turn_sigterm_into_a_drain_request():
+    # A service installs this before it listens: a SIGTERM that arrives as soon as its port
+    # file exists must not end the process with -15 before the drain.
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop = stop_signals()
+        assert not stop.is_set()
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.wait(5)
+        again = stop_signals()
+        signal.raise_signal(signal.SIGINT)
+        assert again.wait(5)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 def test_missing_setting_stops_the_process_with_a_message(tmp_path):
