@@ -1,8 +1,10 @@
 """`make run`: the whole local fleet on embedded defaults, turning as a flywheel.
 
 1. Starts a local Prometheus, the episode store (SQLite), the grasp predictor
-   (an empty model repository), the servo-planner, the sim-farm and the
-   trainer, with automatic retraining and the rollout switched on.
+   (an empty model repository), the servo-planner, the refiner (on the same
+   repository: ready once the trainer publishes a GraspGAN or RCAN generator),
+   the sim-farm and the trainer, with automatic retraining and the rollout
+   switched on.
 2. Bootstraps: the sim-farm collects simulated grasps at random on the train
    objects while the proxy-real arms make their first tries at random (no
    model exists yet); those real episodes are what the first gate scores on.
@@ -87,6 +89,7 @@ JOBS = {
     "store": "episode-store",
     "predictor": "grasp-predictor",
     "planner": "servo-planner",
+    "refiner": "refiner",
     "sim-farm": "sim-farm",
     "trainer": "trainer",
     "agent": "robot-agent",
@@ -281,12 +284,22 @@ def main(argv: list[str]) -> int:
         planner = fleet.start(
             "servo-planner", ["planner", "serve"], {"predictor_address": predictor.address}
         )
+        # Version 1 and the retrainings need no generator (docs/decisions.md); the refiner
+        # serves one as soon as a researcher's GraspGAN or RCAN run publishes it, to RCAN
+        # collections of the farm and to arms switched to canonicalize.
+        refiner = fleet.start(
+            "refiner",
+            ["refiner", "serve"],
+            {"model_base_path": str(models), "poll_interval_s": "5"},
+            require_serving=False,
+        )
         farm = fleet.start(
             "sim-farm",
             ["sim-farm", "serve"],
             {
                 "store_address": store.address,
                 "planner_address": planner.address,
+                "refiner_address": refiner.address,
                 "spool_dir": str(workdir / "spool"),
             },
         )
@@ -320,6 +333,7 @@ def main(argv: list[str]) -> int:
         agent_flags = {
             "planner_address": planner.address,
             "store_address": store.address,
+            "refiner_address": refiner.address,
             "spool_dir": str(workdir / "agent-spool"),
         }
         first_tries = _start_first_tries(fleet, robots, agent_flags, plan.first_tries)
