@@ -118,12 +118,17 @@ def versions_table(rows: list[VersionRow]) -> str:
     return "\n".join(lines)
 
 
+def moved(change: trainer_pb2.LabelChange) -> bool:
+    """Whether a label change moved a label onto a version (not a pin of none)."""
+    return bool(change.version)
+
+
 def decisions_list(changes: list[trainer_pb2.LabelChange], started: float) -> str:
     """The run's label moves, one per line, with who moved them and why."""
     lines = []
     for change in changes:
         at = change.time.ToNanoseconds() / 1e9 - started
-        if at < 0 or not change.version:
+        if at < 0 or not moved(change):
             continue  # before the run, or the registry pinning a label that did not move
         lines.append(
             f"- {at / 60:5.1f} min: {change.label} -> v{change.version} "
@@ -281,6 +286,7 @@ def write(
         "label_changes": [
             {
                 "at_s": round(_since(c, started), 1),
+                "action": c.action,
                 "label": c.label,
                 "version": c.version,
                 "previous": c.previous,
@@ -288,7 +294,7 @@ def write(
                 "reason": c.reason,
             }
             for c in changes
-            if _since(c, started) >= 0
+            if _since(c, started) >= 0 and moved(c)
         ],
         "runs": [
             {

@@ -44,6 +44,9 @@ def test_make_run_turns_once_and_writes_its_report(tmp_path, monkeypatch, capsys
     assert versions[1]["grasps"]["episodes"] > 0  # the arms grasped with version 1
     assert [r["submitted_by"] for r in summary["runs"]][:2] == ["make-run", "auto-retrain"]
     assert summary["plan"]["retrain_every"] == 3
+    # The label moves of summary.md: version 1 made canary by its run, stable by make run.
+    moves = [(c["label"], c["version"], c["by"]) for c in summary["label_changes"]][:2]
+    assert sorted(moves)[0][:2] == ("canary", 1) and ("stable", 1, "make-run") in moves
     assert {"kuka-01", "kuka-02"} == set(summary["arms"])
     text = (report_dir / "summary.md").read_text()
     assert "| v1 | SIM_ONLY |" in text
