@@ -95,7 +95,7 @@ clean:
 # (tests/k8s/kustomize.py), plus what the built objects must say (every
 # tests/k8s file but the rules' tests).
 k8s-validate: protos
-	$(PY) -m pytest -q tests/k8s --ignore=tests/k8s/test_rules.py
+	GRASPFLEET_K8S_EVERY_SUBSET=1 $(PY) -m pytest -q tests/k8s --ignore=tests/k8s/test_rules.py
 
 # promtool check and unit tests of the Prometheus rules in k8s/.
 promtool-test: sysdeps $(STAMP)

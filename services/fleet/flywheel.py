@@ -29,6 +29,7 @@ from models.registry import CANARY, STABLE
 from models.scoring import Rate, wilson
 from services.episode_store import client
 from services.fleet.process import ServiceProcess
+from services.trainer.rollout import AUTO_USER
 
 RANDOM = 0  # the "version" of episodes no model drove (random exploration)
 
@@ -160,18 +161,31 @@ class Flywheel:
         until: float | None,
         every_s: float,
         show: Callable[[str], None] = print,
+        until_runs: int | None = None,
     ) -> Snapshot:
         """Prints the status table every `every_s` until epoch `until` (None: until Ctrl-C).
+
+        With `until_runs`, the flywheel also stops once that many automatic
+        retrainings have ended (published, rejected, failed or cancelled); the
+        trainer is then asked every few seconds rather than every `every_s`.
 
         Returns:
             The last snapshot taken.
         """
         last = self.snapshot()
+        poll_s = every_s if until_runs is None else min(every_s, RUNS_POLL_S)
+        shown = time.time()
         try:
             while until is None or time.time() < until:
-                time.sleep(max(0.0, min(every_s, (until or float("inf")) - time.time())))
+                time.sleep(max(0.0, min(poll_s, (until or float("inf")) - time.time())))
                 last = self.snapshot()
-                show(status_table(last))
+                ended = until_runs is not None and automatic_runs_ended(last) >= until_runs
+                if ended or time.time() - shown >= every_s - 0.5:
+                    show(status_table(last))
+                    shown = time.time()
+                if ended:
+                    show(f"  {until_runs} automatic retraining(s) ended: the flywheel stops")
+                    break
         except KeyboardInterrupt:
             show("\n  interrupted: writing the report")
         return last
@@ -224,7 +238,22 @@ def status_table(snapshot: Snapshot) -> str:
     return "\n".join(lines)
 
 
-_ACTIVE = (trainer_pb2.RUN_STATE_QUEUED, trainer_pb2.RUN_STATE_RUNNING)
+_ACTIVE = (
+    trainer_pb2.RUN_STATE_QUEUED,
+    trainer_pb2.RUN_STATE_RUNNING,
+    trainer_pb2.RUN_STATE_VALIDATING,
+)
+RUNS_POLL_S = 2.0  # how often turn() asks the trainer when it waits for runs to end
+
+
+def automatic_runs_ended(snapshot: Snapshot) -> int:
+    """Automatic retrainings in the snapshot that have ended, whatever their outcome."""
+    return sum(
+        1
+        for r in snapshot.runs
+        if r.submitted_by == AUTO_USER
+        and r.state not in (*_ACTIVE, trainer_pb2.RUN_STATE_UNSPECIFIED)
+    )
 
 
 def list_real(store, since: float) -> list[episode_store_pb2.EpisodeSummary]:

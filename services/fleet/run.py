@@ -18,7 +18,8 @@
    recipe, sim plus every real episode), publishes a version that passes its
    gate as the canary, and promotes it or rolls it back on the arms' grasps.
    No restart, no person. A status table is printed as it turns; the run ends
-   after --minutes (or at Ctrl-C with --forever).
+   after --minutes (or at Ctrl-C with --forever, or once --until-runs
+   automatic retrainings have ended).
 5. Writes the report: success per version with Wilson intervals and what each
    was trained on, the label moves and why, success over time, what
    Prometheus recorded, pictures, and summary.json.
@@ -68,6 +69,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--forever", action="store_true", help="keep the flywheel turning until Ctrl-C"
     )
     parser.add_argument("--minutes", type=float, help="the whole run's budget (default 20)")
+    parser.add_argument(
+        "--until-runs",
+        type=int,
+        help="end earlier, once this many automatic retrainings have ended (whatever the outcome)",
+    )
     parser.add_argument("--workdir", default="var/fleet", help="state of this run (wiped at start)")
     parser.add_argument("--reports", default="reports", help="where the report folder goes")
     parser.add_argument("--robots", nargs="+", help="proxy-real arms that get an agent")
@@ -392,7 +398,7 @@ def main(argv: list[str]) -> int:
             wheel = flywheel.Flywheel(start_agent, arms, store_stub, trainer_stub, MODEL, started)
             wheel.start()
             deadline = None if args.forever else started + plan.minutes * 60 - REPORT_RESERVE_S
-            wheel.turn(deadline, plan.status_every_s)
+            wheel.turn(deadline, plan.status_every_s, until_runs=args.until_runs)
             print("[5/5] report", flush=True)
             report.write(
                 report_dir, store_stub, trainer_stub, Registry(models), MODEL, started,

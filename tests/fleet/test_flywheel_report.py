@@ -139,3 +139,30 @@ def test_the_status_table_shows_versions_arms_and_runs():
     assert "kuka-03 canary=v3 running 4/10" in table
     assert "run run-b NAIVE_MIX running 300/1500 steps" in table
     assert "last run run-a NAIVE_MIX succeeded: published grasp_success:3" in table
+
+
+def test_only_automatic_runs_that_ended_count_towards_until_runs():
+    def run(state: int, by: str = "auto-retrain") -> trainer_pb2.Run:
+        return trainer_pb2.Run(state=state, submitted_by=by)
+
+    S = trainer_pb2
+    snapshot = Snapshot(
+        elapsed_s=60,
+        labels={},
+        grasps={},
+        arms=[],
+        runs=[
+            run(S.RUN_STATE_SUCCEEDED, by="make-run"),  # version 1: not automatic
+            run(S.RUN_STATE_REJECTED),
+            run(S.RUN_STATE_FAILED),
+            run(S.RUN_STATE_VALIDATING),  # still deciding
+            run(S.RUN_STATE_RUNNING),
+            run(S.RUN_STATE_QUEUED),
+        ],
+    )
+    assert flywheel.automatic_runs_ended(snapshot) == 2
+    # The status table shows the validating run in flight too, beside the running and queued.
+    in_flight = [
+        line for line in flywheel.status_table(snapshot).splitlines() if line.startswith("  run ")
+    ]
+    assert [line.split()[-3] for line in in_flight] == ["validating", "running", "queued"]

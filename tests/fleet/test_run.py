@@ -3,18 +3,24 @@
 Every part is the one `make run` starts: Prometheus (when the binary is there), the
 store, predictor, planner, refiner, sim-farm and trainer as service processes, the
 arms' agents, version 1 through the trainer, an automatic retraining and the report.
-Only the plan is tiny (a few grasps, tens of training steps, about a minute of flywheel).
+Only the plan is tiny (a few grasps, tens of training steps, a flywheel that stops when
+its first automatic retraining has ended).
 """
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from services.fleet import run
 
 TINY_PLAN = [
     "--quick",
-    "--minutes", "2.25",  # the flywheel turns from about 35 s to 90 s (report: 45 s reserved)
+    # The flywheel stops when its first automatic run has ended (about 2 min in on two
+    # idle cores); the budget is only a cap for a slower machine.
+    "--minutes", "5",
+    "--until-runs", "1",
     "--bootstrap-episodes", "12",
     "--train-steps", "20",
     "--retrain-every", "3",
@@ -24,6 +30,7 @@ TINY_PLAN = [
 ]  # fmt: skip
 
 
+@pytest.mark.timeout(420)
 def test_make_run_turns_once_and_writes_its_report(tmp_path, monkeypatch, capsys):
     # run.main hands the services its bearer token through the environment.
     monkeypatch.setenv("GRASPFLEET_AUTH_TOKEN", "")
@@ -43,6 +50,8 @@ def test_make_run_turns_once_and_writes_its_report(tmp_path, monkeypatch, capsys
     assert versions[1]["sim_episodes"] == 12 and versions[1]["real_episodes"] == 0
     assert versions[1]["grasps"]["episodes"] > 0  # the arms grasped with version 1
     assert [r["submitted_by"] for r in summary["runs"]][:2] == ["make-run", "auto-retrain"]
+    assert summary["runs"][1]["state"] in ("succeeded", "rejected")  # it ended, as asked
+    assert "1 automatic retraining(s) ended: the flywheel stops" in printed
     assert summary["plan"]["retrain_every"] == 3
     # The label moves of summary.md: version 1 made canary by its run, stable by make run.
     moves = [(c["label"], c["version"], c["by"]) for c in summary["label_changes"]][:2]
