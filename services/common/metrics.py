@@ -105,6 +105,11 @@ def _fail(call: _Call, context: grpc.ServicerContext, exc: Exception) -> None:
     if code is not grpc.StatusCode.OK:  # the handler already called context.abort
         call.done(code)
         raise exc
+    if isinstance(exc, grpc.RpcError) and not context.is_active():
+        # The client hung up (cancelled, or its deadline passed) while the handler read
+        # its request stream: no error of ours, and nobody left to answer.
+        call.done(grpc.StatusCode.CANCELLED)
+        raise exc
     log.exception("unhandled error in %s/%s", call.labels[0], call.labels[1])
     call.done(grpc.StatusCode.INTERNAL)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")

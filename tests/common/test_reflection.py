@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import pytest
 from google.protobuf import descriptor_pool
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from prometheus_client import REGISTRY
 
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server as create_store
@@ -19,7 +23,7 @@ from services.servo_planner.config import PlannerConfig
 from services.servo_planner.server import create_server as create_planner
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.server import create_server as create_farm
-from tests.fixtures import models
+from tests.fixtures import models, waiting
 
 
 def _describe_every_service(address: str) -> dict[str, list[str]]:
@@ -69,3 +73,35 @@ def test_reflection_describes_every_listed_service(servers, name):
     assert all(methods for methods in described.values())
     if name == "grasp-predictor":
         assert "GetModelStatus" in described["tensorflow.serving.ModelService"]
+
+
+def test_a_client_hanging_up_a_stream_is_counted_cancelled_not_internal(servers, caplog):
+    """Reflection reads a request stream: a client that goes away mid-stream is no server error."""
+    server = servers["episode-store"][0]
+    labels = {
+        "grpc_service": "grpc.reflection.v1alpha.ServerReflection",
+        "grpc_method": "ServerReflectionInfo",
+        "grpc_type": "bidi_stream",
+    }
+
+    def handled(code: str) -> float:
+        return (
+            REGISTRY.get_sample_value("grpc_server_handled_total", {**labels, "grpc_code": code})
+            or 0.0
+        )
+
+    cancelled, internal = handled("CANCELLED"), handled("INTERNAL")
+    more = threading.Event()
+
+    def requests():
+        yield reflection_pb2.ServerReflectionRequest(list_services="")
+        more.wait(30)  # the client never sends a second request: it hangs up first
+
+    with grpc.insecure_channel(server.address) as channel:
+        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(requests())
+        assert next(stream).list_services_response.service
+        stream.cancel()
+    more.set()
+    assert waiting.until(lambda: handled("CANCELLED") == cancelled + 1, timeout_s=10)
+    assert handled("INTERNAL") == internal
+    assert "unhandled error" not in caplog.text
