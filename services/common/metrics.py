@@ -166,6 +166,11 @@ def _wrap_streaming(behavior: Callable, service: str, method: str, rpc_type: str
         call = _Call(service, method, rpc_type)
         try:
             yield from behavior(request, context)
+        except GeneratorExit:
+            # gRPC closes the response stream when its client has gone (cancelled,
+            # deadline passed, channel closed) before the handler finished.
+            call.done(grpc.StatusCode.CANCELLED)
+            raise
         except Exception as exc:  # noqa: BLE001 - every failure must get a status
             _fail(call, context, exc)
             raise
