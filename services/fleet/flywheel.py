@@ -30,6 +30,7 @@ from models.scoring import Rate, wilson
 from services.episode_store import client
 from services.fleet.process import ServiceProcess
 from services.trainer.rollout import AUTO_USER
+from services.trainer.runs import ACTIVE, TERMINAL
 
 RANDOM = 0  # the "version" of episodes no model drove (random exploration)
 
@@ -238,22 +239,13 @@ def status_table(snapshot: Snapshot) -> str:
     return "\n".join(lines)
 
 
-_ACTIVE = (
-    trainer_pb2.RUN_STATE_QUEUED,
-    trainer_pb2.RUN_STATE_RUNNING,
-    trainer_pb2.RUN_STATE_VALIDATING,
-)
+_ACTIVE = (trainer_pb2.RUN_STATE_QUEUED, *ACTIVE)
 RUNS_POLL_S = 2.0  # how often turn() asks the trainer when it waits for runs to end
 
 
 def automatic_runs_ended(snapshot: Snapshot) -> int:
     """Automatic retrainings in the snapshot that have ended, whatever their outcome."""
-    return sum(
-        1
-        for r in snapshot.runs
-        if r.submitted_by == AUTO_USER
-        and r.state not in (*_ACTIVE, trainer_pb2.RUN_STATE_UNSPECIFIED)
-    )
+    return sum(1 for r in snapshot.runs if r.submitted_by == AUTO_USER and r.state in TERMINAL)
 
 
 def list_real(store, since: float) -> list[episode_store_pb2.EpisodeSummary]:

@@ -75,7 +75,8 @@ def test_reflection_describes_every_listed_service(servers, name):
         assert "GetModelStatus" in described["tensorflow.serving.ModelService"]
 
 
-def test_a_client_hanging_up_a_stream_is_counted_cancelled_not_internal(servers, caplog):
+@pytest.mark.parametrize("hang_up", ["cancel", "close the channel"])
+def test_a_client_hanging_up_a_stream_is_counted_cancelled_not_internal(servers, caplog, hang_up):
     """Reflection reads a request stream: a client that goes away mid-stream is no server error."""
     server = servers["episode-store"][0]
     labels = {
@@ -107,13 +108,19 @@ def test_a_client_hanging_up_a_stream_is_counted_cancelled_not_internal(servers,
         yield reflection_pb2.ServerReflectionRequest(list_services="")
         more.wait(30)  # the client never sends a second request: it hangs up first
 
-    # As a reflection client does when it is done: it closes its channel with the stream open.
+    # A reflection client closes its channel with the stream open when it is done.
     with grpc.insecure_channel(server.address) as channel:
         stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(requests())
         assert next(stream).list_services_response.service
+        if hang_up == "cancel":
+            stream.cancel()
     more.set()
     assert waiting.until(settled, timeout_s=10)
     after = handled()
-    changed = {code: after[code] - before.get(code, 0.0) for code in after}
-    assert {code: n for code, n in changed.items() if n} == {"CANCELLED": 1.0}
+    changed = {code: n - before.get(code, 0.0) for code, n in after.items()}
+    recorded = {code: n for code, n in changed.items() if n}
+    # The hang-up reaches the server either as the client gone (CANCELLED) or, when the
+    # answer had already gone out, as the end of its request stream (OK): recorded once,
+    # never as INTERNAL. Which of the two is gRPC's race, not ours.
+    assert sum(recorded.values()) == 1.0 and set(recorded) <= {"CANCELLED", "OK"}, recorded
     assert "unhandled error" not in caplog.text
