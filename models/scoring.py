@@ -171,8 +171,13 @@ def balanced_accuracy(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(recalls)) if recalls else 0.0
 
 
-def binary_scores(probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Samples, accuracy, balanced accuracy, log loss and (with both classes) AUC of predictions."""
+def binary_scores(*, probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Samples, accuracy, balanced accuracy, log loss and (with both classes) AUC of predictions.
+
+    Keyword-only: both arguments are arrays of the same shape, and swapping them
+    returns numbers of the right type and the wrong meaning (it once did, choosing
+    every model's weights by a balanced accuracy read as an AUC).
+    """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
     clipped = np.clip(probabilities, 1e-7, 1 - 1e-7)

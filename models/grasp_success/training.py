@@ -168,14 +168,16 @@ def evaluate(model: GraspSuccessModel, batches: tf.data.Dataset) -> dict[str, fl
     if not labels:
         return {}
     label, probability, domain = (np.concatenate(a) for a in (labels, probabilities, domains))
-    metrics = scoring.binary_scores(label, probability)
+    metrics = scoring.binary_scores(probabilities=probability, labels=label)
     for value, name in samples.DOMAIN_NAMES.items():
         if np.any(domain == value):
             part = domain == value
             metrics.update(
                 {
                     f"{name}_{k}": v
-                    for k, v in scoring.binary_scores(label[part], probability[part]).items()
+                    for k, v in scoring.binary_scores(
+                        probabilities=probability[part], labels=label[part]
+                    ).items()
                 }
             )
     return metrics

@@ -56,11 +56,13 @@ def test_balanced_accuracy_weights_the_classes_equally():
 
 
 def test_binary_scores_report_every_score_and_auc_only_when_defined():
-    scores = binary_scores(np.array([0.9, 0.2, 0.6, 0.4]), np.array([1, 0, 0, 1]))
+    scores = binary_scores(
+        probabilities=np.array([0.9, 0.2, 0.6, 0.4]), labels=np.array([1, 0, 0, 1])
+    )
     assert scores["samples"] == 4 and scores["accuracy"] == 0.5
     assert scores["balanced_accuracy"] == 0.5 and scores["auc"] == 0.75
     assert scores["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.4])), rel=1e-6)
-    assert "auc" not in binary_scores(np.array([0.9]), np.array([1]))
+    assert "auc" not in binary_scores(probabilities=np.array([0.9]), labels=np.array([1]))
 
 
 def test_probability_not_worse_integrates_the_two_posteriors():

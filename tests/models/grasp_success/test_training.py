@@ -13,12 +13,12 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from graspfleet.v1 import common_pb2, episode_store_pb2
-from models import registry
+from models import registry, scoring
 from models.episodes import dataset
 from models.episodes.selection import ObjectSplitError, split_episodes
 from models.episodes.synthetic import sample_episode
 from models.grasp_success import export, samples
-from models.grasp_success.model import ModelConfig, build_model
+from models.grasp_success.model import LOGITS, ModelConfig, build_model
 from models.grasp_success.samples import (
     DOMAIN,
     LABEL,
@@ -419,3 +419,69 @@ def test_a_split_too_fine_for_the_episodes_is_an_error_and_no_fraction_holds_out
     for fraction in (-0.1, 1.0):
         with pytest.raises(ValueError, match="validation_fraction"):
             split_episodes(disjoint, fraction, seed=3)
+
+
+class _KnownRanking:
+    """A predictor of known quality: logit `success_logit` for successes, `failure_logit`
+    for failures. Both below 0 puts every probability under 0.5, so that accuracy and
+    balanced accuracy say nothing of the ranking that the AUC measures."""
+
+    def __init__(self, success_logit: float, failure_logit: float):
+        self.success_logit, self.failure_logit = success_logit, failure_logit
+
+    def __call__(self, batch: dict, training: bool) -> dict:
+        success = tf.cast(batch[LABEL], tf.float32) > 0.5
+        return {LOGITS: tf.where(success, self.success_logit, self.failure_logit)}
+
+
+def _labeled_batches(labels: list[int]) -> tf.data.Dataset:
+    count = len(labels)
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            X0: np.zeros((count, 8, 8, 3), np.uint8),
+            XT: np.zeros((count, 8, 8, 3), np.uint8),
+            MOTION: np.zeros((count, 5), np.float32),
+            LABEL: np.asarray(labels, np.float32),
+            DOMAIN: np.full(count, REAL, np.int32),
+        }
+    ).batch(3)
+
+
+@pytest.mark.parametrize(
+    ("success_logit", "failure_logit", "expected_auc"),
+    [(-1.0, -2.0, 1.0), (-2.0, -1.0, 0.0), (-1.5, -1.5, 0.5)],
+    ids=["perfect", "inverted", "uninformative"],
+)
+def test_validation_auc_through_evaluate_is_the_auc_of_the_ranking(
+    success_logit, failure_logit, expected_auc
+):
+    labels = [1, 0, 0, 1, 0, 0, 0, 1]
+    metrics = evaluate(_KnownRanking(success_logit, failure_logit), _labeled_batches(labels))
+    assert metrics["auc"] == pytest.approx(expected_auc)
+    assert metrics["real_auc"] == pytest.approx(expected_auc)
+    # Every probability is below 0.5: "success" is never predicted.
+    assert metrics["balanced_accuracy"] == pytest.approx(0.5)
+    assert metrics["accuracy"] == pytest.approx(5 / 8)
+    probability = {1: 1 / (1 + math.exp(-success_logit)), 0: 1 / (1 + math.exp(-failure_logit))}
+    expected_loss = -np.mean(
+        [math.log(probability[1]) if y else math.log(1 - probability[0]) for y in labels]
+    )
+    assert metrics["log_loss"] == pytest.approx(expected_loss, rel=1e-5)
+
+
+def test_keep_best_keeps_the_weights_whose_validation_auc_is_the_real_auc():
+    rng = np.random.default_rng(3)
+    data = _synthetic(rng, 1024)
+    validation_data = _synthetic(rng, 256)
+    validation = tf.data.Dataset.from_tensor_slices(validation_data).batch(64)
+    spec = TrainSpec(steps=40, batch_size=32, learning_rate=3e-3, eval_every=10, seed=2)
+    keras.utils.set_random_seed(spec.seed)
+    model = build_model(spec.model_config)
+    batches = tf.data.Dataset.from_tensor_slices(data).shuffle(1024, seed=2).repeat().batch(32)
+    _, metrics, _ = fit(model, spec, batches, validation, progress_bar=False)
+    # The kept weights, scored independently of evaluate: their AUC is what fit reports.
+    serving = {**validation_data, DOMAIN: np.full(256, REAL, np.int32)}
+    probabilities = tf.sigmoid(model(serving, training=False)[LOGITS]).numpy()
+    truth = scoring.auc(probabilities, validation_data[LABEL])
+    assert metrics["auc"] == pytest.approx(truth, abs=1e-6)
+    assert metrics["best_step"] in (10.0, 20.0, 30.0, 40.0)
