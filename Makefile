@@ -87,6 +87,13 @@ fuzz: protos
 sim2real: protos
 	$(PY) -m experiments.sim2real $(ARGS)
 
+# Levers on closed-loop grasp success, measured on validation arms only
+# (experiments/levers/protocol.py): resumable, cached under var/levers; writes
+# docs/results/levers-exploration.{json,md}. About an hour on 2 cores.
+.PHONY: levers
+levers: protos
+	$(PY) -m experiments.levers $(ARGS)
+
 clean:
 	rm -rf $(VENV) $(PROTO_STAMP) protos/graspfleet/v1/*_pb2*.py* var reports
 

@@ -1,5 +1,5 @@
 """Every score graspfleet reports, computed once: AUC, balanced accuracy, Wilson intervals, paired
-differences, and the rollout's probability that a canary is not worse than stable.
+differences (over scenes, and over seeds and scenes), and the rollout's probability that a canary is not worse than stable.
 
 Offline scores of a grasp model (AUC, balanced accuracy, log loss over
 recorded steps) are diagnostics; closed-loop success rates with their Wilson
@@ -11,7 +11,7 @@ experiments all call these functions.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -97,6 +97,72 @@ def paired_difference(
         a_only=int((delta > 0).sum()),
         b_only=int((delta < 0).sum()),
         difference=float(delta.mean()),
+        low=float(low),
+        high=float(high),
+    )
+
+
+@dataclass(frozen=True)
+class SeededDifference:
+    """Row A's success minus row B's, each row a set of trained seeds scored on the same
+    scenes, with a hierarchical bootstrap interval over seeds and scenes."""
+
+    a_seeds: int
+    b_seeds: int
+    scenes: int
+    difference: float
+    low: float
+    high: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def seeded_difference(
+    a: Sequence[Mapping[int, bool]],
+    b: Sequence[Mapping[int, bool]],
+    *,
+    resamples: int = 10_000,
+    seed: int = 0,
+) -> SeededDifference:
+    """A's mean success minus B's, where each row is several trained models (seeds).
+
+    The interval is a two-level percentile bootstrap: each resample draws A's seeds
+    and B's seeds with replacement (training noise), then the scenes with replacement
+    (shared by both rows, so the scene pairing is kept), and recomputes the
+    difference of the two rows' mean success. With one seed per row it is
+    `paired_difference`'s scene bootstrap; with several, a seed that alone carries
+    a row widens the interval, as it should.
+
+    Args:
+        a: Per seed of row A, its outcome per scene id.
+        b: Per seed of row B, its outcome per scene id.
+
+    Raises:
+        ValueError: a row without seeds, or no scene that every model attempted.
+    """
+    if not a or not b:
+        raise ValueError(f"each row needs at least one seed: got {len(a)} and {len(b)}")
+    scenes = sorted(set.intersection(*(set(o) for o in (*a, *b))))
+    if not scenes:
+        raise ValueError("the models share no scene: their rows cannot be paired")
+    rows = [
+        np.array([[float(o[s]) for s in scenes] for o in row], dtype=np.float64) for row in (a, b)
+    ]
+    rng = np.random.default_rng(seed)
+    means = []
+    for outcomes in rows:
+        picked = rng.integers(0, len(outcomes), size=(resamples, len(outcomes)))
+        means.append(outcomes[picked].mean(axis=1))  # [resamples, scenes]: a drawn row's mean
+    delta = means[0] - means[1]
+    drawn = rng.integers(0, len(scenes), size=(resamples, len(scenes)))
+    resampled = np.take_along_axis(delta, drawn, axis=1).mean(axis=1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return SeededDifference(
+        a_seeds=len(a),
+        b_seeds=len(b),
+        scenes=len(scenes),
+        difference=float(rows[0].mean() - rows[1].mean()),
         low=float(low),
         high=float(high),
     )

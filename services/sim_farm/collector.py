@@ -27,6 +27,7 @@ log = logs.get_logger(__name__)
 POLICY_NAMES = {
     sim_farm_pb2.CollectionPolicy.KIND_RANDOM: "random",
     sim_farm_pb2.CollectionPolicy.KIND_ORACLE: "oracle",
+    sim_farm_pb2.CollectionPolicy.KIND_NOISY_ORACLE: "noisy-oracle",
     sim_farm_pb2.CollectionPolicy.KIND_CEM: "cem",
     sim_farm_pb2.CollectionPolicy.KIND_EPSILON_MIX: "eps-mix",
 }

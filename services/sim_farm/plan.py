@@ -29,7 +29,7 @@ class CollectionPlan:
         randomization: A robots.names randomization name ("none", "visual", ...).
         object_set: The objects the bins are filled from.
         objects_per_bin: Objects per bin.
-        policy: "random", "oracle", "cem" or "eps-mix".
+        policy: "random", "oracle", "noisy-oracle", "cem" or "eps-mix".
         epsilon: With eps-mix, the chance of a random command at each step.
         model_label: With cem / eps-mix and no model_version, the label the planner resolves.
         model_version: With cem / eps-mix, this version; 0 resolves model_label.

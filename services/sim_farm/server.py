@@ -101,7 +101,8 @@ def validate(spec: sim_farm_pb2.CollectionSpec, config: SimFarmConfig) -> None:
         raise InvalidArgument(f"objects_per_bin={spec.objects_per_bin}; at most 20")
     if spec.policy.kind not in POLICY_NAMES:
         raise InvalidArgument(
-            "policy.kind must be KIND_RANDOM, KIND_ORACLE, KIND_CEM or KIND_EPSILON_MIX"
+            "policy.kind must be KIND_RANDOM, KIND_ORACLE, KIND_NOISY_ORACLE, KIND_CEM or "
+            "KIND_EPSILON_MIX"
         )
     needs_planner = spec.policy.kind in (Policy.KIND_CEM, Policy.KIND_EPSILON_MIX)
     if needs_planner and not config.planner_address:
@@ -130,6 +131,18 @@ def validate(spec: sim_farm_pb2.CollectionSpec, config: SimFarmConfig) -> None:
             raise InvalidArgument(
                 f"arm_config_yaml: driver {arm.driver!r} is a hardware arm; the farm simulates "
                 "sim and proxy-real arms only"
+            )
+    if spec.policy.kind == Policy.KIND_NOISY_ORACLE:
+        simulated = (
+            parse_arm(spec.arm_config_yaml, "arm_config_yaml").driver == "sim"
+            if spec.arm_config_yaml
+            else spec.domain == common_pb2.DOMAIN_SIM
+        )
+        if not simulated:
+            raise InvalidArgument(
+                "KIND_NOISY_ORACLE reads privileged object state: collect it on a simulated "
+                "arm (domain DOMAIN_SIM or an arm_config_yaml with driver sim); real and "
+                "proxy-real arms explore with KIND_RANDOM or the planner"
             )
     if spec.transform.kind:
         if spec.transform.kind != "rcan":

@@ -14,7 +14,7 @@ from models.episodes.shards import COLLECTION_PLAN, EVALUATION, PURPOSE
 from robots.config import ArmConfig, CameraConfig, WorldConfig
 from robots.drivers import make_driver
 from robots.inventory import parse_arm
-from robots.policies import OraclePolicy, RandomPolicy
+from robots.policies import NoisyOraclePolicy, OraclePolicy, RandomPolicy
 from robots.safety import run_safe_episode
 from services.common import upstream
 from services.episode_store import client
@@ -68,6 +68,8 @@ def _policy(job: ShardJob, driver):
         return RandomPolicy(driver.world)
     if plan.policy == "oracle":
         return OraclePolicy(driver.world)
+    if plan.policy == "noisy-oracle":
+        return NoisyOraclePolicy(driver.world)
     from graspfleet.v1 import common_pb2, refiner_pb2_grpc, servo_planner_pb2_grpc
     from services.common.images import encode_image
     from services.refiner.client.canonicalizing import CanonicalizingPolicy

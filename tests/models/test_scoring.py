@@ -80,3 +80,39 @@ def test_probability_not_worse_integrates_the_two_posteriors():
         probability_not_worse(3, 2, 1, 2)
     with pytest.raises(ValueError, match="margin"):
         probability_not_worse(1, 2, 1, 2, margin=-0.1)
+
+
+def test_seeded_difference_with_one_seed_each_is_the_scene_bootstrap():
+    from models.scoring import seeded_difference
+
+    rng = np.random.default_rng(4)
+    a = {s: bool(rng.random() < 0.5) for s in range(200)}
+    b = {s: bool(rng.random() < 0.3) for s in range(200)}
+    scenes_only = paired_difference(a, b)
+    both = seeded_difference([a], [b])
+    assert both.difference == pytest.approx(scenes_only.difference)
+    assert both.low == pytest.approx(scenes_only.low, abs=0.01)
+    assert both.high == pytest.approx(scenes_only.high, abs=0.01)
+
+
+def test_seeded_difference_widens_with_the_spread_between_seeds():
+    from models.scoring import seeded_difference
+
+    scenes = range(150)
+    b = [{s: s % 10 == 0 for s in scenes}] * 3  # 10%, three identical seeds
+    steady = [{s: s % 5 == 0 for s in scenes}] * 3  # 20% each
+    # The same mean (20%) from seeds at 0%, 20% and 40%: training noise the scenes cannot show.
+    spread = [
+        {s: False for s in scenes},
+        {s: s % 5 == 0 for s in scenes},
+        {s: s % 5 < 2 for s in scenes},
+    ]
+    narrow, wide = seeded_difference(steady, b), seeded_difference(spread, b)
+    assert narrow.difference == pytest.approx(0.1) and wide.difference == pytest.approx(0.1)
+    assert (wide.high - wide.low) > 2 * (narrow.high - narrow.low)
+    assert wide.low < 0 < narrow.low  # the spread makes the gain unproven
+    assert (wide.a_seeds, wide.b_seeds, wide.scenes) == (3, 3, 150)
+    with pytest.raises(ValueError, match="seed"):
+        seeded_difference([], b)
+    with pytest.raises(ValueError, match="share no scene"):
+        seeded_difference([{1: True}], [{2: False}])

@@ -91,6 +91,28 @@ def test_a_collection_lands_in_the_store_with_everything_training_needs(farm):
     assert sum(e.label.success for e in stored) == done.successes
 
 
+def test_a_noisy_oracle_collection_explores_around_grasps_in_simulation(farm):
+    stub, store = farm
+    spec = sim_farm_pb2.CollectionSpec(
+        num_episodes=4,
+        num_shards=1,
+        max_steps=8,
+        domain=common_pb2.DOMAIN_SIM,
+        policy=Policy(kind=Policy.KIND_NOISY_ORACLE),
+        seed=3,
+    )
+    stub.StartCollection(sim_farm_pb2.StartCollectionRequest(spec=spec, collection_id="noisy"))
+    done = _wait(stub, "noisy")
+    assert done.state == sim_farm_pb2.COLLECTION_STATE_SUCCEEDED, done.error
+    channel, store_stub = client.connect(store.address)
+    with channel:
+        stored = list(
+            client.list_all(store_stub, episode_store_pb2.EpisodeFilter(collection_id="noisy"))
+        )
+    assert len(stored) == 4
+    assert {e.domain for e in stored} == {common_pb2.DOMAIN_SIM}
+
+
 def test_cem_episodes_record_the_model_version_that_drove_them(tmp_path):
     with planning_fleet(tmp_path) as fleet:
         farm, store = fleet.start_farm(workers=1), fleet.store
@@ -150,6 +172,15 @@ def test_cem_episodes_record_the_model_version_that_drove_them(tmp_path):
             ),
             grpc.StatusCode.FAILED_PRECONDITION,
             "--planner-address",
+        ),
+        (
+            sim_farm_pb2.CollectionSpec(
+                num_episodes=1,
+                domain=common_pb2.DOMAIN_REAL,
+                policy=Policy(kind=Policy.KIND_NOISY_ORACLE),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "privileged object state",
         ),
         (
             sim_farm_pb2.CollectionSpec(num_episodes=1, domain=1, max_steps=500),

@@ -1,0 +1,1 @@
+"""Levers on grasp success, each measured closed loop on validation arms only (make levers)."""

@@ -1,0 +1,254 @@
+"""`python -m experiments.levers`: exploration data for CEM, measured on validation (make levers).
+
+The protocol is experiments/levers/protocol.py. Stages are cached under --root
+keyed by their settings (collections, models, evaluations), so a stopped run
+resumes; the report (docs/results/levers-exploration.{json,md}) is rewritten
+once every row is scored.
+"""
+
+from __future__ import annotations
+
+# Before anything imports TensorFlow or PyBullet: their start-up lines stay off the terminal.
+from services.common import quiet
+
+quiet.install()
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from experiments.levers.protocol import QUICK, ROWS, VALIDATION_ARM, Settings
+from experiments.sim2real.data import _spec_settings, collect, data_fleet
+from experiments.sim2real.evaluate import Evaluations, Job, Scored, outcomes
+from experiments.sim2real.report import commit
+from experiments.sim2real.stages import Stages, key, log
+from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2
+from models.episodes.selection import labeled
+from models.grasp_success.training import TrainSpec, train
+from models.scoring import seeded_difference, wilson
+from services.episode_store import client
+
+Policy = sim_farm_pb2.CollectionPolicy
+Summary = episode_store_pb2.EpisodeSummary
+REPORT = "levers-exploration"
+
+
+def collections(settings: Settings) -> dict[str, sim_farm_pb2.CollectionSpec]:
+    """Random and noisy-oracle episodes on the training objects, random on the sim-test ones."""
+
+    def spec(kind: int, episodes: int, object_set: str, seed: int) -> sim_farm_pb2.CollectionSpec:
+        return sim_farm_pb2.CollectionSpec(
+            num_episodes=episodes,
+            num_shards=settings.shards,
+            max_steps=settings.max_steps,
+            domain=common_pb2.DOMAIN_SIM,
+            randomization=common_pb2.RANDOMIZATION_NONE,
+            object_set=object_set,
+            policy=Policy(kind=kind),
+            render_masks=True,
+            skip_stored=True,
+            seed=seed,
+        )
+
+    s = settings
+    return {
+        "random": spec(Policy.KIND_RANDOM, s.episodes, "train", s.data_seed),
+        "noisy-oracle": spec(Policy.KIND_NOISY_ORACLE, s.episodes // 2, "train", s.data_seed + 1),
+        "validation": spec(Policy.KIND_RANDOM, s.validation_episodes, "sim-test", s.data_seed + 2),
+    }
+
+
+def gather(settings: Settings, root: Path, stages: Stages) -> dict[str, list[Summary]]:
+    """Each collection's labeled episodes (collected first where missing), in id order."""
+    specs = collections(settings)
+    ids = {name: f"levers-{name}-{key(_spec_settings(spec))}" for name, spec in specs.items()}
+    with data_fleet(root, settings.shards) as (store, farm):
+        for name, spec in specs.items():
+            stages.run(
+                f"collect-{name}",
+                _spec_settings(spec),
+                lambda name=name, spec=spec: collect(farm, ids[name], spec),
+            )
+        channel, stub = client.connect(store)
+        with channel:
+            found = {
+                name: sorted(
+                    labeled(
+                        client.list_all(
+                            stub, episode_store_pb2.EpisodeFilter(collection_id=ids[name])
+                        )
+                    ),
+                    key=lambda e: e.episode_id,
+                )
+                for name in specs
+            }
+    for name, spec in specs.items():
+        if len(found[name]) != spec.num_episodes:
+            raise RuntimeError(
+                f"collection {name}: {len(found[name])} labeled episodes of {spec.num_episodes}"
+            )
+    return found
+
+
+def training_set(row: str, data: dict[str, list[Summary]], settings: Settings) -> list[Summary]:
+    """A row's training episodes (the protocol's docstring)."""
+    if row == "random-data":
+        return data["random"][: settings.episodes]
+    half = settings.episodes // 2
+    return [*data["random"][:half], *data["noisy-oracle"][:half]]
+
+
+def grasp_model(
+    row: str, seed: int, data: dict[str, list[Summary]], settings: Settings, root: Path, stages
+) -> dict:
+    spec = TrainSpec(
+        recipe=f"levers:{row}",
+        steps=settings.grasp_steps,
+        batch_size=32,
+        seed=seed,
+        scene_weight=settings.scene_weight,
+        sim_fraction=1.0,
+        eval_every=settings.eval_every,
+        keep_best=True,
+    )
+    episodes = training_set(row, data, settings)
+    base = root / "models" / f"{row}-s{seed}"
+
+    def work() -> dict:
+        result = train(
+            spec,
+            str(root / "data" / "store"),
+            episodes,
+            data["validation"],
+            base,
+            progress_bar=False,
+        )
+        return {
+            "path": str(result.path),
+            "metrics": result.metrics,
+            "train_episodes": len(episodes),
+            "train_successes": sum(e.label.success for e in episodes),
+        }
+
+    identity = [len(episodes), episodes[0].episode_id, episodes[-1].episode_id]
+    settings_key = {"spec": repr(spec), "data": identity, "validation": len(data["validation"])}
+    return stages.run(f"grasp-{row}-s{seed}", settings_key, work)
+
+
+def report(settings: Settings, data, trained: dict, scores: dict, command: str) -> dict:
+    """Every row's seeds, pooled rate, and the planned differences."""
+
+    def pooled(names: list[str]) -> dict:
+        successes = sum(scores[n]["successes"] for n in names)
+        episodes = sum(scores[n]["episodes"] for n in names)
+        return wilson(successes, episodes).as_dict()
+
+    seeds = {row: [f"{row}-s{s}" for s in settings.seeds] for row in ROWS}
+    per_seed = {row: [outcomes(scores[n]) for n in names] for row, names in seeds.items()}
+    floor = [outcomes(scores["random"])]
+    rows = {
+        row: {
+            "pooled": pooled(names),
+            "seeds": {
+                n: {
+                    **{k: scores[n][k] for k in ("successes", "episodes", "rate")},
+                    "best_step": trained[n]["metrics"].get("best_step"),
+                    "validation_auc": trained[n]["metrics"].get("auc"),
+                }
+                for n in names
+            },
+            "minus_random": seeded_difference(per_seed[row], floor).as_dict(),
+        }
+        for row, names in seeds.items()
+    }
+    return {
+        "protocol": "experiments/levers/protocol.py",
+        "settings": settings.as_dict(),
+        "arm": str(VALIDATION_ARM.relative_to(VALIDATION_ARM.parents[2])),
+        "data": {
+            name: {"episodes": len(e), "successes": sum(x.label.success for x in e)}
+            for name, e in data.items()
+        },
+        "baselines": {
+            b: {k: scores[b][k] for k in ("successes", "episodes", "rate", "low", "high")}
+            for b in ("random", "oracle")
+        },
+        "rows": rows,
+        "planned": {
+            "mixed-data - random-data": seeded_difference(
+                per_seed["mixed-data"], per_seed["random-data"]
+            ).as_dict()
+        },
+        "command": command,
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d"),
+        "outcomes": {n: scores[n]["outcomes"] for n in scores},
+    }
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "# Exploration data for CEM (validation arm: sim-test objects)",
+        "",
+        f"`{result['command']}` at {result['commit']}, {result['date']}. "
+        f"Protocol: {result['protocol']}.",
+        "",
+        "| contender | seeds: successes of scenes | pooled [Wilson 95%] | minus random |",
+        "|---|---|---|---|",
+    ]
+    for name, b in result["baselines"].items():
+        lines.append(f"| {name} | | {_rate(b)} | |")
+    for name, row in result["rows"].items():
+        seeds = ", ".join(str(s["successes"]) for s in row["seeds"].values())
+        lines.append(
+            f"| {name} | {seeds} | {_rate(row['pooled'])} | {_diff(row['minus_random'])} |"
+        )
+    lines += ["", "Planned: " + "; ".join(f"{k} {_diff(v)}" for k, v in result["planned"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def _rate(r: dict) -> str:
+    return f"{r['successes']}/{r['episodes']}, {r['rate']:.1%} [{r['low']:.1%}, {r['high']:.1%}]"
+
+
+def _diff(d: dict) -> str:
+    return f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
+    stages = Stages(root)
+    data = gather(settings, root, stages)
+    trained = {
+        f"{row}-s{seed}": grasp_model(row, seed, data, settings, root, stages)
+        for row in ROWS
+        for seed in settings.seeds
+    }
+    evaluations = Evaluations(settings, root, stages)
+    scored = [Scored(name, t["path"]) for name, t in trained.items()]
+    job = Job("levers-validation", VALIDATION_ARM.read_text(), scored, baselines=True)
+    scores = evaluations.run([job])[job.evaluation_id]
+    result = report(settings, data, trained, scores, command)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{REPORT}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / f"{REPORT}.md").write_text(markdown(result))
+    log(f"report: {out / REPORT}.md")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.levers", description=__doc__)
+    parser.add_argument("--root", default="var/levers", help="stages, data and models")
+    parser.add_argument("--out", default="docs/results", help="the report's folder")
+    parser.add_argument("--quick", action="store_true", help="tiny settings: the pipeline only")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    command = "python -m experiments.levers " + " ".join(argv if argv is not None else sys.argv[1:])
+    run(QUICK if args.quick else Settings(), Path(args.root), Path(args.out), command.strip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
