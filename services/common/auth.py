@@ -1,4 +1,12 @@
-"""Bearer-token authentication of the calls that change state, shared by every service."""
+"""Who is calling: bearer tokens of the calls that change state, and workload identities.
+
+A workload identity is the Common Name of the client certificate a caller
+presents to a server that requires one (tls_client_auth): gRPC has verified it
+against the fleet's CA before the call reaches a handler. Identities name the
+workload: `robot-agent/<arm id>` for an arm's agent, `sim-farm` for the farm and
+its shards, `trainer` for the trainer and its Jobs, the other services by their
+names, `user/<name>` for people.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +26,22 @@ AUTHORIZATION = "authorization"
 USER_HEADER = "x-graspfleet-user"
 # Where the command-line clients take the token they send from (their --token default).
 TOKEN_ENV = "GRASPFLEET_TOKEN"
+ROBOT_AGENT = "robot-agent"
+SIM_FARM = "sim-farm"
+# The robot ids of the sim-farm's shards (`sim-farm-<shard>`): the arms it simulates.
+SIM_FARM_SHARD_PREFIX = f"{SIM_FARM}-"
+
+
+def peer_identity(context: grpc.ServicerContext) -> str | None:
+    """The caller's workload identity, or None when it presented no verified certificate
+    (a plaintext server, or TLS without client authentication)."""
+    names = context.auth_context().get("x509_common_name")
+    return names[0].decode() if names else None
+
+
+def robot_identity(robot_id: str) -> str:
+    """The identity of the agent that drives arm `robot_id`."""
+    return f"{ROBOT_AGENT}/{robot_id}"
 
 
 def bearer(token: str) -> list[tuple[str, str]]:

@@ -21,6 +21,9 @@ from typing import Any, TypeVar
 ENV_PREFIX = "GRASPFLEET_"
 # The certificate and key in a server's tls_dir: the keys of a kubernetes.io/tls Secret.
 TLS_FILES = ("tls.crt", "tls.key")
+# The CA beside them (cert-manager writes it into the same Secret): it signs the clients'
+# certificates when a server requires them (tls_client_auth).
+TLS_CA_FILE = "ca.crt"
 
 C = TypeVar("C")
 
@@ -103,6 +106,12 @@ class ServerConfig:
         "Folder holding tls.crt and tls.key (a mounted kubernetes.io/tls Secret): the server "
         "then accepts TLS only, and re-reads them when they change; empty serves plaintext.",
     )
+    tls_client_auth: bool = setting(
+        False,
+        "With tls_dir: require every caller to present a client certificate signed by "
+        "<tls_dir>/ca.crt, whose Common Name is the caller's workload identity (robot-agent/"
+        "<arm>, sim-farm, trainer, ...); the services authorize writes by it.",
+    )
     health_port: int = setting(
         -1,
         "Plaintext port serving only the gRPC health service, for kubelet grpc probes (they "
@@ -125,6 +134,10 @@ class ServerConfig:
         if self.grace_s < 0 or self.drain_delay_s < 0 or self.max_connection_age_s < 0:
             raise ConfigError(
                 "grace_s, drain_delay_s and max_connection_age_s must not be negative"
+            )
+        if self.tls_client_auth and not self.tls_dir:
+            raise ConfigError(
+                "tls_client_auth needs tls_dir: client certificates are checked over TLS only"
             )
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level={self.log_level!r}: use DEBUG, INFO, WARNING or ERROR")

@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from services.common import logs, metrics
-from services.common.config import TLS_FILES, ConfigError, ServerConfig
+from services.common.config import TLS_CA_FILE, TLS_FILES, ConfigError, ServerConfig
 from services.common.files import write_atomically
 
 log = logs.get_logger(__name__)
@@ -87,7 +87,8 @@ class ServiceServer:
         self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         address = f"{config.host}:{config.port}"
         if config.tls_dir:
-            self.port = self.grpc_server.add_secure_port(address, tls_credentials(config.tls_dir))
+            credentials = tls_credentials(config.tls_dir, config.tls_client_auth)
+            self.port = self.grpc_server.add_secure_port(address, credentials)
         else:
             self.port = self.grpc_server.add_insecure_port(address)
         if self.port == 0:
@@ -115,6 +116,7 @@ class ServiceServer:
                 "metrics_port": self.metrics_port,
                 "health_port": self.health_port,
                 "tls": bool(config.tls_dir),
+                "client_certificates": config.tls_client_auth,
                 "services": self.service_names,
             },
         )
@@ -253,8 +255,10 @@ class _Certificate:
     server from presenting an expired certificate until its next restart.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, client_auth: bool = False) -> None:
         self.files = tuple(folder / name for name in TLS_FILES)
+        if client_auth:
+            self.files += (folder / TLS_CA_FILE,)
         self._lock = threading.Lock()
         self._stamp = self._stat()
         self.initial = self._read()
@@ -264,8 +268,10 @@ class _Certificate:
         return tuple((s.st_ino, s.st_mtime_ns, s.st_size) for s in map(os.stat, self.files))
 
     def _read(self) -> grpc.ServerCertificateConfiguration:
-        certificate, key = (path.read_bytes() for path in self.files)
-        return grpc.ssl_server_certificate_configuration([(key, certificate)])
+        certificate, key, *ca = (path.read_bytes() for path in self.files)
+        return grpc.ssl_server_certificate_configuration(
+            [(key, certificate)], root_certificates=ca[0] if ca else None
+        )
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """Called by gRPC before each TLS handshake: a new configuration, or None for no change."""
@@ -286,20 +292,28 @@ class _Certificate:
         return configuration
 
 
-def tls_credentials(tls_dir: str) -> grpc.ServerCredentials:
+def tls_credentials(tls_dir: str, client_auth: bool = False) -> grpc.ServerCredentials:
     """Server TLS from `<tls_dir>/tls.crt` and `tls.key`, re-read when they change.
+
+    Args:
+        tls_dir: The mounted kubernetes.io/tls Secret.
+        client_auth: Require a client certificate signed by `<tls_dir>/ca.crt` (re-read
+            with the others): the handshake fails for a caller without one.
 
     Raises:
         ConfigError: A file is missing or unreadable.
     """
     try:
-        certificate = _Certificate(Path(tls_dir))
+        certificate = _Certificate(Path(tls_dir), client_auth)
     except OSError as err:
+        files = ", ".join((*TLS_FILES, *((TLS_CA_FILE,) if client_auth else ())))
         raise ConfigError(
             f"tls_dir={tls_dir!r}: {err.strerror}: {err.filename}; mount a kubernetes.io/tls "
-            "Secret there (tls.crt, tls.key), or leave tls_dir empty for plaintext"
+            f"Secret there ({files}), or leave tls_dir empty for plaintext"
         ) from None
-    return grpc.dynamic_ssl_server_credentials(certificate.initial, certificate.fetch)
+    return grpc.dynamic_ssl_server_credentials(
+        certificate.initial, certificate.fetch, require_client_authentication=client_auth
+    )
 
 
 def _health_only_server(

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 
 from services.common import errors
-from services.common.config import ConfigError
+from services.common.config import TLS_FILES, ConfigError
 
 _BY_CODE = {
     cls.code: cls
@@ -28,11 +28,18 @@ _BY_CODE = {
 
 
 TLS_CA_ENV = "GRASPFLEET_TLS_CA"
+# A folder holding this workload's own certificate and key (tls.crt, tls.key): presented to
+# servers that require client certificates; its Common Name is the workload's identity.
+TLS_CLIENT_DIR_ENV = "GRASPFLEET_TLS_CLIENT_DIR"
 MAX_RECONNECT_BACKOFF_MS = 5000
 
 
 def channel(
-    address: str, max_message_bytes: int = 16 * 1024 * 1024, *, tls_ca: str | None = None
+    address: str,
+    max_message_bytes: int = 16 * 1024 * 1024,
+    *,
+    tls_ca: str | None = None,
+    tls_client_dir: str | None = None,
 ) -> grpc.Channel:
     """A channel to host:port that sends and accepts messages up to the limit.
 
@@ -41,7 +48,11 @@ def channel(
             server's certificate.
         max_message_bytes: Largest message sent or accepted.
         tls_ca: CA certificate file (PEM) that makes the channel TLS; None reads
-            GRASPFLEET_TLS_CA; empty means plaintext.
+            GRASPFLEET_TLS_CA; empty means plaintext. Over TLS the channel presents
+            the client certificate in GRASPFLEET_TLS_CLIENT_DIR when that is set (read
+            when the channel is made: a renewed certificate reaches new channels).
+        tls_client_dir: The folder of the client certificate to present; None reads
+            GRASPFLEET_TLS_CLIENT_DIR; empty presents none.
 
     Raises:
         ConfigError: The CA certificate cannot be read.
@@ -61,7 +72,20 @@ def channel(
         root = Path(ca).read_bytes()
     except OSError as err:
         raise ConfigError(f"{TLS_CA_ENV}={ca!r}: cannot read the CA certificate: {err}") from None
-    credentials = grpc.ssl_channel_credentials(root_certificates=root)
+    key = certificate = None
+    client_dir = (
+        os.environ.get(TLS_CLIENT_DIR_ENV, "") if tls_client_dir is None else tls_client_dir
+    )
+    if client_dir:
+        try:
+            certificate, key = (Path(client_dir, name).read_bytes() for name in TLS_FILES)
+        except OSError as err:
+            raise ConfigError(
+                f"{TLS_CLIENT_DIR_ENV}={client_dir!r}: cannot read the client certificate: {err}"
+            ) from None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=root, private_key=key, certificate_chain=certificate
+    )
     return grpc.secure_channel(address, credentials, options=options)
 
 

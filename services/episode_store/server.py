@@ -13,11 +13,17 @@ from graspfleet.v1 import common_pb2, episode_store_pb2, episode_store_pb2_grpc
 from models.episodes import shards
 from models.episodes.shards import EpisodeRecord
 from services.common import logs
-from services.common.auth import BearerAuth
+from services.common.auth import BearerAuth, peer_identity
 from services.common.config import load_config
-from services.common.errors import InvalidArgument, ResourceExhausted, ServiceError, Unavailable
+from services.common.errors import (
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    ServiceError,
+    Unavailable,
+)
 from services.common.server import ServiceServer, stop_signals
-from services.episode_store import client, recovery, validation
+from services.episode_store import client, recovery, validation, writers
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.store import EpisodeStore, open_episode_store
 
@@ -142,6 +148,12 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         self.auth = BearerAuth(
             config.auth_token, "episode store", "relabel episodes, changing training labels"
         )
+        if not config.tls_client_auth:
+            log.warning(
+                "WRITER IDENTITIES OFF: without tls_client_auth no caller can be told from "
+                "another, so any client that reaches this port can write any arm's episodes "
+                "(and steer the rollout); deploy with client certificates"
+            )
 
     def open(self, store: EpisodeStore) -> None:
         """Starts answering calls with `store`."""
@@ -170,9 +182,10 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
                 f"and stored nothing; send the episode again in {BUSY_RETRY_AFTER_S:g} s or later"
             )
         requests = _IdleLimit(request_iterator, self.config.write_idle_timeout_s)
+        identity = peer_identity(context)
         try:
-            record = self._receive(requests, context)
-            response = self.store.ingest(record)
+            record = self._receive(requests, context, identity)
+            response = self.store.ingest(record, writer=identity or "")
         except ServiceError as err:
             WRITES_REFUSED.labels(err.code.name).inc()
             if err.code in EPISODE_REFUSALS:
@@ -190,8 +203,11 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
             BYTES_WRITTEN.inc(response.stored_bytes)
         return response
 
-    def _receive(self, requests: Iterator, context: grpc.ServicerContext) -> EpisodeRecord:
-        """Reads header, steps and outcome in order, validating each part as it arrives."""
+    def _receive(
+        self, requests: Iterator, context: grpc.ServicerContext, identity: str | None
+    ) -> EpisodeRecord:
+        """Reads header, steps and outcome in order, validating each part as it arrives;
+        a header that `identity` may not write ends the stream before its steps."""
         header = None
         steps: list[common_pb2.Step] = []
         outcome = None
@@ -218,6 +234,9 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
                             "a second header arrived; send one episode per stream"
                         )
                     validation.check_header(request.header, self.limits)
+                    refused = writers.refusal(identity, request.header)
+                    if refused:
+                        raise PermissionDenied(refused)
                     header = request.header
                 elif header is None:
                     raise InvalidArgument(f"the stream starts with a {part}; send the header first")

@@ -79,9 +79,13 @@ def label_from_outcome(
 
 
 def summarize(
-    record: shards.EpisodeRecord, shard: str, stored_bytes: int, now: timestamp_pb2.Timestamp
+    record: shards.EpisodeRecord,
+    shard: str,
+    stored_bytes: int,
+    now: timestamp_pb2.Timestamp,
+    writer: str = "",
 ) -> episode_store_pb2.EpisodeSummary:
-    """The metadata of an episode stored in `shard`, ingested at `now`."""
+    """The metadata of an episode stored in `shard`, ingested at `now`, written by `writer`."""
     header, outcome = record.header, record.outcome
     step_models: dict[tuple[str, int], common_pb2.ModelRef] = {}
     for step in record.steps:
@@ -107,6 +111,7 @@ def summarize(
         stored_bytes=stored_bytes,
         shard=shard,
         attributes=header.attributes,
+        writer=writer,
     )
     if outcome.HasField("ended_at"):
         summary.ended_at.CopyFrom(outcome.ended_at)
@@ -155,8 +160,13 @@ class EpisodeStore:
     def _lock(self, episode_id: str) -> threading.Lock:
         return self._locks[hash(episode_id) % _LOCK_STRIPES]
 
-    def ingest(self, record: shards.EpisodeRecord) -> episode_store_pb2.WriteEpisodeResponse:
+    def ingest(
+        self, record: shards.EpisodeRecord, writer: str = ""
+    ) -> episode_store_pb2.WriteEpisodeResponse:
         """Stores a validated episode once; a resend is acknowledged as a duplicate.
+
+        `writer` is the identity the caller proved (empty without identities), recorded
+        in the summary.
 
         Raises:
             AlreadyExists: another episode is stored under this id.
@@ -172,7 +182,9 @@ class EpisodeStore:
             now = clock.now()
             try:
                 result = self.metadata.insert(
-                    summarize(record, relative, size, now), digest, label_from_outcome(record, now)
+                    summarize(record, relative, size, now, writer),
+                    digest,
+                    label_from_outcome(record, now),
                 )
             except EpisodeConflict:
                 # Another replica stored a different episode under this id meanwhile. The

@@ -16,7 +16,7 @@ from robots.drivers import make_driver
 from robots.inventory import parse_arm
 from robots.policies import NoisyOraclePolicy, OraclePolicy, RandomPolicy
 from robots.safety import run_safe_episode
-from services.common import upstream
+from services.common import auth, upstream
 from services.episode_store import client
 from services.episode_store.client.spool import EpisodeSpool, Uploader
 from services.servo_planner.client import PlannerPolicy
@@ -45,8 +45,9 @@ def episode_seed(collection_seed: int, shard: int, index: int) -> int:
 
 
 def shard_robot_id(shard: int) -> str:
-    """The robot id of a shard's simulated arm: the store groups a collection's counts by it."""
-    return f"sim-farm-{shard}"
+    """The robot id of a shard's simulated arm: the store groups a collection's counts by it,
+    and accepts its episodes from the sim-farm's identity alone."""
+    return f"{auth.SIM_FARM_SHARD_PREFIX}{shard}"
 
 
 class Progress(Protocol):
