@@ -11,8 +11,10 @@ names, `user/<name>` for people.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import hmac
 import os
+from collections.abc import Collection
 
 import grpc
 
@@ -42,6 +44,31 @@ def peer_identity(context: grpc.ServicerContext) -> str | None:
 def robot_identity(robot_id: str) -> str:
     """The identity of the agent that drives arm `robot_id`."""
     return f"{ROBOT_AGENT}/{robot_id}"
+
+
+# Who may make each kind of call, as identity patterns (fnmatch: "user/*" is every person).
+PEOPLE = ("user/*",)
+ARMS = (f"{ROBOT_AGENT}/*",)
+
+
+def authorize(context: grpc.ServicerContext, allowed: Collection[str], action: str) -> str | None:
+    """The caller's identity if it may `action`; None when the server checks no identities.
+
+    Args:
+        allowed: Identity patterns allowed to (fnmatch, "user/*" for every person).
+        action: What the call does, completing "identity X may not ...".
+
+    Raises:
+        PermissionDenied: The caller proved an identity that is not allowed.
+    """
+    identity = peer_identity(context)
+    if identity is None:
+        return None
+    if not any(fnmatch.fnmatchcase(identity, pattern) for pattern in allowed):
+        raise PermissionDenied(
+            f"identity {identity!r} may not {action}; allowed: {', '.join(sorted(allowed))}"
+        )
+    return identity
 
 
 def bearer(token: str) -> list[tuple[str, str]]:
@@ -81,19 +108,28 @@ class BearerAuth:
                 f"port can {guarded}; set --auth-token or GRASPFLEET_AUTH_TOKEN"
             )
 
-    def check(self, context: grpc.ServicerContext) -> str:
+    def check(
+        self, context: grpc.ServicerContext, allowed: Collection[str] = PEOPLE, action: str = ""
+    ) -> str:
         """Lets a mutating call through or refuses it; returns who to record as its author.
 
+        Args:
+            allowed: The identities that may make the call (`authorize`), checked when
+                the server requires client certificates.
+            action: What the call does, for the refusal's message.
+
         Returns:
-            The caller's `x-graspfleet-user` metadata, else "token" when it
-            authenticated and "anonymous" when authentication is disabled.
+            The caller's proven identity; without one, its `x-graspfleet-user`
+            metadata (what the client says), else "token" when it authenticated and
+            "anonymous" when authentication is disabled.
 
         Raises:
             Unauthenticated: The call carries no `authorization: Bearer <token>`.
-            PermissionDenied: The token is not this service's.
+            PermissionDenied: The token is not this service's, or the identity may not.
         """
+        identity = authorize(context, allowed, action or f"change the {self.service}'s state")
         metadata = dict(context.invocation_metadata())
-        user = metadata.get(USER_HEADER, "")
+        user = identity or metadata.get(USER_HEADER, "")
         if not self._token:
             return user or "anonymous"
         value = metadata.get(AUTHORIZATION, "")

@@ -13,7 +13,7 @@ from graspfleet.v1 import common_pb2, episode_store_pb2, episode_store_pb2_grpc
 from models.episodes import shards
 from models.episodes.shards import EpisodeRecord
 from services.common import logs
-from services.common.auth import BearerAuth, peer_identity
+from services.common.auth import PEOPLE, BearerAuth, peer_identity
 from services.common.config import load_config
 from services.common.errors import (
     InvalidArgument,
@@ -265,7 +265,16 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         return self.store.list(request)
 
     def Relabel(self, request, context):
-        self.auth.check(context)
+        self.auth.check(context, (*PEOPLE, "trainer"), "relabel episodes")
+        identity = peer_identity(context)
+        if identity is not None:
+            # The label history names who proved to be relabeling, not who the caller says.
+            request = episode_store_pb2.RelabelRequest(
+                episode_id=request.episode_id,
+                success=request.success,
+                reason=request.reason,
+                source=identity,
+            )
         return self.store.relabel(request)
 
     def Stats(self, request, context):

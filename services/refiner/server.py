@@ -18,7 +18,7 @@ from models.repository import (
     ModelRepository,
     RepositoryPoller,
 )
-from services.common import logs
+from services.common import auth, logs
 from services.common.config import load_config
 from services.common.errors import (
     FailedPrecondition,
@@ -180,6 +180,7 @@ class RefinerServicer(refiner_pb2_grpc.RefinerServicer):
         self.refiner = refiner
 
     def Refine(self, request, context):
+        auth.authorize(context, (*auth.ARMS, auth.SIM_FARM, "trainer"), "refine images")
         started = time.perf_counter()
         if request.mode not in MODES:
             raise InvalidArgument(

@@ -41,6 +41,11 @@ class PlannerConfig(ServerConfig):
         "training grasps closed).",
     )
     budget_ms: int = setting(500, "Planning time per step when a request sets none, milliseconds.")
+    max_budget_ms: int = setting(
+        30000,
+        "Largest planning time a request may ask for, milliseconds: each plan holds one of the "
+        "server's threads while it runs (closed-loop evaluations plan with 30 s budgets).",
+    )
     max_image_side: int = setting(1024, "Largest image side accepted, pixels.")
     health_check_period_s: float = setting(
         5.0,
@@ -59,6 +64,10 @@ class PlannerConfig(ServerConfig):
             raise ConfigError(f"grasp_band_m={self.grasp_band_m} must be positive")
         if self.iterations < 1 or self.budget_ms < 1:
             raise ConfigError("iterations and budget_ms must be at least 1")
+        if self.max_budget_ms < self.budget_ms:
+            raise ConfigError(
+                f"max_budget_ms={self.max_budget_ms} must be at least budget_ms={self.budget_ms}"
+            )
         if self.health_check_period_s <= 0:
             raise ConfigError(
                 f"health_check_period_s={self.health_check_period_s} must be positive"

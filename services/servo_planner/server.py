@@ -18,7 +18,7 @@ from tensorflow_serving.apis import (
 )
 
 from graspfleet.v1 import common_pb2, servo_planner_pb2, servo_planner_pb2_grpc
-from services.common import logs, upstream
+from services.common import auth, logs, upstream
 from services.common.config import load_config
 from services.common.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from services.common.images import check_image, decode_image
@@ -202,6 +202,11 @@ def _check_request(request: servo_planner_pb2.PlanStepRequest, config: PlannerCo
         )
     if c.population > 4096 or c.iterations > 20:
         raise InvalidArgument("cem.population is at most 4096 and cem.iterations at most 20")
+    if request.budget_ms > config.max_budget_ms:
+        raise InvalidArgument(
+            f"budget_ms={request.budget_ms} is over the planner's max_budget_ms="
+            f"{config.max_budget_ms}; ask for less, or 0 for the default {config.budget_ms} ms"
+        )
 
 
 def _vec(v: common_pb2.Vec3) -> np.ndarray:
@@ -249,6 +254,7 @@ class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
         return None
 
     def PlanStep(self, request, context):
+        auth.authorize(context, (*auth.ARMS, auth.SIM_FARM), "plan grasps")
         _check_request(request, self.config)
         started = time.monotonic()
         deadline = started + (request.budget_ms or self.config.budget_ms) / 1000.0

@@ -15,7 +15,7 @@ from robots.config import PROFILES
 from robots.inventory import InventoryError, parse_arm
 from robots.names import RANDOMIZATION_NAMES
 from robots.objects import ObjectSet
-from services.common import clock, logs
+from services.common import auth, clock, logs
 from services.common.config import ConfigError, load_config
 from services.common.errors import (
     AlreadyExists,
@@ -58,6 +58,8 @@ PHYSICS_STEPS = Counter(
 RENDERS = Counter("graspfleet_simfarm_renders_total", "Camera images rendered (rate: renders/s).")
 
 MAX_STEPS_LIMIT = 50
+# Who may start and stop collections: people, and the trainer (its evaluations).
+COLLECTORS = (*auth.PEOPLE, "trainer")
 ENDED = frozenset(
     {
         State.COLLECTION_STATE_SUCCEEDED,
@@ -194,6 +196,7 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
     # -- RPCs ----------------------------------------------------------------------
 
     def StartCollection(self, request, context):
+        auth.authorize(context, COLLECTORS, "start collections")
         spec = sim_farm_pb2.CollectionSpec()
         spec.CopyFrom(request.spec)
         validate(spec, self.config)
@@ -284,6 +287,7 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
         )
 
     def StopCollection(self, request, context):
+        auth.authorize(context, COLLECTORS, "stop collections")
         collection = self._find(request.collection_id)
         self.collector.stop(request.collection_id)
         with collection.lock:

@@ -7,7 +7,7 @@ from pathlib import Path
 from graspfleet.v1 import trainer_pb2, trainer_pb2_grpc
 from models.registry import Registry
 from services.common import logs
-from services.common.auth import BearerAuth
+from services.common.auth import PEOPLE, BearerAuth, authorize
 from services.common.config import load_config
 from services.common.server import ServiceServer, stop_signals
 from services.episode_store.client import connect
@@ -41,6 +41,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return self.trainer.list(request)
 
     def WatchRun(self, request, context):
+        authorize(context, PEOPLE, "watch runs")
         yield from self.trainer.watch(request.run_id, context.is_active)
 
     def CancelRun(self, request, context):
