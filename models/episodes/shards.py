@@ -258,7 +258,11 @@ class ShardDirectory:
 
     def relative_path(self, episode_id: str, digest: str, robot_id: str) -> str:
         """Where an episode's shard goes, relative to the data root."""
-        safe_robot = "".join(c if c.isalnum() or c in "-_." else "_" for c in robot_id) or "_"
+        safe_robot = "".join(c if c.isalnum() or c in "-_." else "_" for c in robot_id)
+        if safe_robot.strip(".") == "":
+            # ".", ".." (or nothing) would put the shard beside or above shards/, where
+            # neither the sweep nor rebuild-index looks.
+            safe_robot = "_" * max(1, len(safe_robot))
         return f"shards/{safe_robot}/{episode_id}.{digest[:16]}{SHARD_SUFFIX}"
 
     def write(self, relative: str, payload: bytes) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -87,9 +88,11 @@ class _IdleLimit:
     iterator, and the helper with it.
     """
 
-    def __init__(self, requests: Iterator, timeout_s: float) -> None:
+    def __init__(self, requests: Iterator, timeout_s: float, total_s: float) -> None:
         self._requests = requests
         self.timeout_s = timeout_s
+        self.total_s = total_s
+        self._deadline = time.monotonic() + total_s
         self._asked: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._arrived: queue.SimpleQueue[tuple[object, BaseException | None]] = queue.SimpleQueue()
         self._ended = False
@@ -113,10 +116,16 @@ class _IdleLimit:
         if self._ended:
             raise StopIteration
         self._asked.put(True)
+        left = self._deadline - time.monotonic()
         try:
-            request, error = self._arrived.get(timeout=self.timeout_s)
+            request, error = self._arrived.get(timeout=max(0.0, min(self.timeout_s, left)))
         except queue.Empty:
             self._ended = True
+            if left <= self.timeout_s:
+                raise _IdleTimeout(
+                    f"the stream was still open after {self.total_s:g} s (write_timeout_s): the "
+                    "store ended it and stored nothing; send the whole episode again, faster"
+                ) from None
             raise _IdleTimeout(
                 f"no message arrived for {self.timeout_s:g} s (write_idle_timeout_s): the "
                 "store ended the stream and stored nothing; send the whole episode again"
@@ -142,7 +151,7 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         self.limits = validation.Limits(
             max_steps=config.max_steps,
             max_image_side=config.max_image_side,
-            max_episode_bytes=config.max_episode_bytes,
+            max_episode_bytes=config.episode_bytes_limit,
         )
         self._write_slots = threading.BoundedSemaphore(config.max_concurrent_writes)
         self.auth = BearerAuth(
@@ -181,7 +190,9 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
                 f"the store is receiving {self.config.max_concurrent_writes} episodes already "
                 f"and stored nothing; send the episode again in {BUSY_RETRY_AFTER_S:g} s or later"
             )
-        requests = _IdleLimit(request_iterator, self.config.write_idle_timeout_s)
+        requests = _IdleLimit(
+            request_iterator, self.config.write_idle_timeout_s, self.config.write_timeout_s
+        )
         identity = peer_identity(context)
         try:
             record = self._receive(requests, context, identity)

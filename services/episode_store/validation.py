@@ -15,6 +15,7 @@ from google.protobuf import timestamp_pb2
 from graspfleet.v1 import common_pb2
 from services.common.errors import InvalidArgument, ResourceExhausted
 from services.common.images import check_image
+from services.common.names import check_name
 
 EPISODE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # google.protobuf.Timestamp's range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999999Z.
@@ -88,8 +89,7 @@ def check_header(header: common_pb2.EpisodeHeader, limits: Limits) -> None:
         raise InvalidArgument(
             f"header.episode_id={header.episode_id!r}: use 1-128 characters of A-Z a-z 0-9 . _ : -"
         )
-    if not header.robot_id or len(header.robot_id) > 128:
-        raise InvalidArgument("header.robot_id must be 1-128 characters")
+    check_name("header.robot_id", header.robot_id, max_length=128)
     check_enum("header.domain", common_pb2.Domain, header.domain)
     check_enum(
         "header.randomization",

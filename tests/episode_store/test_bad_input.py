@@ -108,6 +108,16 @@ CASES = {
         INVALID,
         "x0_mask.channels=3",
     ),
+    "robot id that climbs out of the shard folder": (
+        lambda: _stream(R, header=_copy(R.header, robot_id="..")),
+        INVALID,
+        "header.robot_id '..' is not a valid name",
+    ),
+    "robot id with a path separator": (
+        lambda: _stream(R, header=_copy(R.header, robot_id="kuka/../../x")),
+        INVALID,
+        "header.robot_id",
+    ),
     "unknown domain": (
         lambda: _stream(R, header=_copy(R.header, domain=7)),
         INVALID,

@@ -13,7 +13,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
-from graspfleet.v1 import episode_store_pb2
+from graspfleet.v1 import common_pb2, episode_store_pb2
 from models.episodes import synthetic as samples
 from services.common.config import ConfigError
 from services.common.server import LIVENESS
@@ -173,3 +173,88 @@ def test_a_busy_store_is_not_the_episodes_fault(store, release, tmp_path):
 def test_write_slots_must_leave_threads_for_health_and_reads(tmp_path):
     with pytest.raises(ConfigError, match="must be below max_workers"):
         EpisodeStoreConfig(data_dir=str(tmp_path), max_workers=8, max_concurrent_writes=8)
+
+
+def _trickle(record, every_s: float):
+    """The header, then a step every `every_s`: never idle, done only after all its steps."""
+    yield episode_store_pb2.WriteEpisodeRequest(header=record.header)
+    for step in record.steps:
+        time.sleep(every_s)
+        yield episode_store_pb2.WriteEpisodeRequest(step=step)
+
+
+def test_a_stream_that_trickles_forever_is_ended_at_the_total_limit(tmp_path):
+    store = create_server(
+        EpisodeStoreConfig(
+            port=0,
+            data_dir=str(tmp_path / "store"),
+            write_idle_timeout_s=2.0,
+            write_timeout_s=3.0,
+            grace_s=0,
+        )
+    )
+    try:
+        channel, stub = client.connect(store.address)
+        with channel:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as ended:
+                stub.WriteEpisode(
+                    _trickle(samples.sample_episode(3, num_steps=40), every_s=0.5), timeout=30
+                )
+            # Ended by the total limit, though no gap reached the idle timeout.
+            assert ended.value.code() == grpc.StatusCode.ABORTED
+            assert "write_timeout_s" in ended.value.details()
+            assert time.monotonic() - started < 3.0 + 2.0
+            assert not _stored_files(store)
+            assert client.write_episode(stub, samples.sample_episode(0), timeout_s=10).num_steps
+    finally:
+        store.stop(grace_s=0)
+
+
+def test_limits_that_could_lose_or_exhaust_are_configuration_errors(tmp_path):
+    data_dir = str(tmp_path / "store")
+    # An episode GetEpisode could not return (the old default: 256 MiB against 16 MiB messages).
+    with pytest.raises(ConfigError, match="GetEpisode"):
+        EpisodeStoreConfig(data_dir=data_dir, max_episode_bytes=256 * 1024 * 1024)
+    # Eight uploads of 256 MiB at once against a 1 GiB budget (a 4 GiB pod OOMs on that).
+    with pytest.raises(ConfigError, match="max_inflight_bytes"):
+        EpisodeStoreConfig(
+            data_dir=data_dir,
+            max_message_bytes=300 * 1024 * 1024,
+            max_episode_bytes=256 * 1024 * 1024,
+        )
+    defaults = EpisodeStoreConfig(data_dir=data_dir)
+    assert defaults.episode_bytes_limit == defaults.max_message_bytes - 1024 * 1024
+    assert defaults.max_concurrent_writes * defaults.episode_bytes_limit <= (
+        defaults.max_inflight_bytes
+    )
+
+
+def test_the_largest_episode_the_store_accepts_comes_back_whole(tmp_path):
+    limit = 2 * 1024 * 1024
+    store = create_server(
+        EpisodeStoreConfig(
+            port=0,
+            data_dir=str(tmp_path / "store"),
+            max_message_bytes=limit + 1024 * 1024,
+            max_episode_bytes=limit,
+            grace_s=0,
+        )
+    )
+    # Raw 256x256 images: about 1.8 MB in all, close to the 2 MiB limit.
+    raw = common_pb2.Image.ENCODING_RAW
+    record = samples.sample_episode(5, num_steps=6, image_size=256, encoding=raw)
+    try:
+        channel, stub = client.connect(store.address, max_message_bytes=limit + 1024 * 1024)
+        with channel:
+            stored = client.write_episode(stub, record, timeout_s=30)
+            assert 1.5 * 1024 * 1024 < stored.stored_bytes <= limit
+            full = stub.GetEpisode(
+                episode_store_pb2.GetEpisodeRequest(
+                    episode_id=record.header.episode_id, include_steps=True
+                ),
+                timeout=30,
+            )
+            assert [s.image.data for s in full.steps] == [s.image.data for s in record.steps]
+    finally:
+        store.stop(grace_s=0)
