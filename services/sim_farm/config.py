@@ -46,7 +46,12 @@ class SimFarmConfig(ServerConfig):
         "A shard fails when the store takes none of its spooled episodes for this long, seconds "
         "(the episodes stay spooled and are sent when the farm next starts).",
     )
-    max_episodes: int = setting(1_000_000, "Largest collection accepted.")
+    max_episodes: int = setting(100_000, "Largest collection accepted, episodes.")
+    max_active_collections: int = setting(
+        8,
+        "Collections pending or running at once; another is refused with RESOURCE_EXHAUSTED "
+        "until one ends (each can create a Job of `workers` pods).",
+    )
     plan_timeout_s: float = setting(5.0, "Deadline of one PlanStep for CEM collection, seconds.")
     refiner_address: str = setting(
         "", "refiner host:port, for collections that transform images before planning (RCAN)."
@@ -86,12 +91,16 @@ class SimFarmConfig(ServerConfig):
         86400, "kubernetes: seconds a finished Job is kept before Kubernetes deletes it."
     )
     k8s_deadline_s: int = setting(
-        0, "kubernetes: activeDeadlineSeconds of a collection's Job; 0 for none."
+        86400,
+        "kubernetes: activeDeadlineSeconds of a collection's Job (the admission policy "
+        "requires one); 0 for none.",
     )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_address("store_address", self.store_address)
+        if self.max_active_collections < 1 or self.max_episodes < 1:
+            raise ConfigError("max_active_collections and max_episodes must be at least 1")
         if self.planner_address:
             check_address("planner_address", self.planner_address)
         if self.refiner_address:

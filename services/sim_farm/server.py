@@ -22,6 +22,7 @@ from services.common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
 from services.common.names import check_name
@@ -223,6 +224,15 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
         with self.lock:
             if collection_id in self.collections:
                 return self._snapshot(self.collections[collection_id])
+            # Under the farm's lock (then each collection's, the order used throughout),
+            # so two starts at once cannot both take the last place.
+            active = sum(self._snapshot(c).state not in ENDED for c in self.collections.values())
+            if active >= self.config.max_active_collections:
+                raise ResourceExhausted(
+                    f"the farm runs {active} collections already (max_active_collections="
+                    f"{self.config.max_active_collections}); start this one when one ends, or "
+                    "stop one (ListCollections shows them)"
+                )
             collection = _Collection(
                 message=sim_farm_pb2.Collection(
                     collection_id=collection_id,

@@ -173,7 +173,9 @@ class TrainerConfig(ServerConfig):
         "sim-farm and the store, which speak TLS when the tls component is on. Empty: none.",
     )
     k8s_ttl_s: int = setting(86400, "Seconds a finished Job is kept before Kubernetes deletes it.")
-    k8s_deadline_s: int = setting(0, "activeDeadlineSeconds of a Job; 0 for none.")
+    k8s_deadline_s: int = setting(
+        86400, "activeDeadlineSeconds of a Job (the admission policy requires one); 0 for none."
+    )
     k8s_api: str = setting(
         "auto", "How to reach the API server: auto, in-cluster, kubeconfig, or off."
     )

@@ -113,6 +113,52 @@ def test_a_noisy_oracle_collection_explores_around_grasps_in_simulation(farm):
     assert {e.domain for e in stored} == {common_pb2.DOMAIN_SIM}
 
 
+def test_collections_at_once_and_episodes_per_collection_are_capped(tmp_path):
+    store = create_store(EpisodeStoreConfig(port=0, data_dir=str(tmp_path / "store")))
+    farm = create_farm(
+        SimFarmConfig(
+            port=0,
+            store_address=store.address,
+            workers=1,
+            spool_dir=str(tmp_path / "spool"),
+            max_active_collections=1,
+        )
+    )
+
+    def spec(episodes: int) -> sim_farm_pb2.CollectionSpec:
+        return sim_farm_pb2.CollectionSpec(
+            num_episodes=episodes,
+            domain=common_pb2.DOMAIN_SIM,
+            policy=Policy(kind=Policy.KIND_RANDOM),
+        )
+
+    def start(collection_id: str, episodes: int = 1000) -> sim_farm_pb2.Collection:
+        request = sim_farm_pb2.StartCollectionRequest(
+            spec=spec(episodes), collection_id=collection_id
+        )
+        return stub.StartCollection(request)
+
+    try:
+        with grpc.insecure_channel(farm.address) as channel:
+            stub = sim_farm_pb2_grpc.SimFarmStub(channel)
+            with pytest.raises(grpc.RpcError) as too_big:
+                start("huge", 100_001)
+            assert too_big.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "1 to 100000" in too_big.value.details()
+            start("first")
+            with pytest.raises(grpc.RpcError) as busy:
+                start("second")
+            assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "max_active_collections=1" in busy.value.details()
+            assert start("first").collection_id == "first"  # rejoining is not a new one
+            stub.StopCollection(sim_farm_pb2.StopCollectionRequest(collection_id="first"))
+            assert _wait(stub, "first").state == sim_farm_pb2.COLLECTION_STATE_STOPPED
+            assert start("second", 1).collection_id == "second"
+    finally:
+        farm.stop(grace_s=0)
+        store.stop(grace_s=0)
+
+
 def test_cem_episodes_record_the_model_version_that_drove_them(tmp_path):
     with planning_fleet(tmp_path) as fleet:
         farm, store = fleet.start_farm(workers=1), fleet.store
