@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from robots.config import (
+    DEFAULT_SIZE_RANGE_M,
     PROXY_REAL_FACTORS,
     ArmConfig,
     CameraConfig,
@@ -39,6 +40,7 @@ KNOWN_KEYS = {
     "object_set",
     "randomization",
     "objects_per_bin",
+    "object_size_range_m",
     "seed",
     "proxy_real_factors",
 }
@@ -142,13 +144,25 @@ def parse_arm(text: str, source: str) -> ArmConfig:
         objects_per_bin = _integer(data.get("objects_per_bin", 5))
         if not 1 <= objects_per_bin <= 20:
             raise ValueError(f"{objects_per_bin} objects; use 1..20")
+    size_range = data.get("object_size_range_m", list(DEFAULT_SIZE_RANGE_M))
+    if (
+        not isinstance(size_range, list)
+        or len(size_range) != 2
+        or not all(isinstance(v, int | float) for v in size_range)
+    ):
+        raise InventoryError(
+            f"{path}: object_size_range_m must be [low, high] in metres, not {size_range!r}"
+        )
     factors = data.get("proxy_real_factors", list(PROXY_REAL_FACTORS))
     if not isinstance(factors, list) or not set(factors) <= set(PROXY_REAL_FACTORS):
         raise InventoryError(
             f"{path}: proxy_real_factors must be a list of some of {list(PROXY_REAL_FACTORS)}, "
             f"not {factors!r}"
         )
+    with _field(path, "object_size_range_m"):
+        WorldConfig(object_size_range_m=(float(size_range[0]), float(size_range[1])))
     world = WorldConfig(
+        object_size_range_m=(float(size_range[0]), float(size_range[1])),
         domain="proxy-real" if driver == "proxy-real" else "sim",
         proxy_real_factors=tuple(factors),
         randomization=randomization,

@@ -1,4 +1,4 @@
-"""`python -m experiments.levers`: exploration data for CEM, measured on validation (make levers).
+"""`python -m experiments.levers`: exploration data and object diversity, on validation (make levers).
 
 The protocol is experiments/levers/protocol.py. Stages are cached under --root
 keyed by their settings (collections, models, evaluations), so a stopped run
@@ -20,7 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.levers.protocol import QUICK, ROWS, VALIDATION_ARM, Settings
+from experiments.levers.protocol import (
+    COMPACT_TRAINING_ARM,
+    QUICK,
+    ROWS,
+    VALIDATION_ARMS,
+    Settings,
+)
 from experiments.sim2real.data import _spec_settings, collect, data_fleet
 from experiments.sim2real.evaluate import Evaluations, Job, Scored, outcomes
 from experiments.sim2real.report import commit
@@ -33,7 +39,7 @@ from services.episode_store import client
 
 Policy = sim_farm_pb2.CollectionPolicy
 Summary = episode_store_pb2.EpisodeSummary
-REPORT = "levers-exploration"
+REPORT = "levers"
 
 
 def collections(settings: Settings) -> dict[str, sim_farm_pb2.CollectionSpec]:
@@ -54,8 +60,11 @@ def collections(settings: Settings) -> dict[str, sim_farm_pb2.CollectionSpec]:
         )
 
     s = settings
+    compact = spec(Policy.KIND_RANDOM, s.episodes // 2, "", s.data_seed + 3)
+    compact.arm_config_yaml = COMPACT_TRAINING_ARM.read_text()
     return {
         "random": spec(Policy.KIND_RANDOM, s.episodes, "train", s.data_seed),
+        "compact": compact,
         "noisy-oracle": spec(Policy.KIND_NOISY_ORACLE, s.episodes // 2, "train", s.data_seed + 1),
         "validation": spec(Policy.KIND_RANDOM, s.validation_episodes, "sim-test", s.data_seed + 2),
     }
@@ -98,7 +107,8 @@ def training_set(row: str, data: dict[str, list[Summary]], settings: Settings) -
     if row == "random-data":
         return data["random"][: settings.episodes]
     half = settings.episodes // 2
-    return [*data["random"][:half], *data["noisy-oracle"][:half]]
+    other = "noisy-oracle" if row == "mixed-data" else "compact"
+    return [*data["random"][:half], *data[other][:half]]
 
 
 def grasp_model(
@@ -138,8 +148,14 @@ def grasp_model(
     return stages.run(f"grasp-{row}-s{seed}", settings_key, work)
 
 
-def report(settings: Settings, data, trained: dict, scores: dict, command: str) -> dict:
-    """Every row's seeds, pooled rate, and the planned differences."""
+PLANNED = {
+    "levers-validation": ("mixed-data", "random-data"),
+    "levers-compact": ("compact-data", "random-data"),
+}
+
+
+def arm_report(settings: Settings, trained: dict, scores: dict, evaluation: str) -> dict:
+    """One validation arm's rows, baselines and planned difference."""
 
     def pooled(names: list[str]) -> dict:
         successes = sum(scores[n]["successes"] for n in names)
@@ -149,64 +165,77 @@ def report(settings: Settings, data, trained: dict, scores: dict, command: str) 
     seeds = {row: [f"{row}-s{s}" for s in settings.seeds] for row in ROWS}
     per_seed = {row: [outcomes(scores[n]) for n in names] for row, names in seeds.items()}
     floor = [outcomes(scores["random"])]
-    rows = {
-        row: {
-            "pooled": pooled(names),
-            "seeds": {
-                n: {
-                    **{k: scores[n][k] for k in ("successes", "episodes", "rate")},
-                    "best_step": trained[n]["metrics"].get("best_step"),
-                    "validation_auc": trained[n]["metrics"].get("auc"),
-                }
-                for n in names
-            },
-            "minus_random": seeded_difference(per_seed[row], floor).as_dict(),
-        }
-        for row, names in seeds.items()
+    a, b = PLANNED[evaluation]
+    arm = VALIDATION_ARMS[evaluation]
+    return {
+        "arm": str(arm.relative_to(arm.parents[2])),
+        "baselines": {
+            name: {k: scores[name][k] for k in ("successes", "episodes", "rate", "low", "high")}
+            for name in ("random", "oracle")
+        },
+        "rows": {
+            row: {
+                "pooled": pooled(names),
+                "seeds": {
+                    n: {
+                        **{k: scores[n][k] for k in ("successes", "episodes", "rate")},
+                        "best_step": trained[n]["metrics"].get("best_step"),
+                        "validation_auc": trained[n]["metrics"].get("auc"),
+                    }
+                    for n in names
+                },
+                "minus_random": seeded_difference(per_seed[row], floor).as_dict(),
+            }
+            for row, names in seeds.items()
+        },
+        "planned": {f"{a} - {b}": seeded_difference(per_seed[a], per_seed[b]).as_dict()},
+        "outcomes": {n: scores[n]["outcomes"] for n in scores},
     }
+
+
+def report(settings: Settings, data, trained: dict, scores: dict, command: str) -> dict:
+    """Every arm's rows, seeds, pooled rates and planned differences."""
     return {
         "protocol": "experiments/levers/protocol.py",
         "settings": settings.as_dict(),
-        "arm": str(VALIDATION_ARM.relative_to(VALIDATION_ARM.parents[2])),
         "data": {
             name: {"episodes": len(e), "successes": sum(x.label.success for x in e)}
             for name, e in data.items()
         },
-        "baselines": {
-            b: {k: scores[b][k] for k in ("successes", "episodes", "rate", "low", "high")}
-            for b in ("random", "oracle")
-        },
-        "rows": rows,
-        "planned": {
-            "mixed-data - random-data": seeded_difference(
-                per_seed["mixed-data"], per_seed["random-data"]
-            ).as_dict()
+        "arms": {
+            evaluation: arm_report(settings, trained, scores[evaluation], evaluation)
+            for evaluation in VALIDATION_ARMS
         },
         "command": command,
         "commit": commit(),
         "date": time.strftime("%Y-%m-%d"),
-        "outcomes": {n: scores[n]["outcomes"] for n in scores},
     }
 
 
 def markdown(result: dict) -> str:
     lines = [
-        "# Exploration data for CEM (validation arm: sim-test objects)",
+        "# Levers on closed-loop grasp success (validation arms only)",
         "",
         f"`{result['command']}` at {result['commit']}, {result['date']}. "
         f"Protocol: {result['protocol']}.",
-        "",
-        "| contender | seeds: successes of scenes | pooled [Wilson 95%] | minus random |",
-        "|---|---|---|---|",
     ]
-    for name, b in result["baselines"].items():
-        lines.append(f"| {name} | | {_rate(b)} | |")
-    for name, row in result["rows"].items():
-        seeds = ", ".join(str(s["successes"]) for s in row["seeds"].values())
-        lines.append(
-            f"| {name} | {seeds} | {_rate(row['pooled'])} | {_diff(row['minus_random'])} |"
-        )
-    lines += ["", "Planned: " + "; ".join(f"{k} {_diff(v)}" for k, v in result["planned"].items())]
+    for arm in result["arms"].values():
+        lines += [
+            "",
+            f"## {arm['arm']}",
+            "",
+            "| contender | seeds: successes of scenes | pooled [Wilson 95%] | minus random |",
+            "|---|---|---|---|",
+        ]
+        for name, b in arm["baselines"].items():
+            lines.append(f"| {name} | | {_rate(b)} | |")
+        for name, row in arm["rows"].items():
+            seeds = ", ".join(str(s["successes"]) for s in row["seeds"].values())
+            lines.append(
+                f"| {name} | {seeds} | {_rate(row['pooled'])} | {_diff(row['minus_random'])} |"
+            )
+        planned = "; ".join(f"{k} {_diff(v)}" for k, v in arm["planned"].items())
+        lines += ["", f"Planned: {planned}"]
     return "\n".join(lines) + "\n"
 
 
@@ -228,8 +257,11 @@ def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
     }
     evaluations = Evaluations(settings, root, stages)
     scored = [Scored(name, t["path"]) for name, t in trained.items()]
-    job = Job("levers-validation", VALIDATION_ARM.read_text(), scored, baselines=True)
-    scores = evaluations.run([job])[job.evaluation_id]
+    jobs = [
+        Job(evaluation, arm.read_text(), scored, baselines=True)
+        for evaluation, arm in VALIDATION_ARMS.items()
+    ]
+    scores = evaluations.run(jobs)
     result = report(settings, data, trained, scores, command)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{REPORT}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,25 +1,38 @@
-"""Lever 1 of "grasping that works": exploration data that covers what CEM visits.
+"""Levers 1 and 4 of "grasping that works": exploration data, and object diversity.
 
-Fixed before anything runs. Decided on validation only: no model here is ever
-scored on the real-test objects.
+Fixed before anything is scored. Decided on validation only: no model here is
+ever scored on the real-test objects.
 
-Question: at the same number of simulated episodes, does replacing half of the
-random-exploration episodes with noisy-oracle episodes (the oracle's grasp moved
-by N(0, 2 cm) and turned by N(0, 0.3 rad): near hits and near misses around
-grasps that work; privileged state, so simulation only) raise closed-loop grasp
-success on objects the models never saw?
+Lever 1, exploration that covers what CEM visits: at the same number of
+simulated episodes, does replacing half of the random-exploration episodes with
+noisy-oracle episodes (the oracle's grasp moved by N(0, 2 cm) and turned by
+N(0, 0.3 rad): near hits and near misses around grasps that work; privileged
+state, so simulation only) raise closed-loop success on unseen objects?
+
+Lever 4, object diversity: the training pool's objects are thin prism unions of
+8-15 cm, the real-test family compact shapes of 7-10 cm, three to a bin. At the
+same number of episodes, does replacing half of the training-pool episodes with
+episodes on new procedural objects in the test family's size range (three to a
+bin; prism unions, never the real-test meshes) raise success on unseen compact
+objects?
 
 Rows (every one trained with the same steps, batch, recipe and seeds):
-- "random-data": the first `episodes` random-exploration episodes.
-- "mixed-data": the first `episodes / 2` of the same random episodes and the first
-  `episodes / 2` noisy-oracle episodes.
-Both validate (keep the best step by AUC) on random episodes on the sim-test objects.
+- "random-data": the first `episodes` random-exploration episodes (training pool).
+- "mixed-data": the first `episodes / 2` of those and the first `episodes / 2`
+  noisy-oracle episodes (training pool).
+- "compact-data": the first `episodes / 2` of the random episodes and the first
+  `episodes / 2` random episodes on procedural compact objects.
+Every row validates (keeps the best step by AUC) on random episodes on the sim-test objects.
 
-Scored: robots/evaluation/sim-validation.yaml (plain simulation, sim-test
-objects), `scenes` paired scenes, CEM through the servo-planner with its
-default settings; random exploration and the oracle on the same scenes.
-Planned comparison: mixed-data − random-data, hierarchical bootstrap over seeds and scenes
-(`models.scoring.seeded_difference`); each row − random exploration, the same way.
+Scored, `scenes` paired scenes each, CEM through the servo-planner with its
+default settings, random exploration and the oracle on the same scenes:
+- robots/evaluation/sim-validation.yaml (plain simulation, sim-test objects);
+- robots/evaluation/compact-validation.yaml (plain simulation, new procedural
+  objects in the real-test size range, three to a bin).
+Planned comparisons, hierarchical bootstrap over seeds and scenes
+(`models.scoring.seeded_difference`): mixed-data − random-data on the
+sim-validation arm (lever 1); compact-data − random-data on the
+compact-validation arm (lever 4); every row − random exploration on each arm.
 """
 
 from __future__ import annotations
@@ -27,8 +40,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-VALIDATION_ARM = Path(__file__).parents[2] / "robots" / "evaluation" / "sim-validation.yaml"
-ROWS = ("random-data", "mixed-data")
+ARMS = Path(__file__).parents[2] / "robots" / "evaluation"
+# Evaluation id -> the validation arm it scores on.
+VALIDATION_ARMS = {
+    "levers-validation": ARMS / "sim-validation.yaml",
+    "levers-compact": ARMS / "compact-validation.yaml",
+}
+# The arm the compact training episodes are collected on: the compact validation arm's
+# settings; the collection's own seed draws other scenes and so other procedural objects.
+COMPACT_TRAINING_ARM = VALIDATION_ARMS["levers-compact"]
+ROWS = ("random-data", "mixed-data", "compact-data")
 
 
 @dataclass(frozen=True)
