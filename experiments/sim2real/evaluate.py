@@ -138,6 +138,7 @@ class Evaluations:
                     return {
                         **result.rate.as_dict(),
                         "outcomes": {str(k): v for k, v in sorted(result.outcomes.items())},
+                        "servoing": result.servoing,
                         "seconds": round(result.seconds, 1),
                     }
 

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_pb2_grpc
+from models.episodes.shards import EpisodeRecord
 from models.scoring import PairedDifference, Rate, paired_difference, wilson
 from robots.inventory import parse_arm
 from services.common import upstream
 from services.episode_store import client
+from services.evaluation import servoing
 from services.sim_farm.client import run_collection
 
 Policy = sim_farm_pb2.CollectionPolicy
@@ -103,12 +105,14 @@ class EvaluationSpec:
 
 @dataclass(frozen=True)
 class ContenderResult:
-    """A contender's outcome per scene seed, and its rate."""
+    """A contender's outcome per scene seed, its rate, and what its servoing did
+    (services.evaluation.servoing.summarize)."""
 
     contender: Contender
     outcomes: dict[int, bool] = field(repr=False)
     rate: Rate
     seconds: float
+    servoing: dict = field(default_factory=dict, repr=False)
 
 
 def collection_spec(spec: EvaluationSpec, contender: Contender) -> sim_farm_pb2.CollectionSpec:
@@ -142,6 +146,23 @@ def outcomes(store_stub, collection_id: str) -> dict[int, bool]:
     return {int(e.seed): e.result == common_pb2.GRASP_RESULT_SUCCESS for e in found}
 
 
+def servoing_of(store_stub, collection_id: str, floor_z_m: float) -> dict:
+    """The servoing summary of a collection's stored episodes (read with their steps)."""
+    found = client.list_all(
+        store_stub, episode_store_pb2.EpisodeFilter(collection_id=collection_id)
+    )
+    episodes = []
+    for summary in found:
+        full = store_stub.GetEpisode(
+            episode_store_pb2.GetEpisodeRequest(episode_id=summary.episode_id, include_steps=True),
+            timeout=30,
+        )
+        record = EpisodeRecord(header=full.header, steps=tuple(full.steps), outcome=full.outcome)
+        if record.steps:
+            episodes.append(servoing.episode_servoing(record, floor_z_m))
+    return servoing.summarize(episodes)
+
+
 def run_contender(
     farm_stub: sim_farm_pb2_grpc.SimFarmStub,
     store_stub,
@@ -171,11 +192,13 @@ def run_contender(
         raise RuntimeError(
             f"evaluation of {contender.name}: {len(found)} distinct scenes stored of {spec.scenes}"
         )
+    floor_z_m = parse_arm(spec.arm_config_yaml, spec.evaluation_id).world.workspace.low[2]
     return ContenderResult(
         contender,
         found,
         wilson(sum(found.values()), len(found)),
         time.monotonic() - started,
+        servoing_of(store_stub, collection_id, floor_z_m),
     )
 
 
@@ -226,6 +249,7 @@ def report(spec: EvaluationSpec, results: Sequence[ContenderResult]) -> dict:
             "transform_version": r.contender.transform_version,
             **r.rate.as_dict(),
             "seconds": round(r.seconds, 1),
+            "servoing": r.servoing,
         }
         for r in results
     ]

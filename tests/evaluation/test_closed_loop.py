@@ -79,8 +79,17 @@ def test_contenders_meet_the_same_scenes_tagged_as_evaluation_and_a_rerun_resume
     assert [r.outcomes for r in again] == [r.outcomes for r in results]
     assert len(_episodes(store.address, "t1.model-1")) == SCENES
 
+    # What the servoing did is read back from every stored episode.
+    for r in results:
+        assert r.servoing["all"]["episodes"] == SCENES
+        assert r.servoing["successes"]["episodes"] == sum(r.outcomes.values())
+    # Random exploration has no planner for its step limit to overrule, and never raises.
+    assert by_name["random"].servoing["all"]["forced_close"] == 0.0
+    assert by_name["random"].servoing["all"]["raises_per_episode"] == 0.0
+
     report = closed_loop.report(spec, results)
     assert report["arm"] == "eval-proxy-real" and report["scenes"] == SCENES
+    assert report["contenders"][0]["servoing"] == results[0].servoing
     (pair,) = report["paired"]
     assert pair["a"] == "model-1" and pair["scenes"] == SCENES
 
