@@ -47,6 +47,8 @@ class Contender:
         transform: With "cem": a refiner kind applied to every image before planning
             ("rcan"), or "" for none.
         transform_version: The refiner model version of the transform.
+        close_ratio: With "cem": the servoing's close threshold; 0 the planner's own.
+        raise_ratio: With "cem": the servoing's raise threshold; 0 the planner's own.
     """
 
     name: str
@@ -54,6 +56,8 @@ class Contender:
     model_version: int = 0
     transform: str = ""
     transform_version: int = 0
+    close_ratio: float = 0.0
+    raise_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -66,6 +70,8 @@ class Contender:
             raise ValueError(f"contender {self.name}: {self.policy} takes no model or transform")
         if self.transform and self.transform_version < 1:
             raise ValueError(f"contender {self.name}: transform needs a refiner version")
+        if self.policy != "cem" and (self.close_ratio or self.raise_ratio):
+            raise ValueError(f"contender {self.name}: {self.policy} has no servoing to set")
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,8 @@ def collection_spec(spec: EvaluationSpec, contender: Contender) -> sim_farm_pb2.
         policy.model.CopyFrom(
             common_pb2.ModelRef(name=GRASP_MODEL, version=contender.model_version)
         )
+    policy.servoing.close_ratio = contender.close_ratio
+    policy.servoing.raise_ratio = contender.raise_ratio
     collection = sim_farm_pb2.CollectionSpec(
         num_episodes=spec.scenes,
         num_shards=spec.shards,

@@ -33,6 +33,7 @@ class PlannerPolicy:
         epsilon: Probability of a random command at each step (exploration).
         timeout_s: Deadline of one PlanStep.
         encode: Turns an RGB array into an Image message.
+        servoing: The servoing thresholds to plan with; the planner's own when empty.
     """
 
     def __init__(
@@ -44,6 +45,7 @@ class PlannerPolicy:
         epsilon: float,
         timeout_s: float,
         encode,
+        servoing: common_pb2.ServoingParams | None = None,
     ) -> None:
         self.stub = stub
         self.robot_id = robot_id
@@ -52,6 +54,7 @@ class PlannerPolicy:
         self.epsilon = epsilon
         self.timeout_s = timeout_s
         self.encode = encode
+        self.servoing = servoing or common_pb2.ServoingParams()
         self.name = "eps-mix" if epsilon else "cem"
         self._x0 = None
         self._seed = 0
@@ -85,6 +88,7 @@ class PlannerPolicy:
             step_index=step,
             epsilon=self.epsilon,
             seed=(self._seed * 1000 + step) % (1 << 63),
+            servoing=self.servoing,
         )
         try:
             response = self.stub.PlanStep(request, timeout=self.timeout_s)

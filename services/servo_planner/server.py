@@ -202,11 +202,25 @@ def _check_request(request: servo_planner_pb2.PlanStepRequest, config: PlannerCo
         )
     if c.population > 4096 or c.iterations > 20:
         raise InvalidArgument("cem.population is at most 4096 and cem.iterations at most 20")
+    close_ratio, raise_ratio = _servoing(request, config)
+    if not 0 < raise_ratio <= close_ratio <= 1:
+        raise InvalidArgument(
+            f"servoing close_ratio={close_ratio:g}, raise_ratio={raise_ratio:g} (0 takes the "
+            "planner's setting): need 0 < raise_ratio <= close_ratio <= 1"
+        )
     if request.budget_ms > config.max_budget_ms:
         raise InvalidArgument(
             f"budget_ms={request.budget_ms} is over the planner's max_budget_ms="
             f"{config.max_budget_ms}; ask for less, or 0 for the default {config.budget_ms} ms"
         )
+
+
+def _servoing(
+    request: servo_planner_pb2.PlanStepRequest, config: PlannerConfig
+) -> tuple[float, float]:
+    """The (close_ratio, raise_ratio) a request plans with: its own, or the planner's."""
+    asked = request.servoing
+    return asked.close_ratio or config.close_ratio, asked.raise_ratio or config.raise_ratio
 
 
 def _vec(v: common_pb2.Vec3) -> np.ndarray:
@@ -318,7 +332,7 @@ class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
         if result.deadline_reached:
             DEADLINES.inc()
         near_floor = position[2] <= workspace.low[2] + self.config.close_height_m
-        kind, motion, success = self._decide(result, near_floor)
+        kind, motion, success = self._decide(result, near_floor, *_servoing(request, self.config))
         DECISIONS.labels(common_pb2.Command.Kind.Name(kind).removeprefix("KIND_").lower()).inc()
         return servo_planner_pb2.PlanStepResponse(
             command=common_pb2.Command(kind=kind, motion=_motion(motion)),
@@ -329,18 +343,20 @@ class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
             deadline_reached=result.deadline_reached,
         )
 
-    def _decide(self, result: cem.CemResult, near_floor: bool) -> tuple[int, np.ndarray, float]:
+    def _decide(
+        self, result: cem.CemResult, near_floor: bool, close_ratio: float, raise_ratio: float
+    ) -> tuple[int, np.ndarray, float]:
         """Levine et al.'s servoing heuristics on C(no motion) against C(best motion).
 
         Both apply only near the floor of the workspace: a model that has seen no
         grasp closed high up cannot know such grasps fail, and a gripper high up
         has nothing to lift clear of.
         """
-        if near_floor and result.no_motion_success >= self.config.close_ratio * result.success:
+        if near_floor and result.no_motion_success >= close_ratio * result.success:
             return common_pb2.Command.KIND_CLOSE, cem.NO_MOTION, result.no_motion_success
         # Raising keeps a gripper that is down among the objects from sweeping them aside;
         # higher up there is nothing to clear, and raising would undo the descent.
-        if near_floor and result.no_motion_success < self.config.raise_ratio * result.success:
+        if near_floor and result.no_motion_success < raise_ratio * result.success:
             return common_pb2.Command.KIND_RAISE, result.motion, result.success
         return common_pb2.Command.KIND_MOVE, result.motion, result.success
 

@@ -86,6 +86,8 @@ def plan_collection(collection_id: str, spec: sim_farm_pb2.CollectionSpec) -> Co
         transform_kind=spec.transform.kind,
         transform_label=spec.transform.model.label,
         transform_version=spec.transform.model.version,
+        close_ratio=spec.policy.servoing.close_ratio,
+        raise_ratio=spec.policy.servoing.raise_ratio,
     )
 
 

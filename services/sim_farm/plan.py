@@ -43,6 +43,8 @@ class CollectionPlan:
         transform_kind: Refiner kind applied to images before planning ("rcan"), or "".
         transform_label: The transform model's label when transform_version is 0.
         transform_version: The transform model's version; 0 resolves transform_label.
+        close_ratio: With cem / eps-mix, the planner's close threshold; 0 its own.
+        raise_ratio: With cem / eps-mix, the planner's raise threshold; 0 its own.
     """
 
     collection_id: str
@@ -68,6 +70,8 @@ class CollectionPlan:
     transform_kind: str = ""
     transform_label: str = ""
     transform_version: int = 0
+    close_ratio: float = 0.0
+    raise_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_shards <= max(1, self.num_episodes):
@@ -98,6 +102,10 @@ class CollectionPlan:
         """
         data = dataclasses.asdict(self)
         del data["collection_id"], data["skip_stored"]
+        # Settings added later count only when set, so that earlier plans keep their prints.
+        for name in ("close_ratio", "raise_ratio"):
+            if not data[name]:
+                del data[name]
         text = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -112,6 +112,14 @@ def validate(spec: sim_farm_pb2.CollectionSpec, config: SimFarmConfig) -> None:
         raise FailedPrecondition(
             "CEM collection needs the servo-planner: start the farm with --planner-address"
         )
+    servoing = spec.policy.servoing
+    if (servoing.close_ratio or servoing.raise_ratio) and not needs_planner:
+        raise InvalidArgument("policy.servoing applies to CEM and ε-mix collection only")
+    if not 0.0 <= servoing.raise_ratio <= 1.0 or not 0.0 <= servoing.close_ratio <= 1.0:
+        raise InvalidArgument(
+            f"policy.servoing close_ratio={servoing.close_ratio:g} and raise_ratio="
+            f"{servoing.raise_ratio:g} must be in 0..1 (0 takes the planner's setting)"
+        )
     if not 0.0 <= spec.policy.epsilon <= 1.0:
         raise InvalidArgument(f"policy.epsilon={spec.policy.epsilon}; expected 0..1")
     if spec.profile and spec.profile not in PROFILES:

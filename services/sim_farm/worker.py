@@ -87,6 +87,7 @@ def _policy(job: ShardJob, driver):
         plan.epsilon if plan.policy == "eps-mix" else 0.0,
         settings.plan_timeout_s,
         encode_image,
+        common_pb2.ServoingParams(close_ratio=plan.close_ratio, raise_ratio=plan.raise_ratio),
     )
     if not plan.transform_kind:
         return policy

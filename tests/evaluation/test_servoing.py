@@ -43,3 +43,30 @@ def test_a_planner_close_a_forced_close_and_their_heights():
     assert summary["failures"]["close_height_cm"]["median"] == pytest.approx(6.0)
     assert summary["successes"]["episodes"] == 1 and summary["failures"]["steps_per_episode"] == 5
     assert summarize([])["all"] == {"episodes": 0}
+
+
+def test_a_contenders_servoing_reaches_its_collection_plan_and_its_fingerprint():
+    from services.evaluation.closed_loop import Contender, EvaluationSpec, collection_spec
+    from services.sim_farm.collector import plan_collection
+    from tests.evaluation.test_closed_loop import ARM
+
+    spec = EvaluationSpec.from_file("s1", ARM, scenes=4, seed=3, shards=2)
+    default = plan_collection("c", collection_spec(spec, Contender("m", "cem", 1)))
+    tuned = plan_collection(
+        "c", collection_spec(spec, Contender("m", "cem", 1, close_ratio=0.7, raise_ratio=0.3))
+    )
+    assert (tuned.close_ratio, tuned.raise_ratio) == pytest.approx((0.7, 0.3))
+    assert (default.close_ratio, default.raise_ratio) == (0.0, 0.0)
+    assert tuned.fingerprint() != default.fingerprint()
+    # A plan without servoing settings fingerprints as plans did before they existed.
+    import dataclasses
+    import hashlib
+    import json
+
+    data = dataclasses.asdict(default)
+    for name in ("collection_id", "skip_stored", "close_ratio", "raise_ratio"):
+        del data[name]
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    assert default.fingerprint() == hashlib.sha256(text.encode()).hexdigest()[:16]
+    with pytest.raises(ValueError, match="no servoing"):
+        Contender("r", "random", close_ratio=0.5)

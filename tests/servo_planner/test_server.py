@@ -76,6 +76,22 @@ def test_servoing_decisions(fleet, label, kind):
         assert response.predicted_success > response.close_success
 
 
+@pytest.mark.parametrize(
+    ("label", "servoing", "kind"),
+    [
+        # "torn" moves under the planner's 0.9 / 0.5; a request's own thresholds decide instead.
+        ("torn", common_pb2.ServoingParams(close_ratio=0.3, raise_ratio=0.2), Kind.KIND_CLOSE),
+        ("torn", common_pb2.ServoingParams(close_ratio=1.0, raise_ratio=0.99), Kind.KIND_RAISE),
+        ("torn", common_pb2.ServoingParams(), Kind.KIND_MOVE),
+        ("sure", common_pb2.ServoingParams(close_ratio=1.0, raise_ratio=0.5), Kind.KIND_MOVE),
+    ],
+)
+def test_a_request_sets_its_own_servoing_thresholds(fleet, label, servoing, kind):
+    _, _, stub = fleet
+    response = stub.PlanStep(_request(label, servoing=servoing), timeout=10)
+    assert response.command.kind == kind, response
+
+
 def test_exploration_returns_random_commands(fleet):
     _, _, stub = fleet
     response = stub.PlanStep(_request("torn", epsilon=1.0), timeout=10)
@@ -122,6 +138,11 @@ def test_predictor_down_is_unavailable_and_the_planner_stays_up(fleet):
             dict(cem=servo_planner_pb2.CemParams(population=4, elites=9)),
             grpc.StatusCode.INVALID_ARGUMENT,
             "cem.elites=9",
+        ),
+        (
+            dict(servoing=common_pb2.ServoingParams(close_ratio=0.3)),  # below raise's 0.5
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "raise_ratio <= close_ratio",
         ),
     ],
 )

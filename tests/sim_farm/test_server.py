@@ -229,6 +229,18 @@ def test_cem_episodes_record_the_model_version_that_drove_them(tmp_path):
             "privileged object state",
         ),
         (
+            sim_farm_pb2.CollectionSpec(
+                num_episodes=1,
+                domain=1,
+                policy=Policy(
+                    kind=Policy.KIND_RANDOM,
+                    servoing=common_pb2.ServoingParams(close_ratio=0.5),
+                ),
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "servoing applies to CEM",
+        ),
+        (
             sim_farm_pb2.CollectionSpec(num_episodes=1, domain=1, max_steps=500),
             grpc.StatusCode.INVALID_ARGUMENT,
             "max_steps=500",
