@@ -236,6 +236,20 @@ def markdown(result: dict) -> str:
             )
         planned = "; ".join(f"{k} {_diff(v)}" for k, v in arm["planned"].items())
         lines += ["", f"Planned: {planned}"]
+    servo = result.get("servoing")
+    if servo:
+        lines += [
+            "",
+            f"## Servoing thresholds: {servo['row']} on {servo['arm']}",
+            "",
+            "| close_ratio | raise_ratio | pooled [Wilson 95%] | minus the default 0.9 |",
+            "|---|---|---|---|",
+        ]
+        for ratio, t in servo["thresholds"].items():
+            lines.append(
+                f"| {ratio} | {t['raise_ratio']} | {_rate(t['pooled'])} | "
+                f"{_diff(t['minus_default'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -245,6 +259,57 @@ def _rate(r: dict) -> str:
 
 def _diff(d: dict) -> str:
     return f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
+DEFAULT_CLOSE_RATIO = 0.9
+DEFAULT_RAISE_RATIO = 0.5
+SERVOING_ARM = "levers-compact"
+
+
+def servoing(
+    settings: Settings, trained: dict, scores: dict, evaluations: Evaluations, result: dict
+) -> dict:
+    """Lever 3: the compact arm's best row again, at each close threshold (the protocol)."""
+    rows = result["arms"][SERVOING_ARM]["rows"]
+    best = max(ROWS, key=lambda r: (rows[r]["pooled"]["successes"], r == "random-data"))
+    names = [f"{best}-s{s}" for s in settings.seeds]
+    contenders = {
+        ratio: [Scored(f"{n}-close{round(ratio * 100)}", trained[n]["path"]) for n in names]
+        for ratio in settings.servoing_close_ratios
+    }
+    arm = VALIDATION_ARMS[SERVOING_ARM].read_text()
+    jobs = [
+        Job(
+            f"levers-servo{round(ratio * 100)}",
+            arm,
+            scored,
+            close_ratio=ratio,
+            raise_ratio=min(ratio, DEFAULT_RAISE_RATIO),
+        )
+        for ratio, scored in contenders.items()
+    ]
+    found = evaluations.run(jobs)
+    default = [outcomes(scores[SERVOING_ARM][n]) for n in names]
+    thresholds = {}
+    for job in jobs:
+        per_seed = [outcomes(record) for record in found[job.evaluation_id].values()]
+        successes = sum(r["successes"] for r in found[job.evaluation_id].values())
+        episodes = sum(r["episodes"] for r in found[job.evaluation_id].values())
+        thresholds[str(job.close_ratio)] = {
+            "raise_ratio": job.raise_ratio,
+            "pooled": wilson(successes, episodes).as_dict(),
+            "minus_default": seeded_difference(per_seed, default).as_dict(),
+            "servoing": {
+                name: record.get("servoing", {})
+                for name, record in found[job.evaluation_id].items()
+            },
+        }
+    return {
+        "row": best,
+        "arm": SERVOING_ARM,
+        "default": {"close_ratio": DEFAULT_CLOSE_RATIO, "raise_ratio": DEFAULT_RAISE_RATIO},
+        "thresholds": thresholds,
+    }
 
 
 def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
@@ -263,6 +328,7 @@ def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
     ]
     scores = evaluations.run(jobs)
     result = report(settings, data, trained, scores, command)
+    result["servoing"] = servoing(settings, trained, scores, evaluations, result)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{REPORT}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{REPORT}.md").write_text(markdown(result))

@@ -33,6 +33,15 @@ Planned comparisons, hierarchical bootstrap over seeds and scenes
 (`models.scoring.seeded_difference`): mixed-data − random-data on the
 sim-validation arm (lever 1); compact-data − random-data on the
 compact-validation arm (lever 4); every row − random exploration on each arm.
+
+Lever 3, the servoing decision (added before any model was scored): the row with
+the highest pooled success on the compact-validation arm (random-data on a tie)
+is scored again on that arm with each close threshold of
+`servoing_close_ratios` (the raise threshold at its default, 0.5, or the close
+threshold where that is lower), every seed, on the same scenes. Planned: each
+threshold − the planner's default 0.9, over seeds and scenes. The threshold a
+later recipe takes is the best of these on this arm; it is never chosen on the
+real-test objects.
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ class Settings:
         shards: Worker processes of collections and evaluations.
         max_steps: Steps per episode, in collection and evaluation.
         data_seed: Seeds the collections.
+        servoing_close_ratios: Close thresholds lever 3 scores besides the default 0.9.
     """
 
     episodes: int = 6000
@@ -81,6 +91,7 @@ class Settings:
     shards: int = 2
     max_steps: int = 8
     data_seed: int = 41
+    servoing_close_ratios: tuple[float, ...] = (0.5, 0.7, 0.97)
 
     def __post_init__(self) -> None:
         if self.episodes < 2 or self.episodes % 2:

@@ -10,6 +10,7 @@ proxy-real factors switched on, on the same scenes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -88,8 +89,10 @@ class Evaluations:
             max_steps=s.max_steps,
         )
 
-    def contenders(self, scored: list[Scored], baselines: bool) -> list[Contender]:
+    def contenders(self, job: Job) -> list[Contender]:
         """Random and the oracle (with `baselines`), then each model behind its version."""
+        scored, baselines = job.scored, job.baselines
+        servoing = {"close_ratio": job.close_ratio, "raise_ratio": job.raise_ratio}
         contenders = []
         if baselines:
             contenders += [Contender("random", "random"), Contender("oracle", "oracle")]
@@ -97,9 +100,9 @@ class Evaluations:
             version = self._version(model.path, GRASP_MODEL, self.models)
             if model.rcan_path:
                 rcan = self._version(model.rcan_path, RCAN_MODEL, self.refiners)
-                contenders.append(Contender(model.name, "cem", version, "rcan", rcan))
+                contenders.append(Contender(model.name, "cem", version, "rcan", rcan, **servoing))
             else:
-                contenders.append(Contender(model.name, "cem", version))
+                contenders.append(Contender(model.name, "cem", version, **servoing))
         return contenders
 
     def run(self, jobs: list[Job]) -> dict[str, dict]:
@@ -113,7 +116,7 @@ class Evaluations:
         for job in jobs:
             spec = self.spec(job.evaluation_id, job.arm_yaml)
             settings = {"spec": repr(spec), "v": 1}
-            for contender in self.contenders(job.scored, job.baselines):
+            for contender in self.contenders(job):
                 stage = f"eval-{job.evaluation_id}-{contender.name}"
                 done = self.stages.done(stage, _key(settings, contender))
                 if done is None:
@@ -160,10 +163,19 @@ class Job:
     arm_yaml: str
     scored: list[Scored]
     baselines: bool = False
+    close_ratio: float = 0.0  # the models' servoing thresholds; 0: the planner's own
+    raise_ratio: float = 0.0
 
 
 def _key(settings: dict, contender: Contender) -> dict:
-    return {**settings, "contender": repr(contender)}
+    """A contender's cache key: its fields, those at their defaults left out, so that adding a
+    field (the servoing thresholds) keeps every earlier evaluation's key."""
+    fields = [
+        f"{f.name}={getattr(contender, f.name)!r}"
+        for f in dataclasses.fields(contender)
+        if f.name not in ("close_ratio", "raise_ratio") or getattr(contender, f.name)
+    ]
+    return {**settings, "contender": f"Contender({', '.join(fields)})"}
 
 
 def outcomes(record: dict) -> dict[int, bool]:
