@@ -59,9 +59,22 @@ def episode_digest(record: shards.EpisodeRecord) -> str:
 def label_from_outcome(
     record: shards.EpisodeRecord, now: timestamp_pb2.Timestamp
 ) -> common_pb2.Label:
-    """The automatic label: success or failure as the robot reported, else unlabeled."""
+    """The automatic label: success or failure as the robot reported, else unlabeled.
+
+    An evaluation episode (attribute purpose=evaluation) stays unlabeled: it scores a
+    model on objects no model may learn from, so it is never a training label, nor a
+    grasp the rollout or the retraining counts (their store statistics count labels);
+    its outcome stays in the episode for the evaluator.
+    """
     result = record.outcome.result
     source = f"robot:{record.header.robot_id}"
+    if record.header.attributes.get(shards.PURPOSE) == shards.EVALUATION:
+        return common_pb2.Label(
+            state=common_pb2.LABEL_STATE_UNLABELED,
+            source=source,
+            reason="an evaluation episode: it scores a model and is never a label",
+            labeled_at=now,
+        )
     if result in (common_pb2.GRASP_RESULT_SUCCESS, common_pb2.GRASP_RESULT_FAILURE):
         return common_pb2.Label(
             state=common_pb2.LABEL_STATE_AUTO,
