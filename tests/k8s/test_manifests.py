@@ -51,8 +51,9 @@ RESTRICTED_VOLUMES = {
 
 
 PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
-# GRASPFLEET_ variables that are no setting of a service's config: the clients read them.
-CLIENT_ENV = {upstream.TLS_CA_ENV}
+# GRASPFLEET_ variables that are no setting of a service's config: the clients read them
+# (the CA that servers are checked against, the certificate the process presents).
+CLIENT_ENV = {upstream.TLS_CA_ENV, "GRASPFLEET_TLS_CLIENT_DIR"}
 # The Secret whose key `token` holds the bearer token each service's auth_token setting reads.
 TOKEN_SECRETS = {
     "trainer": "graspfleet-trainer-token",
@@ -63,6 +64,11 @@ TOKEN_SECRETS = {
 
 def every(built: dict) -> list[tuple[str, list[dict]]]:
     return [(c.name, objects) for c, objects in built.items()]
+
+
+def insecure(name: str) -> bool:
+    """The build is overlays/dev-insecure's, with or without components."""
+    return name.split("+")[0] == "dev-insecure"
 
 
 @pytest.mark.parametrize("combination", COMBINATIONS, ids=lambda c: c.name)
@@ -104,7 +110,7 @@ def test_the_namespace_check_refuses_strays():
 def test_k8s_root_is_the_dev_overlay(built):
     root = built[kustomize.Combination("root")]
     assert root == built[kustomize.Combination("dev")]
-    assert len(VERSIONS) >= 5 and VERSIONS[0] == "1.29"
+    assert len(VERSIONS) >= 5 and VERSIONS[0] == "1.30"
 
 
 def test_strict_validation_refuses_unknown_fields_and_kinds(built):
@@ -274,8 +280,8 @@ def test_every_setting_in_the_manifests_exists_and_is_accepted(built):
 
 def test_calls_that_change_state_need_the_token_from_its_secret(built):
     """Every service with an auth_token setting (the trainer; the store's Relabel; the agents'
-    Pause and Resume) reads it from its Secret: optional in dev (without it the service runs
-    unauthenticated and logs so), required in the fleet (the pod does not start without it)."""
+    Pause and Resume) reads it from its Secret: required (the pod does not start without it)
+    but in dev-insecure, where without it the service runs unauthenticated and logs so."""
     for name, objects in every(built):
         guarded = set()
         for workload in m.workloads(objects):
@@ -293,11 +299,10 @@ def test_calls_that_change_state_need_the_token_from_its_secret(built):
                 assert len(tokens) == 1, f"{at}: GRASPFLEET_AUTH_TOKEN is not set once"
                 (token,) = tokens
                 assert "value" not in token, f"{at}: a token in the manifest"
-                assert token["valueFrom"]["secretKeyRef"] == {
-                    "name": TOKEN_SECRETS[words[1]],
-                    "key": "token",
-                    "optional": not name.startswith("fleet"),
-                }, at
+                reference = token["valueFrom"]["secretKeyRef"]
+                assert reference.get("optional", False) == insecure(name), at
+                assert reference["name"] == TOKEN_SECRETS[words[1]], at
+                assert reference["key"] == "token", at
                 guarded.add(words[1])
         assert guarded == set(TOKEN_SECRETS), name
 
@@ -441,7 +446,8 @@ def test_sim_farm_may_run_its_shard_jobs_and_nothing_more(built):
 
 def test_shard_jobs_validate_strictly_and_are_hardened(built):
     """The Job the sim-farm creates with each combination's settings, as the API gets it."""
-    for name, objects in every(built):
+    for combination, objects in built.items():
+        name = combination.name
         job = m.shard_job(objects)
         at = f"{name}: the sim-farm's shard Job"
         assert kustomize.validate([job], VERSIONS) == [], at
@@ -475,8 +481,7 @@ def test_shard_jobs_validate_strictly_and_are_hardened(built):
             and k not in CLIENT_ENV
         }
         assert not unknown, f"{at} sets {unknown}"
-        tls = "tls" in name.split("+")
-        assert (upstream.TLS_CA_ENV in m.env(container)) == tls, at
+        assert (upstream.TLS_CA_ENV in m.env(container)) == combination.includes("tls"), at
 
 
 def test_autoscalers(built):

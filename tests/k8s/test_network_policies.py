@@ -17,7 +17,9 @@ from pathlib import Path
 
 from tests.k8s import manifests as m
 
-OPERATOR = m.Pod("operator toolbox", {"graspfleet.io/client": "true"})
+OPERATOR_LABEL = "graspfleet.io/client"
+OPERATOR_ACCOUNT = "graspfleet-operator"
+OPERATOR = m.Pod("operator toolbox", {OPERATOR_LABEL: "true"})
 PROMETHEUS = m.Pod("prometheus", {"app.kubernetes.io/name": "prometheus"}, namespace="monitoring")
 KUBE_DNS = m.Pod("kube-dns", {"k8s-app": "kube-dns"}, namespace="kube-system")
 STRANGER = m.Pod("a pod of no role", {"app.kubernetes.io/name": "x"})
@@ -27,7 +29,7 @@ AGENT_UPSTREAMS = {("episode-store", 50051), ("servo-planner", 50053), ("refiner
 
 def with_policies(built: dict) -> list[tuple[str, list[dict]]]:
     found = [(c.name, o) for c, o in built.items() if m.of_kind(o, "NetworkPolicy")]
-    assert {"dev+network-policies", "fleet"} <= {name for name, _ in found}
+    assert {"root", "dev", "fleet", "dev-insecure+network-policies"} <= {n for n, _ in found}
     return found
 
 
@@ -165,3 +167,82 @@ def test_the_fleet_narrows_the_kubernetes_api_to_the_clusters_addresses(built):
     for peer in destinations:
         network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
         assert network.is_private and network.prefixlen >= 8, network
+
+
+def trusted_selectors(policies: list[dict]) -> list[dict]:
+    """The selectors of this namespace's pods that a policy grants something: every peer
+    without a namespace selector, and the pods whose egress a policy opens (but for every pod's
+    DNS)."""
+    found = []
+    for policy in policies:
+        spec = policy["spec"]
+        if spec.get("egress") and spec["podSelector"]:
+            found.append(spec["podSelector"])
+        for rule in [*spec.get("ingress", []), *spec.get("egress", [])]:
+            for peer in [*rule.get("from", []), *rule.get("to", [])]:
+                if "podSelector" in peer and "namespaceSelector" not in peer:
+                    found.append(peer["podSelector"])
+    return found
+
+
+def pinned(selector: dict, identities: dict) -> bool:
+    """Whether only pods of a fixed service account can match `selector`: it requires a
+    workload name (app.kubernetes.io/name) the admission policy ties to its account, or the
+    operator's label."""
+    labels = selector.get("matchLabels", {})
+    if labels.get("app.kubernetes.io/name") in identities or labels.get(OPERATOR_LABEL) == "true":
+        return True
+    return any(
+        e["key"] == "app.kubernetes.io/name"
+        and e["operator"] == "In"
+        and set(e["values"]) <= set(identities)
+        for e in selector.get("matchExpressions", [])
+    )
+
+
+def check_pod_identity_policy(objects: list[dict]) -> dict:
+    """The admission policy that ties labels to service accounts, bound to the namespace with
+    its parameters; returns them (workload name -> service account)."""
+    policy = m.named(objects, "ValidatingAdmissionPolicy", "graspfleet-pod-identity")["spec"]
+    binding = m.named(objects, "ValidatingAdmissionPolicyBinding", "graspfleet-pod-identity")
+    assert binding["spec"]["policyName"] == "graspfleet-pod-identity"
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": "graspfleet"}
+    }
+    reference = binding["spec"]["paramRef"]
+    assert reference["namespace"] == "graspfleet" and reference["parameterNotFoundAction"] == "Deny"
+    assert policy["paramKind"] == {"apiVersion": "v1", "kind": "ConfigMap"}
+    assert policy["failurePolicy"] == "Fail"
+    (rule,) = policy["matchConstraints"]["resourceRules"]
+    assert (rule["resources"], set(rule["operations"])) == (["pods"], {"CREATE", "UPDATE"})
+    expressions = " ".join(v["expression"] for v in policy["validations"])
+    assert "params.data" in expressions and f"'{OPERATOR_ACCOUNT}'" in expressions
+    assert OPERATOR_LABEL in expressions
+    operator = m.named(objects, "ServiceAccount", OPERATOR_ACCOUNT)
+    assert operator["automountServiceAccountToken"] is False
+    return m.named(objects, "ConfigMap", reference["name"])["data"]
+
+
+def test_what_the_policies_trust_no_pod_can_grant_itself(built):
+    """Every label a NetworkPolicy trusts is tied by an admission policy to the service
+    account of the workload that carries it (a pod chooses its labels, the Job creators
+    cannot choose their pods' accounts), and the fleet's own pods satisfy it."""
+    for name, objects in with_policies(built):
+        identities = check_pod_identity_policy(objects)
+        for selector in trusted_selectors(m.of_kind(objects, "NetworkPolicy")):
+            assert pinned(selector, identities), f"{name}: {selector} is trusted but not pinned"
+        accounts = {a["metadata"]["name"] for a in m.of_kind(objects, "ServiceAccount")}
+        pods = [
+            (w["metadata"]["name"], m.pod_labels(w), m.pod_spec(w)) for w in m.workloads(objects)
+        ]
+        pods += [
+            (pod.name, pod.labels, job["spec"]["template"]["spec"])
+            for pod, job in job_pods(objects)
+        ]
+        for pod, labels, spec in pods:
+            account = spec.get("serviceAccountName", "default")
+            assert account in accounts, f"{name}: {pod} runs as {account}, which is not created"
+            workload = labels.get("app.kubernetes.io/name")
+            assert workload in identities, f"{name}: {pod} ({workload}) has no pinned account"
+            assert identities[workload] == account, f"{name}: {pod} runs as {account}"

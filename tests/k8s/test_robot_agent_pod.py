@@ -167,9 +167,11 @@ def test_the_statefulset_starts_the_agent_of_its_nodes_arm(nodes, tmp_path, inve
     assert robot_id_file.read_text() == "kuka-02\n"
     assert (tmp_path / "model-label").read_text() == "canary\n"
 
-    # The agent container exactly as the dev overlay runs it, on loopback.
+    # The agent container exactly as the dev-insecure overlay runs it (plaintext), on loopback.
     agent = m.named(
-        kustomize.build(kustomize.K8S / "overlays" / "dev"), "StatefulSet", "robot-agent-kuka-02"
+        kustomize.build(kustomize.K8S / "overlays" / "dev-insecure"),
+        "StatefulSet",
+        "robot-agent-kuka-02",
     )
     (container,) = m.pod_spec(agent)["containers"]
     # Values from Secrets (the optional auth token) are left out, as when the Secret is absent.
