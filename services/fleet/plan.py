@@ -26,6 +26,8 @@ class Plan:
         epsilon: Share of random commands among the arms' CEM commands.
         minutes: The whole run's budget (the flywheel turns until it is spent).
         status_every_s: How often the status table is printed.
+        test_scenes: Scenes of the closing evaluation on the real-test arm (the stable
+            version, random and the oracle on each); 0 skips it.
     """
 
     bootstrap_episodes: int
@@ -41,6 +43,7 @@ class Plan:
     epsilon: float
     minutes: float
     status_every_s: float
+    test_scenes: int
 
 
 PLANS = {
@@ -58,6 +61,7 @@ PLANS = {
         epsilon=0.1,
         minutes=4,
         status_every_s=15,
+        test_scenes=4,
     ),
     "default": Plan(
         bootstrap_episodes=1200,
@@ -76,11 +80,13 @@ PLANS = {
         epsilon=0.1,
         minutes=20,
         status_every_s=30,
+        test_scenes=60,
     ),
 }
 
 ARMS = {"quick": ["kuka-01", "kuka-02"], "default": ["kuka-01", "kuka-02", "kuka-03", "kuka-04"]}
 REPORT_RESERVE_S = 45  # the report's share of --minutes
+TEST_ARM_RESERVE_S = 90  # the closing evaluation's share, when it runs
 
 
 def plan_of(args: argparse.Namespace) -> Plan:
@@ -94,5 +100,6 @@ def plan_of(args: argparse.Namespace) -> Plan:
         "retrain_steps": args.retrain_steps,
         "min_grasps": args.min_grasps,
         "minutes": args.minutes,
+        "test_scenes": args.test_scenes,
     }
     return replace(base, **{k: v for k, v in overrides.items() if v is not None})

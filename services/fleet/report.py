@@ -224,6 +224,31 @@ def episode_pictures(stub, robots: list[str], folder: Path, per_robot: int = 3) 
     return drawn
 
 
+def test_arm_table(test_arm: dict) -> str:
+    """The closing evaluation: each contender's rate, and the stable version minus random."""
+    lines = [
+        f"{test_arm['scenes']} paired scenes of {test_arm['arm']} (the real-test objects), "
+        f"scene seed {test_arm['seed']}; the oracle knows where every object is.",
+        "",
+        "| contender | successes | success [Wilson 95%] |",
+        "|---|---:|---|",
+    ]
+    for row in test_arm["contenders"]:
+        lines.append(
+            f"| {row['name']} | {row['successes']}/{row['episodes']} | "
+            f"{row['rate']:.1%} [{row['low']:.1%}, {row['high']:.1%}] |"
+        )
+    stable = f"stable-v{test_arm['stable_version']}"
+    for pair in test_arm["paired"]:
+        if pair["a"] == stable and pair["b"] == "random":
+            lines += [
+                "",
+                f"{stable} minus random, paired by scene: {pair['difference']:+.3f} "
+                f"[{pair['low']:+.3f}, {pair['high']:+.3f}]",
+            ]
+    return "\n".join(lines)
+
+
 def _scores(metrics: dict) -> str:
     """The validation scores a run recorded, as one line."""
     shown = [f"{k} {v:.3f}" for k, v in sorted(metrics.items()) if "auc" in k or "accuracy" in k]
@@ -246,8 +271,13 @@ def write(
     arms: dict[str, str],
     first: trainer_pb2.Run,
     command: str,
+    *,
+    test_arm: dict | None = None,
 ) -> dict:
-    """Writes summary.md, summary.json and the pictures; returns the summary."""
+    """Writes summary.md, summary.json and the pictures; returns the summary.
+
+    `test_arm` is the closing evaluation on the real-test arm (services.fleet.final_evaluation).
+    """
     request = trainer_pb2.ListLabelChangesRequest(name=model)
     changes = list(trainer.ListLabelChanges(request, timeout=30).changes)
     rows = version_rows(real_grasps(store, started), registry, model, changes, started)
@@ -272,7 +302,8 @@ def write(
         f"Version 1 (sim only): {_scores(dict(first.metrics))}\n\n"
         f"## Real grasps per model version\n\n{table}\n\n"
         f"## Label moves\n\n{decisions}\n\n"
-        f"## Trainer runs\n\n{run_lines}\n\n"
+        + (f"## On the real-test arm\n\n{test_arm_table(test_arm)}\n\n" if test_arm else "")
+        + f"## Trainer runs\n\n{run_lines}\n\n"
         "![success over time](success_over_time.png)\n\n"
         + (f"## What Prometheus recorded\n\n{recorded}\n\n" if recorded else "")
         + f"{links}\n"
@@ -308,6 +339,8 @@ def write(
             for r in runs
         ],
     }
+    if test_arm:
+        summary["test_arm"] = test_arm
     (report_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\n{table}\n\n{decisions}\n")
     return summary

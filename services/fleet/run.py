@@ -53,7 +53,8 @@ from models.registry import STABLE, Registry
 from services.common.auth import USER_HEADER, bearer
 from services.episode_store import client as store_client
 from services.fleet import flywheel, report
-from services.fleet.plan import ARMS, REPORT_RESERVE_S, plan_of
+from services.fleet.final_evaluation import evaluate_stable
+from services.fleet.plan import ARMS, REPORT_RESERVE_S, TEST_ARM_RESERVE_S, plan_of
 from services.fleet.process import ServiceProcess
 from services.fleet.prometheus import LocalPrometheus
 from services.sim_farm.client import run_collection
@@ -86,6 +87,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--retrain-first", type=int)
     parser.add_argument("--retrain-steps", type=int)
     parser.add_argument("--min-grasps", type=int)
+    parser.add_argument(
+        "--test-scenes",
+        type=int,
+        help="scenes of the closing evaluation on the real-test arm (default 60; 0 skips it)",
+    )
     return parser.parse_args(argv)
 
 
@@ -397,12 +403,24 @@ def main(argv: list[str]) -> int:
             trainer_stub = trainer_pb2_grpc.TrainerStub(channel)
             wheel = flywheel.Flywheel(start_agent, arms, store_stub, trainer_stub, MODEL, started)
             wheel.start()
-            deadline = None if args.forever else started + plan.minutes * 60 - REPORT_RESERVE_S
+            reserve = REPORT_RESERVE_S + (TEST_ARM_RESERVE_S if plan.test_scenes else 0)
+            deadline = None if args.forever else started + plan.minutes * 60 - reserve
             wheel.turn(deadline, plan.status_every_s, until_runs=args.until_runs)
-            print("[5/5] report", flush=True)
+            test_arm = {}
+            if plan.test_scenes:
+                print(
+                    f"[5/5] the stable version on the real-test arm ({plan.test_scenes} scenes, "
+                    "with random and the oracle), then the report",
+                    flush=True,
+                )
+                test_arm = evaluate_stable(
+                    farm.address, store.address, Registry(models), MODEL, plan.test_scenes
+                )
+            else:
+                print("[5/5] report", flush=True)
             report.write(
                 report_dir, store_stub, trainer_stub, Registry(models), MODEL, started,
-                fleet.prometheus, asdict(plan), arms, first, command,
+                fleet.prometheus, asdict(plan), arms, first, command, test_arm=test_arm,
             )  # fmt: skip
         print(f"report in {report_dir}/; total time {time.time() - started:.0f} s")
     finally:

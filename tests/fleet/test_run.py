@@ -40,7 +40,8 @@ def test_make_run_turns_once_and_writes_its_report(tmp_path, monkeypatch, capsys
     assert run.main(argv) == 0
 
     printed = capsys.readouterr().out
-    for stage in ("[1/5] services", "[3/5] version 1", "[4/5] the flywheel", "[5/5] report"):
+    stages = ("[1/5] services", "[3/5] version 1", "[4/5] the flywheel", "[5/5] the stable")
+    for stage in stages:
         assert stage in printed
     [report_dir] = reports.iterdir()
     summary = json.loads((report_dir / "summary.json").read_text())
@@ -59,6 +60,15 @@ def test_make_run_turns_once_and_writes_its_report(tmp_path, monkeypatch, capsys
     assert {"kuka-01", "kuka-02"} == set(summary["arms"])
     text = (report_dir / "summary.md").read_text()
     assert "| v1 | SIM_ONLY |" in text
+    # The run ends on the real-test arm: its stable version, random and the oracle, paired.
+    test_arm = summary["test_arm"]
+    stable = test_arm["stable_version"]
+    assert stable >= 1 and test_arm["arm"] == "eval-proxy-real" and test_arm["scenes"] == 4
+    contenders = {row["name"]: row for row in test_arm["contenders"]}
+    assert set(contenders) == {f"stable-v{stable}", "random", "oracle"}
+    assert {row["episodes"] for row in contenders.values()} == {4}
+    assert contenders[f"stable-v{stable}"]["servoing"]["all"]["episodes"] == 4
+    assert "## On the real-test arm" in text and f"stable-v{stable} minus random" in text
     assert (report_dir / "success_over_time.png").stat().st_size > 0
     # Every service, the refiner included, drained and stopped with the run.
     logs = {path.stem: path.read_text() for path in (workdir / "logs").glob("*.log")}
