@@ -322,3 +322,26 @@ def test_the_bootstrap_script_makes_the_secrets_cert_manager_would(tmp_path, bui
     again = _bootstrap(tmp_path, ca_dir)
     assert (ca_dir / "ca.crt").read_bytes() == ca
     assert again.keys() == secrets.keys()
+    # A person's client certificate, from the same CA.
+    person = tmp_path / "ana"
+    subprocess.run(
+        [kustomize.K8S / "bootstrap-tls.sh", "--ca-dir", ca_dir, "--user", "ana", "--out", person],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    assert (person / "ca.crt").read_bytes() == ca
+    _openssl("verify", "-CAfile", str(ca_dir / "ca.crt"), str(person / "tls.crt"))
+    text = _openssl(
+        "x509",
+        "-in",
+        str(person / "tls.crt"),
+        "-noout",
+        "-nameopt",
+        "RFC2253",
+        "-subject",
+        "-ext",
+        "extendedKeyUsage",
+    )
+    assert "subject=CN=user/ana\n" in text and "TLS Web Client Authentication\n" in text, text
+    assert "Server Authentication" not in text
