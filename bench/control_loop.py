@@ -10,7 +10,12 @@ achieved and whether every arm kept its 2 Hz with p99 under the 0.5 s step
 period, with the machine's 1-minute load average at the end of each row (this
 benchmark's processes included: other work on the machine shows there).
 
-    python -m bench.control_loop [--arms 1 4 8 16 24 32] [--seconds 10]
+With --mtls every hop is mutual TLS, as the secure deployment runs it: the
+predictor and the planner require client certificates (tls_client_auth), the
+planner calls the predictor as `servo-planner`, and each arm presents
+`robot-agent/<arm>`'s certificate (one CA made with openssl for the run).
+
+    python -m bench.control_loop [--arms 1 4 8 16 24 32] [--seconds 10] [--mtls]
 """
 
 from __future__ import annotations
@@ -30,10 +35,13 @@ import numpy as np
 from graspfleet.v1 import common_pb2, servo_planner_pb2, servo_planner_pb2_grpc
 from models.grasp_success import export
 from models.grasp_success.model import ModelConfig, build_model
+from services.common import upstream
+from services.common.certificates import issue, make_ca
 from services.common.images import encode_image
 from services.fleet.process import ServiceProcess
 
 PERIOD_S = 0.5
+SERVERS = ("grasp-predictor", "servo-planner")
 
 
 def _request(rng: np.random.Generator, arm: int) -> servo_planner_pb2.PlanStepRequest:
@@ -50,7 +58,7 @@ def _request(rng: np.random.Generator, arm: int) -> servo_planner_pb2.PlanStepRe
     )
 
 
-def fleet_load(address: str, arms: int, seconds: float) -> dict:
+def fleet_load(address: str, arms: int, seconds: float, tls: dict | None = None) -> dict:
     """Runs `arms` arms for `seconds` of 2 Hz ticks; their latencies, rates and errors."""
     latencies: list[float] = []
     late = [0]
@@ -63,7 +71,7 @@ def fleet_load(address: str, arms: int, seconds: float) -> dict:
         rng = np.random.default_rng(index)
         request = _request(rng, index)
         answered = 0
-        with grpc.insecure_channel(address) as channel:
+        with upstream.channel(address, **(tls or {"tls_ca": ""})) as channel:
             stub = servo_planner_pb2_grpc.ServoPlannerStub(channel)
             try:
                 stub.PlanStep(request, timeout=30)  # connect and warm up
@@ -115,10 +123,23 @@ def fleet_load(address: str, arms: int, seconds: float) -> dict:
     }
 
 
+def _mutual_tls(folder: Path) -> tuple[dict[str, tuple[dict, dict]], dict]:
+    """Certificates for every hop: per server (flags, environment), and the arms' channel."""
+    ca = make_ca(folder / "ca")
+    servers = {}
+    for name in SERVERS:
+        own = str(issue(folder / name, ca, name))
+        flags = {"tls_dir": own, "tls_client_auth": "true"}
+        servers[name] = (flags, {upstream.TLS_CA_ENV: str(ca), upstream.TLS_CLIENT_DIR_ENV: own})
+    arm = issue(folder / "arm", ca, "robot-agent/bench-arm")
+    return servers, {"tls_ca": str(ca), "tls_client_dir": str(arm)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.control_loop", description=__doc__.splitlines()[0])
     parser.add_argument("--arms", type=int, nargs="+", default=[1, 4, 8, 12, 16, 24])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--mtls", action="store_true", help="mutual TLS on every hop")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-control-") as tmp:
@@ -126,16 +147,24 @@ def main(argv: list[str] | None = None) -> int:
             build_model(ModelConfig(profile="default")), tmp, metadata={"recipe": "bench"}
         )
         logs = Path(tmp) / "logs"
+        plaintext = {name: ({}, {}) for name in SERVERS}, None
+        servers, arm_tls = _mutual_tls(Path(tmp) / "pki") if args.mtls else plaintext
+        flags, env = servers["grasp-predictor"]
         predictor = ServiceProcess(
-            "grasp-predictor", ["predictor", "serve"], {"model_base_path": tmp}, logs
+            "grasp-predictor", ["predictor", "serve"], {"model_base_path": tmp, **flags}, logs, env
         ).start()
+        flags, env = servers["servo-planner"]
         planner = ServiceProcess(
-            "servo-planner", ["planner", "serve"], {"predictor_address": predictor.address}, logs
+            "servo-planner",
+            ["planner", "serve"],
+            {"predictor_address": predictor.address, **flags},
+            logs,
+            env,
         )
         planner.start()
         try:
             for arms in args.arms:
-                rows.append(fleet_load(planner.address, arms, args.seconds))
+                rows.append(fleet_load(planner.address, arms, args.seconds, arm_tls))
                 r = rows[-1]
                 print(
                     f"{arms} arms: errors {sorted(set(r['codes']))}, {r['rate_hz']:.2f} Hz (slowest arm), {r['fleet_steps_s']:.1f} steps/s, p50 {r['p50']:.0f} ms, p99 {r['p99']:.0f} ms, "
@@ -153,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         default=0,
     )
+    transport = "mutual TLS on every hop" if args.mtls else "plaintext"
     print(
-        f"\nmachine: {platform.machine()}; PlanStep = CEM 64/6/3 on 64x64 images; arms tick at 2 Hz\n"
+        f"\nmachine: {platform.machine()}; PlanStep = CEM 64/6/3 on 64x64 images; arms tick at "
+        f"2 Hz; {transport}\n"
     )
     print(
         "| arms | steps | achieved Hz (slowest arm) | fleet steps/s | p50 ms | p99 ms "

@@ -13,6 +13,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common import upstream
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -52,10 +54,20 @@ class ServiceProcess:
         workdir: Holds the port file and the log.
     """
 
-    def __init__(self, name: str, command: list[str], flags: dict[str, str], workdir: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        flags: dict[str, str],
+        workdir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.command = command
         self.flags = dict(flags)
+        # Extra environment of the child (its clients' TLS settings); the health checks
+        # here dial it with the same settings.
+        self.env = dict(env or {})
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port_file = self.workdir / f"{name}.port"
@@ -88,6 +100,7 @@ class ServiceProcess:
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "PYTHONUNBUFFERED": "1",
             PARENT_ENV: str(os.getpid()),
+            **self.env,
         }
         # A session of its own: Ctrl-C in the terminal reaches the fleet's parent only,
         # which then writes its report and stops the services in order.
@@ -122,7 +135,11 @@ class ServiceProcess:
 
     def _health(self) -> int | None:
         try:
-            with grpc.insecure_channel(self.address) as channel:
+            with upstream.channel(
+                self.address,
+                tls_ca=self.env.get(upstream.TLS_CA_ENV, ""),
+                tls_client_dir=self.env.get(upstream.TLS_CLIENT_DIR_ENV, ""),
+            ) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=1.0
                 )
