@@ -6,6 +6,7 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +22,21 @@ _COMMAND_TIMEOUT_S = 120
 
 class PostgresUnavailable(RuntimeError):
     """No PostgreSQL binaries on this machine (`make sysdeps` installs them)."""
+
+
+def bindir() -> str:
+    """The folder of PostgreSQL's programs (initdb, pg_ctl, psql, pg_dump, pg_restore).
+
+    Raises:
+        PostgresUnavailable: no initdb on PATH or in /usr/lib/postgresql/*/bin.
+    """
+    found = _find_bindir()
+    if found is None:
+        raise PostgresUnavailable(
+            "PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin); "
+            "`make sysdeps` installs it"
+        )
+    return found
 
 
 def _find_bindir() -> str | None:
@@ -46,6 +62,21 @@ def _as_server_user() -> list[str]:
     return ["setpriv", f"--reuid={_SERVER_OS_USER}", "--regid=nogroup", "--clear-groups"]
 
 
+def _free_port() -> int:
+    # The port may be taken again before the server binds it; then the server fails to start.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _hand_to_server(path: str, mode: int) -> None:
+    """Gives a file or folder to the server's user: it must own its key file and write its folders."""
+    os.chmod(path, mode)
+    if os.geteuid() == 0:
+        server_user = pwd.getpwnam(_SERVER_OS_USER)
+        os.chown(path, server_user.pw_uid, server_user.pw_gid)
+
+
 def _run(command: list[str], cwd: str) -> None:
     result = subprocess.run(
         command,
@@ -63,24 +94,28 @@ def _run(command: list[str], cwd: str) -> None:
 
 
 @contextmanager
-def local_postgres(*, durable: bool = False) -> Iterator[str]:
+def local_postgres(
+    *,
+    durable: bool = False,
+    tls_dir: str | os.PathLike[str] | None = None,
+    hba_file: str | os.PathLike[str] | None = None,
+) -> Iterator[str]:
     """Runs a private PostgreSQL server while the context is open; yields its DSN.
 
-    The server listens on a unix socket inside its temporary directory only (no TCP
-    port) and is stopped and deleted when the context closes.
+    The server listens on a unix socket inside its temporary directory (the DSN's host, where
+    the superuser connects without a password) and is stopped and deleted when the context
+    closes. With `tls_dir` it also listens on 127.0.0.1, at the DSN's port, with TLS on.
 
     Args:
         durable: Keep fsync on (for honest benchmark numbers); off is faster for tests.
+        tls_dir: A folder holding `tls.crt` and `tls.key`, as a kubernetes.io/tls Secret
+            does: the server's certificate.
+        hba_file: A pg_hba.conf to use instead of initdb's (which trusts every connection).
 
     Raises:
         PostgresUnavailable: no initdb on PATH or in /usr/lib/postgresql/*/bin.
     """
-    bindir = _find_bindir()
-    if bindir is None:
-        raise PostgresUnavailable(
-            "PostgreSQL is not installed (no initdb on PATH or in /usr/lib/postgresql/*/bin); "
-            "`make sysdeps` installs it"
-        )
+    programs = bindir()
     # /tmp itself is open to every user, so the server user can reach what lies below.
     root = tempfile.mkdtemp(prefix="graspfleet-pg-", dir="/tmp")
     data_dir = os.path.join(root, "data")
@@ -89,18 +124,15 @@ def local_postgres(*, durable: bool = False) -> Iterator[str]:
     os.mkdir(socket_dir)
     for path in (root, socket_dir):
         # mkdtemp makes the directory private to us; the server user must write in it.
-        os.chmod(path, 0o755)
-        if os.geteuid() == 0:
-            server_user = pwd.getpwnam(_SERVER_OS_USER)
-            os.chown(path, server_user.pw_uid, server_user.pw_gid)
+        _hand_to_server(path, 0o755)
     as_user = _as_server_user()
-    pg_ctl = os.path.join(bindir, "pg_ctl")
+    pg_ctl = os.path.join(programs, "pg_ctl")
     started = False
     try:
         _run(
             [
                 *as_user,
-                os.path.join(bindir, "initdb"),
+                os.path.join(programs, "initdb"),
                 f"--pgdata={data_dir}",
                 f"--username={_SUPERUSER}",
                 "--auth=trust",
@@ -111,10 +143,28 @@ def local_postgres(*, durable: bool = False) -> Iterator[str]:
             cwd=root,
         )
         # Appended settings override initdb's defaults.
-        settings = [
-            "listen_addresses = ''",
-            f"unix_socket_directories = '{socket_dir}'",
-        ]
+        settings = [f"unix_socket_directories = '{socket_dir}'"]
+        dsn = f"host={socket_dir} dbname=postgres user={_SUPERUSER}"
+        if tls_dir is None:
+            settings.append("listen_addresses = ''")
+        else:
+            port = _free_port()
+            # PostgreSQL refuses a key file that others may read.
+            for name, mode in (("tls.crt", 0o644), ("tls.key", 0o600)):
+                shutil.copyfile(os.path.join(tls_dir, name), os.path.join(root, name))
+                _hand_to_server(os.path.join(root, name), mode)
+            settings += [
+                "listen_addresses = '127.0.0.1'",
+                f"port = {port}",
+                "ssl = on",
+                f"ssl_cert_file = '{os.path.join(root, 'tls.crt')}'",
+                f"ssl_key_file = '{os.path.join(root, 'tls.key')}'",
+            ]
+            dsn += f" port={port}"
+        if hba_file is not None:
+            shutil.copyfile(hba_file, os.path.join(root, "pg_hba.conf"))
+            _hand_to_server(os.path.join(root, "pg_hba.conf"), 0o644)
+            settings.append(f"hba_file = '{os.path.join(root, 'pg_hba.conf')}'")
         if not durable:
             settings += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
         conf = os.path.join(data_dir, "postgresql.conf")
@@ -126,7 +176,7 @@ def local_postgres(*, durable: bool = False) -> Iterator[str]:
             log = Path(log_file).read_text(encoding="utf-8") if os.path.exists(log_file) else ""
             raise RuntimeError(f"{error}\nserver log:\n{log}") from None
         started = True
-        yield f"host={socket_dir} dbname=postgres user={_SUPERUSER}"
+        yield dsn
     finally:
         try:
             if started:
