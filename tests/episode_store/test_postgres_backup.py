@@ -1,7 +1,6 @@
 """PostgreSQL as k8s/components/postgres runs it, on a local server with the component's own files.
 
-The server speaks TLS with a certificate of a test CA (openssl, as tests/fixtures/tls.py makes
-them) and admits whom the component's pg_hba.conf admits; roles.sql creates the roles with the
+The server speaks TLS with a certificate of a test CA (services.common.certificates) and admits whom the component's pg_hba.conf admits; roles.sql creates the roles with the
 environment the StatefulSet gives it; the store connects with the component's DSN; backup.sh and
 restore.sh run with the CronJobs' environment. Only the addresses (a loopback port instead of the
 Service) and the files' folders differ.
@@ -25,6 +24,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from graspfleet.v1 import common_pb2, episode_store_pb2
 from models.episodes import synthetic as samples
 from services.common.auth import bearer
+from services.common.certificates import issue, make_ca
 from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.local_postgres import PostgresUnavailable, bindir, local_postgres
@@ -52,44 +52,6 @@ def container(file: str, kind: str, name: str) -> dict:
         spec = spec["jobTemplate"]["spec"]
     (found,) = spec["template"]["spec"]["containers"]
     return found
-
-
-def openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
-def make_ca(folder: Path) -> Path:
-    """A CA (ca.crt, ca.key in `folder`), as the fleet's cert-manager Issuer has; returns ca.crt."""
-    folder.mkdir(parents=True)
-    openssl(
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-days", "1", "-subj", "/CN=graspfleet-test-ca",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-        "-keyout", str(folder / "ca.key"), "-out", str(folder / "ca.crt"),
-    )  # fmt: skip
-    return folder / "ca.crt"
-
-
-def issue_server_certificate(folder: Path, ca: Path) -> Path:
-    """The files of the Secret graspfleet-postgres-tls in `folder` (tls.crt, tls.key, ca.crt):
-    a server certificate for localhost signed by the CA in `ca`'s folder."""
-    folder.mkdir(parents=True)
-    (folder / "extensions.cnf").write_text(
-        "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n"
-    )
-    openssl(
-        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-subj", "/CN=postgres", "-keyout", str(folder / "tls.key"),
-        "-out", str(folder / "tls.csr"),
-    )  # fmt: skip
-    openssl(
-        "x509", "-req", "-in", str(folder / "tls.csr"), "-CA", str(ca),
-        "-CAkey", str(ca.with_name("ca.key")), "-CAcreateserial", "-days", "1",
-        "-extfile", str(folder / "extensions.cnf"), "-out", str(folder / "tls.crt"),
-    )  # fmt: skip
-    (folder / "ca.crt").write_bytes(ca.read_bytes())
-    return folder
 
 
 @dataclass(frozen=True)
@@ -196,7 +158,7 @@ class Cluster:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[Cluster]:
     folder = tmp_path_factory.mktemp("postgres-tls")
-    server = issue_server_certificate(folder / "server", make_ca(folder / "ca"))
+    server = issue(folder / "server", make_ca(folder / "ca"), "postgres")
     passwords = {
         name: secrets.token_hex(12) for name in ("graspfleet-postgres", STORE_SECRET, BACKUP_SECRET)
     }
