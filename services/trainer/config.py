@@ -66,6 +66,11 @@ class TrainerConfig(ServerConfig):
     max_concurrent_runs: int = setting(1, "Runs training at once; later ones stay QUEUED.")
     poll_interval_s: float = setting(1.0, "How often jobs' progress and liveness are checked, s.")
     watch_interval_s: float = setting(0.25, "How often WatchRun looks for changes, s.")
+    max_watchers: int = setting(
+        4,
+        "WatchRun streams open at once (each holds a server thread while its run goes on); "
+        "more get RESOURCE_EXHAUSTED. Below max_workers, so the other calls find a thread.",
+    )
     cancel_grace_s: float = setting(
         10.0, "After SIGTERM, seconds a cancelled local job gets before SIGKILL."
     )
@@ -182,6 +187,11 @@ class TrainerConfig(ServerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not 1 <= self.max_watchers < self.max_workers:
+            raise ConfigError(
+                f"max_watchers={self.max_watchers} must be at least 1 and below "
+                f"max_workers={self.max_workers}, or watchers could take every thread"
+            )
         check_address("store_address", self.store_address)
         if self.sim_farm_address:
             check_address("sim_farm_address", self.sim_farm_address)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from graspfleet.v1 import trainer_pb2, trainer_pb2_grpc
@@ -9,6 +10,7 @@ from models.registry import Registry
 from services.common import logs
 from services.common.auth import PEOPLE, BearerAuth, authorize
 from services.common.config import load_config
+from services.common.errors import ResourceExhausted
 from services.common.server import ServiceServer, stop_signals
 from services.episode_store.client import connect
 from services.trainer.backends import JobBackend, LocalBackend
@@ -29,6 +31,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     def __init__(self, trainer: Trainer, auth: BearerAuth) -> None:
         self.trainer = trainer
         self.auth = auth
+        self._watchers = threading.BoundedSemaphore(trainer.config.max_watchers)
 
     def SubmitRun(self, request, context):
         by = self.auth.check(context)
@@ -42,7 +45,15 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
     def WatchRun(self, request, context):
         authorize(context, PEOPLE, "watch runs")
-        yield from self.trainer.watch(request.run_id, context.is_active)
+        if not self._watchers.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"{self.trainer.config.max_watchers} runs are being watched already "
+                "(max_watchers); watch again later, or poll GetRun, which holds no thread"
+            )
+        try:
+            yield from self.trainer.watch(request.run_id, context.is_active)
+        finally:
+            self._watchers.release()
 
     def CancelRun(self, request, context):
         self.auth.check(context)

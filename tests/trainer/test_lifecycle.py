@@ -63,8 +63,21 @@ def _training(stub, run_id: str, min_step: int = 1) -> S.Run:
     return wait_for(ready, 60, f"run {run_id} to train")
 
 
+def _first_event(stub, run_id: str) -> S.RunEvent | None:
+    """WatchRun's first event, or None while every watch is taken."""
+    stream = stub.WatchRun(S.WatchRunRequest(run_id=run_id), timeout=10)
+    try:
+        return next(stream)
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise
+        return None
+    finally:
+        stream.cancel()
+
+
 def test_runs_beyond_the_concurrency_limit_queue_and_cancel_stops_the_job(start_trainer):
-    server = start_trainer(max_concurrent_runs=1)
+    server = start_trainer(max_concurrent_runs=1, max_watchers=1)
     channel, stub = trainer_stub(server)
     with channel:
         first = stub.SubmitRun(S.SubmitRunRequest(spec=_long_spec()), metadata=AUTH)
@@ -74,6 +87,16 @@ def test_runs_beyond_the_concurrency_limit_queue_and_cancel_stops_the_job(start_
         assert not _process_gone(pid)
         queued = stub.GetRun(S.GetRunRequest(run_id=second.run_id))
         assert queued.state == S.RUN_STATE_QUEUED and not queued.job
+
+        # A watch holds a thread while its run goes on: one at a time here (max_watchers=1).
+        held = stub.WatchRun(S.WatchRunRequest(run_id=second.run_id), timeout=30)
+        assert next(held).run.state == S.RUN_STATE_QUEUED
+        with pytest.raises(grpc.RpcError) as busy:
+            next(stub.WatchRun(S.WatchRunRequest(run_id=first.run_id), timeout=10))
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_watchers" in busy.value.details()
+        held.cancel()  # the watcher leaves: its place is free again
+        wait_for(lambda: _first_event(stub, first.run_id), 10, "a free watch")
 
         cancelled = stub.CancelRun(S.CancelRunRequest(run_id=second.run_id), metadata=AUTH)
         assert cancelled.state == S.RUN_STATE_CANCELLED and not cancelled.job
