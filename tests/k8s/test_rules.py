@@ -96,6 +96,31 @@ def test_rules_and_dashboard_read_series_that_exist():
             assert f'"{base}"' in code, f"{name} (in {expr!r}) is not a metric of any service"
 
 
+# Series the alerts read from other exporters than the services, by exporter; the
+# prometheus-operator README lists them as what the rules need besides the services.
+EXTERNAL_SERIES = {
+    "up": "Prometheus",
+    "kubelet_volume_stats_available_bytes": "kubelet",
+    "kubelet_volume_stats_capacity_bytes": "kubelet",
+    "kube_statefulset_status_replicas_ready": "kube-state-metrics",
+    "kube_job_status_failed": "kube-state-metrics",
+    "certmanager_certificate_expiration_timestamp_seconds": "cert-manager",
+}
+
+
+def test_rules_read_other_exporters_only_as_the_readme_says():
+    """A series selected in a rule (`name{...}`) that is no service's is one of
+    EXTERNAL_SERIES, named in the component's README with its exporter."""
+    selected = set()
+    for rule in rules.rules():
+        selected |= set(re.findall(r"\b([a-z_:][a-z0-9_:]*)\{", rule["expr"]))
+    others = {n for n in selected if not re.match(r"(graspfleet|grpc_server)", n)}
+    assert others == set(EXTERNAL_SERIES)
+    readme = (rules.COMPONENT / "README.md").read_text()
+    for name, exporter in EXTERNAL_SERIES.items():
+        assert f"`{name}`" in readme and exporter in readme, name
+
+
 def test_recording_rules_follow_the_naming_convention():
     for name in rules.recorded_names():
         assert re.fullmatch(r"graspfleet:[a-z0-9_]+:[a-z0-9_]+", name), name
