@@ -27,15 +27,13 @@ from experiments.levers.protocol import (
     VALIDATION_ARMS,
     Settings,
 )
-from experiments.sim2real.data import _spec_settings, collect, data_fleet
+from experiments.sim2real.data import _spec_settings, collect_all
 from experiments.sim2real.evaluate import Evaluations, Job, Scored, outcomes
 from experiments.sim2real.report import commit
 from experiments.sim2real.stages import Stages, key, log
 from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2
-from models.episodes.selection import labeled
 from models.grasp_success.training import TrainSpec, train
 from models.scoring import seeded_difference, wilson
-from services.episode_store import client
 
 Policy = sim_farm_pb2.CollectionPolicy
 Summary = episode_store_pb2.EpisodeSummary
@@ -74,26 +72,10 @@ def gather(settings: Settings, root: Path, stages: Stages) -> dict[str, list[Sum
     """Each collection's labeled episodes (collected first where missing), in id order."""
     specs = collections(settings)
     ids = {name: f"levers-{name}-{key(_spec_settings(spec))}" for name, spec in specs.items()}
-    with data_fleet(root, settings.shards) as (store, farm):
-        for name, spec in specs.items():
-            stages.run(
-                f"collect-{name}",
-                _spec_settings(spec),
-                lambda name=name, spec=spec: collect(farm, ids[name], spec),
-            )
-        channel, stub = client.connect(store)
-        with channel:
-            found = {
-                name: sorted(
-                    labeled(
-                        client.list_all(
-                            stub, episode_store_pb2.EpisodeFilter(collection_id=ids[name])
-                        )
-                    ),
-                    key=lambda e: e.episode_id,
-                )
-                for name in specs
-            }
+    found = {
+        name: sorted(episodes, key=lambda e: e.episode_id)
+        for name, episodes in collect_all(root, settings.shards, stages, specs, ids).items()
+    }
     for name, spec in specs.items():
         if len(found[name]) != spec.num_episodes:
             raise RuntimeError(

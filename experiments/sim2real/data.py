@@ -117,6 +117,32 @@ def collect(farm_address: str, collection_id: str, spec: sim_farm_pb2.Collection
     return {"episodes": collection.episodes_done, "successes": collection.successes}
 
 
+def collect_all(
+    root: Path,
+    shards: int,
+    stages: Stages,
+    specs: dict[str, sim_farm_pb2.CollectionSpec],
+    ids: dict[str, str],
+) -> dict[str, list[Summary]]:
+    """Runs each collection not yet done (a stage each), then lists each one's labeled
+    episodes, in the store's order, by name."""
+    with data_fleet(root, shards) as (store, farm):
+        for name, spec in specs.items():
+            stages.run(
+                f"collect-{name}",
+                _spec_settings(spec),
+                lambda name=name, spec=spec: collect(farm, ids[name], spec),
+            )
+        channel, stub = client.connect(store)
+        with channel:
+            return {
+                name: labeled(
+                    client.list_all(stub, episode_store_pb2.EpisodeFilter(collection_id=ids[name]))
+                )
+                for name in specs
+            }
+
+
 def collection_ids(settings: Settings) -> dict[str, str]:
     """Each collection's id. It carries the spec's key (the arm file's text included): a
     collection of other settings never mixes with this one, and two runs whose ids agree
@@ -169,22 +195,7 @@ def prepare(settings: Settings, root: Path, stages: Stages, wanted: set[str]) ->
         del specs["sim-randomized"]
     if not wanted & {"real", "low"}:
         del specs["real"]
-    ids = collection_ids(settings)
-    with data_fleet(root, settings.shards) as (store, farm):
-        for name, spec in specs.items():
-            stages.run(
-                f"collect-{name}",
-                _spec_settings(spec),
-                lambda name=name, spec=spec: collect(farm, ids[name], spec),
-            )
-        channel, stub = client.connect(store)
-        with channel:
-            found = {
-                name: labeled(
-                    client.list_all(stub, episode_store_pb2.EpisodeFilter(collection_id=ids[name]))
-                )
-                for name in specs
-            }
+    found = collect_all(root, settings.shards, stages, specs, collection_ids(settings))
     real_train, real_validation, low = [], [], []
     if "real" in specs:
         real_train, real_validation = split_episodes(
