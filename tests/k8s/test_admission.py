@@ -27,8 +27,6 @@ RULES = (
     "readOnly",
     "app.kubernetes.io/name",
 )
-# Collections whose shard pods the quota must hold at once, beside the workloads and runs.
-COLLECTIONS_AT_ONCE = 2
 QUOTA_RESOURCES = ("pods", "requests.cpu", "requests.memory", "limits.cpu", "limits.memory")
 
 
@@ -275,7 +273,8 @@ def _usage(pods: list[tuple[dict, int]]) -> dict[str, float]:
 def largest_pods(objects: list[dict]) -> list[tuple[dict, int]]:
     """(pod spec, count) of the fleet at its largest: every workload at its autoscaler's
     maximum, the trainer's concurrent runs (each the larger of a training and an evaluation
-    Job) and COLLECTIONS_AT_ONCE collections' shard pods."""
+    Job) and the sim-farm's active collections' shard pods, each collection's Job running
+    its parallelism."""
     most = {
         h["spec"]["scaleTargetRef"]["name"]: h["spec"]["maxReplicas"]
         for h in m.of_kind(objects, "HorizontalPodAutoscaler")
@@ -290,7 +289,7 @@ def largest_pods(objects: list[dict]) -> list[tuple[dict, int]]:
         key=lambda spec: _usage([(spec, 1)])["limits.memory"],
     )
     shard = m.shard_job(objects)
-    shards = COLLECTIONS_AT_ONCE * shard["spec"]["parallelism"]
+    shards = m.sim_farm_config(objects).max_active_collections * shard["spec"]["parallelism"]
     concurrent = m.trainer_config(objects).max_concurrent_runs
     return [*pods, (run, concurrent), (shard["spec"]["template"]["spec"], shards)]
 
@@ -305,4 +304,6 @@ def test_the_quota_holds_the_fleet_at_its_largest_with_its_jobs(built):
             limit = m.quantity_bytes(quota) if resource.endswith("memory") else _cpu(quota)
             assert needed <= limit, f"{combination.name}: {resource} needs {needed}, quota {quota}"
         # Finished Jobs count until their TTL (a day) deletes them.
-        assert int(hard["count/jobs.batch"]) >= 20 * (1 + COLLECTIONS_AT_ONCE)
+        active = m.trainer_config(objects).max_concurrent_runs
+        active += m.sim_farm_config(objects).max_active_collections
+        assert int(hard["count/jobs.batch"]) >= 10 * active
