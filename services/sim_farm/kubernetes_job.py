@@ -18,7 +18,7 @@ from kubernetes import client as k8s
 
 from services.common import kube
 from services.common.config import env_name
-from services.common.upstream import TLS_CA_ENV
+from services.common.upstream import TLS_CA_ENV, TLS_CLIENT_DIR_ENV
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.plan import CollectionPlan
 
@@ -54,7 +54,8 @@ LABELS = {
 
 def shard_env(config: SimFarmConfig, tls: bool) -> dict[str, str]:
     """The shard command's settings (services.sim_farm.config.ShardConfig) from the farm's;
-    with `tls`, the CA the pods trust (the Secret `manifest` mounts)."""
+    with `tls`, the CA the pods trust and the certificate they present (the farm's own
+    Secret, which `manifest` mounts: shards write as the sim-farm's identity)."""
     env = {
         env_name("store_address"): config.store_address,
         env_name("plan_timeout_s"): str(config.plan_timeout_s),
@@ -73,6 +74,7 @@ def shard_env(config: SimFarmConfig, tls: bool) -> dict[str, str]:
         env[env_name("refiner_address")] = config.refiner_address
     if tls:
         env[TLS_CA_ENV] = f"{kube.TLS_DIR}/ca.crt"
+        env[TLS_CLIENT_DIR_ENV] = kube.TLS_DIR
     return env
 
 

@@ -12,11 +12,13 @@ which is all a restarted trainer needs to find the Job again.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from services.common import kube, logs
-from services.common.upstream import TLS_CA_ENV
+from services.common.upstream import TLS_CA_ENV, TLS_CLIENT_DIR_ENV
 from services.trainer.backends import FAILED, GONE, RUNNING, SUCCEEDED, JobSpec, JobStatus
 from services.trainer.config import TrainerConfig
 
@@ -62,7 +64,7 @@ class KubernetesBackend:
         ]
         volumes.append(k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()))
         mounts = [
-            k8s.V1VolumeMount(name=f"data-{i}", mount_path=path)
+            k8s.V1VolumeMount(name=f"data-{i}", mount_path=path, read_only=_reads_only(path, c))
             for i, path in enumerate(c.volumes.values())
         ]
         mounts.append(k8s.V1VolumeMount(name="tmp", mount_path="/tmp"))
@@ -75,7 +77,9 @@ class KubernetesBackend:
                 )
             )
             mounts.append(k8s.V1VolumeMount(name="tls", mount_path=kube.TLS_DIR, read_only=True))
+            # The trainer's own certificate: its Jobs call the store and the farm as it.
             env[TLS_CA_ENV] = f"{kube.TLS_DIR}/ca.crt"
+            env[TLS_CLIENT_DIR_ENV] = kube.TLS_DIR
         container = k8s.V1Container(
             name="job",
             image=c.k8s_image,
@@ -196,3 +200,18 @@ class KubernetesBackend:
             _request_timeout=kube.REQUEST_TIMEOUT_S,
         )
         return [f"kubernetes:{j.metadata.namespace}/{j.metadata.name}" for j in listed.items]
+
+
+def _reads_only(mount_path: str, config: TrainerConfig) -> bool:
+    """Whether a Job only reads the volume at `mount_path`: the store's episodes (the volume
+    holding store_data_dir) are read by training and evaluation, and written only by the
+    store; the models and the runs are written by the Jobs."""
+    mount = Path(mount_path)
+
+    def holds(path: str | Path) -> bool:
+        path = Path(path)
+        return path == mount or mount in path.parents
+
+    return holds(config.store_data_dir) and not (
+        holds(config.model_base) or holds(config.runs_path)
+    )

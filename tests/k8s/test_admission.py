@@ -183,12 +183,6 @@ def test_the_jobs_the_creators_build_pass_the_policy(built):
             assert job["spec"]["activeDeadlineSeconds"] > 0, at
 
 
-@pytest.mark.xfail(
-    reason="services/trainer/kubernetes_backend.py mounts every claim of k8s_volumes "
-    "read-write; the policy refuses training and evaluation Jobs until it mounts "
-    "graspfleet-episodes read-only",
-    strict=False,
-)
 def test_the_trainers_jobs_mount_the_episodes_read_only(built):
     objects = built[kustomize.Combination("root")]
     allowed = params(objects)

@@ -166,12 +166,6 @@ def test_job_creators_hand_their_own_identity_to_their_jobs(built):
             assert m.env(container)[upstream.TLS_CA_ENV] == f"{TLS_DIR}/ca.crt", at
 
 
-@pytest.mark.xfail(
-    reason="services/trainer/kubernetes_backend.py and services/sim_farm/kubernetes_job.py "
-    "set GRASPFLEET_TLS_CA in their Jobs but not GRASPFLEET_TLS_CLIENT_DIR yet: servers that "
-    "require client certificates refuse the Jobs' calls until they do",
-    strict=False,
-)
 def test_job_creators_jobs_present_their_creators_certificate(built):
     objects = built[kustomize.Combination("root")]
     for creator, job in created_jobs(objects).items():
