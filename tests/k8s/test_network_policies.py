@@ -246,3 +246,24 @@ def test_what_the_policies_trust_no_pod_can_grant_itself(built):
             workload = labels.get("app.kubernetes.io/name")
             assert workload in identities, f"{name}: {pod} ({workload}) has no pinned account"
             assert identities[workload] == account, f"{name}: {pod} runs as {account}"
+
+
+def test_the_database_backups_reach_the_database_and_nothing_else(built):
+    """The postgres component's backup and restore pods (its CronJobs) connect to the
+    database; they reach no other workload, and no other pod may pose as them."""
+    objects = built[next(c for c in built if c.name == "fleet")]
+    policies = m.of_kind(objects, "NetworkPolicy")
+    cronjobs = m.of_kind(objects, "CronJob")
+    assert {c["metadata"]["name"] for c in cronjobs} >= {"postgres-backup", "postgres-restore"}
+    servers = {w["metadata"]["name"]: m.workload_pod(w) for w in m.workloads(objects)}
+    for cronjob in cronjobs:
+        template = cronjob["spec"]["jobTemplate"]["spec"]["template"]
+        pod = m.Pod(cronjob["metadata"]["name"], template["metadata"]["labels"])
+        for name, server in servers.items():
+            for port in sorted(set(server.ports.values())):
+                allowed = m.connection_allowed(policies, pod, server, port)
+                assert allowed == ((name, port) == ("postgres", 5432)), (pod.name, name, port)
+        identities = m.named(objects, "ConfigMap", "graspfleet-pod-identities")["data"]
+        label = template["metadata"]["labels"]["app.kubernetes.io/name"]
+        assert identities[label] == template["spec"]["serviceAccountName"]
+    assert not m.connection_allowed(policies, STRANGER, servers["postgres"], 5432)
