@@ -7,6 +7,8 @@ is checked: the same calls go through (the rest of the suite).
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -184,3 +186,43 @@ def test_runs_are_watched_by_people_only(tmp_path, store, pki):
             )
     finally:
         trainer.stop(grace_s=0)
+
+
+def test_a_client_presents_its_renewed_certificate_without_a_restart(tmp_path):
+    """The fleet's CA and every certificate are replaced (as cert-manager rewrites mounted
+    Secrets); the store restarts on the new ones, and a client made before the change
+    reaches it through the same stub, now presenting its renewed certificate."""
+    old_ca, new_ca = make_ca(tmp_path / "old-ca"), make_ca(tmp_path / "new-ca")
+    server_dir, client_dir = tmp_path / "server", tmp_path / "client"
+    issue(server_dir, old_ca, "episode-store")
+    issue(client_dir, old_ca, "robot-agent/kuka-01")
+
+    def start(port: int = 0):
+        return create_store(
+            EpisodeStoreConfig(
+                port=port,
+                data_dir=str(tmp_path / "store"),
+                tls_dir=str(server_dir),
+                tls_client_auth=True,
+                grace_s=0,
+            )
+        )
+
+    store = start()
+    port = store.port
+    channel = upstream.channel(
+        f"localhost:{port}", tls_ca=str(client_dir / "ca.crt"), tls_client_dir=str(client_dir)
+    )
+    stub = episode_store_pb2_grpc.EpisodeStoreStub(channel)
+    try:
+        assert stub.Stats(episode_store_pb2.StatsRequest(), timeout=10).episodes == 0
+        store.stop(grace_s=0)
+        # Renewal under a new CA: the old certificate is no longer accepted anywhere.
+        issue(server_dir, new_ca, "episode-store")
+        issue(client_dir, new_ca, "robot-agent/kuka-01")
+        store = start(port)
+        time.sleep(upstream.RENEW_CHECK_S + 0.1)
+        assert stub.Stats(episode_store_pb2.StatsRequest(), timeout=10).episodes == 0
+    finally:
+        channel.close()
+        store.stop(grace_s=0)
