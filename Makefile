@@ -89,10 +89,17 @@ sim2real: protos
 
 # Levers on closed-loop grasp success, measured on validation arms only
 # (experiments/levers/protocol.py): resumable, cached under var/levers; writes
-# docs/results/levers-exploration.{json,md}. About an hour on 2 cores.
+# docs/results/levers.{json,md}. About an hour on 2 cores.
 .PHONY: levers
 levers: protos
 	$(PY) -m experiments.levers $(ARGS)
+
+# Sim pretraining against more real steps on the proxy-real domain, on validation arms
+# only (experiments/pretraining/protocol.py): resumable, cached under var/pretraining;
+# writes docs/results/pretraining.{json,md}. About two hours on 2 cores.
+.PHONY: pretraining
+pretraining: protos
+	$(PY) -m experiments.pretraining $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(PROTO_STAMP) protos/graspfleet/v1/*_pb2*.py* var reports

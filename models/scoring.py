@@ -33,6 +33,18 @@ class Rate:
         return asdict(self)
 
 
+def rate_text(rate: Rate | Mapping) -> str:
+    """A rate (a `Rate` or its dict) as reports print it: "12/150, 8.0% [4.6%, 13.5%]"."""
+    r = rate.as_dict() if isinstance(rate, Rate) else rate
+    return f"{r['successes']}/{r['episodes']}, {r['rate']:.1%} [{r['low']:.1%}, {r['high']:.1%}]"
+
+
+def difference_text(difference: Mapping) -> str:
+    """A difference with its interval (a dict of any difference here): "+0.068 [-0.020, +0.158]"."""
+    d = difference
+    return f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+
+
 def wilson(successes: int, episodes: int, z: float = Z95) -> Rate:
     """The Wilson score interval of `successes` out of `episodes` (95% by default).
 

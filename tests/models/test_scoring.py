@@ -116,3 +116,15 @@ def test_seeded_difference_widens_with_the_spread_between_seeds():
         seeded_difference([], b)
     with pytest.raises(ValueError, match="share no scene"):
         seeded_difference([{1: True}], [{2: False}])
+
+
+def test_rates_and_differences_print_as_the_reports_show_them():
+    from models.scoring import difference_text, rate_text
+
+    assert rate_text(wilson(0, 10)) == "0/10, 0.0% [0.0%, 27.8%]"
+    assert rate_text({"successes": 3, "episodes": 4, "rate": 0.75, "low": 0.3, "high": 0.95}) == (
+        "3/4, 75.0% [30.0%, 95.0%]"
+    )
+    assert difference_text({"difference": 0.068, "low": -0.02, "high": 0.158}) == (
+        "+0.068 [-0.020, +0.158]"
+    )
