@@ -32,6 +32,8 @@ from services.common.names import check_name, inside
 # The layout of a model base, `<model_base>/<name>/<integer version>/`:
 FORMAT_VERSION = 1  # of the metadata below; readers refuse a newer one
 METADATA_FILE = "graspfleet_model.json"  # beside each version's SavedModel
+# A grasp-success version's training weights (models/grasp_success/export.py), beside it.
+TRAINING_WEIGHTS_FILE = "assets.extra/grasp_success.weights.h5"
 STAGING_PREFIX = ".tmp-"  # a version being written; not an integer, so no reader loads it
 LABELS_FILE = "labels.json"  # label -> version, re-read by the servers every poll
 HISTORY_FILE = "labels_history.jsonl"

@@ -4,9 +4,10 @@ A version is written in full under `<model_base>/<name>/.tmp-<uuid>/` (a name
 TF Serving and our predictor ignore, since it is not an integer), fsynced, and
 renamed to `<model_base>/<name>/<version>/` in one step, so no reader ever sees
 half a version. Beside the SavedModel: `graspfleet_model.json` (recipe, data,
-validation metrics, sizes) and `assets.extra/tf_serving_warmup_requests`, one
+validation metrics, sizes), `assets.extra/tf_serving_warmup_requests`, one
 CEM-sized request per signature that TF Serving replays before it reports the
-version available.
+version available, and `assets.extra/grasp_success.weights.h5`, the training
+weights a fine-tuning run starts from.
 
 Signatures: `serving_default` (x0, xt, motions → success_probability) scores
 motions for image pairs in one call. A client that scores several sets of
@@ -32,9 +33,12 @@ from models.grasp_success.tensors import (
     FEATURES_SIGNATURE,
     SCORE_FEATURES_SIGNATURE,
 )
-from models.registry import FORMAT_VERSION, METADATA_FILE, publish_staged
+from models.registry import FORMAT_VERSION, METADATA_FILE, TRAINING_WEIGHTS_FILE, publish_staged
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+# The network's training weights (the scene head's too, which serving leaves out): what a
+# run that starts from this version (RunSpec.start_from) loads. TF Serving ignores the file.
+WEIGHTS_FILE = Path(TRAINING_WEIGHTS_FILE)
 DEFAULT_NAME = "grasp_success"
 
 # The serving signatures, declared once: clients and the predictor import these.
@@ -209,7 +213,24 @@ def export_model(
         with tf.io.TFRecordWriter(str(staging / WARMUP_FILE)) as writer:
             for serialized in _warmup_records(module, name, height, width):
                 writer.write(serialized)
+        model.save_weights(str(staging / WEIGHTS_FILE))
 
     model_dir = Path(model_base) / name
     version = publish_staged(model_dir, write)
     return version, model_dir / str(version)
+
+
+def training_weights(version_dir: str | Path) -> Path:
+    """The training weights file of a published version, for a run that starts from it.
+
+    Raises:
+        FileNotFoundError: the version was published without them (before versions
+            carried them); the message says what to do.
+    """
+    path = Path(version_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{version_dir} holds no {WEIGHTS_FILE}: it was published before versions carried "
+            "their training weights; start from a version published since, or from none"
+        )
+    return path

@@ -31,6 +31,10 @@ def evaluate_stable(
         The evaluator's report (rates with Wilson intervals, paired differences, what
         the servoing did), with the version scored as "stable_version"; empty when
         the model has no stable version.
+
+    Raises:
+        RuntimeError: the stable label moved during the evaluation (the version scored
+            would not be the one the run ends on).
     """
     stable = registry.labels(model).get(STABLE)
     if not stable:
@@ -44,4 +48,10 @@ def evaluate_stable(
         Contender("oracle", "oracle"),
     ]
     results = closed_loop.evaluate(farm_address, store_address, spec, contenders)
+    after = registry.labels(model).get(STABLE)
+    if after != stable:
+        raise RuntimeError(
+            f"the stable version moved from {stable} to {after} while it was being scored: "
+            "the arms must be stopped before the closing evaluation"
+        )
     return {"stable_version": stable, **closed_loop.report(spec, results)}

@@ -143,6 +143,12 @@ class Flywheel:
         for robot, label in self.labels.items():
             self.arms[robot] = self.start_agent(robot, label)
 
+    def stop_arms(self) -> None:
+        """Stops every arm's agent (each flushes its episodes to the store first): no new
+        grasp reaches the rollout, so no version is promoted on evidence gathered later."""
+        for arm in self.arms.values():
+            arm.stop()
+
     def snapshot(self) -> Snapshot:
         versions = self.trainer.ListModelVersions(
             trainer_pb2.ListModelVersionsRequest(name=self.model_name), timeout=10

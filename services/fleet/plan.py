@@ -19,6 +19,8 @@ class Plan:
             retraining (auto_retrain_min_episodes); 0 for no minimum.
         retrain_steps: Training steps of an automatic run.
         recipes: The trainer's retraining schedule (auto_retrain_recipe).
+        retrain_start_from: The version automatic runs fine-tune (RunSpec.start_from);
+            0 trains them from random weights. Version 1 is the sim-pretrained one.
         min_grasps: Real grasps the canary, and stable over the same period, need
             before the rollout decides.
         max_grasps: Canary grasps after which a canary not shown not worse is rolled back.
@@ -37,6 +39,7 @@ class Plan:
     retrain_first: int
     retrain_steps: int
     recipes: str
+    retrain_start_from: int
     min_grasps: int
     max_grasps: int
     max_wait_s: float
@@ -55,6 +58,7 @@ PLANS = {
         retrain_first=0,
         retrain_steps=60,
         recipes="NAIVE_MIX",
+        retrain_start_from=0,
         min_grasps=6,
         max_grasps=60,
         max_wait_s=120,
@@ -74,6 +78,7 @@ PLANS = {
         retrain_first=650,
         retrain_steps=1500,
         recipes="NAIVE_MIX",
+        retrain_start_from=0,
         min_grasps=60,
         max_grasps=600,
         max_wait_s=600,

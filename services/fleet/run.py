@@ -54,13 +54,16 @@ from services.common.auth import USER_HEADER, bearer
 from services.episode_store import client as store_client
 from services.fleet import flywheel, report
 from services.fleet.final_evaluation import evaluate_stable
-from services.fleet.plan import ARMS, REPORT_RESERVE_S, TEST_ARM_RESERVE_S, plan_of
+from services.fleet.plan import ARMS, REPORT_RESERVE_S, TEST_ARM_RESERVE_S, Plan, plan_of
 from services.fleet.process import ServiceProcess
 from services.fleet.prometheus import LocalPrometheus
 from services.sim_farm.client import run_collection
 
 Policy = sim_farm_pb2.CollectionPolicy
 MODEL = "grasp_success"  # the trainer's default model name: the one the arms run
+ROLLOUT_INTERVAL_S = 5
+# After the arms stop: two of the rollout's rounds, so a decision already due is taken.
+ROLLOUT_SETTLE_S = 2 * ROLLOUT_INTERVAL_S
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -239,6 +242,16 @@ def _trainer_run(
         return run
 
 
+def _automatic_run_spec(plan: Plan) -> trainer_pb2.RunSpec:
+    """What the automatic runs start from (the trainer's auto_retrain_spec_file): version
+    1's data selection and gate, the plan's steps, and the version they fine-tune, if the
+    plan names one. The trainer leaves the simulated selection out for a recipe without it."""
+    spec = _grasp_run_spec(0, plan.retrain_steps, "make run: automatic retraining")
+    if plan.retrain_start_from:
+        spec.start_from.version = plan.retrain_start_from
+    return spec
+
+
 def _grasp_run_spec(recipe: int, steps: int, description: str = "") -> trainer_pb2.RunSpec:
     """A grasp-model run on the simulated episodes of the train objects and the arms' episodes.
 
@@ -296,9 +309,9 @@ def main(argv: list[str]) -> int:
         planner = fleet.start(
             "servo-planner", ["planner", "serve"], {"predictor_address": predictor.address}
         )
-        # Version 1 and the retrainings need no generator (docs/decisions.md); the refiner
-        # serves one as soon as a researcher's GraspGAN or RCAN run publishes it, to RCAN
-        # collections of the farm and to arms switched to canonicalize.
+        # Version 1 and the retrainings need no generator (docs/decisions/flywheel-recipes.md);
+        # the refiner serves one as soon as a researcher's GraspGAN or RCAN run publishes it, to
+        # RCAN collections of the farm and to arms switched to canonicalize.
         refiner = fleet.start(
             "refiner",
             ["refiner", "serve"],
@@ -316,7 +329,7 @@ def main(argv: list[str]) -> int:
             },
         )
         auto_spec = workdir / "auto-retrain-spec.json"
-        automatic = _grasp_run_spec(0, plan.retrain_steps, "make run: automatic retraining")
+        automatic = _automatic_run_spec(plan)
         auto_spec.write_text(json_format.MessageToJson(automatic))
         trainer = fleet.start(
             "trainer",
@@ -334,7 +347,7 @@ def main(argv: list[str]) -> int:
                 "auto_retrain_recipe": plan.recipes,
                 "auto_retrain_spec_file": str(auto_spec),
                 "auto_retrain_interval_s": "5",
-                "rollout_interval_s": "5",
+                "rollout_interval_s": str(ROLLOUT_INTERVAL_S),
                 "rollout_min_grasps": str(plan.min_grasps),
                 "rollout_max_grasps": str(plan.max_grasps),
                 "rollout_max_wait_s": str(plan.max_wait_s),
@@ -380,12 +393,13 @@ def main(argv: list[str]) -> int:
         predictor.wait_ready(120)
         print(f"  grasp-predictor SERVING version {first.published.version}", flush=True)
 
+        tuned = f", fine-tuning v{plan.retrain_start_from}" if plan.retrain_start_from else ""
         waits = ""
         if plan.retrain_first:
             waits = f" once {plan.retrain_first} real episodes are labeled, then"
         print(
             f"[4/5] the flywheel: {', '.join(f'{r} ({label})' for r, label in arms.items())}; "
-            f"the trainer retrains ({plan.recipes}){waits} every {plan.retrain_every} new real "
+            f"the trainer retrains ({plan.recipes}{tuned}){waits} every {plan.retrain_every} new real "
             f"episodes, and rolls out on {plan.min_grasps}+ grasps a side",
             flush=True,
         )
@@ -409,10 +423,14 @@ def main(argv: list[str]) -> int:
             test_arm = {}
             if plan.test_scenes:
                 print(
-                    f"[5/5] the stable version on the real-test arm ({plan.test_scenes} scenes, "
-                    "with random and the oracle), then the report",
+                    f"[5/5] the arms stop; the stable version on the real-test arm "
+                    f"({plan.test_scenes} scenes, with random and the oracle), then the report",
                     flush=True,
                 )
+                # The version scored is the one the run ends on: with the arms stopped no
+                # new grasp arrives, and a rollout decision already due is taken first.
+                wheel.stop_arms()
+                time.sleep(ROLLOUT_SETTLE_S)
                 test_arm = evaluate_stable(
                     farm.address, store.address, Registry(models), MODEL, plan.test_scenes
                 )

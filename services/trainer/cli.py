@@ -86,10 +86,9 @@ def _spec(args: argparse.Namespace):
         if getattr(args, name):
             getattr(spec.data, name).FromJsonString(getattr(args, name))
     if args.refiner:
-        if args.refiner.isdigit():
-            spec.refiner.version = int(args.refiner)
-        else:
-            spec.refiner.label = args.refiner
+        _model_ref(spec.refiner, args.refiner)
+    if args.start_from:
+        _model_ref(spec.start_from, args.start_from)
     if args.no_gate:
         spec.gate.enabled = False
     elif args.max_regression is not None:
@@ -334,6 +333,10 @@ def _submit_flags(sub: argparse.ArgumentParser) -> None:
     sub.add_argument(
         "--refiner",
         help="generator version or label a refining recipe applies (default: its stable)",
+    )
+    sub.add_argument(
+        "--start-from",
+        help="version or label of the model to fine-tune (default: random weights)",
     )
     gate = sub.add_mutually_exclusive_group()
     gate.add_argument("--max-regression", type=float, help="gate: largest accuracy drop allowed")

@@ -175,6 +175,21 @@ def scheduled(entries: list[tuple[int, Recipe]], real_episodes: int) -> Recipe:
     return [recipe for least, recipe in entries if least <= real_episodes][-1]
 
 
+def automatic_spec(template: trainer_pb2.RunSpec, recipe: Recipe) -> trainer_pb2.RunSpec:
+    """The template (auto_retrain_spec_file) for one scheduled recipe: a recipe without
+    simulated samples leaves out the template's selection of simulated episodes and its
+    scene loss, so one template serves a schedule such as "REAL_ONLY,2000:NAIVE_MIX"."""
+    spec = trainer_pb2.RunSpec()
+    spec.CopyFrom(template)
+    spec.recipe = recipe.value
+    if not recipe.uses_sim:
+        for name in ("object_set", "sim_randomization", "max_sim_episodes"):
+            spec.data.ClearField(name)
+        if "scene" in spec.params.weights:
+            del spec.params.weights["scene"]
+    return spec
+
+
 def short_names() -> list[str]:
     """Every recipe's short name, in enum order."""
     return [RECIPES[v].name for v in sorted(RECIPES)]

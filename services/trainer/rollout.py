@@ -350,9 +350,7 @@ class AutoRetrain:
         if new < self.config.auto_retrain_episodes or not enough or self.blocked():
             return None
         recipe = recipes.scheduled(self.schedule, labeled)
-        spec = trainer_pb2.RunSpec()
-        spec.CopyFrom(self.template)
-        spec.recipe = recipe.value
+        spec = recipes.automatic_spec(self.template, recipe)
         if self.config.auto_retrain_steps:
             spec.params.steps = self.config.auto_retrain_steps
         spec.description = (

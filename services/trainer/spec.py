@@ -8,7 +8,7 @@ from pathlib import Path
 
 from graspfleet.v1 import common_pb2, trainer_pb2
 from models.grasp_success import profiles
-from models.registry import STABLE, Registry
+from models.registry import STABLE, TRAINING_WEIGHTS_FILE, Registry, read_metadata
 from services.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.trainer import recipes
 from services.trainer.config import BACKENDS, TrainerConfig
@@ -93,8 +93,9 @@ def normalize(
             rate or fraction out of range, or a model name the recipe cannot
             publish to; the message names the field.
         FailedPrecondition: the recipe needs a generator that has no stable
-            version, or the backend is known but not configured.
-        NotFound: `refiner` names a generator version or label that does not exist.
+            version, the backend is known but not configured, or `start_from`
+            names a version whose network is not the run's.
+        NotFound: `refiner` or `start_from` names a version or label that does not exist.
     """
     spec = trainer_pb2.RunSpec.FromString(spec.SerializeToString())
     recipe = _recipe(spec.recipe)
@@ -114,6 +115,11 @@ def normalize(
     backend_and_description(spec, config, backends)
     _params(spec.params, recipe, config)
     _data(spec.data, recipe, config)
+    if spec.HasField("start_from"):
+        start = start_version(spec, recipe, registry or Registry(Path(config.model_base)))
+        spec.start_from.CopyFrom(
+            common_pb2.ModelRef(name=spec.model_name, version=start, label=spec.start_from.label)
+        )
     if recipe.is_generator:
         if spec.gate.max_regression:
             raise InvalidArgument(
@@ -235,6 +241,58 @@ def applied_generator(normalized: trainer_pb2.RunSpec, recipe: Recipe) -> dict |
         return None
     ref = normalized.refiner
     return {"kind": recipe.refiner, "name": ref.name, "version": ref.version, "label": ref.label}
+
+
+def start_version(spec: trainer_pb2.RunSpec, recipe: Recipe, registry: Registry) -> int:
+    """The version of `spec.model_name` a fine-tuning run starts from (`start_from`).
+
+    Its network must be the one the run trains: the same profile, batch norm and
+    DANN head (the weights load layer by layer); a scene head the version has and
+    the run does not train is left out, one the run trains and the version lacks
+    cannot be loaded.
+
+    Raises:
+        InvalidArgument: `start_from` on a recipe that trains a generator, or naming
+            another model than the one the run publishes.
+        NotFound: no such version or label.
+        FailedPrecondition: the version's network is not the run's, or it was
+            published without its training weights.
+    """
+    wanted = spec.start_from
+    if recipe.is_generator:
+        raise InvalidArgument(
+            f"start_from: {recipe.name} trains a generator; only grasp recipes fine-tune"
+        )
+    if wanted.name and wanted.name != spec.model_name:
+        raise InvalidArgument(
+            f"start_from.name {wanted.name!r}: a run fine-tunes a version of the model it "
+            f"publishes, {spec.model_name!r}; leave start_from.name empty"
+        )
+    if not (wanted.version or wanted.label):
+        raise InvalidArgument("start_from: give a version number or a label")
+    version = resolve_version(registry, spec.model_name, wanted, "model", "start_from")
+    folder = registry.folder(spec.model_name) / str(version)
+    if not (folder / TRAINING_WEIGHTS_FILE).is_file():
+        raise FailedPrecondition(
+            f"start_from: {spec.model_name}:{version} was published before versions carried "
+            "their training weights; start from a version published since, or from none"
+        )
+    network = read_metadata(folder).get("model", {})
+    trains = {
+        "profile": spec.params.profile,
+        "dbn": recipe.dbn,
+        "dann": recipe.dann,
+    }
+    differs = {k: (network.get(k), v) for k, v in trains.items() if network.get(k) != v}
+    if spec.params.weights.get("scene", 0.0) > 0 and not network.get("scene_head"):
+        differs["scene_head"] = (False, True)
+    if differs:
+        what = ", ".join(f"{k} {old!r} (the run: {new!r})" for k, (old, new) in differs.items())
+        raise FailedPrecondition(
+            f"start_from: {spec.model_name}:{version} is another network than {recipe.name} "
+            f"trains here: {what}; start from a version of the same network"
+        )
+    return version
 
 
 def resolve_version(

@@ -40,7 +40,7 @@ def test_make_run_turns_once_and_writes_its_report(tmp_path, monkeypatch, capsys
     assert run.main(argv) == 0
 
     printed = capsys.readouterr().out
-    stages = ("[1/5] services", "[3/5] version 1", "[4/5] the flywheel", "[5/5] the stable")
+    stages = ("[1/5] services", "[3/5] version 1", "[4/5] the flywheel", "[5/5] the arms stop")
     for stage in stages:
         assert stage in printed
     [report_dir] = reports.iterdir()
@@ -69,8 +69,12 @@ def test_make_run_turns_once_and_writes_its_report(tmp_path, monkeypatch, capsys
     assert {row["episodes"] for row in contenders.values()} == {4}
     assert contenders[f"stable-v{stable}"]["servoing"]["all"]["episodes"] == 4
     assert "## On the real-test arm" in text and f"stable-v{stable} minus random" in text
+    # The version scored is the one the run ends on: the stable label's last move.
+    stable_moves = [c["version"] for c in summary["label_changes"] if c["label"] == "stable"]
+    assert stable_moves[-1] == stable
     assert (report_dir / "success_over_time.png").stat().st_size > 0
     # Every service, the refiner included, drained and stopped with the run.
     logs = {path.stem: path.read_text() for path in (workdir / "logs").glob("*.log")}
-    for service in ("episode-store", "grasp-predictor", "servo-planner", "refiner", "trainer"):
+    services = ("episode-store", "grasp-predictor", "servo-planner", "refiner", "trainer")
+    for service in (*services, "agent-kuka-01", "agent-kuka-02"):
         assert logs[service].rstrip().endswith("stopped"), service

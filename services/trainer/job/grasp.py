@@ -2,7 +2,8 @@
 
 It trains on the episodes the trainer selected (for the refining recipes,
 after the generator resolved at submission rewrote their images:
-`refine_dataset.prepare`), scores the candidate and the current stable
+`refine_dataset.prepare`), from random weights or from those of the version
+`start_from` names, scores the candidate and the current stable
 version on the same held-out real episodes, and publishes the candidate as the
 next version only if the gate passes. It reads the shards from the store's
 data folder and the stable version from the model base.
@@ -66,6 +67,10 @@ def train_and_gate(run_dir: Path, inputs: JobInputs, recipe: Recipe) -> Result:
     def on_progress(step: int, total: int, metrics: dict[str, float]) -> None:
         files.write_progress(run_dir, Progress(files.TRAINING, step, total, metrics))
 
+    model_base = Path(inputs.model_base)
+    start = None
+    if inputs.spec.HasField("start_from"):  # resolved and checked at submission
+        start = export.training_weights(model_base / name / str(inputs.spec.start_from.version))
     trained = training.train(
         spec,
         data_root,
@@ -77,6 +82,7 @@ def train_and_gate(run_dir: Path, inputs: JobInputs, recipe: Recipe) -> Result:
         on_progress=on_progress,
         progress_bar=False,
         data_selection=dict(inputs.selection),
+        initial_weights=start,
     )
     metrics = {**trained.train_metrics}
     metrics |= {f"validation_{k}": v for k, v in trained.metrics.items()}
@@ -86,7 +92,6 @@ def train_and_gate(run_dir: Path, inputs: JobInputs, recipe: Recipe) -> Result:
     )
     candidate = export.ServingModule(trained.model)
     candidate_auc, samples = gate.serving_auc(candidate.serve, data_root, validation)
-    model_base = Path(inputs.model_base)
     stable_version = Registry(model_base).labels(name).get(STABLE)
     stable_auc = None
     if stable_version is not None:
