@@ -1,6 +1,6 @@
 """Objects for the tray: four disjoint pools, generated prism unions, and mesh folders.
 
-The pools keep the sim-to-real numbers honest (docs/decisions.md, "Object pools"):
+The pools keep the sim-to-real numbers honest (docs/decisions/object-pools.md):
 
 - "train": sim training, pybullet_data `random_urdfs` whose number ends in 0-7 (800).
 - "sim-test": held-out objects for simulated validation and evaluation, numbers ending in 8.

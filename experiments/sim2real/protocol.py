@@ -1,4 +1,4 @@
-"""What the sim-to-real table measures, fixed before anything runs (docs/decisions.md, "sim2real").
+"""What the sim-to-real table measures, fixed in advance (docs/decisions/sim2real-protocol-2.md).
 
 Data: random-exploration episodes. Simulated ones on the "train" objects, plain
 (the paper's no randomization) and visually randomized (with canonical renders
