@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -75,3 +76,43 @@ def test_the_tree_keeps_the_contract_and_a_client_import_is_allowed(tree):
     finally:
         (tree / "services/trainer/job/gate.py").write_text(original)
     assert result.returncode == 0, result.stdout
+
+
+def imports(tree: Path) -> dict[str, set[str]]:
+    """Each module of PACKAGES and the modules of PACKAGES it imports, at the top or inside a
+    function (a lazy import is still a dependency)."""
+    modules = {}
+    for package in PACKAGES:
+        for path in (tree / package).rglob("*.py"):
+            name = ".".join(path.relative_to(tree).with_suffix("").parts)
+            modules[name.removesuffix(".__init__")] = path
+    found = {}
+    for name, path in modules.items():
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+        found[name] = {n for n in names if n in modules and n != name}
+    return found
+
+
+def mutual_imports(tree: Path) -> list[tuple[str, str]]:
+    """Pairs of modules that import each other."""
+    found = imports(tree)
+    return sorted(
+        (a, b) for a, targets in found.items() for b in targets if a < b and a in found[b]
+    )
+
+
+def test_no_two_modules_import_each_other(tree):
+    assert mutual_imports(tree) == []
+    # The check sees a cycle closed by a lazy import.
+    original = plant(
+        tree, "services.sim_farm.plan", "def _late():\n    from services.sim_farm import collector"
+    )
+    try:
+        assert mutual_imports(tree) == [("services.sim_farm.collector", "services.sim_farm.plan")]
+    finally:
+        (tree / "services/sim_farm/plan.py").write_text(original)

@@ -9,10 +9,9 @@ from collections import deque
 from dataclasses import dataclass
 
 from services.common import logs
-from services.sim_farm.collector import shard_settings
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.events import ENDINGS, Event, ShardFailed, ShardStarted, ShardStopped
-from services.sim_farm.plan import CollectionPlan, ShardJob
+from services.sim_farm.plan import CollectionPlan, ShardJob, shard_settings
 from services.sim_farm.worker import run_shard
 
 # Seconds a closing farm gives each worker to finish its episode before terminating it.

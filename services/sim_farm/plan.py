@@ -1,4 +1,5 @@
-"""A collection's plan, the same for all its shards, and one shard's job: what backends run."""
+"""A collection's plan, made from its validated spec and the same for all its shards, and one
+shard's job: what backends run."""
 
 from __future__ import annotations
 
@@ -6,6 +7,19 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
+
+from graspfleet.v1 import common_pb2, sim_farm_pb2
+from robots.inventory import parse_arm
+from robots.names import RANDOMIZATION_NAMES
+from services.sim_farm.config import SimFarmConfig
+
+POLICY_NAMES = {
+    sim_farm_pb2.CollectionPolicy.KIND_RANDOM: "random",
+    sim_farm_pb2.CollectionPolicy.KIND_ORACLE: "oracle",
+    sim_farm_pb2.CollectionPolicy.KIND_NOISY_ORACLE: "noisy-oracle",
+    sim_farm_pb2.CollectionPolicy.KIND_CEM: "cem",
+    sim_farm_pb2.CollectionPolicy.KIND_EPSILON_MIX: "eps-mix",
+}
 
 # The JSON types of the plan's fields (bool apart: JSON true is no int here).
 _TYPES = {"str": str, "int": int, "float": (int, float), "bool": bool}
@@ -179,3 +193,52 @@ class ShardJob:
     def episodes(self) -> range:
         """The episode indexes this shard runs."""
         return self.plan.shard_episodes(self.shard)
+
+
+def plan_collection(collection_id: str, spec: sim_farm_pb2.CollectionSpec) -> CollectionPlan:
+    """The plan of a validated spec whose defaults the farm has filled in."""
+    arm = parse_arm(spec.arm_config_yaml, "arm_config_yaml") if spec.arm_config_yaml else None
+    if arm is not None:
+        domain = arm.domain
+    else:
+        domain = "sim" if spec.domain == common_pb2.DOMAIN_SIM else "proxy-real"
+    return CollectionPlan(
+        collection_id=collection_id,
+        num_episodes=spec.num_episodes,
+        num_shards=spec.num_shards,
+        seed=spec.seed,
+        max_steps=spec.max_steps,
+        domain=domain,
+        randomization=RANDOMIZATION_NAMES.get(spec.randomization, "none"),
+        object_set=spec.object_set,
+        objects_per_bin=spec.objects_per_bin,
+        policy=POLICY_NAMES[spec.policy.kind],
+        epsilon=spec.policy.epsilon,
+        model_label=spec.policy.model.label,
+        model_version=spec.policy.model.version,
+        width=spec.image_size.width,
+        height=spec.image_size.height,
+        render_masks=spec.render_masks or spec.domain == common_pb2.DOMAIN_SIM,
+        render_canonical=spec.render_canonical,
+        arm_config_yaml=spec.arm_config_yaml,
+        evaluation=spec.evaluation,
+        skip_stored=spec.skip_stored,
+        transform_kind=spec.transform.kind,
+        transform_label=spec.transform.model.label,
+        transform_version=spec.transform.model.version,
+        close_ratio=spec.policy.servoing.close_ratio,
+        raise_ratio=spec.policy.servoing.raise_ratio,
+    )
+
+
+def shard_settings(config: SimFarmConfig) -> ShardSettings:
+    """The settings a local shard runs under: the farm's, with its share of the spool."""
+    return ShardSettings(
+        store_address=config.store_address,
+        planner_address=config.planner_address,
+        refiner_address=config.refiner_address,
+        plan_timeout_s=config.plan_timeout_s,
+        spool_dir=config.spool_dir,
+        spool_max_bytes=config.shard_spool_bytes,
+        upload_stall_s=config.upload_stall_s,
+    )

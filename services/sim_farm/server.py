@@ -29,7 +29,7 @@ from services.common.names import check_name
 from services.common.server import ServiceServer, stop_signals
 from services.episode_store import client
 from services.episode_store.client.spool import EpisodeSpool, Uploader
-from services.sim_farm.collector import POLICY_NAMES, Collector, make_collector, plan_collection
+from services.sim_farm.collector import Collector, make_collector
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.events import (
     EpisodeStored,
@@ -40,7 +40,7 @@ from services.sim_farm.events import (
     ShardStarted,
     ShardStopped,
 )
-from services.sim_farm.plan import CollectionPlan
+from services.sim_farm.plan import POLICY_NAMES, CollectionPlan, plan_collection
 from services.sim_farm.resume import ResumeConflict, stored_outcomes
 
 log = logs.get_logger(__name__)

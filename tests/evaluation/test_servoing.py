@@ -47,7 +47,7 @@ def test_a_planner_close_a_forced_close_and_their_heights():
 
 def test_a_contenders_servoing_reaches_its_collection_plan_and_its_fingerprint():
     from services.evaluation.closed_loop import Contender, EvaluationSpec, collection_spec
-    from services.sim_farm.collector import plan_collection
+    from services.sim_farm.plan import plan_collection
     from tests.evaluation.test_closed_loop import ARM
 
     spec = EvaluationSpec.from_file("s1", ARM, scenes=4, seed=3, shards=2)
