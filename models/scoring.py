@@ -33,10 +33,16 @@ class Rate:
         return asdict(self)
 
 
-def rate_text(rate: Rate | Mapping) -> str:
-    """A rate (a `Rate` or its dict) as reports print it: "12/150, 8.0% [4.6%, 13.5%]"."""
+def rate_text(rate: Rate | Mapping, *, counts: bool = True) -> str:
+    """A rate (a `Rate` or its dict) as every report prints it.
+
+    "12/150, 8.0% [4.6%, 13.5%]"; without `counts`, "8.0% [4.6%, 13.5%]"; "-" for no episodes.
+    """
     r = rate.as_dict() if isinstance(rate, Rate) else rate
-    return f"{r['successes']}/{r['episodes']}, {r['rate']:.1%} [{r['low']:.1%}, {r['high']:.1%}]"
+    if not r["episodes"]:
+        return "-"
+    text = f"{r['rate']:.1%} [{r['low']:.1%}, {r['high']:.1%}]"
+    return f"{r['successes']}/{r['episodes']}, {text}" if counts else text
 
 
 def difference_text(difference: Mapping) -> str:

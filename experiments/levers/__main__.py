@@ -33,7 +33,7 @@ from experiments.sim2real.report import commit
 from experiments.sim2real.stages import Stages, key, log
 from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2
 from models.grasp_success.training import TrainSpec, train
-from models.scoring import seeded_difference, wilson
+from models.scoring import difference_text, rate_text, seeded_difference, wilson
 
 Policy = sim_farm_pb2.CollectionPolicy
 Summary = episode_store_pb2.EpisodeSummary
@@ -210,13 +210,13 @@ def markdown(result: dict) -> str:
             "|---|---|---|---|",
         ]
         for name, b in arm["baselines"].items():
-            lines.append(f"| {name} | | {_rate(b)} | |")
+            lines.append(f"| {name} | | {rate_text(b)} | |")
         for name, row in arm["rows"].items():
             seeds = ", ".join(str(s["successes"]) for s in row["seeds"].values())
             lines.append(
-                f"| {name} | {seeds} | {_rate(row['pooled'])} | {_diff(row['minus_random'])} |"
+                f"| {name} | {seeds} | {rate_text(row['pooled'])} | {difference_text(row['minus_random'])} |"
             )
-        planned = "; ".join(f"{k} {_diff(v)}" for k, v in arm["planned"].items())
+        planned = "; ".join(f"{k} {difference_text(v)}" for k, v in arm["planned"].items())
         lines += ["", f"Planned: {planned}"]
     servo = result.get("servoing")
     if servo:
@@ -229,18 +229,10 @@ def markdown(result: dict) -> str:
         ]
         for ratio, t in servo["thresholds"].items():
             lines.append(
-                f"| {ratio} | {t['raise_ratio']} | {_rate(t['pooled'])} | "
-                f"{_diff(t['minus_default'])} |"
+                f"| {ratio} | {t['raise_ratio']} | {rate_text(t['pooled'])} | "
+                f"{difference_text(t['minus_default'])} |"
             )
     return "\n".join(lines) + "\n"
-
-
-def _rate(r: dict) -> str:
-    return f"{r['successes']}/{r['episodes']}, {r['rate']:.1%} [{r['low']:.1%}, {r['high']:.1%}]"
-
-
-def _diff(d: dict) -> str:
-    return f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
 
 
 DEFAULT_CLOSE_RATIO = 0.9

@@ -13,7 +13,7 @@ from experiments.sim2real.data import collection_ids
 from experiments.sim2real.evaluate import EVALUATION_ARM, outcomes
 from experiments.sim2real.protocol import PROTOCOL_VERSION, Row, Settings
 from experiments.sim2real.stages import log
-from models.scoring import paired_difference, wilson
+from models.scoring import paired_difference, rate_text, wilson
 
 RECORD = ("successes", "episodes", "rate", "low", "high", "outcomes")
 
@@ -215,10 +215,7 @@ def build(
 
 
 def _cell(record: dict) -> str:
-    return (
-        f"{record['rate']:.1%} [{record['low']:.1%}, {record['high']:.1%}] "
-        f"({record['successes']}/{record['episodes']})"
-    )
+    return rate_text(record)
 
 
 def markdown(result: dict) -> str:

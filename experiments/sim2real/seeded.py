@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from experiments.sim2real.report import PLANNED
-from models.scoring import seeded_difference
+from models.scoring import difference_text, seeded_difference
 
 
 def _outcomes(record: dict) -> dict[int, bool]:
@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     result = reread(json.loads(Path(args.table).read_text()))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for name, d in {**result["planned"], **result["minus_random"]}.items():
-        print(
-            f"{name}: {d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] seeds {d['seeds']}"
-        )
+        print(f"{name}: {difference_text(d)} seeds {d['seeds']}")
     return 0
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from models.scoring import rate_text
 from services.evaluation.closed_loop import EvaluationSpec, evaluate, report
 from services.evaluation.contenders import parse_contender
 from services.fleet.evaluation import local_fleet
@@ -27,12 +28,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\r  {name}: {done}/{total} scenes", end="", file=sys.stderr, flush=True)
 
     def result(r) -> None:
-        rate = r.rate
-        print(
-            f"\r  {r.contender.name}: {rate.successes}/{rate.episodes} = {rate.rate:.1%} "
-            f"[{rate.low:.1%}, {rate.high:.1%}]",
-            file=sys.stderr,
-        )
+        print(f"\r  {r.contender.name}: {rate_text(r.rate)}", file=sys.stderr)
 
     if args.farm:
         results = evaluate(args.farm, args.store, spec, contenders, progress, result)

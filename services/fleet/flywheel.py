@@ -26,7 +26,7 @@ from graspfleet.v1 import (
     trainer_pb2_grpc,
 )
 from models.registry import CANARY, STABLE
-from models.scoring import Rate, wilson
+from models.scoring import Rate, rate_text, wilson
 from services.episode_store import client
 from services.fleet.process import ServiceProcess
 from services.trainer.rollout import AUTO_USER
@@ -208,12 +208,6 @@ def recipe_name(run: trainer_pb2.Run) -> str:
     return trainer_pb2.Recipe.Name(run.spec.recipe).removeprefix("RECIPE_")
 
 
-def _interval(rate: Rate) -> str:
-    if not rate.episodes:
-        return "-"
-    return f"{rate.rate:6.1%} [{rate.low:.1%}, {rate.high:.1%}]"
-
-
 def status_table(snapshot: Snapshot) -> str:
     """The compact live view: versions with their grasps, the arms, the runs in flight."""
     minutes, seconds = divmod(int(snapshot.elapsed_s), 60)
@@ -226,7 +220,7 @@ def status_table(snapshot: Snapshot) -> str:
         name = "random" if version == RANDOM else f"v{version}"
         rate = snapshot.grasps.get(version, wilson(0, 0))
         labels = ",".join(roles.get(version, [])) or "-"
-        lines.append(f"  {name:<8} {labels:<14} {rate.episodes:>6}  {_interval(rate)}")
+        lines.append(f"  {name:<8} {labels:<14} {rate.episodes:>6}  {rate_text(rate, counts=False)}")
     arms = []
     for arm in snapshot.arms:
         on = f"v{arm.version}" if arm.version else "-"

@@ -11,7 +11,7 @@ import numpy as np
 
 from graspfleet.v1 import episode_store_pb2, trainer_pb2, trainer_pb2_grpc
 from models.registry import Registry, read_metadata
-from models.scoring import Rate, wilson
+from models.scoring import Rate, difference_text, rate_text, wilson
 from services.episode_store import client
 from services.episode_store.client import pictures
 from services.fleet.flywheel import RANDOM, list_real, real_grasps, recipe_name, run_state
@@ -110,7 +110,7 @@ def versions_table(rows: list[VersionRow]) -> str:
         trained = f"{row.sim_episodes:,} / {row.real_episodes:,}" if row.recipe else "-"
         published = "-" if row.published_s is None else f"{row.published_s / 60:.1f} min"
         g = row.grasps
-        rate = f"{g.rate:.1%} [{g.low:.1%}, {g.high:.1%}]" if g.episodes else "-"
+        rate = rate_text(g, counts=False)
         lines.append(
             f"| {name} | {row.recipe or '-'} | {trained} | {published} | "
             f"{g.successes}/{g.episodes} | {rate} |"
@@ -236,15 +236,14 @@ def test_arm_table(test_arm: dict) -> str:
     for row in test_arm["contenders"]:
         lines.append(
             f"| {row['name']} | {row['successes']}/{row['episodes']} | "
-            f"{row['rate']:.1%} [{row['low']:.1%}, {row['high']:.1%}] |"
+            f"{rate_text(row, counts=False)} |"
         )
     stable = f"stable-v{test_arm['stable_version']}"
     for pair in test_arm["paired"]:
         if pair["a"] == stable and pair["b"] == "random":
             lines += [
                 "",
-                f"{stable} minus random, paired by scene: {pair['difference']:+.3f} "
-                f"[{pair['low']:+.3f}, {pair['high']:+.3f}]",
+                f"{stable} minus random, paired by scene: {difference_text(pair)}",
             ]
     return "\n".join(lines)
 

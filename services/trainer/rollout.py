@@ -46,7 +46,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from graspfleet.v1 import common_pb2, episode_store_pb2, trainer_pb2
 from models.registry import CANARY, STABLE, Registry
-from models.scoring import Rate, probability_not_worse, wilson
+from models.scoring import Rate, probability_not_worse, rate_text, wilson
 from services.common import logs
 from services.common.errors import ServiceError
 from services.trainer import metrics, recipes
@@ -125,7 +125,7 @@ def decide(
     """The rollout's decision on a canary's and stable's grasps over the same period."""
     if stable is None:
         action = PROMOTE if canary.episodes >= min_grasps else WAIT
-        reason = f"canary {_rate(canary)}; no stable to compare with"
+        reason = f"canary {rate_text(canary)}; no stable to compare with"
         return Decision(action, canary, None, 1.0, 0.0, reason)
     not_worse = probability_not_worse(
         canary.successes, canary.episodes, stable.successes, stable.episodes, margin
@@ -134,7 +134,7 @@ def decide(
         canary.successes, canary.episodes, stable.successes, stable.episodes
     )
     numbers = (
-        f"canary {_rate(canary)}; stable {_rate(stable)} over the same period; "
+        f"canary {rate_text(canary)}; stable {rate_text(stable)} over the same period; "
         f"P(not worse by {margin:.2f}) = {not_worse:.3f}, P(worse) = {worse:.3f}"
     )
     expired = canary.episodes >= max_grasps or waited_s >= max_wait_s
@@ -188,10 +188,6 @@ def _forget_stable_watch(name: str) -> None:
     for role in ("stable", "predecessor"):
         _remove(metrics.STABLE_SUCCESS, name, role)
         _remove(metrics.STABLE_GRASPS, name, role)
-
-
-def _rate(rate: Rate) -> str:
-    return f"{rate.successes}/{rate.episodes} = {rate.rate:.3f} [{rate.low:.3f}, {rate.high:.3f}]"
 
 
 class Rollout:

@@ -133,9 +133,9 @@ def test_the_status_table_shows_versions_arms_and_runs():
     )
     table = flywheel.status_table(snapshot)
     assert table.splitlines()[0] == "--- flywheel 12:34 ---"
-    assert "v2       stable            100   30.0% [" in table
+    assert "v2       stable            100  30.0% [" in table
     assert "v3       canary              0  -" in table
-    assert "random   -                   4   25.0% [" in table
+    assert "random   -                   4  25.0% [" in table
     assert "kuka-03 canary=v3 running 4/10" in table
     assert "run run-b NAIVE_MIX running 300/1500 steps" in table
     assert "last run run-a NAIVE_MIX succeeded: published grasp_success:3" in table

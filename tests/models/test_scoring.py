@@ -128,3 +128,5 @@ def test_rates_and_differences_print_as_the_reports_show_them():
     assert difference_text({"difference": 0.068, "low": -0.02, "high": 0.158}) == (
         "+0.068 [-0.020, +0.158]"
     )
+    assert rate_text(wilson(3, 10), counts=False) == "30.0% [10.8%, 60.3%]"
+    assert rate_text(wilson(0, 0)) == "-"

@@ -101,7 +101,7 @@ def test_a_worse_canary_is_rolled_back_and_a_better_one_promoted(
         (promoted,) = stub.ListLabelChanges(
             trainer_pb2.ListLabelChangesRequest(name=NAME, label="stable")
         ).changes[-1:]
-        assert promoted.by == "rollout" and "stable 3/6 = 0.500" in promoted.reason
+        assert promoted.by == "rollout" and "stable 3/6, 50.0% [18.8%, 81.2%]" in promoted.reason
         probability = "graspfleet_trainer_rollout_not_worse_probability"
         assert _count(probability, model=NAME) == pytest.approx(0.979, abs=0.001)
 

@@ -185,8 +185,8 @@ def test_a_second_version_is_promoted_automatically_then_rolled_back(
     promoted_count = "graspfleet_trainer_auto_promotions_total"
     wait_for(lambda: _count(promoted_count, model=NAME) == promotions + 1, 10, "the count")
     last = json.loads((models / NAME / HISTORY_FILE).read_text().splitlines()[-1])
-    assert last["by"] == "rollout" and "canary 6/6 = 1.000" in last["reason"]
-    assert "stable 3/6 = 0.500" in last["reason"] and "not worse" in last["reason"]
+    assert last["by"] == "rollout" and "canary 6/6, 100.0% [61.0%, 100.0%]" in last["reason"]
+    assert "stable 3/6, 50.0% [18.8%, 81.2%]" in last["reason"] and "not worse" in last["reason"]
 
     back = stub.RollbackVersionLabel(
         S.RollbackVersionLabelRequest(name=NAME, label="stable"), metadata=AUTH

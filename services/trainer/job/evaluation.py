@@ -17,6 +17,7 @@ from pathlib import Path
 
 import grpc
 
+from models.scoring import rate_text
 from services.evaluation import closed_loop
 from services.evaluation.closed_loop import ContenderResult, EvaluationSpec
 from services.trainer.evaluation import FARM_ENV, STORE_ENV, contenders
@@ -111,11 +112,7 @@ def metrics(report: dict) -> dict[str, float]:
 
 def summary(report: dict, path: Path) -> str:
     """The run's message: each contender's rate with its interval, and where the report is."""
-    rates = ", ".join(
-        f"{row['name']} {row['successes']}/{row['episodes']} = {row['rate']:.1%} "
-        f"[{row['low']:.1%}, {row['high']:.1%}]"
-        for row in report["contenders"]
-    )
+    rates = ", ".join(f"{row['name']} {rate_text(row)}" for row in report["contenders"])
     return (
         f"{rates} on {report['scenes']} scenes of arm {report['arm']}; "
         f"report with the paired differences: {path}"
