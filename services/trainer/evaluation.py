@@ -22,7 +22,8 @@ from services.common import logs, names, upstream
 from services.common.errors import FailedPrecondition, InvalidArgument
 from services.evaluation.closed_loop import GRASP_MODEL, Contender
 from services.trainer.config import TrainerConfig
-from services.trainer.spec import backend_and_description, resolve_version
+from services.trainer.spec import backend_and_description
+from services.trainer.versions import resolve_version
 
 log = logs.get_logger(__name__)
 

@@ -13,7 +13,7 @@ from graspfleet.v1 import episode_store_pb2_grpc, trainer_pb2
 from models.registry import Registry
 from services.common import logs
 from services.common.errors import InvalidArgument, NotFound
-from services.trainer import evaluation, spec
+from services.trainer import evaluation, spec, versions
 from services.trainer.backends import JobBackend
 from services.trainer.config import TrainerConfig
 from services.trainer.job import files
@@ -95,7 +95,7 @@ class Trainer:
             normalized, recipe = spec.normalize(
                 run_spec, self.config, tuple(self.backends), self.registry
             )
-            generator = spec.applied_generator(normalized, recipe)
+            generator = versions.applied_generator(normalized, recipe)
             selection = select(self.store, normalized, recipe)
             real = selection.description.get("real", {"train": 0, "validation": 0})
             held_out = (

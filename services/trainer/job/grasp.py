@@ -21,7 +21,7 @@ from services.trainer.job import files, gate, refine_dataset
 from services.trainer.job.files import Progress, Result
 from services.trainer.job.inputs import JobInputs
 from services.trainer.recipes import Recipe
-from services.trainer.spec import applied_generator
+from services.trainer.versions import applied_generator
 
 
 def train_spec(recipe: Recipe, spec: trainer_pb2.RunSpec) -> training.TrainSpec:

@@ -242,7 +242,7 @@ def prepare(
 
     Args:
         recipe: The grasp recipe.
-        generator: The version it applies, as `spec.generator` resolved it at submission.
+        generator: The version it applies, as `versions.generator` resolved it at submission.
         data_root: The store's data folder.
         model_base: Where the generator is published.
         train: The selected training episodes.
