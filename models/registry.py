@@ -147,6 +147,7 @@ class Registry:
         return sorted(p.name for p in self.model_base.iterdir() if p.is_dir())
 
     def version_numbers(self, name: str) -> list[int]:
+        """The version numbers of model `name` on disk, oldest first."""
         folder = self.folder(name)
         if not folder.is_dir():
             return []
@@ -171,6 +172,11 @@ class Registry:
         return [self._describe(name, v, labels) for v in self.version_numbers(name)]
 
     def version(self, name: str, version: int) -> trainer_pb2.ModelVersion:
+        """Version `version` of model `name` with its labels and metadata.
+
+        Raises:
+            NotFound: the model has no such version.
+        """
         if version not in self.version_numbers(name):
             raise NotFound(f"model {name!r} has no version {version}")
         return self._describe(name, version, self.labels(name))
@@ -228,8 +234,10 @@ class Registry:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def has_held(self, name: str, label: str, version: int) -> bool:
-        """Whether `label` was ever moved to `version` (by hand or automatically); a freeze,
-        which only records the implicit "stable = newest", does not count."""
+        """Whether `label` was ever moved to `version`, by hand or automatically.
+
+        A freeze, which only records the implicit "stable = newest", does not count.
+        """
         return any(
             e["label"] == label and e["version"] == version and e["action"] != "freeze"
             for e in self.history(name)
@@ -243,8 +251,11 @@ class Registry:
         write_atomically(folder / LABELS_FILE, json.dumps(labels, sort_keys=True))
 
     def freeze(self, name: str) -> None:
-        """Writes labels.json if it is missing, so a newly exported version is not
-        taken for "stable" by the predictor's newest-version default."""
+        """Writes labels.json if it is missing.
+
+        A newly exported version is then not taken for "stable" by the predictor's
+        newest-version default.
+        """
         with self._locked(name, create=True) as folder:
             self._freeze(name, folder, "trainer", "first trainer publication")
 

@@ -56,6 +56,8 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class VersionStatus:
+    """One version's TF Serving-style state (LOADING, AVAILABLE or END) and why it failed."""
+
     version: int
     state: str
     error: str = ""
@@ -123,6 +125,7 @@ class ModelRepository:
 
     @property
     def folder(self) -> Path:
+        """The model's folder under the base path, holding one folder per version."""
         return self.base_path / self.name
 
     def available_versions(self) -> list[int]:
@@ -252,6 +255,7 @@ class ModelRepository:
         log.info("model version unloaded", extra={"model": self.name, "version": version})
 
     def loaded(self) -> list[LoadedModel]:
+        """The versions serving now, oldest first."""
         with self._lock:
             return [self._loaded[v] for v in sorted(self._loaded)]
 
@@ -293,6 +297,7 @@ class ModelRepository:
             return self._loaded[max(self._loaded)]
 
     def statuses(self) -> list[VersionStatus]:
+        """The state of every version seen, oldest first."""
         with self._lock:
             return [self._status[v] for v in sorted(self._status)]
 
@@ -307,6 +312,7 @@ class RepositoryPoller:
         self._thread = threading.Thread(target=self._run, name="model-poller", daemon=True)
 
     def start(self) -> None:
+        """Starts polling on the background thread."""
         self._thread.start()
 
     def _run(self) -> None:
@@ -318,5 +324,6 @@ class RepositoryPoller:
                     log.exception("model poll failed", extra={"model": repository.name})
 
     def stop(self) -> None:
+        """Stops polling and waits (up to 10 s) for the thread to end."""
         self._stop.set()
         self._thread.join(timeout=10)

@@ -1,5 +1,8 @@
-"""Every score graspfleet reports, computed once: AUC, balanced accuracy, Wilson intervals, paired
-differences (over scenes, and over seeds and scenes), and the rollout's probability that a canary is not worse than stable.
+"""Every score graspfleet reports, computed once.
+
+AUC, balanced accuracy, Wilson intervals, paired differences (over scenes, and
+over seeds and scenes), and the rollout's probability that a canary is not
+worse than stable.
 
 Offline scores of a grasp model (AUC, balanced accuracy, log loss over
 recorded steps) are diagnostics; closed-loop success rates with their Wilson
@@ -30,6 +33,7 @@ class Rate:
     high: float
 
     def as_dict(self) -> dict:
+        """The rate as a plain dict, for JSON reports."""
         return asdict(self)
 
 
@@ -82,6 +86,7 @@ class PairedDifference:
     high: float
 
     def as_dict(self) -> dict:
+        """The difference as a plain dict, for JSON reports."""
         return asdict(self)
 
 
@@ -122,8 +127,11 @@ def paired_difference(
 
 @dataclass(frozen=True)
 class SeededDifference:
-    """Row A's success minus row B's, each row a set of trained seeds scored on the same
-    scenes, with a hierarchical bootstrap interval over seeds and scenes."""
+    """Row A's success minus row B's, with a hierarchical bootstrap interval.
+
+    Each row is a set of trained seeds scored on the same scenes; the interval is
+    over seeds and scenes.
+    """
 
     a_seeds: int
     b_seeds: int
@@ -133,6 +141,7 @@ class SeededDifference:
     high: float
 
     def as_dict(self) -> dict:
+        """The difference as a plain dict, for JSON reports."""
         return asdict(self)
 
 
@@ -155,6 +164,8 @@ def seeded_difference(
     Args:
         a: Per seed of row A, its outcome per scene id.
         b: Per seed of row B, its outcome per scene id.
+        resamples: How many bootstrap resamples the interval is taken from.
+        seed: Seeds the bootstrap's random draws, so a report can be reproduced.
 
     Raises:
         ValueError: a row without seeds, or no scene that every model attempted.

@@ -93,6 +93,7 @@ class Workspace:
             raise ValueError(f"max_step_cm={self.max_step_cm} must be positive")
 
     def clamp(self, position: np.ndarray) -> np.ndarray:
+        """The position clamped into the workspace box."""
         return np.clip(position, self.low, self.high)
 
     def grasp_band(self) -> tuple[np.ndarray, np.ndarray]:

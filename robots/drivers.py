@@ -25,21 +25,24 @@ class RobotDriver(abc.ABC):
 
     @property
     def domain(self) -> str:
-        """ "sim" or "proxy-real"/"real": how episodes from this arm are labelled."""
+        """The arm's domain, "sim" or "proxy-real"/"real": how its episodes are labelled."""
         return self.arm.domain
 
     @abc.abstractmethod
-    def connect(self) -> None: ...
+    def connect(self) -> None:
+        """Takes hold of the arm (for a simulated arm, builds its world)."""
 
     @abc.abstractmethod
     def reset(self, seed: int) -> EpisodeStart:
         """Starts a grasp attempt: objects in the tray, x0 taken with the arm out of view."""
 
     @abc.abstractmethod
-    def observe(self) -> Observation: ...
+    def observe(self) -> Observation:
+        """The current camera image, segmentation mask and gripper pose."""
 
     @abc.abstractmethod
-    def pose(self) -> Pose: ...
+    def pose(self) -> Pose:
+        """The gripper's pose in the robot base frame."""
 
     @abc.abstractmethod
     def move(self, motion: np.ndarray, raised: bool = False) -> np.ndarray:
@@ -50,7 +53,8 @@ class RobotDriver(abc.ABC):
         """Closes the gripper, lifts, and reports whether an object is held."""
 
     @abc.abstractmethod
-    def disconnect(self) -> None: ...
+    def disconnect(self) -> None:
+        """Releases the arm; safe to call when it is not connected."""
 
     def __enter__(self) -> RobotDriver:
         self.connect()
@@ -68,11 +72,13 @@ class SimulatedDriver(RobotDriver):
         self.world: GraspWorld | None = None
 
     def world_config(self) -> WorldConfig:
+        """The arm's world settings, with the domain the arm's own domain selects."""
         return replace(
             self.arm.world, domain="proxy-real" if self.arm.domain == "proxy-real" else "sim"
         )
 
     def connect(self) -> None:
+        """Builds the arm's GraspWorld unless it is already connected."""
         if self.world is None:
             self.world = GraspWorld(self.world_config())
 
@@ -82,21 +88,27 @@ class SimulatedDriver(RobotDriver):
         return self.world
 
     def reset(self, seed: int) -> EpisodeStart:
+        """Starts a grasp attempt in the world from `seed`."""
         return self._world().reset(seed)
 
     def observe(self) -> Observation:
+        """The world's current observation."""
         return self._world().observe()
 
     def pose(self) -> Pose:
+        """The world's current gripper pose."""
         return self._world().pose()
 
     def move(self, motion: np.ndarray, raised: bool = False) -> np.ndarray:
+        """Moves the gripper in the world; returns the translation applied (cm)."""
         return self._world().move(motion, raised=raised)
 
     def grasp(self) -> bool:
+        """Closes and lifts in the world; True when an object is held."""
         return self._world().grasp()
 
     def disconnect(self) -> None:
+        """Closes the world, if it is open."""
         if self.world is not None:
             self.world.close()
             self.world = None

@@ -28,6 +28,8 @@ class Abort(RuntimeError):
 
 @dataclass(frozen=True)
 class StepRecord:
+    """One step of an episode: what the arm saw, what it was told, and how long that took."""
+
     observation: Observation  # before the action
     action: Action
     seconds: float  # observe + choose + execute
@@ -36,6 +38,8 @@ class StepRecord:
 
 @dataclass(frozen=True)
 class EpisodeResult:
+    """One finished episode: x0, its steps, where the gripper closed and whether it held."""
+
     seed: int
     x0: Observation
     steps: tuple[StepRecord, ...]

@@ -100,7 +100,6 @@ def parse_arm(text: str, source: str) -> ArmConfig:
         InventoryError: the text is not a valid arm configuration; the message
             names the source and the field.
     """
-
     path = source
     try:
         data = yaml.safe_load(text)
@@ -187,6 +186,11 @@ def load_inventory(folder: Path = FLEET_DIR) -> list[ArmConfig]:
 
 
 def find_arm(arm_id: str, folder: Path = FLEET_DIR) -> ArmConfig:
+    """The arm `arm_id` from the inventory in `folder`.
+
+    Raises:
+        InventoryError: no arm in the folder has that id.
+    """
     for arm in load_inventory(folder):
         if arm.id == arm_id:
             return arm

@@ -57,6 +57,7 @@ class ArmGeometry:
 
     @property
     def reach_m(self) -> float:
+        """How far the wrist can stretch from the shoulder, less a safety margin (metres)."""
         return self.upper_arm + self.forearm - STRETCH_MARGIN_M
 
     def reachable(self, position: np.ndarray) -> np.ndarray:

@@ -91,6 +91,8 @@ def object_id(pool: str, path: str) -> str:
 
 @dataclass(frozen=True)
 class Prism:
+    """A box (half extents, pose relative to the object's origin), one part of a compound object."""
+
     half_extents: tuple[float, float, float]
     position: tuple[float, float, float]
     orientation: tuple[float, float, float, float]
@@ -227,6 +229,7 @@ class ObjectSet:
         return [files[int(i)] for i in chosen]
 
     def sample(self, rng: np.random.Generator, count: int) -> list[ObjectSpec]:
+        """`count` objects drawn from this set with `rng`, meshes scaled into the size range."""
         if self.name == "procedural":
             return [
                 procedural_object(rng, self.size_range_m, self.density_kg_m3) for _ in range(count)
@@ -272,4 +275,5 @@ def mesh_box(path: str) -> np.ndarray:
 
 
 def mesh_extent(path: str) -> float:
+    """The longest side of a Wavefront OBJ's bounding box, in its own units."""
     return float(mesh_box(path).max())

@@ -33,6 +33,7 @@ class Action:
 
 
 def motion_to(current: np.ndarray, target: np.ndarray, dyaw: float = 0.0) -> np.ndarray:
+    """The 5-D motion command from `current` to `target` (metres) turning the yaw by `dyaw`."""
     return np.array([*((target - current) * 100.0), math.sin(dyaw), math.cos(dyaw)])
 
 
@@ -54,6 +55,7 @@ class RandomPolicy:
         self.yaw_step = 0.0
 
     def begin(self, x0: Observation, seed: int, steps: int) -> None:
+        """Draws this episode's grasp point and per-step rotation from `seed`."""
         rng = np.random.default_rng(seed + 1)
         low, high = self.world.config.workspace.grasp_band()
         self.goal = rng.uniform(low, high)
@@ -61,6 +63,7 @@ class RandomPolicy:
         self.rng = rng
 
     def act(self, observation: Observation, step: int, steps_left: int) -> Action:
+        """A noisy step towards the grasp point, or CLOSE on the last step."""
         if steps_left <= 1:
             return Action(CLOSE, motion_to(observation.pose.position, observation.pose.position))
         remaining = self.goal - observation.pose.position
@@ -89,6 +92,7 @@ class OraclePolicy:
         self.plan: GraspPlan | None = None
 
     def begin(self, x0: Observation, seed: int, steps: int) -> None:
+        """Plans the grasp from a scan of the tray (the first object's middle when nothing fits)."""
         world = self.world
         plan = plan_grasp(
             scan_tray(world, resolution_m=0.006),
@@ -128,6 +132,7 @@ class OraclePolicy:
         return inside and np.allclose(world.geometry.reachable(flange), flange)
 
     def act(self, observation: Observation, step: int, steps_left: int) -> Action:
+        """The next step towards the planned grasp, re-aimed from the pose; CLOSE once there."""
         pose = observation.pose
         dyaw = (self.grip_yaw - pose.yaw + math.pi / 2) % math.pi - math.pi / 2
         xy_error = np.linalg.norm(pose.position[:2] - self.grasp[:2])
@@ -177,6 +182,7 @@ class NoisyOraclePolicy(OraclePolicy):
         self.yaw_sigma_rad = yaw_sigma_rad
 
     def begin(self, x0: Observation, seed: int, steps: int) -> None:
+        """Plans the oracle's grasp, then shifts and turns it by this episode's noise."""
         super().begin(x0, seed, steps)
         rng = np.random.default_rng(seed)
         shift = rng.normal(0.0, self.position_sigma_m, 2)

@@ -35,12 +35,16 @@ _TEXTURE_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class Camera:
+    """The camera's PyBullet view and projection matrices for one episode."""
+
     view_matrix: tuple
     projection_matrix: tuple
 
 
 @dataclass(frozen=True)
 class EpisodeLook:
+    """Everything drawn for one episode's appearance and physics (randomization.draw_look)."""
+
     camera: Camera
     tray_offset: np.ndarray
     background: tuple
@@ -60,6 +64,7 @@ class EpisodeLook:
     factors: frozenset = frozenset()  # the proxy-real factors applied (config.PROXY_REAL_FACTORS)
 
     def apply_scene(self, sim, tray: int, arm: int, plane: int, table: int) -> None:
+        """Colours the background, the table, the tray and the arm for this episode."""
         for body in (plane, table):
             sim.changeVisualShape(body, -1, rgbaColor=self.background)
         sim.changeVisualShape(
@@ -69,6 +74,7 @@ class EpisodeLook:
             sim.changeVisualShape(arm, link, rgbaColor=self.arm_colour)
 
     def apply_object(self, sim, body: int, rng: np.random.Generator) -> None:
+        """Gives one object its colour, texture and physics for this episode, drawing from `rng`."""
         if self.visual:
             colour = (*rng.uniform(0.05, 1.0, 3), 1.0)
             textures = self.textures

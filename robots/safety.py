@@ -33,9 +33,11 @@ class SafePolicy:
         self.name = policy.name
 
     def begin(self, x0: Observation, seed: int, max_steps: int) -> None:
+        """Starts the wrapped source's episode."""
         self.policy.begin(x0, seed, max_steps)
 
     def act(self, observation: Observation, step: int, steps_left: int) -> Action:
+        """The wrapped source's action, its motion made safe (step limit, unit yaw vector)."""
         action = self.policy.act(observation, step, steps_left)
         return dataclasses.replace(action, motion=safe_motion(action.motion, self.max_step_cm))
 

@@ -63,6 +63,8 @@ class Pose:
 
 @dataclass(frozen=True)
 class Observation:
+    """One camera frame with its segmentation mask and the gripper's pose."""
+
     rgb: np.ndarray  # [H, W, 3] uint8
     mask: np.ndarray  # [H, W] uint8 class ids (MASK_*)
     pose: Pose
@@ -261,6 +263,7 @@ class GraspWorld:
         self.closure = closure
 
     def pose(self) -> Pose:
+        """The flange pose where the arm was last placed, with its yaw and gripper closure."""
         return Pose(position=self.target.copy(), yaw=self.yaw, gripper_closure=self.closure)
 
     def move(self, motion: np.ndarray, raised: bool = False) -> np.ndarray:
@@ -431,6 +434,7 @@ class GraspWorld:
         return high[0] - low[0], high[1] - low[1]
 
     def close(self) -> None:
+        """Disconnects the physics client; safe to call twice."""
         if self.sim is not None:
             self.sim.disconnect()
             self.sim = None

@@ -23,6 +23,7 @@ ACTION_FROM_KIND = {kind: action for action, kind in ACTION_KINDS.items()}
 
 
 def pose_message(pose: Pose) -> common_pb2.Pose:
+    """A pose as its wire message (position in metres, yaw in radians, gripper closure)."""
     p = pose.position
     return common_pb2.Pose(
         position_m=common_pb2.Vec3(x=float(p[0]), y=float(p[1]), z=float(p[2])),

@@ -190,8 +190,9 @@ def _encoded(image: common_pb2.Image, episode_id: str) -> bytes:
 
 
 def record(example: dict) -> tuple[EpisodeRecord, common_pb2.Label]:
-    """An example read back (images as bytes, as `tfds.decode.SkipDecoding` gives them)
-    as the episode to ingest, with the label it carried.
+    """An example read back as the episode to ingest, with the label it carried.
+
+    The example's images are bytes, as `tfds.decode.SkipDecoding` gives them.
 
     Raises:
         ValueError: a value the store cannot hold (the message names the field).

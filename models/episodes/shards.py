@@ -290,6 +290,7 @@ class ShardDirectory:
         return decode(records[0])
 
     def remove(self, relative: str) -> None:
+        """Deletes the shard at `relative`; nothing happens when it is gone already."""
         (self.root / relative).unlink(missing_ok=True)
 
     def quarantine(self, relative: str, reason: str) -> Path | None:

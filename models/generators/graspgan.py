@@ -171,6 +171,7 @@ class GraspGANStep:
         self._compiled = tf.function(self._step)
 
     def __call__(self, sim: dict, real: dict, step: int) -> dict[str, tf.Tensor]:
+        """Runs the compiled step on a sim and a real batch; returns its losses and metrics."""
         return self._compiled(sim, real, tf.constant(step, tf.int64))
 
     def _task_batch(self, x0: tf.Tensor, xt: tf.Tensor, motion: tf.Tensor, domain: int) -> dict:

@@ -141,6 +141,7 @@ class UNetGenerator(keras.Model):
         return keras.Sequential(blocks, name=name)
 
     def call(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Refines `images`; returns (refined images, mask logits)."""
         x = images
         skips = []
         for level in self.down:
@@ -270,6 +271,7 @@ class PatchDiscriminator(keras.Model):
         return x
 
     def call(self, pair: tf.Tensor) -> list[tf.Tensor]:
+        """The patch score maps of `pair` at each scale, full scale first."""
         outputs = []
         x = pair
         for scale in range(self.discriminator_config.scales):

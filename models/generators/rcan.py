@@ -119,6 +119,7 @@ class RCANStep:
         self._compiled = tf.function(self._step)
 
     def __call__(self, batch: dict) -> dict[str, tf.Tensor]:
+        """Runs the compiled step on `batch`; returns its losses and metrics."""
         return self._compiled(batch)
 
     def _step(self, batch: dict) -> dict[str, tf.Tensor]:

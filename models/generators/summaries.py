@@ -39,6 +39,7 @@ class RunningMeans:
         self._counts: dict[str, int] = {}
 
     def add(self, values: Mapping[str, tf.Tensor | float]) -> None:
+        """Adds one value per name to the window."""
         for name, value in values.items():
             self._sums[name] = self._sums.get(name, 0.0) + float(value)
             self._counts[name] = self._counts.get(name, 0) + 1
@@ -69,6 +70,7 @@ class TrainingLog:
         return self._writers[part]
 
     def scalars(self, step: int, metrics: Mapping[str, float], part: str = "train") -> None:
+        """Writes `metrics` at `step` to the `part` log, skipping values that are not finite."""
         writer = self._writer(part)
         if writer is None:
             return
@@ -79,6 +81,7 @@ class TrainingLog:
         writer.flush()
 
     def images(self, step: int, name: str, grid: tf.Tensor, max_outputs: int = 4) -> None:
+        """Writes an image grid at `step` to the training log."""
         writer = self._writer("train")
         if writer is None:
             return
@@ -108,6 +111,7 @@ class Checkpoints:
         return int(self.step.numpy())
 
     def save(self, step: int) -> None:
+        """Saves the training state as of `step` (nothing without a directory)."""
         if self._manager is not None:
             self.step.assign(step)
             self._manager.save(checkpoint_number=step)

@@ -79,6 +79,7 @@ class DomainBatchNorm(keras.layers.Layer):
         self.num_sets = 2 if per_domain else 1
 
     def build(self, input_shape) -> None:
+        """Creates gamma, beta and the moving statistics: one set per domain, or one for all."""
         channels = int(input_shape[-1])
         self.gamma = self.add_weight(shape=(channels,), initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=(channels,), initializer="zeros", name="beta")
@@ -91,6 +92,7 @@ class DomainBatchNorm(keras.layers.Layer):
         )
 
     def call(self, inputs: tf.Tensor, domain: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Normalizes each sample with its domain's batch (training) or moving statistics."""
         rank = inputs.shape.rank
         spatial = list(range(1, rank - 1))
         if self.per_domain:
@@ -139,6 +141,7 @@ class GradientReversal(keras.layers.Layer):
         self.weight = weight
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        """The identity; on the way back the gradient is multiplied by -weight."""
         return reverse_gradient(inputs, self.weight)
 
 
@@ -207,9 +210,11 @@ class SpatialSoftmax(keras.layers.Layer):
     """
 
     def build(self, input_shape) -> None:
+        """Creates the learned softmax temperature."""
         self.temperature = self.add_weight(shape=(), initializer="ones", name="temperature")
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        """Each channel's expected (x, y) under the softmax, as [B, 2C] coordinates in [-1, 1]."""
         shape = tf.shape(inputs)
         height, width, channels = shape[1], shape[2], inputs.shape[-1]
         logits = tf.reshape(inputs, [-1, height * width, channels]) / self.temperature
@@ -296,6 +301,7 @@ class GraspSuccessModel(keras.Model):
         return tf.squeeze(self.output_layer(x), axis=-1)
 
     def call(self, inputs: dict, training: bool = False) -> dict:
+        """Scores a batch dict; returns the logits and the heads the config turns on."""
         domain = tf.cast(inputs[DOMAIN], tf.int32)
         features = self.image_features(inputs[X0], inputs[XT], domain, training=training)
         logits, last_conv = self.score(features, inputs[MOTION], domain, training=training)

@@ -35,7 +35,7 @@ Bucket = tuple[int, bool]  # (domain, success)
 
 
 def grasp_motion(pose: tf.Tensor, final_pose: tf.Tensor) -> tf.Tensor:
-    """v = final grasp pose - current pose, as the network's 5-D motion.
+    """The motion v = final grasp pose - current pose, as the network's 5-D motion.
 
     Args:
         pose: [..., 5] current (x, y, z in metres, yaw in radians, closure).

@@ -52,6 +52,7 @@ def to_array(name: str, proto: tensor_pb2.TensorProto, max_bytes: int) -> np.nda
 
 
 def to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
+    """The array as a TensorProto, for a PredictResponse's outputs."""
     return tf.make_tensor_proto(array)
 
 
