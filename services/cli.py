@@ -111,8 +111,11 @@ def _episodes_ls(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _counting(description: str):
-    """A progress bar fed (done, total); a refused dataset or episode ends the command in one
-    line (the message names the field or the folder)."""
+    """A progress bar fed (done, total).
+
+    A refused dataset or episode ends the command in one line (the message names
+    the field or the folder).
+    """
     from tqdm import tqdm
 
     with tqdm(desc=description, unit="ep") as bar:
@@ -268,6 +271,7 @@ def _run(argv: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `graspfleet` command line: `run`, one command group per service, and the tools."""
     parser = argparse.ArgumentParser(prog="graspfleet", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -35,8 +35,10 @@ SIM_FARM_SHARD_PREFIX = f"{SIM_FARM}-"
 
 
 def peer_identity(context: grpc.ServicerContext) -> str | None:
-    """The caller's workload identity, or None when it presented no verified certificate
-    (a plaintext server, or TLS without client authentication)."""
+    """The caller's workload identity, or None when it presented no verified certificate.
+
+    None on a plaintext server, or with TLS without client authentication.
+    """
     names = context.auth_context().get("x509_common_name")
     return names[0].decode() if names else None
 
@@ -55,6 +57,7 @@ def authorize(context: grpc.ServicerContext, allowed: Collection[str], action: s
     """The caller's identity if it may `action`; None when the server checks no identities.
 
     Args:
+        context: The call's context, which carries the peer's certificate.
         allowed: Identity patterns allowed to (fnmatch, "user/*" for every person).
         action: What the call does, completing "identity X may not ...".
 
@@ -114,6 +117,7 @@ class BearerAuth:
         """Lets a mutating call through or refuses it; returns who to record as its author.
 
         Args:
+            context: The call's context: the peer's certificate and its metadata.
             allowed: The identities that may make the call (`authorize`), checked when
                 the server requires client certificates.
             action: What the call does, for the refusal's message.

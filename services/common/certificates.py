@@ -33,8 +33,10 @@ def make_ca(folder: Path, days: int = 1) -> Path:
 
 
 def issue(folder: Path, ca: Path, identity: str, days: int = 1) -> Path:
-    """`identity`'s certificate in `folder` (tls.crt, tls.key, ca.crt), signed by the CA
-    whose ca.crt is `ca` (its ca.key beside it); returns the folder."""
+    """Issues `identity`'s certificate in `folder` (tls.crt, tls.key, ca.crt); returns the folder.
+
+    It is signed by the CA whose ca.crt is `ca` (its ca.key beside it).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     extensions = folder / "extensions.cnf"
     extensions.write_text(

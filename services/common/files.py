@@ -12,6 +12,7 @@ from pathlib import Path
 
 
 def fsync_file(path: Path) -> None:
+    """Makes the content written to the file at `path` durable."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)

@@ -16,6 +16,7 @@ class JsonFormatter(logging.Formatter):
     """Formats a record as one JSON object: time, level, service, logger, message, fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line, its extra fields included."""
         entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -36,6 +37,7 @@ class TextFormatter(logging.Formatter):
     """Human-readable lines for local runs: fields appended as key=value."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one text line, its extra fields appended as key=value."""
         fields = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _RESERVED)
         line = f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {record.levelname[0]} {_SERVICE['name']}: {record.getMessage()}"
         if fields:

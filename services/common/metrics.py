@@ -123,6 +123,7 @@ class ServerInterceptor(grpc.ServerInterceptor):
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
+        """The method's handler wrapped to count, time and map the errors of every call."""
         handler = continuation(handler_call_details)
         if handler is None:
             return None

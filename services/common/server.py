@@ -208,8 +208,9 @@ class ServiceServer:
     def wait(
         self, done: Callable[[], bool] = lambda: False, stop: threading.Event | None = None
     ) -> None:
-        """Blocks until `stop` is set (by default: SIGTERM or SIGINT) or `done()` is true, then
-        stops gracefully.
+        """Blocks until `stop` is set or `done()` is true, then stops gracefully.
+
+        By default `stop` is set by SIGTERM or SIGINT.
 
         A service's entry point passes the event of `stop_signals()` it installed before it
         started listening: a SIGTERM sent as soon as the port file appears must stop it cleanly.

@@ -169,24 +169,31 @@ class RenewingChannel(grpc.Channel):
         return _Renewing(self, kind, method, args, kwargs)
 
     def unary_unary(self, method, *args, **kwargs):
+        """A unary-unary callable bound to the current channel at each call."""
         return self._multicallable("unary_unary", method, *args, **kwargs)
 
     def unary_stream(self, method, *args, **kwargs):
+        """A unary-stream callable bound to the current channel at each call."""
         return self._multicallable("unary_stream", method, *args, **kwargs)
 
     def stream_unary(self, method, *args, **kwargs):
+        """A stream-unary callable bound to the current channel at each call."""
         return self._multicallable("stream_unary", method, *args, **kwargs)
 
     def stream_stream(self, method, *args, **kwargs):
+        """A stream-stream callable bound to the current channel at each call."""
         return self._multicallable("stream_stream", method, *args, **kwargs)
 
     def subscribe(self, callback, try_to_connect=False):
+        """Subscribes `callback` to the current channel's connectivity."""
         self.current().subscribe(callback, try_to_connect)
 
     def unsubscribe(self, callback):
+        """Unsubscribes `callback` from the connectivity of the channel it was subscribed to."""
         self._channel.unsubscribe(callback)
 
     def close(self):
+        """Closes the current channel and every retired one."""
         with self._lock:
             for channel in (*self._retired, self._channel):
                 channel.close()

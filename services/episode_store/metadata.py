@@ -498,6 +498,7 @@ class SqliteMetadataStore(MetadataStore):
 
     @property
     def location(self) -> str:
+        """The SQLite file's path, for messages to a person."""
         return f"the SQLite file {self._path}"
 
     def _connect(self) -> sqlite3.Connection:
@@ -549,6 +550,7 @@ class PostgresMetadataStore(MetadataStore):
 
     @property
     def location(self) -> str:
+        """The PostgreSQL database's name and host, for messages to a person (no password)."""
         params = conninfo_to_dict(self._dsn)
         host = params.get("host") or "the default host"
         return f"the PostgreSQL database {params.get('dbname', '(default)')!r} on {host}"

@@ -169,16 +169,23 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         self._store = store
 
     def close(self) -> None:
+        """Closes the store, if one was opened."""
         if self._store is not None:
             self._store.close()
 
     @property
     def store(self) -> EpisodeStore:
+        """The open store.
+
+        Raises:
+            Unavailable: the store is still starting.
+        """
         if self._store is None:
             raise Unavailable("the episode store is still starting; retry shortly")
         return self._store
 
     def WriteEpisode(self, request_iterator, context):
+        """Receives one episode as a stream (header, steps, outcome) and stores it."""
         # Refused at once, not queued: a waiting stream would hold a worker thread, and health
         # checks and reads need those (max_concurrent_writes is below max_workers).
         if not self._write_slots.acquire(blocking=False):
@@ -217,8 +224,10 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
     def _receive(
         self, requests: Iterator, context: grpc.ServicerContext, identity: str | None
     ) -> EpisodeRecord:
-        """Reads header, steps and outcome in order, validating each part as it arrives;
-        a header that `identity` may not write ends the stream before its steps."""
+        """Reads header, steps and outcome in order, validating each part as it arrives.
+
+        A header that `identity` may not write ends the stream before its steps.
+        """
         header = None
         steps: list[common_pb2.Step] = []
         outcome = None
@@ -270,12 +279,15 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         return EpisodeRecord(header=header, steps=tuple(steps), outcome=outcome)
 
     def GetEpisode(self, request, context):
+        """One episode's summary and label history, with its steps when asked."""
         return self.store.get(request.episode_id, request.include_steps)
 
     def ListEpisodes(self, request, context):
+        """A page of episode summaries matching the request's filter."""
         return self.store.list(request)
 
     def Relabel(self, request, context):
+        """Corrects an episode's label, recording the caller's proven identity as its source."""
         self.auth.check(context, (*PEOPLE, "trainer"), "relabel episodes")
         identity = peer_identity(context)
         if identity is not None:
@@ -289,6 +301,7 @@ class EpisodeStoreServicer(episode_store_pb2_grpc.EpisodeStoreServicer):
         return self.store.relabel(request)
 
     def Stats(self, request, context):
+        """Counts and success rate of the matching episodes, also by robot, domain and model."""
         return self.store.stats(request)
 
 

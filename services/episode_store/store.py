@@ -132,6 +132,7 @@ def summarize(
 
 
 def encode_page_token(sequence: int) -> str:
+    """The page token that continues after `sequence`."""
     return base64.urlsafe_b64encode(f"after:{sequence}".encode()).decode()
 
 
@@ -242,6 +243,11 @@ class EpisodeStore:
         )
 
     def get(self, episode_id: str, include_steps: bool) -> episode_store_pb2.GetEpisodeResponse:
+        """The episode's summary and label history, with its header, steps and outcome if asked.
+
+        Raises:
+            NotFound: the store has no such episode.
+        """
         try:
             summary, history = self.metadata.get(episode_id)
         except EpisodeNotFound:
@@ -257,6 +263,11 @@ class EpisodeStore:
     def list(
         self, request: episode_store_pb2.ListEpisodesRequest
     ) -> episode_store_pb2.ListEpisodesResponse:
+        """A page of episodes matching the request's filter, and the next page's token.
+
+        Raises:
+            InvalidArgument: a page size over MAX_PAGE_SIZE, a bad filter or page token.
+        """
         if request.page_size > MAX_PAGE_SIZE:
             raise InvalidArgument(f"page_size={request.page_size}; at most {MAX_PAGE_SIZE}")
         check_filter(request.filter)
@@ -272,6 +283,12 @@ class EpisodeStore:
     def relabel(
         self, request: episode_store_pb2.RelabelRequest
     ) -> episode_store_pb2.RelabelResponse:
+        """Records a corrected label for an episode; returns its summary and label history.
+
+        Raises:
+            InvalidArgument: the request gives no source or no reason.
+            NotFound: the store has no such episode.
+        """
         if not request.source:
             raise InvalidArgument(
                 "source is required: say who corrects the label (e.g. user:alice)"
@@ -297,6 +314,11 @@ class EpisodeStore:
         return episode_store_pb2.RelabelResponse(summary=summary, label_history=history)
 
     def stats(self, request: episode_store_pb2.StatsRequest) -> episode_store_pb2.StatsResponse:
+        """Counts and success rate of the episodes the request's filter matches.
+
+        Raises:
+            InvalidArgument: a bad filter.
+        """
         check_filter(request.filter)
         return self.metadata.stats(request.filter)
 
@@ -324,6 +346,7 @@ class EpisodeStore:
         return None
 
     def close(self) -> None:
+        """Closes the metadata database."""
         self.metadata.close()
 
 

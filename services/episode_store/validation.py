@@ -57,6 +57,7 @@ def _check_finite(field: str, *values: float) -> None:
 
 
 def check_pose(field: str, pose: common_pb2.Pose) -> None:
+    """Refuses a pose with a value that is not finite or a gripper closure outside 0..1."""
     p = pose.position_m
     _check_finite(field, p.x, p.y, p.z, pose.yaw_rad, pose.gripper_closure)
     if not 0.0 <= pose.gripper_closure <= 1.0:
@@ -79,6 +80,7 @@ def check_timestamp(field: str, timestamp: timestamp_pb2.Timestamp) -> None:
 
 
 def check_model(field: str, model: common_pb2.ModelRef) -> None:
+    """Refuses a model reference with a negative version."""
     if model.version < 0:
         raise InvalidArgument(f"{field}.version={model.version} is negative")
 

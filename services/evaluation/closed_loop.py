@@ -103,16 +103,20 @@ class EvaluationSpec:
 
     @classmethod
     def from_file(cls, evaluation_id: str, arm_config: str | Path, **kwargs) -> EvaluationSpec:
+        """The spec with its arm configuration read from the YAML file `arm_config`."""
         return cls(evaluation_id, Path(arm_config).read_text(), **kwargs)
 
     def collection_id(self, contender: Contender) -> str:
+        """The sim-farm collection that runs `contender`'s episodes of this evaluation."""
         return f"{self.evaluation_id}.{contender.name}"
 
 
 @dataclass(frozen=True)
 class ContenderResult:
-    """A contender's outcome per scene seed, its rate, and what its servoing did
-    (services.evaluation.servoing.summarize)."""
+    """A contender's outcome per scene seed, its rate, and what its servoing did.
+
+    `servoing` is services.evaluation.servoing.summarize's summary.
+    """
 
     contender: Contender
     outcomes: dict[int, bool] = field(repr=False)

@@ -82,4 +82,5 @@ def summarize(episodes: Iterable[EpisodeServoing]) -> dict:
 
 
 def as_dict(episode: EpisodeServoing) -> dict:
+    """The episode's servoing as a plain dict, for JSON reports."""
     return asdict(episode)

@@ -48,6 +48,8 @@ def canary_share(robots: list[str], canaries: int) -> dict[str, str]:
 
 @dataclass
 class ArmState:
+    """One arm as its agent reports it: the label it follows, its state, version and grasps."""
+
     robot: str
     label: str
     state: str = "starting"
@@ -140,16 +142,21 @@ class Flywheel:
         self.arms: dict[str, ServiceProcess] = {}
 
     def start(self) -> None:
+        """Starts every arm's agent on its label."""
         for robot, label in self.labels.items():
             self.arms[robot] = self.start_agent(robot, label)
 
     def stop_arms(self) -> None:
-        """Stops every arm's agent (each flushes its episodes to the store first): no new
-        grasp reaches the rollout, so no version is promoted on evidence gathered later."""
+        """Stops every arm's agent; each flushes its episodes to the store first.
+
+        No new grasp reaches the rollout, so no version is promoted on evidence
+        gathered later.
+        """
         for arm in self.arms.values():
             arm.stop()
 
     def snapshot(self) -> Snapshot:
+        """The fleet now: the model's labels, real grasps per version, the arms and recent runs."""
         versions = self.trainer.ListModelVersions(
             trainer_pb2.ListModelVersionsRequest(name=self.model_name), timeout=10
         ).versions
@@ -220,7 +227,9 @@ def status_table(snapshot: Snapshot) -> str:
         name = "random" if version == RANDOM else f"v{version}"
         rate = snapshot.grasps.get(version, wilson(0, 0))
         labels = ",".join(roles.get(version, [])) or "-"
-        lines.append(f"  {name:<8} {labels:<14} {rate.episodes:>6}  {rate_text(rate, counts=False)}")
+        lines.append(
+            f"  {name:<8} {labels:<14} {rate.episodes:>6}  {rate_text(rate, counts=False)}"
+        )
     arms = []
     for arm in snapshot.arms:
         on = f"v{arm.version}" if arm.version else "-"

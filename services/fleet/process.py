@@ -23,8 +23,9 @@ PARENT_ENV = "GRASPFLEET_END_WITH_PARENT"
 
 
 def end_with_parent_if_asked() -> None:
-    """Called first thing by `graspfleet`: a SIGTERM reaches this process when its parent dies,
-    if the parent asked for it (PARENT_ENV holds the parent's pid).
+    """Has a SIGTERM reach this process when its parent dies, if the parent asked for it.
+
+    `graspfleet` calls it first thing; PARENT_ENV holds the parent's pid.
 
     A test run killed by its timeout or an experiment killed with SIGKILL would
     otherwise leave its services running, holding ports, CPU and files. The child
@@ -78,6 +79,11 @@ class ServiceProcess:
 
     @property
     def address(self) -> str:
+        """The service's gRPC host:port.
+
+        Raises:
+            RuntimeError: the service is not serving.
+        """
         if self.port is None:
             raise RuntimeError(f"{self.name} is not serving")
         return f"127.0.0.1:{self.port}"
@@ -173,6 +179,7 @@ class ServiceProcess:
         return self.process.wait()
 
     def log_tail(self, lines: int = 20) -> str:
+        """The last `lines` lines of the service's log ("" before it wrote one)."""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:

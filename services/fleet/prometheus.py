@@ -68,10 +68,12 @@ class LocalPrometheus:
 
     @staticmethod
     def available() -> bool:
+        """Whether a `prometheus` binary is on the PATH."""
         return shutil.which("prometheus") is not None
 
     @property
     def url(self) -> str:
+        """Prometheus's HTTP address on this machine."""
         return f"http://127.0.0.1:{self.port}"
 
     def scrape(self, job: str, address: str) -> None:
@@ -158,6 +160,7 @@ class LocalPrometheus:
         return [(r["metric"], float(r["value"][1])) for r in result]
 
     def stop(self) -> None:
+        """Stops Prometheus: SIGTERM, then SIGKILL after 30 s."""
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             try:

@@ -42,6 +42,7 @@ class VersionRow:
     events: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
+        """The row as a plain dict, for the JSON report."""
         row = asdict(self)
         row["grasps"] = self.grasps.as_dict()
         row["events"] = list(self.events)
@@ -141,8 +142,10 @@ RECORDED_SUCCESS = "last_over_time(graspfleet:grasp_success:ratio[1h])"
 
 
 def prometheus_table(prometheus) -> str:
-    """The success rate per arm, model version and domain that the local Prometheus recorded
-    (the deployment's recording rule), as a Markdown table; "" when it recorded none."""
+    """The success rate per arm, model version and domain, as the local Prometheus recorded it.
+
+    A Markdown table of the deployment's recording rule; "" when it recorded none.
+    """
     rows = sorted(
         (labels.get("robot_id", ""), labels.get("model_version", ""), labels.get("domain", ""), v)
         for labels, v in prometheus.query(RECORDED_SUCCESS)
@@ -164,8 +167,10 @@ def flywheel_plot(
     path: Path,
     window: int = 50,
 ) -> None:
-    """Success over time: each version's running rate over its last `window` real grasps
-    (by start time), with the moves of the stable and canary labels marked."""
+    """Success over time: each version's running rate over its last `window` real grasps.
+
+    Grasps are ordered by start time; the moves of the stable and canary labels are marked.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,8 +212,10 @@ def flywheel_plot(
 
 
 def episode_pictures(stub, robots: list[str], folder: Path, per_robot: int = 3) -> list[Path]:
-    """A contact sheet of each robot's last episodes, and the strips of one success and one
-    failure among them: the pictures the report links."""
+    """The pictures the report links: a contact sheet of each robot's last episodes.
+
+    With it, the strips of one success and one failure among them.
+    """
     chosen = []
     for robot in robots:
         found = list(client.list_all(stub, episode_store_pb2.EpisodeFilter(robot_ids=[robot])))

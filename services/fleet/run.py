@@ -67,6 +67,7 @@ ROLLOUT_SETTLE_S = 2 * ROLLOUT_INTERVAL_S
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Parses `graspfleet run`'s flags."""
     parser = argparse.ArgumentParser(prog="graspfleet run", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smoke run of a few minutes")
     parser.add_argument(
@@ -133,6 +134,7 @@ class Fleet:
     def start(
         self, name: str, command: list[str], flags: dict, require_serving: bool = True
     ) -> ServiceProcess:
+        """Starts a service, waits until it serves, and has Prometheus scrape its metrics."""
         flags = {"log_format": "text", "metrics_port": "0", **flags}
         process = ServiceProcess(name, command, flags, self.logs)
         print(f"  starting {name} ...", flush=True)
@@ -145,6 +147,7 @@ class Fleet:
         return process
 
     def stop(self) -> None:
+        """Stops the services in reverse order of start, then Prometheus."""
         for process in reversed(self.processes):
             process.stop()
         if self.prometheus is not None:
@@ -243,9 +246,12 @@ def _trainer_run(
 
 
 def _automatic_run_spec(plan: Plan) -> trainer_pb2.RunSpec:
-    """What the automatic runs start from (the trainer's auto_retrain_spec_file): version
-    1's data selection and gate, the plan's steps, and the version they fine-tune, if the
-    plan names one. The trainer leaves the simulated selection out for a recipe without it."""
+    """What the automatic runs start from (the trainer's auto_retrain_spec_file).
+
+    Version 1's data selection and gate, the plan's steps, and the version they
+    fine-tune, if the plan names one. The trainer leaves the simulated selection
+    out for a recipe without it.
+    """
     spec = _grasp_run_spec(0, plan.retrain_steps, "make run: automatic retraining")
     if plan.retrain_start_from:
         spec.start_from.version = plan.retrain_start_from
@@ -273,6 +279,7 @@ def _grasp_run_spec(recipe: int, steps: int, description: str = "") -> trainer_p
 
 
 def main(argv: list[str]) -> int:
+    """Runs the local fleet as a flywheel and writes its report; returns the exit status."""
     args = parse_args(argv)
     plan = plan_of(args)
     kind = "quick" if args.quick else "default"

@@ -151,6 +151,7 @@ class EpisodeSpool:
         return sorted(self.root.glob(f"*{SUFFIX}"), key=lambda p: (p.stat().st_mtime, p.name))
 
     def depth(self) -> int:
+        """How many episodes wait to be uploaded."""
         return sum(1 for _ in self.root.glob(f"*{SUFFIX}"))
 
     def size_bytes(self) -> int:
@@ -168,9 +169,11 @@ class EpisodeSpool:
             SPOOL_BYTES.labels(self.name).set(self._bytes)
 
     def read(self, path: Path) -> EpisodeRecord:
+        """The spooled episode at `path`."""
         return _decode(path.read_bytes())
 
     def acknowledge(self, path: Path) -> None:
+        """Deletes an uploaded episode from the spool."""
         size = _size(path)
         path.unlink(missing_ok=True)
         self._add_bytes(-size)
@@ -294,6 +297,7 @@ class Uploader:
         self.last_error = ""
 
     def start(self) -> Uploader:
+        """Starts the upload thread; returns the uploader."""
         self._thread.start()
         return self
 
