@@ -109,6 +109,11 @@ class Predictor:
         return all(repo.loaded() for repo in self.repositories.values())
 
     def repository(self, name: str) -> ModelRepository:
+        """The repository of model `name`.
+
+        Raises:
+            NotFound: this predictor does not serve the model.
+        """
         if name not in self.repositories:
             raise NotFound(
                 f"model {name!r} is not served here (models: {sorted(self.repositories)})"
@@ -116,6 +121,7 @@ class Predictor:
         return self.repositories[name]
 
     def resolve(self, spec) -> LoadedModel:
+        """The loaded version a TF Serving ModelSpec names: a version, a label, or the newest."""
         repo = self.repository(spec.name)
         # version and version_label are a oneof in ModelSpec: at most one is set.
         version = spec.version.value if spec.HasField("version") else None
@@ -162,6 +168,11 @@ class Predictor:
         inputs: dict[str, np.ndarray],
         timeout_s: float | None,
     ):
+        """Runs a signature on `inputs`, through its batcher when batching is on.
+
+        Raises:
+            DeadlineExceeded: the deadline passed while the request waited for its batch.
+        """
         PREDICT_REQUESTS.labels(loaded.name, signature_name).inc()
         batcher = loaded.resources.get("batchers", {}).get(signature_name)
         if batcher is None:
@@ -220,10 +231,13 @@ _GRASP_INPUTS = ({"x0", "xt", "motions"}, {"x0", "xt"}, {"features", "motions"})
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
+    """TF Serving's PredictionService: Predict and GetModelMetadata."""
+
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
 
     def Predict(self, request, context):
+        """Runs the requested signature on the request's input tensors."""
         loaded = self.predictor.resolve(request.model_spec)
         signature_name = request.model_spec.signature_name or tensors.DEFAULT_SIGNATURE
         if signature_name not in loaded.signatures:
@@ -255,6 +269,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     def GetModelMetadata(self, request, context):
+        """The requested version's signature definitions (the one field supported)."""
         fields = list(request.metadata_field)
         if fields != ["signature_def"]:
             raise InvalidArgument(f"metadata_field {fields}: only ['signature_def'] is supported")
@@ -271,10 +286,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
+    """TF Serving's ModelService: the state of each version of a model."""
+
     def __init__(self, predictor: Predictor) -> None:
         self.predictor = predictor
 
     def GetModelStatus(self, request, context):
+        """The state of the model's versions, or of the one version or label the request names."""
         repo = self.predictor.repository(request.model_spec.name)
         statuses = repo.statuses()
         if request.model_spec.HasField("version"):

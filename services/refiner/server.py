@@ -176,10 +176,13 @@ def decode_request(request: refiner_pb2.RefineRequest, config: RefinerConfig) ->
 
 
 class RefinerServicer(refiner_pb2_grpc.RefinerServicer):
+    """The Refiner service: translates images with a served GraspGAN or RCAN generator."""
+
     def __init__(self, refiner: Refiner) -> None:
         self.refiner = refiner
 
     def Refine(self, request, context):
+        """Translates the request's images with the generator of its mode and model."""
         auth.authorize(context, (*auth.ARMS, auth.SIM_FARM, "trainer"), "refine images")
         started = time.perf_counter()
         if request.mode not in MODES:

@@ -106,6 +106,7 @@ class Agent:
             SAFE_STOPPED.labels(self.config.robot_id).set(0)
 
     def start(self) -> Agent:
+        """Starts the uploader and the episode loop; returns the agent."""
         self.uploader.start()
         self._thread.start()
         return self
@@ -222,6 +223,7 @@ class Agent:
             self._set_state(robot_agent_pb2.AGENT_STATE_RUNNING)
 
     def status(self) -> robot_agent_pb2.AgentStatus:
+        """The agent's status: state, exploration, domain, episode counts, spool and model."""
         now = clock.now()
         exploration = {
             "cem": robot_agent_pb2.EXPLORATION_MODE_CEM,
@@ -243,9 +245,11 @@ class Agent:
             )
 
     def pause(self) -> None:
+        """Holds the loop before its next episode."""
         self._resume.clear()
 
     def resume(self) -> None:
+        """Lets a paused loop go on."""
         self._resume.set()
 
     def wait(self, timeout_s: float | None = None) -> bool:

@@ -22,15 +22,18 @@ class RobotAgentServicer(robot_agent_pb2_grpc.RobotAgentServicer):
         self.auth = auth
 
     def GetStatus(self, request, context):
+        """The agent's status."""
         return self.agent.status()
 
     def Pause(self, request, context):
+        """Pauses the arm before its next episode; returns the status."""
         by = self.auth.check(context)
         log.info("pause requested", extra={"reason": request.reason, "by": by})
         self.agent.pause()
         return self.agent.status()
 
     def Resume(self, request, context):
+        """Resumes a paused arm; returns the status."""
         by = self.auth.check(context)
         log.info("resume requested", extra={"by": by})
         self.agent.resume()

@@ -30,6 +30,8 @@ Scorer = Callable[[np.ndarray, float], np.ndarray]
 
 @dataclass(frozen=True)
 class CemParams:
+    """The cross-entropy method's settings: population, elites, iterations and the search box."""
+
     population: int = 64
     elites: int = 6
     iterations: int = 3
@@ -49,6 +51,8 @@ class Workspace:
 
 @dataclass(frozen=True)
 class CemResult:
+    """The best motion CEM found, with its score and that of not moving."""
+
     motion: np.ndarray  # [5], the best motion found
     success: float  # C(best motion)
     no_motion_success: float  # C(no motion): the close heuristic's reference
@@ -89,6 +93,11 @@ def optimize(
     """Runs CEM until its iterations are done or time is up; one `score` call per iteration.
 
     Args:
+        score: Scores candidate motions with the grasp model (`Scorer`).
+        position: The gripper's current position, metres.
+        workspace: The box the targets must lie in.
+        params: Population, elites, iterations and the search box's limits.
+        rng: Draws the candidates.
         time_left: Seconds left of the planning budget; no iteration starts past it.
         first_time_left: Seconds the first iteration may take (the caller's own
             deadline), when a plan that arrives late beats no plan; `time_left` if None.

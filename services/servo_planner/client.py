@@ -60,10 +60,16 @@ class PlannerPolicy:
         self._seed = 0
 
     def begin(self, x0: Observation, seed: int, max_steps: int) -> None:
+        """Encodes x0 once for the episode's requests and keeps the episode's seed."""
         self._x0 = self.encode(x0.rgb)
         self._seed = seed
 
     def act(self, observation: Observation, step: int, steps_left: int) -> Action:
+        """The planner's command for this step; CLOSE on the last step.
+
+        Raises:
+            PlannerUnavailable: the PlanStep call failed.
+        """
         if steps_left <= 1:
             return Action(CLOSE, CLOSE_NOW)
         pose = observation.pose

@@ -238,6 +238,8 @@ def _motion(v: np.ndarray) -> common_pb2.MotionCommand:
 
 
 class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
+    """The ServoPlanner service: plans each servoing step with CEM over the grasp predictor."""
+
     def __init__(self, config: PlannerConfig) -> None:
         self.config = config
         self.channel = upstream.channel(
@@ -247,6 +249,7 @@ class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
     def close(self) -> None:
+        """Closes the channel to the grasp predictor."""
         self.channel.close()
 
     def check(self) -> str | None:
@@ -268,6 +271,7 @@ class ServoPlannerServicer(servo_planner_pb2_grpc.ServoPlannerServicer):
         return None
 
     def PlanStep(self, request, context):
+        """The next command for an arm: a CEM-planned move, a close, a raise, or a random move."""
         auth.authorize(context, (*auth.ARMS, auth.SIM_FARM), "plan grasps")
         _check_request(request, self.config)
         started = time.monotonic()

@@ -84,6 +84,7 @@ class KubernetesBackend:
 
     @property
     def namespace(self) -> str:
+        """The namespace the collections' Jobs run in."""
         return self.config.k8s_namespace
 
     def start(self, plan: CollectionPlan) -> None:
@@ -127,6 +128,12 @@ class KubernetesBackend:
         log.warning("job already exists; adopting it", extra={"job": name})
 
     def stop(self, collection_id: str) -> None:
+        """Deletes the collection's Job (its pods go with it); a Job already gone is no error.
+
+        Raises:
+            FailedPrecondition: the API server refused the deletion.
+            Unavailable: the API server could not be reached; the Job runs on.
+        """
         with self.lock:
             followed = self.followed.get(collection_id)
         if followed is None:
@@ -154,6 +161,7 @@ class KubernetesBackend:
         self._wake.set()
 
     def poll(self, timeout_s: float) -> list[Event]:
+        """The events of every followed Job since the last look, read every poll interval."""
         wait = min(timeout_s, max(0.0, self._due - time.monotonic()))
         if self._wake.wait(wait):
             self._wake.clear()

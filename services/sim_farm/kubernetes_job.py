@@ -53,9 +53,11 @@ LABELS = {
 
 
 def shard_env(config: SimFarmConfig, tls: bool) -> dict[str, str]:
-    """The shard command's settings (services.sim_farm.config.ShardConfig) from the farm's;
-    with `tls`, the CA the pods trust and the certificate they present (the farm's own
-    Secret, which `manifest` mounts: shards write as the sim-farm's identity)."""
+    """The shard command's settings (services.sim_farm.config.ShardConfig) from the farm's.
+
+    With `tls`, also the CA the pods trust and the certificate they present (the
+    farm's own Secret, which `manifest` mounts: shards write as the sim-farm's identity).
+    """
     env = {
         env_name("store_address"): config.store_address,
         env_name("plan_timeout_s"): str(config.plan_timeout_s),

@@ -53,12 +53,14 @@ class LocalBackend:
         self._own: list[Event] = []  # events the backend itself makes, not a worker
 
     def start(self, plan: CollectionPlan) -> None:
+        """Queues every shard of `plan`; they start as worker processes free up."""
         settings = shard_settings(self.config)
         with self.lock:
             self.stops[plan.collection_id] = self.context.Event()
             self.pending.extend(ShardJob(plan, shard, settings) for shard in range(plan.num_shards))
 
     def stop(self, collection_id: str) -> None:
+        """Signals the collection's running shards to stop and drops its queued ones."""
         with self.lock:
             stop = self.stops.get(collection_id)
             if stop is not None:
@@ -69,6 +71,7 @@ class LocalBackend:
                 self._own.append(ShardStopped(collection_id, job.shard))
 
     def poll(self, timeout_s: float) -> list[Event]:
+        """Starts queued shards there is room for; returns the workers' and the backend's events."""
         with self.lock:
             self._launch()
             events, self._own = self._own, []

@@ -1,5 +1,7 @@
-"""A collection's plan, made from its validated spec and the same for all its shards, and one
-shard's job: what backends run."""
+"""A collection's plan and one shard's job: what backends run.
+
+The plan is made from the collection's validated spec and is the same for all its shards.
+"""
 
 from __future__ import annotations
 

@@ -205,6 +205,7 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
     # -- RPCs ----------------------------------------------------------------------
 
     def StartCollection(self, request, context):
+        """Starts a collection's shards; the same id and spec again rejoins the running one."""
         auth.authorize(context, COLLECTORS, "start collections")
         spec = sim_farm_pb2.CollectionSpec()
         spec.CopyFrom(request.spec)
@@ -295,9 +296,11 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
             ) from None
 
     def GetCollection(self, request, context):
+        """The collection's state, counts and shards."""
         return self._snapshot(self._find(request.collection_id))
 
     def ListCollections(self, request, context):
+        """Every collection this farm knows, newest first."""
         with self.lock:
             ids = list(reversed(self.order))
         return sim_farm_pb2.ListCollectionsResponse(
@@ -305,6 +308,7 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
         )
 
     def StopCollection(self, request, context):
+        """Stops a collection's shards; the episodes already stored stay."""
         auth.authorize(context, COLLECTORS, "stop collections")
         collection = self._find(request.collection_id)
         self.collector.stop(request.collection_id)
@@ -396,8 +400,10 @@ class SimFarmServicer(sim_farm_pb2_grpc.SimFarmServicer):
                 collection.message.finished_at.CopyFrom(clock.now())
 
     def close(self) -> None:
-        """Stops following; local shards stop (their episodes stay spooled or stored),
-        Kubernetes Jobs run on."""
+        """Stops following the collections.
+
+        Local shards stop (their episodes stay spooled or stored); Kubernetes Jobs run on.
+        """
         self.collector.close()
         self._thread.join(timeout=5)
 

@@ -45,22 +45,29 @@ def episode_seed(collection_seed: int, shard: int, index: int) -> int:
 
 
 def shard_robot_id(shard: int) -> str:
-    """The robot id of a shard's simulated arm: the store groups a collection's counts by it,
-    and accepts its episodes from the sim-farm's identity alone."""
+    """The robot id of a shard's simulated arm.
+
+    The store groups a collection's counts by it, and accepts its episodes from the
+    sim-farm's identity alone.
+    """
     return f"{auth.SIM_FARM_SHARD_PREFIX}{shard}"
 
 
 class Progress(Protocol):
     """Where a shard reports: a multiprocessing queue, or the shard command's log."""
 
-    def put(self, event: Event) -> None: ...
+    def put(self, event: Event) -> None:
+        """Reports one event."""
 
 
 class Stop(Protocol):
-    """Set when the shard should end after its current episode (a multiprocessing or
-    threading Event)."""
+    """Set when the shard should end after its current episode.
 
-    def is_set(self) -> bool: ...
+    A multiprocessing or a threading Event.
+    """
+
+    def is_set(self) -> bool:
+        """True once the shard should stop."""
 
 
 def _policy(job: ShardJob, driver):

@@ -57,6 +57,7 @@ class CanonicalizingPolicy:
         self.canonical: list[np.ndarray] = []  # one per act(), in step order
 
     def begin(self, x0: Observation, seed: int, max_steps: int) -> None:
+        """Keeps x0 and the episode's arguments; the wrapped source begins on the first act()."""
         # x0 is translated with the first step's image: one call instead of two, and a
         # refiner outage then surfaces inside act(), where the episode loop stops the arm.
         self._x0, self._begin_args = x0, (seed, max_steps)
@@ -64,6 +65,7 @@ class CanonicalizingPolicy:
         self.canonical = []
 
     def act(self, observation: Observation, step: int, steps_left: int) -> Action:
+        """The wrapped source's action, given the canonical images of x0 and the observation."""
         if self.x0_canonical is None:
             self.x0_canonical, canonical = self._canonicalize(self._x0.rgb, observation.rgb)
             self.policy.begin(_as_canonical(self._x0, self.x0_canonical), *self._begin_args)
