@@ -128,6 +128,7 @@ class LocalBackend:
         self._stopping: dict[str, float] = {}  # handle -> when to SIGKILL
 
     def start(self, job: JobSpec) -> str:
+        """Starts the job in its own session, its output appended to its log; returns its handle."""
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **job.env}
         env[JOB_ENV] = job.name
         log_path = job.log_path or Path(os.devnull)
@@ -167,6 +168,7 @@ class LocalBackend:
         return f"{JOB_ENV}={name}" in _environment(pid)
 
     def poll(self, handle: str) -> JobStatus:
+        """The job's state: running, its exit (code or signal), or gone."""
         process = self._children.get(handle)
         if process is not None:
             code = process.poll()
@@ -194,6 +196,7 @@ class LocalBackend:
         return process.poll() is None if process is not None else self._alive(handle)
 
     def cancel(self, handle: str) -> None:
+        """Sends the job's process group SIGTERM; `reap` kills it if it outlives the grace."""
         if not self._running(handle):
             return
         pid = self.parse(handle)[0]
@@ -205,6 +208,7 @@ class LocalBackend:
         log.info("job cancelled", extra={"pid": pid, "signal": "SIGTERM"})
 
     def reap(self) -> None:
+        """Forgets cancelled jobs that ended and SIGKILLs those still running past their grace."""
         for handle, deadline in list(self._stopping.items()):
             # poll, not _alive: polling our own child also reaps it, so no zombie stays behind.
             if self.poll(handle).state != RUNNING:

@@ -326,8 +326,10 @@ class TrainerConfig(ServerConfig):
 
 @dataclass(frozen=True)
 class Toleration:
-    """One pod toleration: `value` empty means any value (operator Exists), `effect`
-    empty means every effect."""
+    """One pod toleration.
+
+    An empty `value` means any value (operator Exists); an empty `effect` means every effect.
+    """
 
     key: str
     value: str

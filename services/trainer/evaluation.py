@@ -44,6 +44,7 @@ TRAINING_FIELDS = ("model_name", "data", "params", "gate", "refiner")
 
 
 def is_evaluation(spec: trainer_pb2.RunSpec) -> bool:
+    """Whether the spec is an evaluation (recipe EVALUATION) rather than a training run."""
     return spec.recipe == RECIPE
 
 
@@ -206,10 +207,12 @@ def job_env(config: TrainerConfig) -> dict[str, str]:
 
 
 def total_episodes(request: trainer_pb2.EvaluationRequest) -> int:
+    """The episodes an evaluation plays: its scenes for each contender."""
     return request.scenes * len(request.contenders)
 
 
 def queued_message(request: trainer_pb2.EvaluationRequest) -> str:
+    """The queued run's message: the contenders, the scenes and the arm."""
     arm = parse_arm(request.arm_config_yaml, "evaluation.arm_config_yaml").id
     shown = ", ".join(
         f"{c.name} ({c.policy}:{c.model.version})" if c.model.version else c.name

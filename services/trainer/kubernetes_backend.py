@@ -126,6 +126,11 @@ class KubernetesBackend:
         return self.api.sanitize_for_serialization(self.manifest(job))
 
     def start(self, job: JobSpec) -> str:
+        """Creates the job's Job, adopting one an earlier attempt created; returns its handle.
+
+        Raises:
+            RuntimeError: the API server refused the Job.
+        """
         handle = f"kubernetes:{self.config.k8s_namespace}/{job.name}"
         try:
             self.batch.create_namespaced_job(
@@ -151,6 +156,7 @@ class KubernetesBackend:
         return namespace, name
 
     def poll(self, handle: str) -> JobStatus:
+        """The Job's state from its conditions; GONE when it no longer exists."""
         namespace, name = self.parse(handle)
         try:
             job = self.batch.read_namespaced_job_status(
@@ -175,6 +181,7 @@ class KubernetesBackend:
         return JobStatus(RUNNING)
 
     def cancel(self, handle: str) -> None:
+        """Deletes the Job (its pods go with it); a Job already gone is no error."""
         namespace, name = self.parse(handle)
         try:
             # Background: the API server deletes the pods after the Job, without waiting.
@@ -203,9 +210,12 @@ class KubernetesBackend:
 
 
 def _reads_only(mount_path: str, config: TrainerConfig) -> bool:
-    """Whether a Job only reads the volume at `mount_path`: the store's episodes (the volume
-    holding store_data_dir) are read by training and evaluation, and written only by the
-    store; the models and the runs are written by the Jobs."""
+    """Whether a Job only reads the volume at `mount_path`.
+
+    The store's episodes (the volume holding store_data_dir) are read by training and
+    evaluation, and written only by the store; the models and the runs are written by
+    the Jobs.
+    """
     mount = Path(mount_path)
 
     def holds(path: str | Path) -> bool:

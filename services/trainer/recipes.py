@@ -60,6 +60,7 @@ class Recipe:
 
     @property
     def uses_sim(self) -> bool:
+        """Trains on simulated episodes."""
         return self.sim_fraction > 0
 
     @property
@@ -74,8 +75,10 @@ class Recipe:
 
     @property
     def uses_real(self) -> bool:
-        """Reads real episodes: every grasp recipe validates on them, GraspGAN's D learns
-        what they look like; only the RCAN generator learns from simulation alone."""
+        """Reads real episodes; only the RCAN generator learns from simulation alone.
+
+        Every grasp recipe validates on them, and GraspGAN's D learns what they look like.
+        """
         return self.trains != RCAN
 
 
@@ -131,8 +134,10 @@ def lookup(name_or_value: str | int) -> Recipe:
 
 
 def schedule(text: str) -> list[tuple[int, Recipe]]:
-    """A retraining schedule: "NAIVE_MIX", or "REAL_ONLY,2000:NAIVE_MIX" (the recipe for at
-    least that many labeled real episodes; an entry without a count starts at 0).
+    """A retraining schedule: "NAIVE_MIX", or "REAL_ONLY,2000:NAIVE_MIX".
+
+    Each entry is the recipe for at least that many labeled real episodes; an entry
+    without a count starts at 0.
 
     Returns:
         (least real episodes, recipe) pairs, by count, the first one at 0.
@@ -176,9 +181,12 @@ def scheduled(entries: list[tuple[int, Recipe]], real_episodes: int) -> Recipe:
 
 
 def automatic_spec(template: trainer_pb2.RunSpec, recipe: Recipe) -> trainer_pb2.RunSpec:
-    """The template (auto_retrain_spec_file) for one scheduled recipe: a recipe without
-    simulated samples leaves out the template's selection of simulated episodes and its
-    scene loss, so one template serves a schedule such as "REAL_ONLY,2000:NAIVE_MIX"."""
+    """The template (auto_retrain_spec_file) for one scheduled recipe.
+
+    A recipe without simulated samples leaves out the template's selection of
+    simulated episodes and its scene loss, so one template serves a schedule such
+    as "REAL_ONLY,2000:NAIVE_MIX".
+    """
     spec = trainer_pb2.RunSpec()
     spec.CopyFrom(template)
     spec.recipe = recipe.value

@@ -70,6 +70,7 @@ class Periodic:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
+        """Starts the thread."""
         self._thread.start()
 
     def _run(self) -> None:
@@ -82,6 +83,7 @@ class Periodic:
                 log.exception("periodic check failed", extra={"task": self._thread.name})
 
     def stop(self) -> None:
+        """Stops the thread, waiting up to 10 s for the action in progress."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
@@ -162,8 +164,11 @@ def decide(
 
 
 def canary_under_test(registry: Registry, name: str) -> int | None:
-    """The version labelled canary while the rollout has not decided on it: not stable's
-    version and never stable before (a version that lost stable is not re-promoted)."""
+    """The version labelled canary while the rollout has not decided on it.
+
+    That is neither stable's version nor one stable before (a version that lost
+    stable is not re-promoted).
+    """
     labels = registry.labels(name)
     canary = labels.get(CANARY)
     if canary is None or canary == labels.get(STABLE) or registry.has_held(name, STABLE, canary):
@@ -301,8 +306,9 @@ class Rollout:
 
 
 class AutoRetrain:
-    """Submits a run after every `auto_retrain_episodes` new labeled real episodes, once
-    the store holds `auto_retrain_min_episodes` in all.
+    """Submits a run after every `auto_retrain_episodes` new labeled real episodes.
+
+    It starts once the store holds `auto_retrain_min_episodes` in all.
 
     A run improves on stable, so none is submitted while the model has no stable
     version (the first version is a person's call) or while a canary is under test

@@ -104,6 +104,7 @@ class RunStore:
             self._db.execute(statement)
 
     def close(self) -> None:
+        """Closes the database."""
         with self._lock:
             self._db.close()
 
@@ -219,6 +220,7 @@ class RunStore:
         return [trainer_pb2.Run.FromString(r[0]) for r in rows]
 
     def count_by_state(self) -> dict[int, int]:
+        """How many runs are in each state."""
         with self._lock:
             rows = self._db.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall()
         return dict(rows)
@@ -230,6 +232,7 @@ class RunStore:
         return None if row is None else row[0]
 
     def set_setting(self, key: str, value: str) -> None:
+        """Keeps `value` under `key` across restarts, replacing any earlier value."""
         with self._lock, self._db:
             self._db.execute(
                 "INSERT INTO settings (key, value) VALUES (?, ?) "

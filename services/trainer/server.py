@@ -34,16 +34,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self._watchers = threading.BoundedSemaphore(trainer.config.max_watchers)
 
     def SubmitRun(self, request, context):
+        """Accepts a run (a retry under the same run id returns the stored one)."""
         by = self.auth.check(context)
         return self.trainer.submit(request.spec, request.run_id, by)
 
     def GetRun(self, request, context):
+        """The run with its spec, state and progress."""
         return self.trainer.get(request.run_id)
 
     def ListRuns(self, request, context):
+        """A page of runs, newest first, optionally of one state."""
         return self.trainer.list(request)
 
     def WatchRun(self, request, context):
+        """Streams the run's state, then every change until it ends or the caller hangs up."""
         authorize(context, PEOPLE, "watch runs")
         if not self._watchers.acquire(blocking=False):
             raise ResourceExhausted(
@@ -56,21 +60,26 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             self._watchers.release()
 
     def CancelRun(self, request, context):
+        """Cancels a queued or running run and stops its job; an ended run is left as it is."""
         self.auth.check(context)
         return self.trainer.cancel(request.run_id)
 
     def ListModelVersions(self, request, context):
+        """The model's published versions with their labels and metadata."""
         return trainer_pb2.ListModelVersionsResponse(versions=self.trainer.versions(request.name))
 
     def SetVersionLabel(self, request, context):
+        """Moves a label to a published version."""
         by = self.auth.check(context)
         return self.trainer.set_label(request.name, request.version, request.label, by)
 
     def RollbackVersionLabel(self, request, context):
+        """Moves a label back to the version that held it before the current one."""
         by = self.auth.check(context)
         return self.trainer.rollback(request.name, request.label, by)
 
     def ListLabelChanges(self, request, context):
+        """The model's label history, oldest first."""
         return trainer_pb2.ListLabelChangesResponse(
             changes=self.trainer.label_changes(request.name, request.label)
         )

@@ -99,6 +99,7 @@ class Supervisor:
         self._thread = threading.Thread(target=self._loop, name="trainer-supervisor", daemon=True)
 
     def run_dir(self, run_id: str) -> Path:
+        """The run's folder under the runs path."""
         return self.config.runs_path / run_id
 
     def start(self) -> None:
@@ -184,8 +185,11 @@ class Supervisor:
             backend.cancel(handle)  # cancelled while it was being started
 
     def _started_before(self, run: Run, backend: JobBackend) -> str | None:
-        """The job of a run whose start was interrupted after the job began (a trainer crash
-        between starting it and recording it); starting a second one would train twice."""
+        """The job of a run whose start was interrupted after the job began.
+
+        That is a trainer crash between starting the job and recording it; starting a
+        second one would train twice.
+        """
         path = self.run_dir(run.run_id) / files.HANDLE_FILE
         if not path.is_file():
             return None

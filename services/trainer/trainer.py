@@ -177,9 +177,15 @@ class Trainer:
         files.write_inputs(run_dir, inputs)
 
     def get(self, run_id: str) -> trainer_pb2.Run:
+        """The run `run_id`."""
         return self.runs.get(run_id)
 
     def list(self, request: trainer_pb2.ListRunsRequest) -> trainer_pb2.ListRunsResponse:
+        """A page of runs, of one state when the request names one.
+
+        Raises:
+            InvalidArgument: the state is not a run state.
+        """
         if request.state not in trainer_pb2.RunState.values():
             raise InvalidArgument(f"state={request.state} is not a run state")
         size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
@@ -198,6 +204,7 @@ class Trainer:
                 revision, state = event.revision, event.run.state
 
     def cancel(self, run_id: str) -> trainer_pb2.Run:
+        """Cancels a run; a cancelled evaluation also stops its sim-farm collections."""
         before = self.runs.get(run_id)  # NotFound before anything else
         run = self.supervisor.cancel(run_id)
         if (
@@ -210,9 +217,15 @@ class Trainer:
         return run
 
     def versions(self, name: str) -> list[trainer_pb2.ModelVersion]:
+        """The published versions of model `name` (the default model when empty)."""
         return self.registry.versions(name or self.config.default_model_name)
 
     def set_label(self, name: str, version: int, label: str, by: str) -> trainer_pb2.ModelVersion:
+        """Moves `label` to `version` of model `name`; returns the version as now labelled.
+
+        Raises:
+            InvalidArgument: no version or no label given.
+        """
         if version <= 0:
             raise InvalidArgument(f"version={version}: name a published version (1, 2, ...)")
         if not label:
@@ -250,6 +263,11 @@ class Trainer:
         return changes
 
     def rollback(self, name: str, label: str, by: str) -> trainer_pb2.ModelVersion:
+        """Moves `label` back to the version that held it before the current one; returns it.
+
+        Raises:
+            InvalidArgument: no label given.
+        """
         if not label:
             raise InvalidArgument('label is required, e.g. "stable"')
         name = name or self.config.default_model_name

@@ -123,16 +123,19 @@ def read_inputs(run_dir: Path) -> JobInputs:
 
 
 def write_episodes(path: Path, episodes: list[episode_store_pb2.EpisodeSummary]) -> None:
+    """Writes the run's episode summaries to `path`, atomically."""
     write_atomically(
         path, episode_store_pb2.ListEpisodesResponse(episodes=episodes).SerializeToString()
     )
 
 
 def read_episodes(path: Path) -> list[episode_store_pb2.EpisodeSummary]:
+    """The episode summaries `write_episodes` wrote to `path`."""
     return list(episode_store_pb2.ListEpisodesResponse.FromString(path.read_bytes()).episodes)
 
 
 def write_progress(run_dir: Path, progress: Progress) -> None:
+    """Writes the job's progress to the run folder, atomically."""
     write_json(
         run_dir / PROGRESS_FILE,
         {
@@ -146,6 +149,7 @@ def write_progress(run_dir: Path, progress: Progress) -> None:
 
 
 def read_progress(run_dir: Path) -> Progress | None:
+    """The job's last progress, or None before it reported any."""
     raw = read_json(run_dir / PROGRESS_FILE)
     if raw is None:
         return None
@@ -159,6 +163,7 @@ def read_progress(run_dir: Path) -> Progress | None:
 
 
 def write_result(run_dir: Path, result: Result) -> None:
+    """Writes how the job ended to the run folder, atomically."""
     write_json(
         run_dir / RESULT_FILE,
         {
@@ -171,6 +176,7 @@ def write_result(run_dir: Path, result: Result) -> None:
 
 
 def read_result(run_dir: Path) -> Result | None:
+    """How the job ended, or None while it has not."""
     raw = read_json(run_dir / RESULT_FILE)
     if raw is None:
         return None

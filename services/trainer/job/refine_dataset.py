@@ -77,8 +77,9 @@ def read_record(data_root: str | Path, summary: Summary) -> EpisodeRecord:
 
 
 def load_generator(model_base: str | Path, ref: dict) -> Generate:
-    """The published generator `ref` names ({"kind", "name", "version"}), checked by the
-    refiner service's own warm-up, as an image function.
+    """The published generator `ref` names ({"kind", "name", "version"}), as an image function.
+
+    The version is checked by the refiner service's own warm-up.
 
     Raises:
         ValueError: that version is missing or fails its warm-up.
