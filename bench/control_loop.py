@@ -136,6 +136,7 @@ def _mutual_tls(folder: Path) -> tuple[dict[str, tuple[dict, dict]], dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Times control steps for each arm count and prints the table; returns the exit status."""
     parser = argparse.ArgumentParser(prog="bench.control_loop", description=__doc__.splitlines()[0])
     parser.add_argument("--arms", type=int, nargs="+", default=[1, 4, 8, 12, 16, 24])
     parser.add_argument("--seconds", type=float, default=10.0)

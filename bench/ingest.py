@@ -34,6 +34,7 @@ def _wire_bytes(record) -> int:
 
 
 def measure(backend: str, writers: int, records: list, workdir: Path, dsn: str | None) -> dict:
+    """Ingest throughput of one store backend with `writers` concurrent writers of `records`."""
     flags = {"data_dir": str(workdir / "data"), "log_format": "text"}
     if dsn:
         flags["postgres_dsn"] = dsn
@@ -62,6 +63,7 @@ def measure(backend: str, writers: int, records: list, workdir: Path, dsn: str |
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measures each backend and writer count and prints the table; returns the exit status."""
     parser = argparse.ArgumentParser(prog="bench.ingest", description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--steps", type=int, default=10)

@@ -81,6 +81,7 @@ def latency_ms(signature, pairs: int, motions: int, calls: int) -> dict[str, flo
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Times training steps and serving calls and prints the table; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="bench.model_inference", description=__doc__.splitlines()[0]
     )

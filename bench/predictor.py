@@ -51,6 +51,7 @@ def _percentiles(samples_s: list[float]) -> tuple[float, float]:
 
 
 def floor(path: Path, calls: int) -> tuple[float, float]:
+    """(p50, p99) milliseconds of in-process signature calls: the floor under served latency."""
     signature = tf.saved_model.load(str(path)).signatures["serving_default"]
     inputs = {k: tf.constant(v) for k, v in _inputs(np.random.default_rng(0)).items()}
     for _ in range(10):
@@ -64,6 +65,7 @@ def floor(path: Path, calls: int) -> tuple[float, float]:
 
 
 def load(address: str, clients: int, seconds: float) -> dict:
+    """Requests/s, latency percentiles and errors of `clients` clients calling Predict."""
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "grasp_success"
     for name, value in _inputs(np.random.default_rng(1)).items():
@@ -105,6 +107,7 @@ def load(address: str, clients: int, seconds: float) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measures the floor, then each client count with and without batching; prints the table."""
     parser = argparse.ArgumentParser(prog="bench.predictor", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])

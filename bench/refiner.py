@@ -151,6 +151,7 @@ def rcan_rate(profile: str, steps: int, batch: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Times the generators' inference and training, prints the tables; returns the exit status."""
     parser = argparse.ArgumentParser(prog="bench.refiner", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--profiles", default="default,paper", help="generator profiles to time")

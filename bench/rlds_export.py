@@ -27,6 +27,7 @@ ENCODINGS = {"png": common_pb2.Image.ENCODING_PNG, "jpeg": common_pb2.Image.ENCO
 
 
 def measure(episodes: int, steps: int, size: int, encoding: str, workdir: Path) -> dict:
+    """Export throughput of a store filled with `episodes` sample episodes."""
     flags = {"data_dir": str(workdir / "data"), "log_format": "text"}
     store = ServiceProcess("episode-store", ["store", "serve"], flags, workdir / "logs").start()
     try:
@@ -56,6 +57,7 @@ def measure(episodes: int, steps: int, size: int, encoding: str, workdir: Path) 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measures the export and prints the table; returns the exit status."""
     parser = argparse.ArgumentParser(prog="bench.rlds_export", description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=500)
     parser.add_argument("--steps", type=int, default=10)

@@ -49,6 +49,7 @@ def throughput(processes: int, episodes: int, width: int, height: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Measures simulation throughput and the reference success rates; returns the exit status."""
     parser = argparse.ArgumentParser(prog="bench.sim_episodes", description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=60)
     parser.add_argument("--paper-episodes", type=int, default=4)

@@ -96,6 +96,7 @@ def training_set(row: str, data: dict[str, list[Summary]], settings: Settings) -
 def grasp_model(
     row: str, seed: int, data: dict[str, list[Summary]], settings: Settings, root: Path, stages
 ) -> dict:
+    """The grasp model of `row` for `seed`, trained once (a cached stage): its path and metrics."""
     spec = TrainSpec(
         recipe=f"levers:{row}",
         steps=settings.grasp_steps,
@@ -195,6 +196,7 @@ def report(settings: Settings, data, trained: dict, scores: dict, command: str) 
 
 
 def markdown(result: dict) -> str:
+    """The report as Markdown: each arm's contenders, planned difference and servoing thresholds."""
     lines = [
         "# Levers on closed-loop grasp success (validation arms only)",
         "",
@@ -287,6 +289,7 @@ def servoing(
 
 
 def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
+    """Collects, trains and scores every row and seed, then writes the report; returns it."""
     stages = Stages(root)
     data = gather(settings, root, stages)
     trained = {
@@ -311,6 +314,7 @@ def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the protocol (or its tiny --quick settings); returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m experiments.levers", description=__doc__)
     parser.add_argument("--root", default="var/levers", help="stages, data and models")
     parser.add_argument("--out", default="docs/results", help="the report's folder")

@@ -100,6 +100,7 @@ class Settings:
             raise ValueError("at least one seed")
 
     def as_dict(self) -> dict:
+        """The settings as a plain dict, for the report."""
         return asdict(self)
 
 

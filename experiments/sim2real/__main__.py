@@ -41,14 +41,17 @@ def phases(rows: list[Row]) -> list[list[Row]]:
 
 
 def seeds(row: Row, settings: Settings) -> tuple[int, ...]:
-    """A row's seeds: of its grasp model, and for the GraspGAN rows of its generator too
-    (the generator seed was the largest source of variance: every GraspGAN row has three)."""
+    """A row's seeds: of its grasp model, and for the GraspGAN rows of its generator too.
+
+    The generator seed was the largest source of variance: every GraspGAN row has three.
+    """
     if row.sim == "graspgan":
         return settings.graspgan_seeds
     return settings.reference_seeds if row.name in FIRST else settings.seeds
 
 
 def model_name(row: Row, seed: int) -> str:
+    """The name of `row`'s grasp model for `seed`: "<row>-s<seed>"."""
     return f"{row.name}-s{seed}"
 
 
@@ -138,6 +141,7 @@ def _build(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the protocol (or its tiny --quick settings, or some --rows); returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m experiments.sim2real", description=__doc__)
     parser.add_argument("--root", default="var/sim2real", help="stages, data and models")
     parser.add_argument("--out", default="docs/results", help="sim2real.json, .md and .png")

@@ -124,8 +124,10 @@ def collect_all(
     specs: dict[str, sim_farm_pb2.CollectionSpec],
     ids: dict[str, str],
 ) -> dict[str, list[Summary]]:
-    """Runs each collection not yet done (a stage each), then lists each one's labeled
-    episodes, in the store's order, by name."""
+    """Runs each collection not yet done (a stage each), then lists their labeled episodes.
+
+    The episodes come by collection name, in the store's order.
+    """
     with data_fleet(root, shards) as (store, farm):
         for name, spec in specs.items():
             stages.run(
@@ -144,9 +146,12 @@ def collect_all(
 
 
 def collection_ids(settings: Settings) -> dict[str, str]:
-    """Each collection's id. It carries the spec's key (the arm file's text included): a
-    collection of other settings never mixes with this one, and two runs whose ids agree
-    collected the same episodes (every episode's seed follows from the spec)."""
+    """Each collection's id.
+
+    It carries the spec's key (the arm file's text included): a collection of other
+    settings never mixes with this one, and two runs whose ids agree collected the
+    same episodes (every episode's seed follows from the spec).
+    """
     return {
         name: f"{name}-{key(_spec_settings(spec))}" for name, spec in collections(settings).items()
     }

@@ -77,8 +77,11 @@ class Evaluations:
         return yaml.safe_dump(arm, sort_keys=False)
 
     def spec(self, evaluation_id: str, arm_yaml: str) -> EvaluationSpec:
-        """The evaluation's scenes. Its id, which names the store's collections, carries the
-        protocol version: a new protocol never resumes an older one's episodes."""
+        """The evaluation's scenes.
+
+        Its id, which names the store's collections, carries the protocol version: a
+        new protocol never resumes an older one's episodes.
+        """
         s = self.settings
         return EvaluationSpec(
             f"{evaluation_id}-p{PROTOCOL_VERSION}",
@@ -168,8 +171,10 @@ class Job:
 
 
 def _key(settings: dict, contender: Contender) -> dict:
-    """A contender's cache key: its fields, those at their defaults left out, so that adding a
-    field (the servoing thresholds) keeps every earlier evaluation's key."""
+    """A contender's cache key: its fields, those at their defaults left out.
+
+    Adding a field (the servoing thresholds) then keeps every earlier evaluation's key.
+    """
     fields = [
         f"{f.name}={getattr(contender, f.name)!r}"
         for f in dataclasses.fields(contender)

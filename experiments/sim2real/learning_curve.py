@@ -26,14 +26,18 @@ ROW = "real-only-all"
 
 
 def nested_shares(episodes: list, shares: list[float], seed: int) -> dict[float, list]:
-    """Each share of `episodes` as a prefix of one seeded shuffle: every smaller set is
-    inside every larger one, so the curve measures the data size and not a new draw."""
+    """Each share of `episodes` as a prefix of one seeded shuffle.
+
+    Every smaller set is inside every larger one, so the curve measures the data size
+    and not a new draw.
+    """
     order = list(episodes)
     random.Random(seed).shuffle(order)
     return {share: order[: max(1, round(len(order) * share))] for share in shares}
 
 
 def run(settings: Settings, root: Path, shares: list[float], command: str) -> dict:
+    """Trains the curve's row on each nested share of the real episodes; returns the result."""
     stages = Stages(root)
     data = prepare(settings, root, stages, {"real"})
     row = next(r for r in table_rows() if r.name == ROW)
@@ -75,6 +79,7 @@ def run(settings: Settings, root: Path, shares: list[float], command: str) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the learning curve and writes it as JSON; returns the exit status."""
     parser = argparse.ArgumentParser(
         prog="python -m experiments.sim2real.learning_curve", description=__doc__
     )

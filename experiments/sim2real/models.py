@@ -42,8 +42,11 @@ class Models:
     # -- generators ------------------------------------------------------------------
 
     def graspgan(self, budget: str, seed: int) -> dict:
-        """A GraspGAN generator: Table II's learns from unlabeled real images (all of them),
-        Table III's from the labeled real episodes of the row's budget."""
+        """A GraspGAN generator.
+
+        Table II's learns from unlabeled real images (all of them), Table III's from the
+        labeled real episodes of the row's budget.
+        """
         from models.generators.graspgan_training import GraspGANSpec, train_graspgan
 
         real = self.data.real_all if budget in ("none", "all") else self.data.real_low
@@ -144,6 +147,7 @@ class Models:
         )
 
     def spec(self, row: Row, seed: int) -> TrainSpec:
+        """The training settings of `row`'s grasp model for `seed`."""
         s = self.settings
         # A fine-tune keeps its parent's network (scene head included) to load its weights;
         # on real samples alone the scene loss counts nothing.

@@ -54,6 +54,7 @@ class Row:
 
     @property
     def uses_real_labels(self) -> bool:
+        """Whether the row trains on labeled real episodes (a budget other than "none")."""
         return self.budget != "none"
 
 
@@ -127,6 +128,7 @@ class Settings:
     rows: tuple[str, ...] = field(default_factory=lambda: tuple(r.name for r in table_rows()))
 
     def as_dict(self) -> dict:
+        """The settings as a plain dict, for the report."""
         return asdict(self)
 
 

@@ -50,6 +50,7 @@ def reread(table: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Rereads the table with seeded differences, writes them and prints them; returns 0."""
     parser = argparse.ArgumentParser(prog="python -m experiments.sim2real.seeded")
     parser.add_argument("--table", default="docs/results/sim2real.json")
     parser.add_argument("--out", default="docs/results/sim2real-seeded.json")

@@ -32,6 +32,7 @@ def key(settings: dict) -> str:
 
 
 def log(message: str) -> None:
+    """Prints `message` to stderr with the time of day."""
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
@@ -43,9 +44,11 @@ class Stages:
         (self.root / "stages").mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str, settings: dict) -> Path:
+        """The file of stage `name` under `settings`."""
         return self.root / "stages" / f"{name}-{key(settings)}.json"
 
     def done(self, name: str, settings: dict) -> dict | None:
+        """The stage's recorded result, or None when it has not run under these settings."""
         path = self.path(name, settings)
         return json.loads(path.read_text())["result"] if path.exists() else None
 
