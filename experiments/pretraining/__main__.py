@@ -205,6 +205,7 @@ def decision(result: dict) -> str:
 
 
 def report(settings: Settings, data, trained: dict, scores: dict, command: str) -> dict:
+    """The JSON report: settings, data, every arm's rows and differences, and the decision."""
     result = {
         "protocol": "experiments/pretraining/protocol.py",
         "settings": settings.as_dict(),
@@ -225,6 +226,7 @@ def report(settings: Settings, data, trained: dict, scores: dict, command: str) 
 
 
 def markdown(result: dict) -> str:
+    """The report as the markdown table docs/results.md cites."""
     lines = [
         "# Sim pretraining and steps on the proxy-real domain (validation arms only)",
         "",
@@ -266,6 +268,7 @@ def score(settings: Settings, trained: dict, evaluations: Evaluations) -> dict:
 
 
 def write(result: dict, out: Path) -> None:
+    """Writes the report's JSON and markdown into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{REPORT}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"{REPORT}.md").write_text(markdown(result))
@@ -288,6 +291,7 @@ def run(settings: Settings, root: Path, out: Path, command: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs the experiment (resuming what is cached) and writes its report."""
     parser = argparse.ArgumentParser(prog="python -m experiments.pretraining", description=__doc__)
     parser.add_argument("--root", default="var/pretraining", help="stages, data and models")
     parser.add_argument("--out", default="docs/results", help="the report's folder")

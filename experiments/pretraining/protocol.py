@@ -100,6 +100,7 @@ class Settings:
             raise ValueError("real_validation_fraction must be in (0, 1): real rows validate")
 
     def as_dict(self) -> dict:
+        """The settings as JSON-ready values, for cache keys and the report."""
         return asdict(self)
 
 
