@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
@@ -160,6 +161,67 @@ def check_address(name: str, address: str) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"{name}={address!r} is not host:port")
+
+
+K8S_API_MODES = ("auto", "in-cluster", "kubeconfig", "off")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
+# A namespace: an RFC 1123 label.
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# A service account or Secret name: an RFC 1123 subdomain.
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def check_job_settings(
+    config: object,
+    program: str,
+    *,
+    api_modes: tuple[str, ...] = K8S_API_MODES,
+    required_names: tuple[str, ...] = ("k8s_service_account",),
+) -> None:
+    """The `k8s_*` settings every service that creates Jobs has (`services.common.kube.job`).
+
+    Checked whichever backend runs, so a typo fails at start-up, not at the first Job.
+
+    Args:
+        config: A service config with k8s_api, k8s_namespace, k8s_image, k8s_command,
+            k8s_service_account, k8s_cpu, k8s_memory, k8s_tls_secret, k8s_ttl_s and
+            k8s_deadline_s.
+        program: What the Jobs' command runs, for the message (e.g. "`train job`").
+        api_modes: The k8s_api values the service takes.
+        required_names: The object names (of k8s_service_account, k8s_tls_secret) that
+            must be set; the others may be empty.
+
+    Raises:
+        ConfigError: a setting Kubernetes would refuse, naming it.
+    """
+    c: Any = config
+    if c.k8s_api not in api_modes:
+        raise ConfigError(f"k8s_api={c.k8s_api!r}: use one of {', '.join(api_modes)}")
+    if not _LABEL.match(c.k8s_namespace):
+        raise ConfigError(
+            f"k8s_namespace={c.k8s_namespace!r} is not a Kubernetes namespace name "
+            "(lowercase letters, digits and '-', at most 63)"
+        )
+    for name in ("k8s_service_account", "k8s_tls_secret"):
+        value = getattr(c, name)
+        if (value or name in required_names) and not _SUBDOMAIN.match(value):
+            raise ConfigError(
+                f"{name}={value!r} is not a Kubernetes object name "
+                "(lowercase letters, digits, '-' and '.')"
+            )
+    if not c.k8s_image.strip():
+        raise ConfigError("k8s_image must name the image the Jobs' pods run")
+    if not c.k8s_command:
+        raise ConfigError(f"k8s_command must name the program that runs {program}")
+    for name in ("k8s_cpu", "k8s_memory"):
+        if not _QUANTITY.match(getattr(c, name)):
+            raise ConfigError(
+                f"{name}={getattr(c, name)!r} is not a Kubernetes quantity (e.g. 500m, 2Gi)"
+            )
+    if c.k8s_ttl_s < 0 or c.k8s_deadline_s < 0:
+        raise ConfigError(
+            f"k8s_ttl_s={c.k8s_ttl_s} and k8s_deadline_s={c.k8s_deadline_s} must not be negative"
+        )
 
 
 def _parse(field: dataclasses.Field, raw: str) -> Any:

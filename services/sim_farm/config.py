@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from services.common.config import (
     ConfigError,
     ServerConfig,
     check_address,
+    check_job_settings,
     check_required,
     setting,
 )
 
 BACKENDS = ("local", "kubernetes")
-K8S_API_MODES = ("auto", "in-cluster", "kubeconfig")
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
-# A DNS-1123 label: what Kubernetes accepts as a namespace name.
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-# A DNS-1123 subdomain: what Kubernetes accepts as a service account or Secret name.
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -122,34 +116,14 @@ class SimFarmConfig(ServerConfig):
         """The kubernetes settings, checked whichever backend runs: a typo fails at once."""
         if not self.poll_interval_s > 0:
             raise ConfigError(f"poll_interval_s={self.poll_interval_s} must be positive")
-        if self.k8s_api not in K8S_API_MODES:
-            raise ConfigError(f"k8s_api={self.k8s_api!r}: use one of {', '.join(K8S_API_MODES)}")
-        if not _LABEL.match(self.k8s_namespace):
-            raise ConfigError(
-                f"k8s_namespace={self.k8s_namespace!r} is not a Kubernetes namespace name "
-                "(lowercase letters, digits and '-', at most 63)"
-            )
-        for name in ("k8s_service_account", "k8s_tls_secret"):
-            value = getattr(self, name)
-            if not _SUBDOMAIN.match(value):
-                raise ConfigError(
-                    f"{name}={value!r} is not a Kubernetes object name "
-                    "(lowercase letters, digits, '-' and '.')"
-                )
-        if not self.k8s_image.strip():
-            raise ConfigError("k8s_image must name the image the shard pods run")
-        if not self.k8s_command:
-            raise ConfigError("k8s_command must name the program that runs `sim-farm shard`")
-        for name in ("k8s_cpu", "k8s_memory"):
-            if not _QUANTITY.match(getattr(self, name)):
-                raise ConfigError(
-                    f"{name}={getattr(self, name)!r} is not a Kubernetes quantity (e.g. 500m, 2Gi)"
-                )
-        if self.k8s_ttl_s < 0 or self.k8s_deadline_s < 0:
-            raise ConfigError(
-                f"k8s_ttl_s={self.k8s_ttl_s} and k8s_deadline_s={self.k8s_deadline_s} "
-                "must not be negative"
-            )
+        # The farm has no Jobs without an API server, and its shards dial TLS with the CA of
+        # this Secret whenever the farm does.
+        check_job_settings(
+            self,
+            "`sim-farm shard`",
+            api_modes=("auto", "in-cluster", "kubeconfig"),
+            required_names=("k8s_service_account", "k8s_tls_secret"),
+        )
 
     @property
     def shard_spool_bytes(self) -> int:

@@ -18,7 +18,6 @@ from kubernetes import client as k8s
 
 from services.common import kube
 from services.common.config import env_name
-from services.common.upstream import TLS_CA_ENV, TLS_CLIENT_DIR_ENV
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.plan import CollectionPlan
 
@@ -52,11 +51,11 @@ LABELS = {
 }
 
 
-def shard_env(config: SimFarmConfig, tls: bool) -> dict[str, str]:
+def shard_env(config: SimFarmConfig) -> dict[str, str]:
     """The shard command's settings (services.sim_farm.config.ShardConfig) from the farm's.
 
-    With `tls`, also the CA the pods trust and the certificate they present (the
-    farm's own Secret, which `manifest` mounts: shards write as the sim-farm's identity).
+    The TLS settings come with the Secret (`services.common.kube.job`): the pods trust its
+    CA and present the farm's certificate, so shards write as the sim-farm's identity.
     """
     env = {
         env_name("store_address"): config.store_address,
@@ -74,9 +73,6 @@ def shard_env(config: SimFarmConfig, tls: bool) -> dict[str, str]:
         env[env_name("planner_address")] = config.planner_address
     if config.refiner_address:
         env[env_name("refiner_address")] = config.refiner_address
-    if tls:
-        env[TLS_CA_ENV] = f"{kube.TLS_DIR}/ca.crt"
-        env[TLS_CLIENT_DIR_ENV] = kube.TLS_DIR
     return env
 
 
@@ -86,74 +82,34 @@ def manifest(config: SimFarmConfig, plan: CollectionPlan, tls: bool = False) -> 
     Args:
         config: The farm's settings.
         plan: The collection's plan.
-        tls: The fleet's services speak TLS: the pods trust `config.k8s_tls_secret`'s ca.crt.
+        tls: The fleet's services speak TLS: the pods mount `config.k8s_tls_secret`.
     """
-    resources = {"cpu": config.k8s_cpu, "memory": config.k8s_memory}
     # The spool's cap plus one episode's worth of room: the shard pauses at the cap.
     spool_limit = str(2 * config.shard_spool_bytes)
-    volumes = [
-        k8s.V1Volume(name="spool", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=spool_limit)),
-        k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="1Gi")),
-    ]
-    mounts = [
-        k8s.V1VolumeMount(name="spool", mount_path=SPOOL_DIR),
-        k8s.V1VolumeMount(name="tmp", mount_path="/tmp"),
-    ]
-    if tls:
-        # The whole Secret as a folder (a renewed CA reaches running pods), read-only.
-        volumes.append(
-            k8s.V1Volume(
-                name="tls", secret=k8s.V1SecretVolumeSource(secret_name=config.k8s_tls_secret)
-            )
-        )
-        mounts.append(k8s.V1VolumeMount(name="tls", mount_path=kube.TLS_DIR, read_only=True))
-    container = k8s.V1Container(
-        name="shard",
-        image=config.k8s_image,
-        image_pull_policy="IfNotPresent",
-        command=[*config.k8s_command, "sim-farm", "shard"],
+    annotations = {COLLECTION_ANNOTATION: plan.collection_id}
+    return kube.job(
+        config,
+        name=job_name(plan.collection_id),
+        labels=LABELS,
+        annotations=annotations,
+        container="shard",
+        command=["sim-farm", "shard"],
         args=["--plan", plan.to_json()],
-        env=[k8s.V1EnvVar(name=k, value=v) for k, v in sorted(shard_env(config, tls).items())],
-        resources=k8s.V1ResourceRequirements(requests=resources, limits=dict(resources)),
-        volume_mounts=mounts,
-        # The shard writes its error there; a crash before it could shows the log's tail.
-        termination_message_path=TERMINATION_LOG,
-        termination_message_policy="FallbackToLogsOnError",
-        security_context=kube.container_security(),
-    )
-    pod = k8s.V1PodSpec(
-        restart_policy="Never",
-        service_account_name=config.k8s_service_account,
-        automount_service_account_token=False,
-        containers=[container],
-        volumes=volumes,
-        security_context=kube.pod_security(),
-    )
-    return k8s.V1Job(
-        api_version="batch/v1",
-        kind="Job",
-        metadata=k8s.V1ObjectMeta(
-            name=job_name(plan.collection_id),
-            namespace=config.k8s_namespace,
-            labels=dict(LABELS),
-            annotations={COLLECTION_ANNOTATION: plan.collection_id},
-        ),
-        spec=k8s.V1JobSpec(
-            completion_mode="Indexed",
-            completions=plan.num_shards,
-            parallelism=min(config.workers, plan.num_shards),
+        env=shard_env(config),
+        volumes=[
+            k8s.V1Volume(name="spool", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit=spool_limit))
+        ],
+        mounts=[k8s.V1VolumeMount(name="spool", mount_path=SPOOL_DIR)],
+        tmp_size_limit="1Gi",
+        termination_log=TERMINATION_LOG,
+        tls=tls,
+        job_fields={
+            "completion_mode": "Indexed",
+            "completions": plan.num_shards,
+            "parallelism": min(config.workers, plan.num_shards),
             # A failed shard is reported, not silently run again, and the others carry on.
-            backoff_limit_per_index=0,
-            ttl_seconds_after_finished=config.k8s_ttl_s,
-            active_deadline_seconds=config.k8s_deadline_s or None,
-            template=k8s.V1PodTemplateSpec(
-                metadata=k8s.V1ObjectMeta(
-                    labels=dict(LABELS),
-                    annotations={COLLECTION_ANNOTATION: plan.collection_id},
-                ),
-                spec=pod,
-            ),
-        ),
+            "backoff_limit_per_index": 0,
+        },
     )
 
 

@@ -10,7 +10,13 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from graspfleet.v1 import trainer_pb2
-from services.common.config import ConfigError, ServerConfig, check_address, setting
+from services.common.config import (
+    ConfigError,
+    ServerConfig,
+    check_address,
+    check_job_settings,
+    setting,
+)
 from services.trainer import recipes
 
 BACKENDS = ("local", "kubernetes")
@@ -19,7 +25,6 @@ _TAINT_KEY = re.compile(
     r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 )
 TAINT_EFFECTS = ("", "NoSchedule", "PreferNoSchedule", "NoExecute")
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 
 
 @dataclass(frozen=True)
@@ -255,13 +260,9 @@ class TrainerConfig(ServerConfig):
                 f"rollout_max_grasps={self.rollout_max_grasps} must be at least "
                 f"rollout_min_grasps={self.rollout_min_grasps}, and rollout_max_wait_s positive"
             )
-        if self.auto_retrain_steps < 0 or self.k8s_gpus < 0 or self.k8s_deadline_s < 0:
-            raise ConfigError("auto_retrain_steps, k8s_gpus and k8s_deadline_s must be >= 0")
-        if self.k8s_api not in ("auto", "in-cluster", "kubeconfig", "off"):
-            raise ConfigError(f"k8s_api={self.k8s_api!r}: use auto, in-cluster, kubeconfig or off")
-        for name in ("k8s_cpu", "k8s_memory"):
-            if not _QUANTITY.match(getattr(self, name)):
-                raise ConfigError(f"{name}={getattr(self, name)!r} is not a Kubernetes quantity")
+        if self.auto_retrain_steps < 0 or self.k8s_gpus < 0:
+            raise ConfigError("auto_retrain_steps and k8s_gpus must be >= 0")
+        check_job_settings(self, "`train job`")
         for name in ("k8s_volumes", "k8s_node_selector"):
             for pair in getattr(self, name):
                 key, sep, value = pair.partition("=")
@@ -278,8 +279,6 @@ class TrainerConfig(ServerConfig):
             raise ConfigError(f"auto_retrain_recipe: {err}") from None
         if self.auto_retrain_spec_file:
             self.auto_retrain_template()
-        if not self.k8s_command:
-            raise ConfigError("k8s_command must name the program that runs `train job`")
 
     def auto_retrain_template(self) -> trainer_pb2.RunSpec:
         """The RunSpec automatic runs start from (empty without auto_retrain_spec_file).

@@ -18,7 +18,6 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from services.common import kube, logs
-from services.common.upstream import TLS_CA_ENV, TLS_CLIENT_DIR_ENV
 from services.trainer.backends import FAILED, GONE, RUNNING, SUCCEEDED, JobSpec, JobStatus
 from services.trainer.config import TrainerConfig
 
@@ -45,16 +44,7 @@ class KubernetesBackend:
     def manifest(self, job: JobSpec) -> k8s.V1Job:
         """The Job object `start` creates for `job`."""
         c = self.config
-        labels = {
-            "app.kubernetes.io/name": "graspfleet-job",
-            "app.kubernetes.io/managed-by": MANAGED_BY,
-            **job.labels,
-        }
-        resources = {"cpu": job.cpu or c.k8s_cpu, "memory": job.memory or c.k8s_memory}
-        limits = dict(resources)
         gpus = c.k8s_gpus if job.gpus is None else job.gpus
-        if gpus:
-            limits["nvidia.com/gpu"] = str(gpus)
         volumes = [
             k8s.V1Volume(
                 name=f"data-{i}",
@@ -62,63 +52,42 @@ class KubernetesBackend:
             )
             for i, claim in enumerate(c.volumes)
         ]
-        volumes.append(k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource()))
         mounts = [
             k8s.V1VolumeMount(name=f"data-{i}", mount_path=path, read_only=_reads_only(path, c))
             for i, path in enumerate(c.volumes.values())
         ]
-        mounts.append(k8s.V1VolumeMount(name="tmp", mount_path="/tmp"))
-        env = {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", **job.env}
-        if c.k8s_tls_secret:
-            # The whole Secret as a folder (a renewed CA reaches running pods), read-only.
-            volumes.append(
-                k8s.V1Volume(
-                    name="tls", secret=k8s.V1SecretVolumeSource(secret_name=c.k8s_tls_secret)
-                )
+        tolerations = [
+            k8s.V1Toleration(
+                key=t.key,
+                operator="Equal" if t.value else "Exists",
+                value=t.value or None,
+                effect=t.effect or None,
             )
-            mounts.append(k8s.V1VolumeMount(name="tls", mount_path=kube.TLS_DIR, read_only=True))
-            # The trainer's own certificate: its Jobs call the store and the farm as it.
-            env[TLS_CA_ENV] = f"{kube.TLS_DIR}/ca.crt"
-            env[TLS_CLIENT_DIR_ENV] = kube.TLS_DIR
-        container = k8s.V1Container(
-            name="job",
-            image=c.k8s_image,
-            image_pull_policy="IfNotPresent",
-            command=[*c.k8s_command, *job.args],
-            env=[k8s.V1EnvVar(name=k, value=v) for k, v in sorted(env.items())],
-            resources=k8s.V1ResourceRequirements(requests=resources, limits=limits),
-            volume_mounts=mounts,
-            security_context=kube.container_security(),
-        )
-        pod = k8s.V1PodSpec(
-            restart_policy="Never",
-            service_account_name=c.k8s_service_account,
-            automount_service_account_token=False,
-            containers=[container],
+            for t in c.tolerations
+        ]
+        return kube.job(
+            c,
+            name=job.name,
+            labels={
+                "app.kubernetes.io/name": "graspfleet-job",
+                "app.kubernetes.io/managed-by": MANAGED_BY,
+                **job.labels,
+            },
+            container="job",
+            command=list(job.args),
+            # The trainer's own certificate comes with the Secret: its Jobs call as it.
+            env={"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", "HOME": "/tmp", **job.env},
             volumes=volumes,
-            node_selector=c.node_selector or None,
-            tolerations=[
-                k8s.V1Toleration(
-                    key=t.key,
-                    operator="Equal" if t.value else "Exists",
-                    value=t.value or None,
-                    effect=t.effect or None,
-                )
-                for t in c.tolerations
-            ]
-            or None,
-            security_context=kube.pod_security(),
-        )
-        return k8s.V1Job(
-            api_version="batch/v1",
-            kind="Job",
-            metadata=k8s.V1ObjectMeta(name=job.name, namespace=c.k8s_namespace, labels=labels),
-            spec=k8s.V1JobSpec(
-                backoff_limit=0,
-                ttl_seconds_after_finished=c.k8s_ttl_s,
-                active_deadline_seconds=c.k8s_deadline_s or None,
-                template=k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=labels), spec=pod),
-            ),
+            mounts=mounts,
+            limits={"nvidia.com/gpu": str(gpus)} if gpus else None,
+            pod_fields={
+                "node_selector": c.node_selector or None,
+                "tolerations": tolerations or None,
+            },
+            # A failed training is reported, not silently repeated.
+            job_fields={"backoff_limit": 0},
+            cpu=job.cpu,
+            memory=job.memory,
         )
 
     def manifest_dict(self, job: JobSpec) -> dict:
