@@ -20,8 +20,6 @@ import grpc
 from graspfleet.v1 import (
     common_pb2,
     episode_store_pb2,
-    robot_agent_pb2,
-    robot_agent_pb2_grpc,
     trainer_pb2,
     trainer_pb2_grpc,
 )
@@ -29,8 +27,8 @@ from models.registry import CANARY, STABLE
 from models.scoring import Rate, rate_text, wilson
 from services.episode_store import client
 from services.fleet.process import ServiceProcess
-from services.trainer.rollout import AUTO_USER
-from services.trainer.runs import ACTIVE, TERMINAL
+from services.robot_agent import client as agent_client
+from services.trainer.client import ACTIVE, AUTO_USER, TERMINAL
 
 RANDOM = 0  # the "version" of episodes no model drove (random exploration)
 
@@ -98,14 +96,11 @@ def _arm_state(arm: ServiceProcess, robot: str, label: str) -> ArmState:
         state.state = f"exited ({arm.process.returncode})"
         return state
     try:
-        with grpc.insecure_channel(arm.address) as channel:
-            status = robot_agent_pb2_grpc.RobotAgentStub(channel).GetStatus(
-                robot_agent_pb2.GetStatusRequest(), timeout=2
-            )
+        status = agent_client.status(arm.address)
     except grpc.RpcError as err:
         state.state = f"unreachable ({err.code().name})"
         return state
-    state.state = robot_agent_pb2.AgentState.Name(status.state).removeprefix("AGENT_STATE_").lower()
+    state.state = agent_client.state_name(status)
     state.version = status.model.version
     state.attempted, state.succeeded = status.episodes_attempted, status.episodes_succeeded
     state.error = status.last_error

@@ -42,8 +42,6 @@ from tqdm import tqdm
 
 from graspfleet.v1 import (
     common_pb2,
-    robot_agent_pb2,
-    robot_agent_pb2_grpc,
     sim_farm_pb2,
     sim_farm_pb2_grpc,
     trainer_pb2,
@@ -57,6 +55,7 @@ from services.fleet.final_evaluation import evaluate_stable
 from services.fleet.plan import ARMS, REPORT_RESERVE_S, TEST_ARM_RESERVE_S, Plan, plan_of
 from services.fleet.process import ServiceProcess
 from services.fleet.prometheus import LocalPrometheus
+from services.robot_agent import client as agent_client
 from services.sim_farm.client import run_collection
 
 Policy = sim_farm_pb2.CollectionPolicy
@@ -192,15 +191,8 @@ def _wait_for_agents(fleet: Fleet, agents: list[ServiceProcess], episodes: int) 
                 if agent.process.poll() is not None:
                     done += episodes
                     continue
-                with (
-                    contextlib.suppress(grpc.RpcError),
-                    grpc.insecure_channel(agent.address) as channel,
-                ):
-                    done += (
-                        robot_agent_pb2_grpc.RobotAgentStub(channel)
-                        .GetStatus(robot_agent_pb2.GetStatusRequest(), timeout=2)
-                        .episodes_attempted
-                    )
+                with contextlib.suppress(grpc.RpcError):
+                    done += agent_client.status(agent.address).episodes_attempted
             bar.update(done - bar.n)
             if all(agent.process.poll() is not None for agent in agents):
                 break

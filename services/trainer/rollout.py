@@ -50,13 +50,11 @@ from models.scoring import Rate, probability_not_worse, rate_text, wilson
 from services.common import logs
 from services.common.errors import ServiceError
 from services.trainer import metrics, recipes
-from services.trainer.runs import TERMINAL
+from services.trainer.client import AUTO_USER, ROLLOUT_USER, TERMINAL
 from services.trainer.trainer import Trainer
 
 log = logs.get_logger(__name__)
 
-AUTO_USER = "auto-retrain"
-ROLLOUT_USER = "rollout"
 WATERMARK = "auto_retrain_labeled_real"
 
 

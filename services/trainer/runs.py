@@ -21,13 +21,6 @@ from graspfleet.v1 import trainer_pb2
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
 
 RunState = trainer_pb2.RunState
-ACTIVE = (trainer_pb2.RUN_STATE_RUNNING, trainer_pb2.RUN_STATE_VALIDATING)
-TERMINAL = (
-    trainer_pb2.RUN_STATE_SUCCEEDED,
-    trainer_pb2.RUN_STATE_FAILED,
-    trainer_pb2.RUN_STATE_CANCELLED,
-    trainer_pb2.RUN_STATE_REJECTED,
-)
 # Returns the log line describing the change, or None to leave the run untouched.
 Mutation = Callable[[trainer_pb2.Run], str | None]
 

@@ -20,9 +20,10 @@ from models.registry import CANARY, Registry
 from services.common import clock, logs
 from services.trainer import evaluation, metrics
 from services.trainer.backends import RUNNING, JobBackend, JobSpec
+from services.trainer.client import ACTIVE, TERMINAL
 from services.trainer.config import TrainerConfig
 from services.trainer.job import files
-from services.trainer.runs import ACTIVE, TERMINAL, RunStore, state_name
+from services.trainer.runs import RunStore, state_name
 
 log = logs.get_logger(__name__)
 

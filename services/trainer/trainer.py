@@ -15,10 +15,11 @@ from services.common import logs
 from services.common.errors import InvalidArgument, NotFound
 from services.trainer import evaluation, spec, versions
 from services.trainer.backends import JobBackend
+from services.trainer.client import TERMINAL
 from services.trainer.config import TrainerConfig
 from services.trainer.job import files
 from services.trainer.job.inputs import JobInputs, SceneGate
-from services.trainer.runs import TERMINAL, RunStore, spec_hash
+from services.trainer.runs import RunStore, spec_hash
 from services.trainer.selection import Selection, select
 from services.trainer.supervisor import Supervisor
 

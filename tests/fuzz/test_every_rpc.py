@@ -52,8 +52,8 @@ from services.servo_planner.server import create_server as create_planner
 from services.sim_farm.config import SimFarmConfig
 from services.sim_farm.server import create_server as create_farm
 from services.trainer.backends import LocalBackend
+from services.trainer.client import TERMINAL
 from services.trainer.config import TrainerConfig
-from services.trainer.runs import TERMINAL
 from services.trainer.server import create_server as create_trainer
 from tests.fixtures import models, refiner_models
 from tests.fuzz.messages import MessageFuzzer

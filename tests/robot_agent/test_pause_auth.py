@@ -96,3 +96,18 @@ def test_an_empty_token_disables_authentication_and_says_so(tmp_path, caplog):
             assert until(lambda: _state(stub) == robot_agent_pb2.AGENT_STATE_PAUSED, 120)
     finally:
         server.stop()
+
+
+def test_the_client_reads_an_agents_status_by_address(tmp_path):
+    from services.robot_agent import client
+
+    server = _start(tmp_path, TOKEN)
+    try:
+        assert until(lambda: client.status(server.address).episodes_attempted >= 1, timeout_s=60)
+        status = client.status(server.address)
+        assert client.state_name(status) in ("running", "starting")
+        assert status.robot_id == "kuka-01"
+    finally:
+        server.stop()
+    with pytest.raises(grpc.RpcError):
+        client.status(server.address, timeout_s=1)

@@ -16,8 +16,8 @@ from services.episode_store import client
 from services.episode_store.config import EpisodeStoreConfig
 from services.episode_store.server import create_server as create_store
 from services.trainer.backends import LocalBackend
+from services.trainer.client import TERMINAL
 from services.trainer.config import TrainerConfig
-from services.trainer.runs import TERMINAL
 from services.trainer.server import create_server
 
 TOKEN = "s3cret-test-token"

@@ -27,9 +27,9 @@ from services.common.server import ServiceServer
 from services.episode_store import client
 from services.trainer import evaluation
 from services.trainer.backends import LocalBackend
+from services.trainer.client import TERMINAL
 from services.trainer.job import files
 from services.trainer.job import main as trainer_job
-from services.trainer.runs import TERMINAL
 from services.trainer.server import create_server
 from tests.fixtures.planning_fleet import planning_fleet
 from tests.trainer.conftest import AUTH, TOKEN, trainer_config, trainer_stub, wait_for, watch
