@@ -46,11 +46,33 @@ LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 def versions(model_dir: str | Path) -> list[int]:
-    """The published versions under `<model_base>/<name>/`, ascending; [] if none."""
+    """The published versions under `<model_base>/<name>/`, ascending; [] if none.
+
+    The one reading of the layout's version folders: integer names only, so a
+    staging folder (`.tmp-<uuid>`) is never taken for a version.
+    """
     path = Path(model_dir)
     if not path.is_dir():
         return []
     return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def read_labels(model_dir: str | Path) -> dict[str, int] | None:
+    """The label -> version map of `<model_dir>/labels.json`; None when there is no file.
+
+    What a reader does with a broken file is its own call: the trainer refuses to
+    move labels over it, the predictor keeps serving the labels it last read.
+
+    Raises:
+        ValueError: the file is not a JSON object of label -> integer version.
+    """
+    path = Path(model_dir) / LABELS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
+    except (ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"{path} is not a JSON object of label -> version ({err})") from None
 
 
 def publish_staged(model_dir: Path, write: Callable[[Path], None]) -> int:
@@ -148,21 +170,16 @@ class Registry:
 
     def version_numbers(self, name: str) -> list[int]:
         """The version numbers of model `name` on disk, oldest first."""
-        folder = self.folder(name)
-        if not folder.is_dir():
-            return []
-        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+        return versions(self.folder(name))
 
     def labels(self, name: str) -> dict[str, int]:
         """Label -> version as the predictor sees them (no file: "stable" is the newest)."""
-        path = self.folder(name) / LABELS_FILE
-        if path.is_file():
-            try:
-                return {str(k): int(v) for k, v in json.loads(path.read_text()).items()}
-            except (ValueError, TypeError, AttributeError) as err:
-                raise FailedPrecondition(
-                    f"{path} is not a JSON object of label -> version ({err}); fix it by hand"
-                ) from None
+        try:
+            labels = read_labels(self.folder(name))
+        except ValueError as err:
+            raise FailedPrecondition(f"{err}; fix it by hand") from None
+        if labels is not None:
+            return labels
         numbers = self.version_numbers(name)
         return {STABLE: numbers[-1]} if numbers else {}
 

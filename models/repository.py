@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.registry import DEFAULT_LABEL, LABELS_FILE, METADATA_FILE
+from models.registry import DEFAULT_LABEL, METADATA_FILE, read_labels, versions
 from services.common import logs
 from services.common.errors import NotFound
 
@@ -130,25 +130,17 @@ class ModelRepository:
 
     def available_versions(self) -> list[int]:
         """Integer-named version folders on disk, oldest first."""
-        if not self.folder.is_dir():
-            return []
-        return sorted(int(p.name) for p in self.folder.iterdir() if p.is_dir() and p.name.isdigit())
+        return versions(self.folder)
 
     def _read_labels(self) -> dict[str, int]:
-        path = self.folder / LABELS_FILE
-        if not path.is_file():
-            self._labels_from_file = False
-            return {}
         try:
-            labels = json.loads(path.read_text())
-            parsed = {str(k): int(v) for k, v in labels.items()}
-        except (ValueError, TypeError, AttributeError) as err:
-            log.error(
-                "ignoring unreadable labels file", extra={"path": str(path), "error": str(err)}
-            )
+            labels = read_labels(self.folder)
+        except ValueError as err:
+            # Serving goes on with the labels last read; the trainer refuses the file.
+            log.error("ignoring unreadable labels file", extra={"error": str(err)})
             return self._labels
-        self._labels_from_file = True
-        return parsed
+        self._labels_from_file = labels is not None
+        return labels or {}
 
     def poll(self) -> bool:
         """One pass: load new versions, unload unwanted ones. Returns True if anything changed.
