@@ -16,7 +16,7 @@ from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2, sim_farm_
 from models.episodes.selection import labeled, split_episodes
 from robots.inventory import FLEET_DIR
 from services.episode_store import client
-from services.fleet.run import Fleet
+from services.fleet.process import Fleet
 from services.sim_farm.client import run_collection
 
 Policy = sim_farm_pb2.CollectionPolicy

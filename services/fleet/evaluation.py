@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.fleet.run import Fleet
+from services.fleet.process import Fleet
 
 EVALUATION_BUDGET_MS = 30_000
 

@@ -1,4 +1,9 @@
-"""One graspfleet service as a child process: start, wait until SERVING, stop, kill."""
+"""graspfleet services as child processes, and the local fleet of them.
+
+`ServiceProcess` is one service: start, wait until SERVING, stop, kill. `Fleet`
+starts them on loopback, has its Prometheus scrape each, and stops them in
+reverse order.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.common import upstream
+from services.fleet.prometheus import LocalPrometheus
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -184,3 +190,58 @@ class ServiceProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+# The scrape job of each `graspfleet <service> serve`, named as the ServiceMonitors name
+# them (app.kubernetes.io/name): the rules match these names.
+JOBS = {
+    "store": "episode-store",
+    "predictor": "grasp-predictor",
+    "planner": "servo-planner",
+    "refiner": "refiner",
+    "sim-farm": "sim-farm",
+    "trainer": "trainer",
+    "agent": "robot-agent",
+}
+
+
+class Fleet:
+    """The local fleet's processes and its Prometheus, stopped in reverse order on exit."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.logs = workdir / "logs"
+        self.processes: list[ServiceProcess] = []
+        self.prometheus: LocalPrometheus | None = None
+
+    def start_prometheus(self) -> None:
+        """Prometheus with the deployment's rules, scraping every service started from now."""
+        if not LocalPrometheus.available():
+            print("  no prometheus binary (make sysdeps installs it): metrics not recorded")
+            return
+        self.prometheus = LocalPrometheus(self.workdir / "prometheus").start(
+            sorted(set(JOBS.values()))
+        )
+        print(f"  prometheus on {self.prometheus.url}", flush=True)
+
+    def start(
+        self, name: str, command: list[str], flags: dict, require_serving: bool = True
+    ) -> ServiceProcess:
+        """Starts a service, waits until it serves, and has Prometheus scrape its metrics."""
+        flags = {"log_format": "text", "metrics_port": "0", **flags}
+        process = ServiceProcess(name, command, flags, self.logs)
+        print(f"  starting {name} ...", flush=True)
+        process.start(timeout_s=120, require_serving=require_serving)
+        self.processes.append(process)
+        print(f"  {name} on {process.address}", flush=True)
+        job = JOBS.get(command[0])
+        if self.prometheus is not None and job and process.metrics_port:
+            self.prometheus.scrape(job, f"127.0.0.1:{process.metrics_port}")
+        return process
+
+    def stop(self) -> None:
+        """Stops the services in reverse order of start, then Prometheus."""
+        for process in reversed(self.processes):
+            process.stop()
+        if self.prometheus is not None:
+            self.prometheus.stop()

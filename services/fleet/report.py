@@ -267,6 +267,7 @@ def _since(change: trainer_pb2.LabelChange, started: float) -> float:
 
 def write(
     report_dir: Path,
+    *,
     store,
     trainer: trainer_pb2_grpc.TrainerStub,
     registry: Registry,
@@ -277,7 +278,6 @@ def write(
     arms: dict[str, str],
     first: trainer_pb2.Run,
     command: str,
-    *,
     test_arm: dict | None = None,
 ) -> dict:
     """Writes summary.md, summary.json and the pictures; returns the summary.

@@ -33,7 +33,7 @@ import os
 import secrets
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
@@ -45,18 +45,16 @@ from graspfleet.v1 import (
     sim_farm_pb2,
     sim_farm_pb2_grpc,
     trainer_pb2,
-    trainer_pb2_grpc,
 )
-from models.registry import STABLE, Registry
-from services.common.auth import USER_HEADER, bearer
+from models.registry import Registry
 from services.episode_store import client as store_client
-from services.fleet import flywheel, report
+from services.fleet import flywheel, report, training
 from services.fleet.final_evaluation import evaluate_stable
 from services.fleet.plan import ARMS, REPORT_RESERVE_S, TEST_ARM_RESERVE_S, Plan, plan_of
-from services.fleet.process import ServiceProcess
-from services.fleet.prometheus import LocalPrometheus
+from services.fleet.process import Fleet, ServiceProcess
 from services.robot_agent import client as agent_client
 from services.sim_farm.client import run_collection
+from services.trainer import client as trainer_client
 
 Policy = sim_farm_pb2.CollectionPolicy
 MODEL = "grasp_success"  # the trainer's default model name: the one the arms run
@@ -96,61 +94,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="scenes of the closing evaluation on the real-test arm (default 60; 0 skips it)",
     )
     return parser.parse_args(argv)
-
-
-# The scrape job of each `graspfleet <service> serve`, named as the ServiceMonitors name
-# them (app.kubernetes.io/name): the rules match these names.
-JOBS = {
-    "store": "episode-store",
-    "predictor": "grasp-predictor",
-    "planner": "servo-planner",
-    "refiner": "refiner",
-    "sim-farm": "sim-farm",
-    "trainer": "trainer",
-    "agent": "robot-agent",
-}
-
-
-class Fleet:
-    """The local fleet's processes and its Prometheus, stopped in reverse order on exit."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.logs = workdir / "logs"
-        self.processes: list[ServiceProcess] = []
-        self.prometheus: LocalPrometheus | None = None
-
-    def start_prometheus(self) -> None:
-        """Prometheus with the deployment's rules, scraping every service started from now."""
-        if not LocalPrometheus.available():
-            print("  no prometheus binary (make sysdeps installs it): metrics not recorded")
-            return
-        self.prometheus = LocalPrometheus(self.workdir / "prometheus").start(
-            sorted(set(JOBS.values()))
-        )
-        print(f"  prometheus on {self.prometheus.url}", flush=True)
-
-    def start(
-        self, name: str, command: list[str], flags: dict, require_serving: bool = True
-    ) -> ServiceProcess:
-        """Starts a service, waits until it serves, and has Prometheus scrape its metrics."""
-        flags = {"log_format": "text", "metrics_port": "0", **flags}
-        process = ServiceProcess(name, command, flags, self.logs)
-        print(f"  starting {name} ...", flush=True)
-        process.start(timeout_s=120, require_serving=require_serving)
-        self.processes.append(process)
-        print(f"  {name} on {process.address}", flush=True)
-        job = JOBS.get(command[0])
-        if self.prometheus is not None and job and process.metrics_port:
-            self.prometheus.scrape(job, f"127.0.0.1:{process.metrics_port}")
-        return process
-
-    def stop(self) -> None:
-        """Stops the services in reverse order of start, then Prometheus."""
-        for process in reversed(self.processes):
-            process.stop()
-        if self.prometheus is not None:
-            self.prometheus.stop()
 
 
 def _collect(
@@ -201,72 +144,142 @@ def _wait_for_agents(fleet: Fleet, agents: list[ServiceProcess], episodes: int) 
         fleet.processes.remove(agent)
 
 
-def _trainer_run(
-    trainer: ServiceProcess, token: str, spec: trainer_pb2.RunSpec, what: str
-) -> trainer_pb2.Run:
-    """A run through the trainer's API, watched to its end; a published version is made stable.
+@dataclass(frozen=True)
+class Services:
+    """The fleet's servers, started in the order they depend on each other."""
 
-    Every model of the fleet, the first one included, goes this way: a run with
-    its data selection, the gate's decision on held-out real episodes, and the
-    registry's record of who labelled which version, when and why.
-    """
-    auth = [*bearer(token), (USER_HEADER, "make-run")]
-    with grpc.insecure_channel(trainer.address) as channel:
-        stub = trainer_pb2_grpc.TrainerStub(channel)
-        run = stub.SubmitRun(trainer_pb2.SubmitRunRequest(spec=spec), metadata=auth, timeout=120)
-        steps = spec.params.steps
-        with tqdm(total=steps, desc=f"trainer run {run.run_id} ({what})", unit="step") as bar:
-            for event in stub.WatchRun(
-                trainer_pb2.WatchRunRequest(run_id=run.run_id), timeout=3600
-            ):
-                run = event.run
-                bar.update(max(0, min(run.step, steps) - bar.n))
-                bar.set_postfix(state=flywheel.run_state(run))
-        print(f"  run {run.run_id} ended {flywheel.run_state(run)}: {run.message}")
-        if run.state == trainer_pb2.RUN_STATE_SUCCEEDED and run.published.version:
-            stub.SetVersionLabel(
-                trainer_pb2.SetVersionLabelRequest(
-                    name=run.published.name,
-                    version=run.published.version,
-                    label=STABLE,
-                ),
-                metadata=auth,
-                timeout=30,
-            )
-            print(f"  version {run.published.version} published as canary and promoted to stable")
-        return run
+    store: ServiceProcess
+    predictor: ServiceProcess
+    planner: ServiceProcess
+    refiner: ServiceProcess
+    farm: ServiceProcess
+    trainer: ServiceProcess
 
 
-def _automatic_run_spec(plan: Plan) -> trainer_pb2.RunSpec:
-    """What the automatic runs start from (the trainer's auto_retrain_spec_file).
+def _start_services(fleet: Fleet, plan: Plan, workdir: Path) -> Services:
+    """Prometheus and the six servers (the arms' agents come later), on loopback."""
+    models, store_dir = workdir / "models", workdir / "episode-store"
+    fleet.start_prometheus()
+    store = fleet.start("episode-store", ["store", "serve"], {"data_dir": str(store_dir)})
+    predictor = fleet.start(
+        "grasp-predictor",
+        ["predictor", "serve"],
+        {"model_base_path": str(models), "poll_interval_s": "1"},
+        require_serving=False,
+    )
+    planner = fleet.start(
+        "servo-planner", ["planner", "serve"], {"predictor_address": predictor.address}
+    )
+    # Version 1 and the retrainings need no generator (docs/decisions/flywheel-recipes.md);
+    # the refiner serves one as soon as a researcher's GraspGAN or RCAN run publishes it, to
+    # RCAN collections of the farm and to arms switched to canonicalize.
+    refiner = fleet.start(
+        "refiner",
+        ["refiner", "serve"],
+        {"model_base_path": str(models), "poll_interval_s": "5"},
+        require_serving=False,
+    )
+    farm = fleet.start(
+        "sim-farm",
+        ["sim-farm", "serve"],
+        {
+            "store_address": store.address,
+            "planner_address": planner.address,
+            "refiner_address": refiner.address,
+            "spool_dir": str(workdir / "spool"),
+        },
+    )
+    auto_spec = workdir / "auto-retrain-spec.json"
+    auto_spec.write_text(json_format.MessageToJson(training.automatic_run_spec(plan)))
+    trainer = fleet.start(
+        "trainer",
+        ["trainer", "serve"],
+        {
+            "store_address": store.address,
+            "store_data_dir": str(store_dir),
+            "state_dir": str(workdir / "trainer"),
+            "model_base": str(models),
+            # `graspfleet train evaluate` on this fleet plays its scenes on this farm.
+            "sim_farm_address": farm.address,
+            "auto_retrain_enabled": "true",
+            "auto_retrain_episodes": str(plan.retrain_every),
+            "auto_retrain_min_episodes": str(plan.retrain_first),
+            "auto_retrain_recipe": plan.recipes,
+            "auto_retrain_spec_file": str(auto_spec),
+            "auto_retrain_interval_s": "5",
+            "rollout_interval_s": str(ROLLOUT_INTERVAL_S),
+            "rollout_min_grasps": str(plan.min_grasps),
+            "rollout_max_grasps": str(plan.max_grasps),
+            "rollout_max_wait_s": str(plan.max_wait_s),
+        },
+    )
+    return Services(store, predictor, planner, refiner, farm, trainer)
 
-    Version 1's data selection and gate, the plan's steps, and the version they
-    fine-tune, if the plan names one. The trainer leaves the simulated selection
-    out for a recipe without it.
-    """
-    spec = _grasp_run_spec(0, plan.retrain_steps, "make run: automatic retraining")
-    if plan.retrain_start_from:
-        spec.start_from.version = plan.retrain_start_from
-    return spec
+
+def _bootstrap(fleet: Fleet, services: Services, robots: list[str], plan: Plan, flags: dict):
+    """Simulated random grasps on the train objects, and each arm's first random tries."""
+    first_tries = _start_first_tries(fleet, robots, flags, plan.first_tries)
+    bootstrap = sim_farm_pb2.CollectionSpec(
+        num_episodes=plan.bootstrap_episodes,
+        num_shards=2,
+        max_steps=8,
+        domain=common_pb2.DOMAIN_SIM,
+        randomization=common_pb2.RANDOMIZATION_NONE,
+        policy=Policy(kind=Policy.KIND_RANDOM),
+        seed=1,
+    )
+    _collect(services.farm, bootstrap, "bootstrap", "sim collection (random, train objects)")
+    _wait_for_agents(fleet, first_tries, plan.first_tries)
 
 
-def _grasp_run_spec(recipe: int, steps: int, description: str = "") -> trainer_pb2.RunSpec:
-    """A grasp-model run on the simulated episodes of the train objects and the arms' episodes.
-
-    The scene loss is on: the simulated episodes carry masks (docs/results.md).
-    The gate compares with stable on held-out real episodes whose objects no
-    training episode holds; the first version passes it with its numbers
-    recorded, since there is no stable version yet. The automatic runs start
-    from this spec too (the trainer's auto_retrain_spec_file).
-    """
-    return trainer_pb2.RunSpec(
-        recipe=recipe,
-        params=trainer_pb2.TrainingParams(steps=steps, batch_size=32, weights={"scene": 1.0}),
-        data=trainer_pb2.DataSelection(
-            object_set="train", sim_randomization=common_pb2.RANDOMIZATION_NONE
+def _version_one(services: Services, token: str, plan: Plan) -> trainer_pb2.Run:
+    """Version 1, trained on the simulated bootstrap through the trainer, made stable."""
+    first = training.trainer_run(
+        services.trainer,
+        token,
+        training.grasp_run_spec(
+            trainer_pb2.RECIPE_SIM_ONLY,
+            plan.train_steps,
+            "make run: version 1, from the simulated bootstrap",
         ),
-        gate=trainer_pb2.GateSpec(enabled=True, max_regression=0.05),
-        description=description,
+        "sim-only",
+    )
+    if not first.published.version:
+        raise SystemExit(f"version 1 was not published: {first.message}")
+    services.predictor.wait_ready(120)
+    print(f"  grasp-predictor SERVING version {first.published.version}", flush=True)
+    return first
+
+
+def _flywheel_line(plan: Plan, arms: dict[str, str]) -> str:
+    """What stage 4 does, as it prints it."""
+    tuned = f", fine-tuning v{plan.retrain_start_from}" if plan.retrain_start_from else ""
+    waits = ""
+    if plan.retrain_first:
+        waits = f" once {plan.retrain_first} real episodes are labeled, then"
+    return (
+        f"[4/5] the flywheel: {', '.join(f'{r} ({label})' for r, label in arms.items())}; "
+        f"the trainer retrains ({plan.recipes}{tuned}){waits} every {plan.retrain_every} new "
+        f"real episodes, and rolls out on {plan.min_grasps}+ grasps a side"
+    )
+
+
+def _closing_evaluation(wheel: flywheel.Flywheel, services: Services, plan: Plan, models: Path):
+    """Stage 5: the arms stop, then the version the run ends on grasps the real-test objects."""
+    if not plan.test_scenes:
+        print("[5/5] report", flush=True)
+        return {}
+    print(
+        f"[5/5] the arms stop; the stable version on the real-test arm "
+        f"({plan.test_scenes} scenes, with random and the oracle), then the report",
+        flush=True,
+    )
+    # With the arms stopped no new grasp arrives, and a rollout decision already due is
+    # taken first: the version scored is the one the run ends on.
+    wheel.stop_arms()
+    time.sleep(ROLLOUT_SETTLE_S)
+    return evaluate_stable(
+        services.farm.address, services.store.address, Registry(models), MODEL, plan.test_scenes
     )
 
 
@@ -278,12 +291,10 @@ def main(argv: list[str]) -> int:
     robots = args.robots or ARMS[kind]
     canaries = len(robots) // 2 if args.canary_arms is None else args.canary_arms
     arms = flywheel.canary_share(robots, canaries)
-    command = " ".join(["graspfleet run", *argv])
     workdir = Path(args.workdir)
     shutil.rmtree(workdir, ignore_errors=True)
     report_dir = Path(args.reports) / time.strftime("run-%Y%m%d-%H%M%S")
     report_dir.mkdir(parents=True, exist_ok=True)
-    models, store_dir = workdir / "models", workdir / "episode-store"
     until = "until Ctrl-C" if args.forever else f"{plan.minutes:g} min"
     print(
         f"graspfleet local fleet ({kind} run, {until}): {len(robots)} proxy-real arms, "
@@ -297,111 +308,21 @@ def main(argv: list[str]) -> int:
     os.environ["GRASPFLEET_AUTH_TOKEN"] = token
     try:
         print("[1/5] services", flush=True)
-        fleet.start_prometheus()
-        store = fleet.start("episode-store", ["store", "serve"], {"data_dir": str(store_dir)})
-        predictor = fleet.start(
-            "grasp-predictor",
-            ["predictor", "serve"],
-            {"model_base_path": str(models), "poll_interval_s": "1"},
-            require_serving=False,
-        )
-        planner = fleet.start(
-            "servo-planner", ["planner", "serve"], {"predictor_address": predictor.address}
-        )
-        # Version 1 and the retrainings need no generator (docs/decisions/flywheel-recipes.md);
-        # the refiner serves one as soon as a researcher's GraspGAN or RCAN run publishes it, to
-        # RCAN collections of the farm and to arms switched to canonicalize.
-        refiner = fleet.start(
-            "refiner",
-            ["refiner", "serve"],
-            {"model_base_path": str(models), "poll_interval_s": "5"},
-            require_serving=False,
-        )
-        farm = fleet.start(
-            "sim-farm",
-            ["sim-farm", "serve"],
-            {
-                "store_address": store.address,
-                "planner_address": planner.address,
-                "refiner_address": refiner.address,
-                "spool_dir": str(workdir / "spool"),
-            },
-        )
-        auto_spec = workdir / "auto-retrain-spec.json"
-        automatic = _automatic_run_spec(plan)
-        auto_spec.write_text(json_format.MessageToJson(automatic))
-        trainer = fleet.start(
-            "trainer",
-            ["trainer", "serve"],
-            {
-                "store_address": store.address,
-                "store_data_dir": str(store_dir),
-                "state_dir": str(workdir / "trainer"),
-                "model_base": str(models),
-                # `graspfleet train evaluate` on this fleet plays its scenes on this farm.
-                "sim_farm_address": farm.address,
-                "auto_retrain_enabled": "true",
-                "auto_retrain_episodes": str(plan.retrain_every),
-                "auto_retrain_min_episodes": str(plan.retrain_first),
-                "auto_retrain_recipe": plan.recipes,
-                "auto_retrain_spec_file": str(auto_spec),
-                "auto_retrain_interval_s": "5",
-                "rollout_interval_s": str(ROLLOUT_INTERVAL_S),
-                "rollout_min_grasps": str(plan.min_grasps),
-                "rollout_max_grasps": str(plan.max_grasps),
-                "rollout_max_wait_s": str(plan.max_wait_s),
-            },
-        )
-
+        services = _start_services(fleet, plan, workdir)
         print("[2/5] bootstrap: simulated grasps and the arms' first tries, at random", flush=True)
         agent_flags = {
-            "planner_address": planner.address,
-            "store_address": store.address,
-            "refiner_address": refiner.address,
+            "planner_address": services.planner.address,
+            "store_address": services.store.address,
+            "refiner_address": services.refiner.address,
             "spool_dir": str(workdir / "agent-spool"),
         }
-        first_tries = _start_first_tries(fleet, robots, agent_flags, plan.first_tries)
-        bootstrap = sim_farm_pb2.CollectionSpec(
-            num_episodes=plan.bootstrap_episodes,
-            num_shards=2,
-            max_steps=8,
-            domain=common_pb2.DOMAIN_SIM,
-            randomization=common_pb2.RANDOMIZATION_NONE,
-            policy=Policy(kind=Policy.KIND_RANDOM),
-            seed=1,
-        )
-        _collect(farm, bootstrap, "bootstrap", "sim collection (random, train objects)")
-        _wait_for_agents(fleet, first_tries, plan.first_tries)
-
+        _bootstrap(fleet, services, robots, plan, agent_flags)
         print(
             f"[3/5] version 1 through the trainer ({plan.train_steps} steps, sim labels only)",
             flush=True,
         )
-        first = _trainer_run(
-            trainer,
-            token,
-            _grasp_run_spec(
-                trainer_pb2.RECIPE_SIM_ONLY,
-                plan.train_steps,
-                "make run: version 1, from the simulated bootstrap",
-            ),
-            "sim-only",
-        )
-        if not first.published.version:
-            raise SystemExit(f"version 1 was not published: {first.message}")
-        predictor.wait_ready(120)
-        print(f"  grasp-predictor SERVING version {first.published.version}", flush=True)
-
-        tuned = f", fine-tuning v{plan.retrain_start_from}" if plan.retrain_start_from else ""
-        waits = ""
-        if plan.retrain_first:
-            waits = f" once {plan.retrain_first} real episodes are labeled, then"
-        print(
-            f"[4/5] the flywheel: {', '.join(f'{r} ({label})' for r, label in arms.items())}; "
-            f"the trainer retrains ({plan.recipes}{tuned}){waits} every {plan.retrain_every} new real "
-            f"episodes, and rolls out on {plan.min_grasps}+ grasps a side",
-            flush=True,
-        )
+        first = _version_one(services, token, plan)
+        print(_flywheel_line(plan, arms), flush=True)
         flags = {**agent_flags, "exploration": "eps-mix", "epsilon": str(plan.epsilon)}
 
         def start_agent(robot: str, label: str) -> ServiceProcess:
@@ -411,34 +332,29 @@ def main(argv: list[str]) -> int:
                 {**flags, "robot_id": robot, "model_label": label},
             )
 
-        store_channel, store_stub = store_client.connect(store.address)
-        with store_channel, grpc.insecure_channel(trainer.address) as channel:
-            trainer_stub = trainer_pb2_grpc.TrainerStub(channel)
+        store_channel, store_stub = store_client.connect(services.store.address)
+        trainer_channel, trainer_stub = trainer_client.connect(services.trainer.address)
+        with store_channel, trainer_channel:
             wheel = flywheel.Flywheel(start_agent, arms, store_stub, trainer_stub, MODEL, started)
             wheel.start()
             reserve = REPORT_RESERVE_S + (TEST_ARM_RESERVE_S if plan.test_scenes else 0)
             deadline = None if args.forever else started + plan.minutes * 60 - reserve
             wheel.turn(deadline, plan.status_every_s, until_runs=args.until_runs)
-            test_arm = {}
-            if plan.test_scenes:
-                print(
-                    f"[5/5] the arms stop; the stable version on the real-test arm "
-                    f"({plan.test_scenes} scenes, with random and the oracle), then the report",
-                    flush=True,
-                )
-                # The version scored is the one the run ends on: with the arms stopped no
-                # new grasp arrives, and a rollout decision already due is taken first.
-                wheel.stop_arms()
-                time.sleep(ROLLOUT_SETTLE_S)
-                test_arm = evaluate_stable(
-                    farm.address, store.address, Registry(models), MODEL, plan.test_scenes
-                )
-            else:
-                print("[5/5] report", flush=True)
+            models = workdir / "models"
             report.write(
-                report_dir, store_stub, trainer_stub, Registry(models), MODEL, started,
-                fleet.prometheus, asdict(plan), arms, first, command, test_arm=test_arm,
-            )  # fmt: skip
+                report_dir,
+                store=store_stub,
+                trainer=trainer_stub,
+                registry=Registry(models),
+                model=MODEL,
+                started=started,
+                prometheus=fleet.prometheus,
+                plan=asdict(plan),
+                arms=arms,
+                first=first,
+                command=" ".join(["graspfleet run", *argv]),
+                test_arm=_closing_evaluation(wheel, services, plan, models),
+            )
         print(f"report in {report_dir}/; total time {time.time() - started:.0f} s")
     finally:
         fleet.stop()

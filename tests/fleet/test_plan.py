@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from services.fleet.plan import PLANS
-from services.fleet.run import _automatic_run_spec
+from services.fleet.training import automatic_run_spec
 from services.trainer import recipes
 from services.trainer.spec import normalize
 from tests.trainer.conftest import trainer_config
@@ -28,7 +28,7 @@ class _NoStore:
 @pytest.mark.parametrize("schedule", ["NAIVE_MIX", "REAL_ONLY", "REAL_ONLY,600:NAIVE_MIX,900:DANN"])
 def test_the_trainer_accepts_the_automatic_spec_for_every_scheduled_recipe(name, schedule):
     plan = replace(PLANS[name], recipes=schedule)
-    template = _automatic_run_spec(plan)
+    template = automatic_run_spec(plan)
     config = trainer_config(Path("/nonexistent"), _NoStore())
     for _, recipe in recipes.schedule(plan.recipes):
         spec = recipes.automatic_spec(template, recipe)
@@ -40,8 +40,8 @@ def test_the_trainer_accepts_the_automatic_spec_for_every_scheduled_recipe(name,
 
 
 def test_a_plan_that_fine_tunes_names_its_version():
-    assert not _automatic_run_spec(replace(PLANS["quick"], retrain_start_from=0)).HasField(
+    assert not automatic_run_spec(replace(PLANS["quick"], retrain_start_from=0)).HasField(
         "start_from"
     )
-    spec = _automatic_run_spec(replace(PLANS["default"], retrain_start_from=1))
+    spec = automatic_run_spec(replace(PLANS["default"], retrain_start_from=1))
     assert spec.start_from.version == 1 and not spec.start_from.label
