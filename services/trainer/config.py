@@ -205,6 +205,13 @@ class TrainerConfig(ServerConfig):
                 raise ConfigError(f"{name} is required")
         if self.default_backend not in BACKENDS:
             raise ConfigError(f"default_backend={self.default_backend!r}: use one of {BACKENDS}")
+        self._check_training()
+        self._check_model_names()
+        self._check_gate_and_rollout()
+        self._check_jobs()
+
+    def _check_training(self) -> None:
+        """Sizes, rates, intervals and fractions of runs and their schedule."""
         positive = (
             "max_concurrent_runs",
             "default_steps",
@@ -236,6 +243,15 @@ class TrainerConfig(ServerConfig):
         for name in ("generator_min_mask_accuracy", "generator_min_mask_iou"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be in [0, 1]")
+        try:
+            recipes.schedule(self.auto_retrain_recipe)
+        except ValueError as err:
+            raise ConfigError(f"auto_retrain_recipe: {err}") from None
+        if self.auto_retrain_spec_file:
+            self.auto_retrain_template()
+
+    def _check_model_names(self) -> None:
+        """The four models the trainer publishes have four different names."""
         names = (
             self.default_model_name,
             self.graspgan_model_name,
@@ -247,6 +263,9 @@ class TrainerConfig(ServerConfig):
                 "default_model_name, graspgan_model_name, rcan_model_name and "
                 f"rcan_grasp_model_name must be four different names (got {names})"
             )
+
+    def _check_gate_and_rollout(self) -> None:
+        """The gate's and the rollout's thresholds."""
         if not 0 < self.default_validation_fraction < 1:
             raise ConfigError("default_validation_fraction must be between 0 and 1")
         if not -1 <= self.gate_max_regression <= 1:
@@ -260,6 +279,9 @@ class TrainerConfig(ServerConfig):
                 f"rollout_max_grasps={self.rollout_max_grasps} must be at least "
                 f"rollout_min_grasps={self.rollout_min_grasps}, and rollout_max_wait_s positive"
             )
+
+    def _check_jobs(self) -> None:
+        """The Jobs' settings: shared with the sim-farm's, then the trainer's own."""
         if self.auto_retrain_steps < 0 or self.k8s_gpus < 0:
             raise ConfigError("auto_retrain_steps and k8s_gpus must be >= 0")
         check_job_settings(self, "`train job`")
@@ -273,12 +295,6 @@ class TrainerConfig(ServerConfig):
                 parse_toleration(entry)
             except ValueError as err:
                 raise ConfigError(f"k8s_tolerations: {err}") from None
-        try:
-            recipes.schedule(self.auto_retrain_recipe)
-        except ValueError as err:
-            raise ConfigError(f"auto_retrain_recipe: {err}") from None
-        if self.auto_retrain_spec_file:
-            self.auto_retrain_template()
 
     def auto_retrain_template(self) -> trainer_pb2.RunSpec:
         """The RunSpec automatic runs start from (empty without auto_retrain_spec_file).
