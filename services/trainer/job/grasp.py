@@ -90,28 +90,7 @@ def train_and_gate(run_dir: Path, inputs: JobInputs, recipe: Recipe) -> Result:
     files.write_progress(
         run_dir, Progress(files.VALIDATING, spec.steps, spec.steps, metrics, message)
     )
-    candidate = export.ServingModule(trained.model)
-    candidate_auc, samples = gate.serving_auc(candidate.serve, data_root, validation)
-    stable_version = Registry(model_base).labels(name).get(STABLE)
-    stable_auc = None
-    if stable_version is not None:
-        try:
-            stable = gate.load_serving(model_base / name / str(stable_version))
-            stable_auc, _ = gate.serving_auc(stable, data_root, validation)
-        except Exception as err:
-            raise RuntimeError(
-                f"stable version {stable_version} of {name!r} could not be scored on this "
-                f"run's validation episodes ({type(err).__name__}: {err}); the gate cannot "
-                "compare, so nothing was published"
-            ) from err
-    decision = gate.decide(
-        candidate_auc,
-        stable_auc,
-        stable_version,
-        samples,
-        enabled=inputs.spec.gate.enabled,
-        max_regression=inputs.spec.gate.max_regression,
-    )
+    decision = _gate(trained.model, inputs, validation)
     metrics |= {f"gate_{k}": v for k, v in decision.metrics.items()}
     if not decision.passed:
         return Result("REJECTED", decision.message, metrics)
@@ -131,3 +110,35 @@ def train_and_gate(run_dir: Path, inputs: JobInputs, recipe: Recipe) -> Result:
         trained.model, model_base, name, metadata, image_size=(size.height, size.width)
     )
     return Result("SUCCEEDED", f"{decision.message}; published {name}:{version}", metrics, version)
+
+
+def _gate(model, inputs: JobInputs, validation: list) -> gate.Decision:
+    """The gate's decision: the candidate and stable scored on the same held-out real episodes.
+
+    Raises:
+        RuntimeError: the stable version cannot be scored, so the gate cannot compare.
+    """
+    data_root, name = inputs.store_data_dir, inputs.spec.model_name
+    model_base = Path(inputs.model_base)
+    candidate = export.ServingModule(model)
+    candidate_auc, samples = gate.serving_auc(candidate.serve, data_root, validation)
+    stable_version = Registry(model_base).labels(name).get(STABLE)
+    stable_auc = None
+    if stable_version is not None:
+        try:
+            stable = gate.load_serving(model_base / name / str(stable_version))
+            stable_auc, _ = gate.serving_auc(stable, data_root, validation)
+        except Exception as err:
+            raise RuntimeError(
+                f"stable version {stable_version} of {name!r} could not be scored on this "
+                f"run's validation episodes ({type(err).__name__}: {err}); the gate cannot "
+                "compare, so nothing was published"
+            ) from err
+    return gate.decide(
+        candidate_auc,
+        stable_auc,
+        stable_version,
+        samples,
+        enabled=inputs.spec.gate.enabled,
+        max_regression=inputs.spec.gate.max_regression,
+    )
