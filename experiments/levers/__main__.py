@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.arms import arm_markdown, arm_report
 from experiments.levers.protocol import (
     COMPACT_TRAINING_ARM,
     QUICK,
@@ -137,45 +138,6 @@ PLANNED = {
 }
 
 
-def arm_report(settings: Settings, trained: dict, scores: dict, evaluation: str) -> dict:
-    """One validation arm's rows, baselines and planned difference."""
-
-    def pooled(names: list[str]) -> dict:
-        successes = sum(scores[n]["successes"] for n in names)
-        episodes = sum(scores[n]["episodes"] for n in names)
-        return wilson(successes, episodes).as_dict()
-
-    seeds = {row: [f"{row}-s{s}" for s in settings.seeds] for row in ROWS}
-    per_seed = {row: [outcomes(scores[n]) for n in names] for row, names in seeds.items()}
-    floor = [outcomes(scores["random"])]
-    a, b = PLANNED[evaluation]
-    arm = VALIDATION_ARMS[evaluation]
-    return {
-        "arm": str(arm.relative_to(arm.parents[2])),
-        "baselines": {
-            name: {k: scores[name][k] for k in ("successes", "episodes", "rate", "low", "high")}
-            for name in ("random", "oracle")
-        },
-        "rows": {
-            row: {
-                "pooled": pooled(names),
-                "seeds": {
-                    n: {
-                        **{k: scores[n][k] for k in ("successes", "episodes", "rate")},
-                        "best_step": trained[n]["metrics"].get("best_step"),
-                        "validation_auc": trained[n]["metrics"].get("auc"),
-                    }
-                    for n in names
-                },
-                "minus_random": seeded_difference(per_seed[row], floor).as_dict(),
-            }
-            for row, names in seeds.items()
-        },
-        "planned": {f"{a} - {b}": seeded_difference(per_seed[a], per_seed[b]).as_dict()},
-        "outcomes": {n: scores[n]["outcomes"] for n in scores},
-    }
-
-
 def report(settings: Settings, data, trained: dict, scores: dict, command: str) -> dict:
     """Every arm's rows, seeds, pooled rates and planned differences."""
     return {
@@ -186,8 +148,14 @@ def report(settings: Settings, data, trained: dict, scores: dict, command: str) 
             for name, e in data.items()
         },
         "arms": {
-            evaluation: arm_report(settings, trained, scores[evaluation], evaluation)
-            for evaluation in VALIDATION_ARMS
+            evaluation: arm_report(
+                arm,
+                {row: [f"{row}-s{s}" for s in settings.seeds] for row in ROWS},
+                trained,
+                scores[evaluation],
+                [PLANNED[evaluation]],
+            )
+            for evaluation, arm in VALIDATION_ARMS.items()
         },
         "command": command,
         "commit": commit(),
@@ -204,22 +172,7 @@ def markdown(result: dict) -> str:
         f"Protocol: {result['protocol']}.",
     ]
     for arm in result["arms"].values():
-        lines += [
-            "",
-            f"## {arm['arm']}",
-            "",
-            "| contender | seeds: successes of scenes | pooled [Wilson 95%] | minus random |",
-            "|---|---|---|---|",
-        ]
-        for name, b in arm["baselines"].items():
-            lines.append(f"| {name} | | {rate_text(b)} | |")
-        for name, row in arm["rows"].items():
-            seeds = ", ".join(str(s["successes"]) for s in row["seeds"].values())
-            lines.append(
-                f"| {name} | {seeds} | {rate_text(row['pooled'])} | {difference_text(row['minus_random'])} |"
-            )
-        planned = "; ".join(f"{k} {difference_text(v)}" for k, v in arm["planned"].items())
-        lines += ["", f"Planned: {planned}"]
+        lines += arm_markdown(arm)
     servo = result.get("servoing")
     if servo:
         lines += [

@@ -20,15 +20,15 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.arms import arm_markdown, arm_report
 from experiments.pretraining.protocol import PLANNED, QUICK, ROWS, VALIDATION_ARMS, Settings
 from experiments.sim2real.data import REAL_ARM, _spec_settings, collect_all
-from experiments.sim2real.evaluate import Evaluations, Job, Scored, outcomes
+from experiments.sim2real.evaluate import Evaluations, Job, Scored
 from experiments.sim2real.report import commit
 from experiments.sim2real.stages import Stages, key, log
 from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2
 from models.episodes.selection import split_episodes
 from models.grasp_success.training import TrainSpec, train
-from models.scoring import difference_text, rate_text, seeded_difference, wilson
 
 Policy = sim_farm_pb2.CollectionPolicy
 Summary = episode_store_pb2.EpisodeSummary
@@ -146,51 +146,6 @@ def grasp_model(
     return stages.run(f"grasp-{name}", settings_key, work)
 
 
-def arm_report(settings: Settings, trained: dict, scores: dict, evaluation: str) -> dict:
-    """One validation arm: baselines, every scored row, the planned differences it allows."""
-    names = {row: [f"{row}-s{s}" for s in settings.seeds] for row in ROWS}
-    scored = [row for row in ROWS if all(n in scores for n in names[row])]
-    per_seed = {row: [outcomes(scores[n]) for n in names[row]] for row in scored}
-    floor = [outcomes(scores["random"])]
-
-    def pooled(row: str) -> dict:
-        successes = sum(scores[n]["successes"] for n in names[row])
-        episodes = sum(scores[n]["episodes"] for n in names[row])
-        return wilson(successes, episodes).as_dict()
-
-    arm = VALIDATION_ARMS[evaluation]
-    return {
-        "arm": str(arm.relative_to(arm.parents[2])),
-        "baselines": {
-            name: {k: scores[name][k] for k in ("successes", "episodes", "rate", "low", "high")}
-            for name in ("random", "oracle")
-        },
-        "rows": {
-            row: {
-                "pooled": pooled(row),
-                "seeds": {
-                    n: {
-                        **{k: scores[n][k] for k in ("successes", "episodes", "rate")},
-                        "best_step": trained[n]["metrics"].get("best_step"),
-                        "validation_auc": trained[n]["metrics"].get("auc"),
-                        "servoing": scores[n].get("servoing", {}),
-                    }
-                    for n in names[row]
-                },
-                "minus_random": seeded_difference(per_seed[row], floor).as_dict(),
-            }
-            for row in scored
-        },
-        "not_yet_scored": [row for row in ROWS if row not in scored],
-        "planned": {
-            f"{a} - {b}": seeded_difference(per_seed[a], per_seed[b]).as_dict()
-            for a, b in PLANNED
-            if a in per_seed and b in per_seed
-        },
-        "outcomes": {n: scores[n]["outcomes"] for n in scores},
-    }
-
-
 def decision(result: dict) -> str:
     """The protocol's rule: sim-then-real if its pooled success over both arms beats real-only's."""
     arms = result["arms"].values()
@@ -214,8 +169,14 @@ def report(settings: Settings, data, trained: dict, scores: dict, command: str) 
             for name, e in data.items()
         },
         "arms": {
-            evaluation: arm_report(settings, trained, scores[evaluation], evaluation)
-            for evaluation in VALIDATION_ARMS
+            evaluation: arm_report(
+                arm,
+                {row: [f"{row}-s{s}" for s in settings.seeds] for row in ROWS},
+                trained,
+                scores[evaluation],
+                list(PLANNED),
+            )
+            for evaluation, arm in VALIDATION_ARMS.items()
         },
         "command": command,
         "commit": commit(),
@@ -234,25 +195,7 @@ def markdown(result: dict) -> str:
         f"Protocol: {result['protocol']}.",
     ]
     for arm in result["arms"].values():
-        lines += [
-            "",
-            f"## {arm['arm']}",
-            "",
-            "| contender | seeds: successes of scenes | pooled [Wilson 95%] | minus random |",
-            "|---|---|---|---|",
-        ]
-        for name, b in arm["baselines"].items():
-            lines.append(f"| {name} | | {rate_text(b)} | |")
-        for name, row in arm["rows"].items():
-            seeds = ", ".join(str(s["successes"]) for s in row["seeds"].values())
-            lines.append(
-                f"| {name} | {seeds} | {rate_text(row['pooled'])} | "
-                f"{difference_text(row['minus_random'])} |"
-            )
-        for name in arm["not_yet_scored"]:
-            lines.append(f"| {name} | not yet scored | | |")
-        planned = "; ".join(f"{k} {difference_text(v)}" for k, v in arm["planned"].items())
-        lines += ["", f"Planned: {planned or 'none scored yet'}"]
+        lines += arm_markdown(arm)
     lines += ["", f"Decision: {result['decision']}"]
     return "\n".join(lines) + "\n"
 
