@@ -27,7 +27,8 @@ class _NoStore:
 @pytest.mark.parametrize("name", sorted(PLANS))
 @pytest.mark.parametrize("schedule", ["NAIVE_MIX", "REAL_ONLY", "REAL_ONLY,600:NAIVE_MIX,900:DANN"])
 def test_the_trainer_accepts_the_automatic_spec_for_every_scheduled_recipe(name, schedule):
-    plan = replace(PLANS[name], recipes=schedule)
+    # start_from names a published version; tests/trainer/test_start_from.py covers that part.
+    plan = replace(PLANS[name], recipes=schedule, retrain_start_from=0)
     template = automatic_run_spec(plan)
     config = trainer_config(Path("/nonexistent"), _NoStore())
     for _, recipe in recipes.schedule(plan.recipes):
@@ -45,3 +46,9 @@ def test_a_plan_that_fine_tunes_names_its_version():
     )
     spec = automatic_run_spec(replace(PLANS["default"], retrain_start_from=1))
     assert spec.start_from.version == 1 and not spec.start_from.label
+
+
+def test_make_runs_plans_fine_tune_the_sim_pretrained_version_one():
+    for plan in PLANS.values():
+        assert plan.recipes == "REAL_ONLY" and plan.retrain_start_from == 1
+        assert automatic_run_spec(plan).start_from.version == 1
