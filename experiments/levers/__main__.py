@@ -28,10 +28,10 @@ from experiments.levers.protocol import (
     VALIDATION_ARMS,
     Settings,
 )
-from experiments.sim2real.data import _spec_settings, collect_all
+from experiments.sim2real.data import collect_complete
 from experiments.sim2real.evaluate import Evaluations, Job, Scored, outcomes
 from experiments.sim2real.report import commit
-from experiments.sim2real.stages import Stages, key, log
+from experiments.sim2real.stages import Stages, log
 from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2
 from models.grasp_success.training import TrainSpec, train
 from models.scoring import difference_text, rate_text, seeded_difference, wilson
@@ -72,16 +72,7 @@ def collections(settings: Settings) -> dict[str, sim_farm_pb2.CollectionSpec]:
 def gather(settings: Settings, root: Path, stages: Stages) -> dict[str, list[Summary]]:
     """Each collection's labeled episodes (collected first where missing), in id order."""
     specs = collections(settings)
-    ids = {name: f"levers-{name}-{key(_spec_settings(spec))}" for name, spec in specs.items()}
-    found = {
-        name: sorted(episodes, key=lambda e: e.episode_id)
-        for name, episodes in collect_all(root, settings.shards, stages, specs, ids).items()
-    }
-    for name, spec in specs.items():
-        if len(found[name]) != spec.num_episodes:
-            raise RuntimeError(
-                f"collection {name}: {len(found[name])} labeled episodes of {spec.num_episodes}"
-            )
+    found = collect_complete(root, settings.shards, stages, specs, "levers")
     return found
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from experiments.arms import arm_markdown, arm_report
 from experiments.pretraining.protocol import PLANNED, QUICK, ROWS, VALIDATION_ARMS, Settings
-from experiments.sim2real.data import REAL_ARM, _spec_settings, collect_all
+from experiments.sim2real.data import REAL_ARM, collect_complete
 from experiments.sim2real.evaluate import Evaluations, Job, Scored
 from experiments.sim2real.report import commit
-from experiments.sim2real.stages import Stages, key, log
+from experiments.sim2real.stages import Stages, log
 from graspfleet.v1 import common_pb2, episode_store_pb2, sim_farm_pb2
 from models.episodes.selection import split_episodes
 from models.grasp_success.training import TrainSpec, train
@@ -73,16 +73,7 @@ def collections(settings: Settings) -> dict[str, sim_farm_pb2.CollectionSpec]:
 def gather(settings: Settings, root: Path, stages: Stages) -> dict[str, list[Summary]]:
     """The training and validation episodes of every row (collected first where missing)."""
     specs = collections(settings)
-    ids = {name: f"pretraining-{name}-{key(_spec_settings(spec))}" for name, spec in specs.items()}
-    found = {
-        name: sorted(episodes, key=lambda e: e.episode_id)
-        for name, episodes in collect_all(root, settings.shards, stages, specs, ids).items()
-    }
-    for name, spec in specs.items():
-        if len(found[name]) != spec.num_episodes:
-            raise RuntimeError(
-                f"collection {name}: {len(found[name])} labeled episodes of {spec.num_episodes}"
-            )
+    found = collect_complete(root, settings.shards, stages, specs, "pretraining")
     real, real_validation = split_episodes(
         found["real"], settings.real_validation_fraction, settings.data_seed
     )

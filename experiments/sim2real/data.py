@@ -145,6 +145,34 @@ def collect_all(
             }
 
 
+def collect_complete(
+    root: Path,
+    shards: int,
+    stages: Stages,
+    specs: dict[str, sim_farm_pb2.CollectionSpec],
+    prefix: str,
+) -> dict[str, list[Summary]]:
+    """Each collection's labeled episodes in id order, collected first where missing.
+
+    Each collection's id is `<prefix>-<name>-<key of its spec>`, so other settings
+    never mix with these.
+
+    Raises:
+        RuntimeError: a collection holds fewer labeled episodes than its spec asks.
+    """
+    ids = {name: f"{prefix}-{name}-{key(_spec_settings(spec))}" for name, spec in specs.items()}
+    found = {
+        name: sorted(episodes, key=lambda e: e.episode_id)
+        for name, episodes in collect_all(root, shards, stages, specs, ids).items()
+    }
+    for name, spec in specs.items():
+        if len(found[name]) != spec.num_episodes:
+            raise RuntimeError(
+                f"collection {name}: {len(found[name])} labeled episodes of {spec.num_episodes}"
+            )
+    return found
+
+
 def collection_ids(settings: Settings) -> dict[str, str]:
     """Each collection's id.
 
